@@ -1,0 +1,171 @@
+//! The lab CLI. `main` parses arguments, runs one verb and maps its outcome to an
+//! exit code; each verb is a function in `verbs`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod verbs;
+
+/// Builds the handbook's HA Kubernetes cluster from scratch on local machines.
+#[derive(Debug, Parser)]
+#[command(name = "lab", version, about, long_about = None)]
+pub struct Cli {
+    /// Topology file (default: lab.toml at the repository root).
+    #[arg(long, global = true, value_name = "FILE")]
+    topology: Option<PathBuf>,
+
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Build the lab: preflight, machines, then every stage in handbook order.
+    Up {
+        /// Stop after this stage (`machines` or a stage name from `lab plan`).
+        #[arg(long, value_name = "STAGE")]
+        until: Option<String>,
+    },
+    /// Stop the machines, keeping disks and state.
+    Down,
+    /// Remove machines, bridge, routes and state (caches stay).
+    Destroy,
+    /// Show the lab's nodes and their state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what `up` will do: nodes, addresses, certificates, stages.
+    Plan {
+        /// The whole plan as JSON (secrets redacted).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every node's planned files under DIR/NODE/.
+    Render {
+        /// Output directory (created if missing).
+        dir: PathBuf,
+    },
+    /// Open a shell on a node, or run a command there.
+    Ssh {
+        node: String,
+        /// Command to run instead of an interactive shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Run the lab's kubectl with the admin kubeconfig.
+    Kubectl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print the journals of the lab's units.
+    Logs {
+        node: Option<String>,
+        #[arg(long)]
+        unit: Option<String>,
+    },
+    /// Check the host, and install missing packages.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How `lab` ends; scripts may rely on these numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Success = 0,
+    /// Something failed while running (a stage, a command, the host).
+    Failure = 1,
+    /// The command line was wrong (clap's own code).
+    Usage = 2,
+    /// The topology file is unreadable or invalid.
+    InvalidTopology = 3,
+    /// The verb exists but this build cannot do it yet.
+    Unavailable = 4,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(exit: Exit) -> Self {
+        ExitCode::from(exit as u8)
+    }
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        let error = error.into();
+        let exit = if error.downcast_ref::<provisioner::topology::TopologyError>().is_some() {
+            Exit::InvalidTopology
+        } else {
+            Exit::Failure
+        };
+        Failure { exit, error }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => Exit::Success.into(),
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            failure.exit.into()
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let paths = Paths::resolve(cli.topology.as_deref());
+    match cli.verb {
+        Verb::Plan { json } => verbs::plan(&paths, json),
+        Verb::Render { dir } => verbs::render(&paths, &dir),
+        Verb::Up { .. } => verbs::unavailable("up", "machines and provisioning are not built yet"),
+        Verb::Down => verbs::unavailable("down", "machines are not built yet"),
+        Verb::Destroy => verbs::unavailable("destroy", "machines are not built yet"),
+        Verb::Status { .. } => verbs::unavailable("status", "machines are not built yet"),
+        Verb::Ssh { .. } => verbs::unavailable("ssh", "machines are not built yet"),
+        Verb::Kubectl { .. } => verbs::unavailable("kubectl", "the cluster is not built yet"),
+        Verb::Logs { .. } => verbs::unavailable("logs", "machines are not built yet"),
+        Verb::Doctor { .. } => verbs::unavailable("doctor", "host checks are not built yet"),
+    }
+}
+
+/// Where the topology, the lab state and the caches are.
+pub struct Paths {
+    pub topology: PathBuf,
+    /// The lab state directory: PKI, SSH keys, machine disks, kubeconfig.
+    pub state_dir: PathBuf,
+    /// Built once and shared by every lab: node image, binaries, images.
+    pub cache_dir: PathBuf,
+}
+
+impl Paths {
+    fn resolve(topology: Option<&Path>) -> Self {
+        let repository = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent").to_owned();
+        let state_dir = std::env::var_os("LAB_DIR").map(PathBuf::from).unwrap_or_else(|| repository.join(".lab"));
+        let cache_dir = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from("/var/cache"))
+            .join("k8s-lab");
+        Paths {
+            topology: topology.map(Path::to_owned).unwrap_or_else(|| repository.join("lab.toml")),
+            state_dir: absolute(state_dir),
+            cache_dir: absolute(cache_dir),
+        }
+    }
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}

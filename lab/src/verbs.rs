@@ -1,0 +1,127 @@
+//! One function per verb. Each reads the topology, does its work and prints for a
+//! person or, with `--json`, for a script.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use provisioner::artifacts::Artifacts;
+use provisioner::pki;
+use provisioner::plan::{self, Content, Plan, PlanInputs};
+use provisioner::topology::{Role, Topology, Validated};
+
+use crate::{Exit, Failure, Paths};
+
+/// Loads and validates the topology, printing its warnings.
+fn load_topology(paths: &Paths) -> Result<Validated, Failure> {
+    let validated = Topology::load(&paths.topology)?;
+    for warning in &validated.warnings {
+        eprintln!("warning: {}: {warning}", paths.topology.display());
+    }
+    Ok(validated)
+}
+
+/// The plan for the current topology, with the lab's PKI loaded or issued.
+fn make_plan(paths: &Paths) -> Result<Plan, Failure> {
+    let topology = load_topology(paths)?.topology;
+    let specs = pki::specs(&topology);
+    let bundle = pki::Store::new(&paths.state_dir)
+        .load_or_issue(&specs)
+        .with_context(|| format!("lab PKI in {}", paths.state_dir.display()))?;
+    let artifacts = Artifacts::expected(&topology, &paths.cache_dir);
+    Ok(plan::build(&PlanInputs {
+        topology: &topology,
+        pki: &bundle,
+        artifacts: &artifacts,
+        state_dir: paths.state_dir.clone(),
+    }))
+}
+
+pub fn plan(paths: &Paths, json: bool) -> Result<(), Failure> {
+    let plan = make_plan(paths)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan).context("serialize the plan")?);
+        return Ok(());
+    }
+    print!("{}", summary(&plan));
+    Ok(())
+}
+
+/// The readable form of a plan: what a learner wants to see before `lab up`.
+fn summary(plan: &Plan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let network = &plan.network;
+    let _ = writeln!(out, "lab {}", plan.lab);
+    let _ = writeln!(out, "\nnetwork");
+    let _ = writeln!(out, "  bridge        {} (host address {})", network.bridge, network.gateway);
+    let _ = writeln!(out, "  api server    {} (VIP {})", network.api_server_url, network.vip);
+    let _ = writeln!(out, "  pod range     {}", network.pod_cidr);
+    let _ = writeln!(out, "  service range {}", network.service_cidr);
+    let _ = writeln!(out, "  cluster DNS   {} ({})", network.cluster_dns_ip, network.cluster_domain);
+    for route in &network.host_routes {
+        match route.via {
+            Some(via) => {
+                let _ = writeln!(out, "  host route    {} via {via}", route.destination);
+            }
+            None => {
+                let _ = writeln!(out, "  host route    {} on the bridge", route.destination);
+            }
+        }
+    }
+    let _ = writeln!(out, "\nnodes");
+    for node in &plan.nodes {
+        let roles = node.roles.iter().map(Role::to_string).collect::<Vec<_>>().join(",");
+        let mut extra = String::new();
+        if !node.aliases.is_empty() {
+            let _ = write!(extra, "  aliases {}", node.aliases.join(","));
+        }
+        if let Some(pods) = node.pod_cidr {
+            let _ = write!(extra, "  pods {pods}");
+        }
+        let _ = writeln!(out, "  {:<10} {:<15} {:<16}{extra}", node.name, node.address, roles);
+    }
+    let _ = writeln!(out, "\ncertificates ({}; `lab plan --json` lists subjects and SANs)", plan.certificates.len());
+    for spec in &plan.certificates {
+        let _ = writeln!(out, "  {:<28} CN={}", spec.name, spec.common_name);
+    }
+    let _ = writeln!(out, "\nstages");
+    for (index, stage) in plan.stages.iter().enumerate() {
+        let count = |f: fn(&plan::NodeActions) -> usize| stage.nodes.iter().map(f).sum::<usize>();
+        let nodes = stage.nodes.iter().map(|actions| actions.node.as_str()).collect::<Vec<_>>();
+        let _ = writeln!(
+            out,
+            "  {:>2}. {:<24} {:>3} files {:>2} units {:>2} commands {:>2} checks  on {}",
+            index + 1,
+            stage.stage.name(),
+            count(|actions| actions.files.len()) + stage.local_files.len(),
+            count(|actions| actions.units.len()),
+            count(|actions| actions.commands.len()),
+            count(|actions| actions.checks.len()),
+            if nodes.is_empty() { "(host only)".to_string() } else { nodes.join(",") },
+        );
+        let _ = writeln!(out, "      {}", stage.chapter);
+    }
+    out
+}
+
+pub fn render(paths: &Paths, dir: &Path) -> Result<(), Failure> {
+    let plan = make_plan(paths)?;
+    let written = provisioner::render::render(&plan, dir)?;
+    let secrets = plan
+        .stages
+        .iter()
+        .flat_map(|stage| &stage.nodes)
+        .flat_map(|actions| &actions.files)
+        .filter(|file| matches!(file.content, Content::Secret(_)))
+        .count();
+    println!(
+        "wrote {written} files for {} nodes under {} ({secrets} of them private keys, mode 0600)",
+        plan.nodes.len(),
+        dir.display()
+    );
+    Ok(())
+}
+
+pub fn unavailable(verb: &str, why: &str) -> Result<(), Failure> {
+    Err(Failure { exit: Exit::Unavailable, error: anyhow::anyhow!("`lab {verb}` is not available yet: {why}") })
+}

@@ -1,0 +1,76 @@
+//! What the nodes run that does not come from Debian packages in the node image:
+//! the Kubernetes binaries and the container images, all made locally.
+//!
+//! `Artifacts` is the manifest the planner reads: paths only, no I/O. Building and
+//! caching the files it names is the job of `artifacts::build` (machines issue).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::topology::Topology;
+
+/// The Kubernetes binaries every lab installs.
+pub const KUBERNETES_BINARIES: [&str; 6] =
+    ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"];
+
+/// A container image archive and the reference pods use for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageArchive {
+    /// e.g. `registry.k8s.io/pause:3.2`; pods use it with `imagePullPolicy: Never`.
+    pub reference: String,
+    /// An OCI or docker archive for `ctr -n k8s.io images import`.
+    pub path: PathBuf,
+}
+
+/// Image references the stages use, in one place.
+pub mod images {
+    /// The sandbox (pause) image containerd starts every pod with.
+    pub const PAUSE: &str = "registry.k8s.io/pause:3.2";
+    /// A small web server for NodePort and pod-to-pod checks.
+    pub const WEB: &str = "k8s-lab.local/web:1";
+    /// The lab's own cluster DNS server.
+    pub const LAB_DNS: &str = "k8s-lab.local/lab-dns:1";
+}
+
+/// Where every artifact of one lab is (or will be) in the cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct Artifacts {
+    pub kubernetes_version: String,
+    /// By binary name (see `KUBERNETES_BINARIES`).
+    pub binaries: BTreeMap<String, PathBuf>,
+    pub images: Vec<ImageArchive>,
+}
+
+impl Artifacts {
+    /// The manifest for `topology` with everything under `cache_dir`. Pure: the files
+    /// need not exist yet (`lab plan` works before anything is built).
+    pub fn expected(topology: &Topology, cache_dir: &Path) -> Self {
+        let version = &topology.kubernetes.version;
+        let bin_dir = match &topology.kubernetes.dir {
+            Some(dir) if topology.kubernetes.source == crate::topology::ArtifactSource::Dir => dir.clone(),
+            _ => cache_dir.join("kubernetes").join(format!("{}-v{version}", topology.kubernetes.source)).join("bin"),
+        };
+        let binaries = KUBERNETES_BINARIES.iter().map(|name| (name.to_string(), bin_dir.join(name))).collect();
+        let image_dir = cache_dir.join("images");
+        let images = [images::PAUSE, images::WEB, images::LAB_DNS]
+            .iter()
+            .map(|reference| ImageArchive {
+                reference: reference.to_string(),
+                path: image_dir.join(format!("{}.tar", archive_stem(reference))),
+            })
+            .collect();
+        Artifacts { kubernetes_version: version.clone(), binaries, images }
+    }
+
+    pub fn binary(&self, name: &str) -> &Path {
+        self.binaries.get(name).unwrap_or_else(|| panic!("no Kubernetes binary named {name} in the manifest"))
+    }
+}
+
+/// A file-name-safe stem for an image reference: `k8s-lab.local/web:1` -> `web-1`.
+fn archive_stem(reference: &str) -> String {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    last.replace(':', "-")
+}

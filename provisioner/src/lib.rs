@@ -1,0 +1,11 @@
+//! The lab's provisioner: topology, pure planner, PKI, artifacts, the Host seam and
+//! the executor. See ARCHITECTURE.md for the map and the invariants.
+
+pub mod artifacts;
+pub mod host;
+pub mod paths;
+pub mod pki;
+pub mod plan;
+pub mod render;
+pub mod stages;
+pub mod topology;
