@@ -12,7 +12,7 @@ use provisioner::topology::{Role, Topology, Validated};
 use crate::{Exit, Failure, Paths};
 
 /// Loads and validates the topology, printing its warnings.
-fn load_topology(paths: &Paths) -> Result<Validated, Failure> {
+pub(crate) fn load_topology(paths: &Paths) -> Result<Validated, Failure> {
     let validated = Topology::load(&paths.topology)?;
     for warning in &validated.warnings {
         eprintln!("warning: {}: {warning}", paths.topology.display());
@@ -20,20 +20,21 @@ fn load_topology(paths: &Paths) -> Result<Validated, Failure> {
     Ok(validated)
 }
 
-/// The plan for the current topology, with the lab's PKI loaded or issued.
+/// The plan for the current topology, with the lab's PKI loaded or issued and the
+/// artifacts where the cache will hold them.
 fn make_plan(paths: &Paths) -> Result<Plan, Failure> {
     let topology = load_topology(paths)?.topology;
-    let specs = pki::specs(&topology);
+    let artifacts = Artifacts::expected(&topology, &paths.cache_dir);
+    make_plan_with(paths, &topology, &artifacts)
+}
+
+/// The plan for `topology` with the lab's PKI loaded or issued.
+pub(crate) fn make_plan_with(paths: &Paths, topology: &Topology, artifacts: &Artifacts) -> Result<Plan, Failure> {
+    let specs = pki::specs(topology);
     let bundle = pki::Store::new(&paths.state_dir)
         .load_or_issue(&specs)
         .with_context(|| format!("lab PKI in {}", paths.state_dir.display()))?;
-    let artifacts = Artifacts::expected(&topology, &paths.cache_dir);
-    Ok(plan::build(&PlanInputs {
-        topology: &topology,
-        pki: &bundle,
-        artifacts: &artifacts,
-        state_dir: paths.state_dir.clone(),
-    }))
+    Ok(plan::build(&PlanInputs { topology, pki: &bundle, artifacts, state_dir: paths.state_dir.clone() }))
 }
 
 pub fn plan(paths: &Paths, json: bool) -> Result<(), Failure> {
@@ -97,7 +98,11 @@ fn summary(plan: &Plan) -> String {
             count(|actions| actions.units.len()),
             count(|actions| actions.commands.len()),
             count(|actions| actions.checks.len()),
-            if nodes.is_empty() { "(host only)".to_string() } else { nodes.join(",") },
+            match (nodes.is_empty(), stage.local_files.is_empty()) {
+                (false, _) => nodes.join(","),
+                (true, false) => "the host".to_string(),
+                (true, true) => "no node".to_string(),
+            },
         );
         let _ = writeln!(out, "      {}", stage.chapter);
     }

@@ -42,3 +42,56 @@ pub fn kubeconfig(component: &str) -> String {
 pub fn unit(name: &str) -> String {
     format!("{SYSTEMD_DIR}/{name}")
 }
+
+/// File names of the certificates and keys inside `ETCD_PKI_DIR` and `KUBERNETES_PKI_DIR`.
+/// The PKI stage writes these files and the component stages point their flags at them,
+/// so both sides take the names from here, e.g. `etcd_pki(pki_files::ETCD_SERVER_CERT)`.
+pub mod pki_files {
+    /// The cluster CA certificate (in both directories).
+    pub const CA_CERT: &str = "ca.pem";
+    /// The cluster CA private key: masters only, for the controller-manager's CSR signer.
+    pub const CA_KEY: &str = "ca-key.pem";
+
+    /// In `ETCD_PKI_DIR`: the member's serving certificate for clients (port 2379).
+    pub const ETCD_SERVER_CERT: &str = "server.pem";
+    pub const ETCD_SERVER_KEY: &str = "server-key.pem";
+    /// In `ETCD_PKI_DIR`: the member's certificate towards the other members (port 2380).
+    pub const ETCD_PEER_CERT: &str = "peer.pem";
+    pub const ETCD_PEER_KEY: &str = "peer-key.pem";
+
+    /// In `KUBERNETES_PKI_DIR`: kube-apiserver's serving certificate.
+    pub const APISERVER_CERT: &str = "apiserver.pem";
+    pub const APISERVER_KEY: &str = "apiserver-key.pem";
+    /// In `KUBERNETES_PKI_DIR`: kube-apiserver's client certificate towards etcd.
+    pub const APISERVER_ETCD_CLIENT_CERT: &str = "apiserver-etcd-client.pem";
+    pub const APISERVER_ETCD_CLIENT_KEY: &str = "apiserver-etcd-client-key.pem";
+    /// In `KUBERNETES_PKI_DIR`: kube-apiserver's client certificate towards kubelets.
+    pub const APISERVER_KUBELET_CLIENT_CERT: &str = "apiserver-kubelet-client.pem";
+    pub const APISERVER_KUBELET_CLIENT_KEY: &str = "apiserver-kubelet-client-key.pem";
+    /// In `KUBERNETES_PKI_DIR`: the service-account key pair (public key as `service-account.pem`).
+    pub const SERVICE_ACCOUNT_PUBLIC_KEY: &str = "service-account.pem";
+    pub const SERVICE_ACCOUNT_PRIVATE_KEY: &str = "service-account-key.pem";
+    /// In `KUBERNETES_PKI_DIR` on workers: the kubelet's certificate, which serves its
+    /// port 10250 and authenticates it to the apiserver as system:node:NAME.
+    pub const KUBELET_CERT: &str = "kubelet.pem";
+    pub const KUBELET_KEY: &str = "kubelet-key.pem";
+}
+
+/// root's default kubeconfig on masters, so that a plain `kubectl` works there.
+pub const ROOT_KUBECONFIG: &str = "/root/.kube/config";
+
+/// The network interface a node's address lives on. systemd-nspawn with
+/// `--network-bridge` names the container's side of the veth pair `host0`; a libvirt
+/// backend would use its guest's name (e.g. `ens3`), so keepalived and anything else
+/// that names the interface takes it from here.
+pub const NODE_INTERFACE: &str = "host0";
+
+/// etcd and etcdctl come from Debian's etcd-server and etcd-client packages in the node image.
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+pub const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
+/// kube-scheduler's KubeSchedulerConfiguration file.
+pub const KUBE_SCHEDULER_CONFIG: &str = "/etc/kubernetes/kube-scheduler.yaml";
+/// HAProxy's configuration, read by Debian's haproxy.service.
+pub const HAPROXY_CONFIG: &str = "/etc/haproxy/haproxy.cfg";
+/// keepalived's configuration, read by Debian's keepalived.service.
+pub const KEEPALIVED_CONFIG: &str = "/etc/keepalived/keepalived.conf";

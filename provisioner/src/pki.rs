@@ -5,14 +5,30 @@
 //! the certificates and the service-account key pair in the lab state directory
 //! (private keys mode 0600), makes what is missing and reuses what is there, so the
 //! lab keeps one identity across `up`, `down` and re-runs.
+//!
+//! Every key is ECDSA P-256. Kubernetes 1.20 and etcd 3.4 are Go programs whose TLS
+//! stack accepts ECDSA certificates everywhere, and rcgen's default `ring` backend can
+//! generate ECDSA keys but not RSA ones.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::fs::{self, OpenOptions, Permissions};
+use std::io::{ErrorKind, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use base64::prelude::{Engine, BASE64_STANDARD};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::x509::SubjectPublicKeyInfo;
 
-use crate::topology::{first_service_ip, Role, Topology};
+use crate::topology::{first_service_ip, Node, Role, Topology};
 
 /// What a certificate may be used for (extended key usage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -57,10 +73,140 @@ pub mod names {
     }
 }
 
+/// Subject common name of the cluster CA.
+pub const CA_COMMON_NAME: &str = "k8s-lab CA";
+
+/// File stems in the PKI directory besides the certificates named by their spec.
+const CA_STEM: &str = "ca";
+const SERVICE_ACCOUNT_STEM: &str = "service-account";
+
+/// The CA outlives any lab by far, so re-running `lab up` years later still trusts
+/// the certificates it issued.
+const CA_VALIDITY: Duration = Duration::days(3650);
+/// Leaf certificates live one year, like kubeadm's. A lab is short-lived, and
+/// `Store::load_or_issue` renews a leaf that is close to expiry on the next run, so
+/// a short lifetime costs nothing and limits what a leaked key is worth.
+const LEAF_VALIDITY: Duration = Duration::days(365);
+/// How long before expiry `Store::load_or_issue` renews a leaf.
+const RENEW_BEFORE: Duration = Duration::days(30);
+/// Certificates are valid from a little before they were made, so that a node whose
+/// clock lags the host's does not reject them as "not yet valid".
+const CLOCK_SKEW: Duration = Duration::hours(1);
+
 /// Every certificate the topology needs, in a stable order. Pure.
 pub fn specs(topology: &Topology) -> Vec<CertificateSpec> {
-    let _ = (topology, first_service_ip, Role::Etcd);
-    todo!("pki::specs: the helper implementing issue 2's PKI fills this in")
+    let network = &topology.network;
+    let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let etcd_members: Vec<&Node> = topology.nodes_with(Role::Etcd).collect();
+    let mut specs = Vec::new();
+
+    for member in &etcd_members {
+        let mut own_dns_names = vec![member.name.clone()];
+        own_dns_names.extend(member.aliases.iter().cloned());
+        own_dns_names.push("localhost".to_string());
+        let own_ip_addresses = vec![IpAddr::V4(member.address), localhost];
+
+        // The serving certificate also names every other member. The etcd 3.4 client
+        // inside kube-apiserver 1.20 may pin the TLS server name to the first entry of
+        // --etcd-servers and then check every member against it (kubernetes#83028,
+        // etcd#9949); when that first member is down, failover to the others only works
+        // if each member's certificate is valid for the others' names and addresses.
+        let mut server_dns_names = own_dns_names.clone();
+        let mut server_ip_addresses = own_ip_addresses.clone();
+        for other in &etcd_members {
+            push_unique(&mut server_dns_names, other.name.clone());
+            for alias in &other.aliases {
+                push_unique(&mut server_dns_names, alias.clone());
+            }
+            push_unique(&mut server_ip_addresses, IpAddr::V4(other.address));
+        }
+        specs.push(CertificateSpec {
+            name: names::etcd_server(&member.name),
+            common_name: member.name.clone(),
+            organization: None,
+            dns_names: server_dns_names,
+            ip_addresses: server_ip_addresses,
+            usages: vec![Usage::ServerAuth, Usage::ClientAuth],
+        });
+
+        // The peer certificate names only this member: the other members check it
+        // against the peer URL they were given for exactly this member.
+        specs.push(CertificateSpec {
+            name: names::etcd_peer(&member.name),
+            common_name: member.name.clone(),
+            organization: None,
+            dns_names: own_dns_names,
+            ip_addresses: own_ip_addresses,
+            usages: vec![Usage::ServerAuth, Usage::ClientAuth],
+        });
+    }
+
+    specs.push(client(names::APISERVER_ETCD_CLIENT, "kube-apiserver-etcd-client", None));
+
+    let masters: Vec<&Node> = topology.nodes_with(Role::Master).collect();
+    let mut apiserver_ips = vec![IpAddr::V4(network.vip)];
+    for master in &masters {
+        push_unique(&mut apiserver_ips, IpAddr::V4(master.address));
+    }
+    push_unique(&mut apiserver_ips, IpAddr::V4(first_service_ip(network.service_cidr)));
+    push_unique(&mut apiserver_ips, localhost);
+    let mut apiserver_dns: Vec<String> = [
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        format!("kubernetes.default.svc.{}", network.cluster_domain),
+        "localhost".to_string(),
+    ]
+    .into();
+    for master in &masters {
+        push_unique(&mut apiserver_dns, master.name.clone());
+    }
+    specs.push(CertificateSpec {
+        name: names::APISERVER.to_string(),
+        common_name: "kube-apiserver".to_string(),
+        organization: None,
+        dns_names: apiserver_dns,
+        ip_addresses: apiserver_ips,
+        usages: vec![Usage::ServerAuth],
+    });
+
+    specs.push(client(names::APISERVER_KUBELET_CLIENT, "kube-apiserver-kubelet-client", Some("system:masters")));
+    specs.push(client(names::ADMIN, "admin", Some("system:masters")));
+    specs.push(client(names::CONTROLLER_MANAGER, "system:kube-controller-manager", None));
+    specs.push(client(names::SCHEDULER, "system:kube-scheduler", None));
+    specs.push(client(names::KUBE_PROXY, "system:kube-proxy", None));
+
+    // The Node authorizer recognises a kubelet by CN system:node:NAME in group
+    // system:nodes; the same certificate also serves the kubelet's own port 10250.
+    for worker in topology.nodes_with(Role::Worker) {
+        specs.push(CertificateSpec {
+            name: names::kubelet(&worker.name),
+            common_name: format!("system:node:{}", worker.name),
+            organization: Some("system:nodes".to_string()),
+            dns_names: vec![worker.name.clone()],
+            ip_addresses: vec![IpAddr::V4(worker.address)],
+            usages: vec![Usage::ServerAuth, Usage::ClientAuth],
+        });
+    }
+    specs
+}
+
+/// A client-only certificate without SANs.
+fn client(name: &str, common_name: &str, organization: Option<&str>) -> CertificateSpec {
+    CertificateSpec {
+        name: name.to_string(),
+        common_name: common_name.to_string(),
+        organization: organization.map(str::to_string),
+        dns_names: Vec::new(),
+        ip_addresses: Vec::new(),
+        usages: vec![Usage::ClientAuth],
+    }
+}
+
+fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
 }
 
 /// A certificate and its private key, both PEM.
@@ -99,6 +245,76 @@ pub enum PkiError {
     Load { path: PathBuf, message: String },
 }
 
+/// The CA's certificate and key, ready to sign.
+struct Authority {
+    issued: Issued,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Authority {
+    /// A fresh self-signed CA.
+    fn generate(now: OffsetDateTime) -> Result<Authority, PkiError> {
+        let issue_error = |source| PkiError::Issue { name: CA_STEM.to_string(), source };
+        let key = KeyPair::generate().map_err(issue_error)?;
+        let mut params = CertificateParams::default();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + CA_VALIDITY;
+        params.distinguished_name = distinguished_name(CA_COMMON_NAME, None);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let cert_pem = params.self_signed(&key).map_err(issue_error)?.pem();
+        let key_pem = key.serialize_pem();
+        Ok(Authority { issued: Issued { cert_pem, key_pem }, issuer: Issuer::new(params, key) })
+    }
+
+    /// Signs a fresh key pair for `spec`.
+    fn issue(&self, spec: &CertificateSpec, now: OffsetDateTime) -> Result<Issued, PkiError> {
+        let issue_error = |source| PkiError::Issue { name: spec.name.clone(), source };
+        let key = KeyPair::generate().map_err(issue_error)?;
+        let mut params = CertificateParams::default();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + LEAF_VALIDITY;
+        params.distinguished_name = distinguished_name(&spec.common_name, spec.organization.as_deref());
+        for dns_name in &spec.dns_names {
+            params.subject_alt_names.push(SanType::DnsName(dns_name.as_str().try_into().map_err(issue_error)?));
+        }
+        params.subject_alt_names.extend(spec.ip_addresses.iter().copied().map(SanType::IpAddress));
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = spec
+            .usages
+            .iter()
+            .map(|usage| match usage {
+                Usage::ServerAuth => ExtendedKeyUsagePurpose::ServerAuth,
+                Usage::ClientAuth => ExtendedKeyUsagePurpose::ClientAuth,
+            })
+            .collect();
+        params.use_authority_key_identifier_extension = true;
+        let cert_pem = params.signed_by(&key, &self.issuer).map_err(issue_error)?.pem();
+        Ok(Issued { cert_pem, key_pem: key.serialize_pem() })
+    }
+}
+
+fn distinguished_name(common_name: &str, organization: Option<&str>) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    if let Some(organization) = organization {
+        name.push(DnType::OrganizationName, organization);
+    }
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+/// A fresh service-account key pair: (public PEM, private PEM).
+///
+/// ECDSA P-256, so kube-apiserver signs tokens with ES256: Kubernetes 1.20 accepts EC
+/// keys for --service-account-key-file and --service-account-signing-key-file, and
+/// rcgen's `ring` backend cannot generate RSA keys.
+fn generate_service_account() -> Result<Issued, PkiError> {
+    let key =
+        KeyPair::generate().map_err(|source| PkiError::Issue { name: SERVICE_ACCOUNT_STEM.to_string(), source })?;
+    Ok(Issued { cert_pem: key.public_key_pem(), key_pem: key.serialize_pem() })
+}
+
 /// The PKI directory inside the lab state directory.
 pub struct Store {
     pub dir: PathBuf,
@@ -109,22 +325,321 @@ impl Store {
         Store { dir: state_dir.join("pki") }
     }
 
+    /// Where the certificate with file stem `stem` lives.
+    pub fn cert_path(&self, stem: &str) -> PathBuf {
+        self.dir.join(format!("{stem}.pem"))
+    }
+
+    /// Where the private key of `stem` lives.
+    pub fn key_path(&self, stem: &str) -> PathBuf {
+        self.dir.join(format!("{stem}-key.pem"))
+    }
+
     /// Loads the CA and every certificate in `specs`, issuing what is missing or
     /// whose stored subject/SANs no longer match its spec.
+    ///
+    /// A leaf is also re-issued when it is unreadable, not signed by the stored CA,
+    /// does not match its key, or expires within `RENEW_BEFORE`. The CA is never
+    /// replaced while its certificate exists: a CA certificate without a usable key
+    /// is an error, because a new CA would silently invalidate every running node.
     pub fn load_or_issue(&self, specs: &[CertificateSpec]) -> Result<Bundle, PkiError> {
-        let _ = specs;
-        todo!("pki::Store::load_or_issue")
+        self.prepare_dir()?;
+        let now = OffsetDateTime::now_utc();
+        let authority = self.load_or_create_authority(now)?;
+        let ca_der = pem_to_der(&authority.issued.cert_pem, &self.cert_path(CA_STEM))?;
+        let ca_cert = parse_der(&ca_der, &self.cert_path(CA_STEM))?;
+
+        let mut certificates = BTreeMap::new();
+        for spec in specs {
+            let issued = match self.load_leaf(spec, ca_cert.public_key(), now)? {
+                Ok(issued) => issued,
+                Err(reason) => {
+                    tracing::info!(certificate = %spec.name, %reason, "issuing certificate");
+                    let issued = authority.issue(spec, now)?;
+                    // Key first: if the run stops between the two writes, the old
+                    // certificate no longer matches the new key and is re-issued next time.
+                    write_atomically(&self.key_path(&spec.name), &issued.key_pem, 0o600)?;
+                    write_atomically(&self.cert_path(&spec.name), &issued.cert_pem, 0o644)?;
+                    issued
+                }
+            };
+            certificates.insert(spec.name.clone(), issued);
+        }
+
+        let service_account = self.load_or_create_service_account()?;
+        Ok(Bundle { ca: authority.issued, certificates, service_account })
     }
+
+    /// Creates the PKI directory readable by its owner only, and tightens it if an
+    /// earlier run or a person loosened it.
+    fn prepare_dir(&self) -> Result<(), PkiError> {
+        let io_error = |source| PkiError::Io { path: self.dir.clone(), source };
+        if let Some(state_dir) = self.dir.parent() {
+            fs::create_dir_all(state_dir).map_err(|source| PkiError::Io { path: state_dir.to_path_buf(), source })?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Err(error) if error.kind() != ErrorKind::AlreadyExists => return Err(io_error(error)),
+            _ => {}
+        }
+        fs::set_permissions(&self.dir, Permissions::from_mode(0o700)).map_err(io_error)
+    }
+
+    fn load_or_create_authority(&self, now: OffsetDateTime) -> Result<Authority, PkiError> {
+        let cert_path = self.cert_path(CA_STEM);
+        let key_path = self.key_path(CA_STEM);
+        let Some(cert_pem) = read_optional(&cert_path)? else {
+            tracing::info!(path = %cert_path.display(), "creating the lab CA");
+            let authority = Authority::generate(now)?;
+            write_atomically(&key_path, &authority.issued.key_pem, 0o600)?;
+            write_atomically(&cert_path, &authority.issued.cert_pem, 0o644)?;
+            return Ok(authority);
+        };
+        let key_pem = read_secret(&key_path)?.ok_or_else(|| PkiError::Load {
+            path: key_path.clone(),
+            message: format!(
+                "the CA private key is missing although {} exists; restore it, or remove {} to start a new CA",
+                cert_path.display(),
+                self.dir.display()
+            ),
+        })?;
+        let load_error = |path: &Path, message: String| PkiError::Load { path: path.to_path_buf(), message };
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|error| load_error(&key_path, format!("not a PKCS#8 private key: {error}")))?;
+        let ca_der = pem_to_der(&cert_pem, &cert_path)?;
+        let ca_cert = parse_der(&ca_der, &cert_path)?;
+        if !ca_cert.is_ca() {
+            return Err(load_error(&cert_path, "is not a CA certificate".to_string()));
+        }
+        if ca_cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(load_error(&key_path, format!("does not belong to the CA in {}", cert_path.display())));
+        }
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+            .map_err(|error| load_error(&cert_path, format!("cannot sign with this CA: {error}")))?;
+        Ok(Authority { issued: Issued { cert_pem, key_pem }, issuer })
+    }
+
+    /// The stored certificate and key for `spec`, or why they must be re-issued.
+    fn load_leaf(
+        &self,
+        spec: &CertificateSpec,
+        ca_public_key: &SubjectPublicKeyInfo<'_>,
+        now: OffsetDateTime,
+    ) -> Result<Result<Issued, String>, PkiError> {
+        let cert_path = self.cert_path(&spec.name);
+        let key_path = self.key_path(&spec.name);
+        let (Some(cert_pem), Some(key_pem)) = (read_optional(&cert_path)?, read_secret(&key_path)?) else {
+            return Ok(Err("certificate or key missing".to_string()));
+        };
+        let Ok(key) = KeyPair::from_pem(&key_pem) else {
+            return Ok(Err(format!("{} is not a private key", key_path.display())));
+        };
+        let Ok(der) = pem_to_der(&cert_pem, &cert_path) else {
+            return Ok(Err(format!("{} is not a PEM certificate", cert_path.display())));
+        };
+        let Ok(cert) = parse_der(&der, &cert_path) else {
+            return Ok(Err(format!("{} is not an X.509 certificate", cert_path.display())));
+        };
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Ok(Err("certificate and key do not belong together".to_string()));
+        }
+        if cert.verify_signature(Some(ca_public_key)).is_err() {
+            return Ok(Err("not signed by the lab CA".to_string()));
+        }
+        if cert.validity().not_after.timestamp() < (now + RENEW_BEFORE).unix_timestamp() {
+            return Ok(Err("expires soon".to_string()));
+        }
+        match describe(&spec.name, &cert) {
+            Some(stored) if same_identity(&stored, spec) => Ok(Ok(Issued { cert_pem, key_pem })),
+            _ => Ok(Err("subject, SANs or usages changed".to_string())),
+        }
+    }
+
+    fn load_or_create_service_account(&self) -> Result<Issued, PkiError> {
+        let public_path = self.cert_path(SERVICE_ACCOUNT_STEM);
+        let key_path = self.key_path(SERVICE_ACCOUNT_STEM);
+        let service_account = match read_secret(&key_path)? {
+            // A damaged key is an error rather than replaced: a new key would
+            // invalidate every service-account token the cluster has handed out.
+            Some(key_pem) => {
+                let key = KeyPair::from_pem(&key_pem).map_err(|error| PkiError::Load {
+                    path: key_path.clone(),
+                    message: format!("not a PKCS#8 private key: {error}"),
+                })?;
+                Issued { cert_pem: key.public_key_pem(), key_pem }
+            }
+            None => {
+                let service_account = generate_service_account()?;
+                write_atomically(&key_path, &service_account.key_pem, 0o600)?;
+                service_account
+            }
+        };
+        if read_optional(&public_path)?.as_deref() != Some(service_account.cert_pem.as_str()) {
+            write_atomically(&public_path, &service_account.cert_pem, 0o644)?;
+        }
+        Ok(service_account)
+    }
+}
+
+/// The identity a stored certificate carries, in the shape of a spec, or `None` if
+/// its extensions cannot be read.
+fn describe(name: &str, cert: &X509Certificate<'_>) -> Option<CertificateSpec> {
+    let attribute = |mut values: Vec<Option<&str>>| -> Option<Option<String>> {
+        match values.len() {
+            0 => Some(None),
+            1 => values.pop().flatten().map(|value| Some(value.to_string())),
+            _ => None,
+        }
+    };
+    let subject = cert.subject();
+    let common_name = attribute(subject.iter_common_name().map(|value| value.as_str().ok()).collect())??;
+    let organization = attribute(subject.iter_organization().map(|value| value.as_str().ok()).collect())?;
+
+    let mut dns_names = Vec::new();
+    let mut ip_addresses = Vec::new();
+    if let Some(extension) = cert.subject_alternative_name().ok()? {
+        for general_name in &extension.value.general_names {
+            match general_name {
+                GeneralName::DNSName(dns_name) => dns_names.push(dns_name.to_string()),
+                GeneralName::IPAddress(bytes) => ip_addresses.push(ip_from_bytes(bytes)?),
+                _ => return None,
+            }
+        }
+    }
+    let mut usages = Vec::new();
+    if let Some(extension) = cert.extended_key_usage().ok()? {
+        if extension.value.server_auth {
+            usages.push(Usage::ServerAuth);
+        }
+        if extension.value.client_auth {
+            usages.push(Usage::ClientAuth);
+        }
+    }
+    Some(CertificateSpec { name: name.to_string(), common_name, organization, dns_names, ip_addresses, usages })
+}
+
+/// Equal subjects, SANs in the same order, and the same set of usages.
+fn same_identity(stored: &CertificateSpec, spec: &CertificateSpec) -> bool {
+    stored.common_name == spec.common_name
+        && stored.organization == spec.organization
+        && stored.dns_names == spec.dns_names
+        && stored.ip_addresses == spec.ip_addresses
+        && stored.usages.len() == spec.usages.len()
+        && spec.usages.iter().all(|usage| stored.usages.contains(usage))
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+fn pem_to_der(pem: &str, path: &Path) -> Result<Vec<u8>, PkiError> {
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|error| PkiError::Load { path: path.to_path_buf(), message: format!("not a PEM file: {error}") })?;
+    Ok(parsed.contents)
+}
+
+fn parse_der<'a>(der: &'a [u8], path: &Path) -> Result<X509Certificate<'a>, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|error| PkiError::Load {
+        path: path.to_path_buf(),
+        message: format!("not an X.509 certificate: {error}"),
+    })?;
+    Ok(cert)
+}
+
+/// The file's text, or `None` if it does not exist.
+fn read_optional(path: &Path) -> Result<Option<String>, PkiError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PkiError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Like `read_optional`, for a private key: also resets its mode to 0600 in case it
+/// was loosened since the lab wrote it.
+fn read_secret(path: &Path) -> Result<Option<String>, PkiError> {
+    let text = read_optional(path)?;
+    if text.is_some() {
+        fs::set_permissions(path, Permissions::from_mode(0o600))
+            .map_err(|source| PkiError::Io { path: path.to_path_buf(), source })?;
+    }
+    Ok(text)
+}
+
+/// Writes `contents` to `path` through a temporary file in the same directory and a
+/// rename, so a reader sees the old file or the new one, never half of one. The
+/// temporary file is created with `mode` already set, so a private key is never
+/// readable by others, not even for a moment.
+fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
+    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("pki");
+    let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
+    let io_error = |path: &Path, source| PkiError::Io { path: path.to_path_buf(), source };
+    match fs::remove_file(&temporary) {
+        Err(error) if error.kind() != ErrorKind::NotFound => return Err(io_error(&temporary, error)),
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temporary)
+        .map_err(|error| io_error(&temporary, error))?;
+    // The umask may have removed bits from `mode` (never added any); set it exactly.
+    file.set_permissions(Permissions::from_mode(mode)).map_err(|error| io_error(&temporary, error))?;
+    file.write_all(contents.as_bytes()).map_err(|error| io_error(&temporary, error))?;
+    file.sync_all().map_err(|error| io_error(&temporary, error))?;
+    drop(file);
+    fs::rename(&temporary, path).map_err(|error| io_error(path, error))
 }
 
 /// Issues a fresh bundle in memory (tests, and `lab plan` before any state exists).
 pub fn issue_in_memory(specs: &[CertificateSpec]) -> Result<Bundle, PkiError> {
-    let _ = specs;
-    todo!("pki::issue_in_memory")
+    let now = OffsetDateTime::now_utc();
+    let authority = Authority::generate(now)?;
+    let certificates = specs
+        .iter()
+        .map(|spec| Ok((spec.name.clone(), authority.issue(spec, now)?)))
+        .collect::<Result<_, PkiError>>()?;
+    Ok(Bundle { ca: authority.issued, certificates, service_account: generate_service_account()? })
 }
 
 /// A kubeconfig with embedded credentials for one user against `server`.
+///
+/// Strings are written as double-quoted YAML scalars (JSON string syntax, which YAML
+/// accepts) because user names such as `system:node:worker1` contain colons.
 pub fn kubeconfig(cluster: &str, server: &str, ca_pem: &str, user: &str, credentials: &Issued) -> String {
-    let _ = (cluster, server, ca_pem, user, credentials);
-    todo!("pki::kubeconfig")
+    let quote = |text: &str| serde_json::Value::from(text).to_string();
+    let context = format!("{user}@{cluster}");
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: {cluster}
+  cluster:
+    certificate-authority-data: {ca}
+    server: {server}
+users:
+- name: {user}
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: {context}
+  context:
+    cluster: {cluster}
+    user: {user}
+current-context: {context}
+preferences: {{}}
+",
+        cluster = quote(cluster),
+        server = quote(server),
+        user = quote(user),
+        context = quote(&context),
+        ca = BASE64_STANDARD.encode(ca_pem),
+        cert = BASE64_STANDARD.encode(&credentials.cert_pem),
+        key = BASE64_STANDARD.encode(&credentials.key_pem),
+    )
 }

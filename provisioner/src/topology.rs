@@ -6,7 +6,7 @@
 //! overlap, at least one member of each role, ...) and reports every problem at
 //! once, each naming the field and the bad value.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -132,10 +132,13 @@ impl fmt::Display for ArtifactSource {
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// The subnet the nodes live on, e.g. `10.240.0.0/24`.
+    #[serde(deserialize_with = "deserialize_cidr")]
     pub node_subnet: Ipv4Net,
     /// The host's address on the lab bridge.
+    #[serde(deserialize_with = "deserialize_address")]
     pub gateway: Ipv4Addr,
     /// keepalived's virtual IP in front of the apiservers.
+    #[serde(deserialize_with = "deserialize_address")]
     pub vip: Ipv4Addr,
     /// Port HAProxy listens on at the VIP.
     #[serde(default = "default_api_port")]
@@ -144,10 +147,13 @@ pub struct Network {
     #[serde(default = "default_apiserver_port")]
     pub apiserver_port: u16,
     /// Cluster-wide pod range; each worker gets a /24 of it.
+    #[serde(deserialize_with = "deserialize_cidr")]
     pub pod_cidr: Ipv4Net,
     /// Service ClusterIP range.
+    #[serde(deserialize_with = "deserialize_cidr")]
     pub service_cidr: Ipv4Net,
     /// ClusterIP of the DNS addon's Service.
+    #[serde(deserialize_with = "deserialize_address")]
     pub cluster_dns: Ipv4Addr,
     #[serde(default = "default_cluster_domain")]
     pub cluster_domain: String,
@@ -251,6 +257,7 @@ pub enum DnsAddon {
 #[serde(deny_unknown_fields)]
 pub struct Node {
     pub name: String,
+    #[serde(deserialize_with = "deserialize_address")]
     pub address: Ipv4Addr,
     pub roles: Vec<Role>,
     /// Extra names for /etc/hosts on every node (the handbook's etcd1..3).
@@ -300,11 +307,43 @@ pub struct Resources {
     pub memory_mib: Option<u32>,
 }
 
+/// Reads an IPv4 address, with a message that shows the text and the expected form.
+fn deserialize_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Ipv4Addr, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IPv4 address (four numbers 0-255 joined by dots, e.g. \"10.240.0.11\")"
+        ))
+    })
+}
+
+/// Reads an IPv4 CIDR. ipnet's own message ("invalid IP address syntax") says neither
+/// which part is wrong nor what the right form is, so each part is checked here.
+fn deserialize_cidr<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Ipv4Net, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_cidr(&text).map_err(serde::de::Error::custom)
+}
+
+fn parse_cidr(text: &str) -> Result<Ipv4Net, String> {
+    let (address, prefix) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not a CIDR: expected ADDRESS/PREFIX, e.g. \"10.240.0.0/24\""))?;
+    let address: Ipv4Addr =
+        address.parse().map_err(|_| format!("{text:?} is not a CIDR: {address:?} is not an IPv4 address"))?;
+    let prefix =
+        prefix.parse::<u8>().ok().filter(|length| *length <= 32).ok_or_else(|| {
+            format!("{text:?} is not a CIDR: the prefix length {prefix:?} must be a number from 0 to 32")
+        })?;
+    Ipv4Net::new(address, prefix).map_err(|error| format!("{text:?} is not a CIDR: {error}"))
+}
+
 /// Why a topology could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
     #[error("cannot read topology {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    /// The text is not TOML or does not fit the schema; `message` names the line,
+    /// the field and the problem, and quotes the offending line.
     #[error("invalid topology {path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("invalid topology {path}:\n{}", format_problems(.problems))]
@@ -313,6 +352,95 @@ pub enum TopologyError {
 
 fn format_problems(problems: &[Problem]) -> String {
     problems.iter().map(|problem| format!("  - {problem}")).collect::<Vec<_>>().join("\n")
+}
+
+/// Turns a toml error into a message that leads with the place and the field.
+///
+/// toml's own text gives the line and quotes it, but for an unknown key it does not
+/// say which table the key was found in ("unknown field `foo`" could be at the top,
+/// in [network] or in the fifth [[node]]), and for a bad value it names no key at
+/// all. The field is recovered from the text: the nearest table header above the
+/// error line, plus the key on that line.
+fn syntax_message(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(span) = error.span() else {
+        return message.to_string();
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |newline| newline + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |newline| start + newline);
+    let line_number = text[..start].matches('\n').count() + 1;
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..line_end].trim_end_matches('\r');
+
+    let place = match field_at(&text[..line_start], line) {
+        Some(field) => format!("line {line_number}, column {column}, {field}"),
+        None => format!("line {line_number}, column {column}"),
+    };
+    // Underline the span like toml does, but never past the end of the quoted line.
+    let width = text[start..span.end.clamp(start, line_end)].chars().count().max(1);
+    let gutter = " ".repeat(line_number.to_string().len());
+    let underline = format!("{}{}", " ".repeat(column - 1), "^".repeat(width));
+    format!("{place}: {message}\n{gutter} |\n{line_number} | {line}\n{gutter} | {underline}")
+}
+
+/// The dotted field (`network.vip`, `node[2].roles`) that `line` sets, given the
+/// document text before it; `None` when no table or key can be told.
+fn field_at(before: &str, line: &str) -> Option<String> {
+    let mut table = Vec::<String>::new();
+    let mut array_counts = BTreeMap::<String, usize>::new();
+    let mut enter = |header: &str, table: &mut Vec<String>| -> bool {
+        // A comment may follow the header; a malformed header (the error itself) is skipped.
+        let header = header.split('#').next().unwrap_or_default().trim();
+        let (name, is_array) = match header.strip_prefix("[[").and_then(|rest| rest.strip_suffix("]]")) {
+            Some(name) => (name, true),
+            None => match header.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+                Some(name) => (name, false),
+                None => return false,
+            },
+        };
+        if name.contains(['[', ']']) {
+            return false;
+        }
+        let name: String = name.split('.').map(|part| part.trim().trim_matches('"')).collect::<Vec<_>>().join(".");
+        if is_array {
+            *array_counts.entry(name.clone()).or_default() += 1;
+        }
+        // Each prefix that names an array of tables gets the index of its latest entry,
+        // so a [node.resources] after the third [[node]] reads node[2].resources.
+        table.clear();
+        let mut prefix = String::new();
+        for part in name.split('.') {
+            if !prefix.is_empty() {
+                prefix.push('.');
+            }
+            prefix.push_str(part);
+            match array_counts.get(&prefix) {
+                Some(count) => table.push(format!("{part}[{}]", count - 1)),
+                None => table.push(part.to_string()),
+            }
+        }
+        true
+    };
+    for earlier in before.lines() {
+        if earlier.trim_start().starts_with('[') {
+            enter(earlier, &mut table);
+        }
+    }
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('#') {
+        return None;
+    }
+    if trimmed.starts_with('[') && !trimmed.contains('=') {
+        // The error is about the table itself: a missing field in it, or a broken header
+        // that names no table yet.
+        if !enter(line, &mut table) {
+            return None;
+        }
+    } else if let Some((key, _)) = line.split_once('=') {
+        table.push(key.trim().trim_matches('"').to_string());
+    }
+    (!table.is_empty()).then(|| table.join("."))
 }
 
 /// One broken rule: the field, its value and what is wrong with it.
@@ -338,6 +466,23 @@ pub struct Validated {
     pub warnings: Vec<Problem>,
 }
 
+/// Collects the problems of one validation run.
+#[derive(Default)]
+struct Findings {
+    errors: Vec<Problem>,
+    warnings: Vec<Problem>,
+}
+
+impl Findings {
+    fn error(&mut self, field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(Problem { field: field.into(), value: value.into(), message: message.into() });
+    }
+
+    fn warning(&mut self, field: impl Into<String>, value: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Problem { field: field.into(), value: value.into(), message: message.into() });
+    }
+}
+
 impl Topology {
     /// Reads, parses and validates a topology file.
     pub fn load(path: &Path) -> Result<Validated, TopologyError> {
@@ -349,7 +494,7 @@ impl Topology {
     /// Parses and validates topology text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Validated, TopologyError> {
         let topology: Topology = toml::from_str(text)
-            .map_err(|error| TopologyError::Syntax { path: path.to_owned(), message: error.to_string() })?;
+            .map_err(|error| TopologyError::Syntax { path: path.to_owned(), message: syntax_message(text, &error) })?;
         let (problems, warnings) = topology.check();
         if problems.is_empty() {
             Ok(Validated { topology, warnings })
@@ -367,25 +512,29 @@ impl Topology {
         self.nodes.iter().find(|node| node.name == name)
     }
 
-    /// Applies every semantic rule and returns `(errors, warnings)`.
+    /// Applies every semantic rule and returns `(errors, warnings)`. Every rule runs,
+    /// so that one pass over the file shows the user everything to fix.
     pub fn check(&self) -> (Vec<Problem>, Vec<Problem>) {
-        let mut errors = Vec::new();
-        let mut warnings = Vec::new();
-        let problem = |list: &mut Vec<Problem>, field: String, value: String, message: String| {
-            list.push(Problem { field, value, message });
-        };
-        let net = &self.network;
-
+        let mut findings = Findings::default();
         if !is_dns_label(&self.name) || self.name.len() > 8 {
-            problem(
-                &mut errors,
-                "name".into(),
+            findings.error(
+                "name",
                 quoted(&self.name),
-                "must be 1-8 lowercase letters, digits or '-' (it prefixes host interface names)".into(),
+                "must be 1-8 lowercase letters, digits or '-' (it prefixes host interface names)",
             );
         }
+        self.check_ranges(&mut findings);
+        self.check_network_addresses(&mut findings);
+        self.check_ports(&mut findings);
+        self.check_kubernetes(&mut findings);
+        self.check_nodes(&mut findings);
+        self.check_roles(&mut findings);
+        (findings.errors, findings.warnings)
+    }
 
-        // Address ranges: each must be sane on its own, then none may overlap another.
+    /// The three address ranges: each must be sane on its own, and none may overlap another.
+    fn check_ranges(&self, findings: &mut Findings) {
+        let net = &self.network;
         let ranges = [
             ("network.node_subnet", net.node_subnet),
             ("network.pod_cidr", net.pod_cidr),
@@ -393,9 +542,8 @@ impl Topology {
         ];
         for (field, range) in ranges {
             if range.addr() != range.network() {
-                problem(
-                    &mut errors,
-                    field.into(),
+                findings.error(
+                    field,
                     quoted(&range.to_string()),
                     format!("has host bits set; did you mean {}?", range.trunc()),
                 );
@@ -403,232 +551,248 @@ impl Topology {
         }
         for (index, (field_a, a)) in ranges.iter().enumerate() {
             for (field_b, b) in &ranges[index + 1..] {
+                // Two CIDRs overlap exactly when one holds the other's first address.
                 if a.contains(&b.network()) || b.contains(&a.network()) {
-                    problem(
-                        &mut errors,
-                        field_b.to_string(),
+                    findings.error(
+                        *field_b,
                         quoted(&b.to_string()),
-                        format!("overlaps {field_a} {a}"),
+                        format!("overlaps {field_a} {a}; the ranges must be disjoint"),
                     );
                 }
             }
         }
         if net.node_subnet.prefix_len() > 29 {
-            problem(
-                &mut errors,
-                "network.node_subnet".into(),
+            findings.error(
+                "network.node_subnet",
                 quoted(&net.node_subnet.to_string()),
-                "is too small for a gateway, a VIP and nodes (use /29 or larger)".into(),
+                "is too small for a gateway, a VIP and nodes (use /29 or larger)",
             );
         }
         if net.pod_cidr.prefix_len() > 23 {
-            problem(
-                &mut errors,
-                "network.pod_cidr".into(),
+            findings.error(
+                "network.pod_cidr",
                 quoted(&net.pod_cidr.to_string()),
-                "must hold at least two /24 node ranges (use /23 or larger)".into(),
+                "must hold at least two /24 node ranges (use /23 or larger)",
             );
         } else {
             let capacity = 1usize << (24 - net.pod_cidr.prefix_len());
             let workers = self.nodes_with(Role::Worker).count();
             if workers > capacity {
-                problem(
-                    &mut errors,
-                    "network.pod_cidr".into(),
+                findings.error(
+                    "network.pod_cidr",
                     quoted(&net.pod_cidr.to_string()),
                     format!("holds {capacity} node /24 ranges but the lab has {workers} workers"),
                 );
             }
         }
-        let usable = |address: Ipv4Addr| {
-            net.node_subnet.contains(&address)
-                && address != net.node_subnet.network()
-                && address != net.node_subnet.broadcast()
-        };
-        if !usable(net.gateway) {
-            problem(
-                &mut errors,
-                "network.gateway".into(),
-                quoted(&net.gateway.to_string()),
-                format!("must be a host address inside network.node_subnet {}", net.node_subnet),
+        let dns = net.cluster_dns;
+        if let Some(reason) = host_address_problem(net.service_cidr, dns) {
+            findings.error(
+                "network.cluster_dns",
+                quoted(&dns.to_string()),
+                format!("{reason} network.service_cidr {}", net.service_cidr),
             );
-        }
-        if !usable(net.vip) {
-            problem(
-                &mut errors,
-                "network.vip".into(),
-                quoted(&net.vip.to_string()),
-                format!("must be a host address inside network.node_subnet {}", net.node_subnet),
-            );
-        } else if net.vip == net.gateway {
-            problem(&mut errors, "network.vip".into(), quoted(&net.vip.to_string()), "equals network.gateway".into());
-        }
-        if !net.service_cidr.contains(&net.cluster_dns)
-            || net.cluster_dns == net.service_cidr.network()
-            || net.cluster_dns == net.service_cidr.broadcast()
-        {
-            problem(
-                &mut errors,
-                "network.cluster_dns".into(),
-                quoted(&net.cluster_dns.to_string()),
-                format!("must be a host address inside network.service_cidr {}", net.service_cidr),
-            );
-        } else if net.cluster_dns == first_service_ip(net.service_cidr) {
-            problem(
-                &mut errors,
-                "network.cluster_dns".into(),
-                quoted(&net.cluster_dns.to_string()),
-                "is the first service IP, which the `kubernetes` Service takes".into(),
+        } else if dns == first_service_ip(net.service_cidr) {
+            findings.error(
+                "network.cluster_dns",
+                quoted(&dns.to_string()),
+                "is the first service IP, which the `kubernetes` Service takes; pick another address",
             );
         }
         if !net.cluster_domain.split('.').all(is_dns_label) {
-            problem(
-                &mut errors,
-                "network.cluster_domain".into(),
+            findings.error(
+                "network.cluster_domain",
                 quoted(&net.cluster_domain),
-                "must be a DNS name of lowercase labels".into(),
+                "must be a DNS name of lowercase labels, e.g. \"cluster.local\"",
             );
         }
-        if net.api_port == 0 || net.apiserver_port == 0 {
-            problem(
-                &mut errors,
-                "network.api_port".into(),
-                format!("{}/{}", net.api_port, net.apiserver_port),
-                "ports must not be 0".into(),
+    }
+
+    /// The gateway and the VIP live on the node subnet next to the nodes.
+    fn check_network_addresses(&self, findings: &mut Findings) {
+        let net = &self.network;
+        for (field, address) in [("network.gateway", net.gateway), ("network.vip", net.vip)] {
+            if let Some(reason) = host_address_problem(net.node_subnet, address) {
+                findings.error(
+                    field,
+                    quoted(&address.to_string()),
+                    format!("{reason} network.node_subnet {}", net.node_subnet),
+                );
+            }
+        }
+        if net.vip == net.gateway {
+            findings.error(
+                "network.vip",
+                quoted(&net.vip.to_string()),
+                "equals network.gateway (the host's address on the lab bridge)",
             );
         }
+    }
+
+    fn check_ports(&self, findings: &mut Findings) {
+        let net = &self.network;
         for (field, port) in [("network.api_port", net.api_port), ("network.apiserver_port", net.apiserver_port)] {
+            if port == 0 {
+                findings.error(field, port.to_string(), "must be a port number from 1 to 65535");
+            }
             if (net.node_port_range.first..=net.node_port_range.last).contains(&port) {
-                problem(
-                    &mut errors,
-                    field.into(),
+                findings.error(
+                    field,
                     port.to_string(),
                     format!("lies inside network.node_port_range {}", net.node_port_range),
                 );
             }
         }
         if net.api_port == net.apiserver_port {
-            problem(
-                &mut errors,
-                "network.api_port".into(),
+            findings.error(
+                "network.api_port",
                 net.api_port.to_string(),
-                "must differ from network.apiserver_port: HAProxy and kube-apiserver share the masters".into(),
+                "must differ from network.apiserver_port: HAProxy and kube-apiserver share the masters",
             );
         }
+    }
 
-        if self.kubernetes.source == ArtifactSource::Dir && self.kubernetes.dir.is_none() {
-            problem(
-                &mut errors,
-                "kubernetes.dir".into(),
-                "(missing)".into(),
-                "is required when kubernetes.source = \"dir\"".into(),
+    fn check_kubernetes(&self, findings: &mut Findings) {
+        let kubernetes = &self.kubernetes;
+        if kubernetes.source == ArtifactSource::Dir && kubernetes.dir.is_none() {
+            findings.error(
+                "kubernetes.dir",
+                "(missing)",
+                "is required when kubernetes.source = \"dir\": set it to the directory holding the binaries",
             );
         }
-        if self.kubernetes.version.starts_with('v') || self.kubernetes.version.split('.').count() != 3 {
-            problem(
-                &mut errors,
-                "kubernetes.version".into(),
-                quoted(&self.kubernetes.version),
-                "must be MAJOR.MINOR.PATCH without a leading v, e.g. \"1.20.2\"".into(),
+        let parts: Vec<&str> = kubernetes.version.split('.').collect();
+        let numeric = |part: &&str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
+        if parts.len() != 3 || !parts.iter().all(numeric) {
+            findings.error(
+                "kubernetes.version",
+                quoted(&kubernetes.version),
+                "must be MAJOR.MINOR.PATCH without a leading v, e.g. \"1.20.2\"",
             );
         }
+    }
 
-        // Nodes.
+    /// Each node on its own: its name, aliases, address and role combination.
+    fn check_nodes(&self, findings: &mut Findings) {
+        let net = &self.network;
         if self.nodes.is_empty() {
-            problem(&mut errors, "node".into(), "[]".into(), "the lab has no node; add [[node]] tables".into());
+            findings.error("node", "[]", "the lab has no node; add [[node]] tables");
         }
-        let mut names = BTreeSet::new();
-        let mut addresses = BTreeSet::new();
+        // Who took each name and address first, so that a duplicate can say where the other one is.
+        let mut names = BTreeMap::<&str, String>::new();
+        let mut addresses = BTreeMap::<Ipv4Addr, String>::new();
         for (index, node) in self.nodes.iter().enumerate() {
             let field = |name: &str| format!("node[{index}].{name}");
+            let owner = format!("node[{index}] ({})", node.name);
             if !is_dns_label(&node.name) {
-                problem(
-                    &mut errors,
+                findings.error(
                     field("name"),
                     quoted(&node.name),
-                    "must be a lowercase DNS label (letters, digits, '-')".into(),
+                    "must be a lowercase DNS label (letters, digits, '-')",
                 );
             }
-            if !names.insert(node.name.clone()) {
-                problem(&mut errors, field("name"), quoted(&node.name), "is used by another node".into());
+            if let Some(first) = names.get(node.name.as_str()) {
+                findings.error(field("name"), quoted(&node.name), format!("is already used by {first}"));
+            } else {
+                names.insert(&node.name, owner.clone());
             }
             for alias in &node.aliases {
                 if !is_dns_label(alias) {
-                    problem(&mut errors, field("aliases"), quoted(alias), "must be a lowercase DNS label".into());
+                    findings.error(field("aliases"), quoted(alias), "must be a lowercase DNS label");
                 }
-                if !names.insert(alias.clone()) {
-                    problem(&mut errors, field("aliases"), quoted(alias), "is used by another node or alias".into());
+                if let Some(first) = names.get(alias.as_str()) {
+                    findings.error(field("aliases"), quoted(alias), format!("is already used by {first}"));
+                } else {
+                    names.insert(alias, owner.clone());
                 }
             }
+
             let address = node.address;
-            if !addresses.insert(address) {
-                problem(&mut errors, field("address"), quoted(&address.to_string()), "is used by another node".into());
+            if let Some(first) = addresses.get(&address) {
+                findings.error(field("address"), quoted(&address.to_string()), format!("is already used by {first}"));
+            } else {
+                addresses.insert(address, owner);
             }
-            if !usable(address) {
-                problem(
-                    &mut errors,
+            if let Some(reason) = host_address_problem(net.node_subnet, address) {
+                findings.error(
                     field("address"),
                     quoted(&address.to_string()),
-                    format!("lies outside network.node_subnet {}", net.node_subnet),
+                    format!("{reason} network.node_subnet {}", net.node_subnet),
                 );
             } else if address == net.gateway {
-                problem(
-                    &mut errors,
+                findings.error(
                     field("address"),
                     quoted(&address.to_string()),
-                    "equals network.gateway (the host's address on the lab bridge)".into(),
+                    "equals network.gateway (the host's address on the lab bridge)",
                 );
             } else if address == net.vip {
-                problem(&mut errors, field("address"), quoted(&address.to_string()), "equals network.vip".into());
-            }
-            if node.roles.is_empty() {
-                problem(
-                    &mut errors,
-                    field("roles"),
-                    "[]".into(),
-                    "a node needs at least one of etcd, master, lb, worker".into(),
+                findings.error(
+                    field("address"),
+                    quoted(&address.to_string()),
+                    "equals network.vip (keepalived's floating address)",
                 );
+            }
+
+            if node.roles.is_empty() {
+                findings.error(field("roles"), "[]", "a node needs at least one of etcd, master, lb, worker");
             }
             if node.has(Role::Lb) && !node.has(Role::Master) {
-                problem(
-                    &mut errors,
+                findings.error(
                     field("roles"),
-                    format!("{:?}", node.roles.iter().map(Role::to_string).collect::<Vec<_>>()),
-                    "lb needs master on the same node: HAProxy balances the masters' apiservers".into(),
+                    roles_value(&node.roles),
+                    "lb needs master on the same node: HAProxy balances the masters' apiservers",
                 );
             }
         }
+    }
 
-        let etcd_members = self.nodes_with(Role::Etcd).count();
-        if !self.nodes.is_empty() {
-            for (role, what) in [(Role::Etcd, "etcd member"), (Role::Master, "master"), (Role::Worker, "worker")] {
-                if self.nodes_with(role).count() == 0 {
-                    problem(
-                        &mut errors,
-                        "node[].roles".into(),
-                        format!("(no {role})"),
-                        format!("the lab needs at least one {what}"),
-                    );
-                }
-            }
-            if etcd_members > 0 && etcd_members % 2 == 0 {
-                problem(
-                    &mut warnings,
-                    "node[].roles".into(),
-                    format!("({etcd_members} etcd members)"),
-                    "an even number of etcd members tolerates no more failures than one fewer".into(),
-                );
-            }
-            if self.nodes_with(Role::Lb).count() == 0 && self.nodes_with(Role::Master).count() > 0 {
-                problem(
-                    &mut errors,
-                    "node[].roles".into(),
-                    "(no lb)".into(),
-                    "the lab needs at least one lb node to carry network.vip".into(),
+    /// The lab as a whole: every role must be present, and etcd wants an odd quorum.
+    fn check_roles(&self, findings: &mut Findings) {
+        if self.nodes.is_empty() {
+            // "no node" already says it all; a missing role per role would only repeat it.
+            return;
+        }
+        for (role, what) in [(Role::Etcd, "etcd member"), (Role::Master, "master"), (Role::Worker, "worker")] {
+            if self.nodes_with(role).count() == 0 {
+                findings.error(
+                    "node[*].roles",
+                    format!("(no node has {role})"),
+                    format!("the lab needs at least one {what}; add \"{role}\" to a node's roles"),
                 );
             }
         }
-        (errors, warnings)
+        let etcd_members = self.nodes_with(Role::Etcd).count();
+        if etcd_members > 0 && etcd_members.is_multiple_of(2) {
+            findings.warning(
+                "node[*].roles",
+                format!("({etcd_members} etcd members)"),
+                format!(
+                    "an even number of etcd members tolerates no more failures than {}; use an odd count",
+                    etcd_members - 1
+                ),
+            );
+        }
+        if self.nodes_with(Role::Master).count() > 0 && self.nodes_with(Role::Lb).count() == 0 {
+            findings.error(
+                "node[*].roles",
+                "(no node has lb)",
+                "the lab needs at least one lb node to carry network.vip; add \"lb\" to a master's roles",
+            );
+        }
+    }
+}
+
+/// Why `address` cannot be a host on `subnet`, as the start of a sentence ending in
+/// the subnet's field name; `None` when it can.
+fn host_address_problem(subnet: Ipv4Net, address: Ipv4Addr) -> Option<&'static str> {
+    if !subnet.contains(&address) {
+        Some("lies outside")
+    } else if address == subnet.network() {
+        Some("is the network address of")
+    } else if address == subnet.broadcast() {
+        Some("is the broadcast address of")
+    } else {
+        None
     }
 }
 
@@ -647,4 +811,9 @@ fn is_dns_label(text: &str) -> bool {
 
 fn quoted(text: &str) -> String {
     format!("{text:?}")
+}
+
+/// Roles as written in TOML, e.g. `["lb", "worker"]`.
+fn roles_value(roles: &[Role]) -> String {
+    format!("[{}]", roles.iter().map(|role| quoted(&role.to_string())).collect::<Vec<_>>().join(", "))
 }

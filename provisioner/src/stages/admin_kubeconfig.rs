@@ -1,8 +1,42 @@
-//! Handbook 000 section 5: kubectl and the admin kubeconfig
+//! Handbook 000 section 5: kubectl and the admin kubeconfig.
+//!
+//! The handbook sets up `kubectl` with the admin certificate (O=system:masters, so
+//! RBAC lets it do anything) and points it at the API. The lab writes that kubeconfig
+//! twice: on the host in the lab state directory, where `cargo lab kubectl` uses it,
+//! and on every master, both at the lab's path and as root's default kubeconfig so
+//! that a plain `kubectl` works there. It targets the virtual IP, so it keeps working
+//! whichever master holds it.
 
-use crate::plan::{Context, Stage, StagePlan};
+use std::path::{Path, PathBuf};
+
+use crate::paths;
+use crate::pki::{self, names};
+use crate::plan::{Context, FileSpec, Stage, StagePlan};
+use crate::topology::Role;
+
+/// The user name the kubeconfig gives the admin credentials.
+const ADMIN_USER: &str = "admin";
+
+/// Where the admin kubeconfig lives on the host.
+pub fn local_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("admin.kubeconfig")
+}
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let _ = context;
-    StagePlan::new(Stage::AdminKubeconfig, "Handbook 000 section 5: kubectl and the admin kubeconfig")
+    let mut stage = StagePlan::new(Stage::AdminKubeconfig, "Handbook 000 section 5: kubectl and the admin kubeconfig");
+    let kubeconfig = pki::kubeconfig(
+        &context.topology.name,
+        &context.api_server_url,
+        &context.pki.ca.cert_pem,
+        ADMIN_USER,
+        context.pki.get(names::ADMIN),
+    );
+
+    stage.local_files.push(FileSpec::secret(local_path(&context.state_dir).to_string_lossy(), &kubeconfig));
+    for master in context.topology.nodes_with(Role::Master) {
+        let actions = stage.node(&master.name);
+        actions.files.push(FileSpec::secret(paths::ADMIN_KUBECONFIG, &kubeconfig));
+        actions.files.push(FileSpec::secret(paths::ROOT_KUBECONFIG, &kubeconfig));
+    }
+    stage
 }

@@ -1,8 +1,282 @@
-//! Handbook 000 section 4: static etcd cluster with mutual TLS
+//! Handbook 000 section 4: a static etcd cluster with mutual TLS.
+//!
+//! etcd is the only place where Kubernetes keeps state: every object the apiservers
+//! accept ends up here, so losing etcd means losing the cluster. The handbook builds a
+//! *static* cluster: every member is told the full member list up front
+//! (`--initial-cluster`) instead of discovering its peers, and all members are started
+//! together. A member only becomes ready once a majority (quorum) of the members
+//! listed there have found each other, which is why the executor starting the nodes
+//! of a stage in parallel matters here: started one after another, the first member
+//! would wait forever for peers that are not started yet.
+//!
+//! Both of etcd's ports use mutual TLS with the lab CA: clients (kube-apiserver,
+//! etcdctl) talk to port 2379 and must present a client certificate
+//! (`--client-cert-auth`); members replicate over port 2380 and must present their peer
+//! certificate (`--peer-client-cert-auth`). The PKI stage has already put each member's
+//! own certificates in place; this stage writes the unit that starts the member, and
+//! checks that it answers as healthy, which also proves the cluster has quorum.
+//!
+//! Debian's etcd-server package ships its own `etcd.service` (a single local member
+//! running as user `etcd`); the lab's unit of the same name in /etc/systemd/system takes
+//! precedence over it. It runs etcd as root because the PKI stage makes the keys
+//! readable by root only.
 
-use crate::plan::{Context, Stage, StagePlan};
+use crate::paths::{self, pki_files};
+use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
+use crate::topology::Role;
+
+/// The port clients (kube-apiserver, etcdctl) use.
+pub const CLIENT_PORT: u16 = 2379;
+/// The port members replicate over.
+pub const PEER_PORT: u16 = 2380;
+/// The unit this stage writes and starts on every member.
+pub const UNIT: &str = "etcd.service";
+
+/// How long a member may take to find its peers and report healthy.
+const READY_TIMEOUT_SECS: u64 = 120;
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let _ = context;
-    StagePlan::new(Stage::Etcd, "Handbook 000 section 4: static etcd cluster with mutual TLS")
+    let mut stage = StagePlan::new(Stage::Etcd, "Handbook 000 section 4: static etcd cluster with mutual TLS");
+    let topology = context.topology;
+
+    // Every member gets the same member list: `NAME=https://ADDRESS:2380,...`.
+    let initial_cluster = topology
+        .nodes_with(Role::Etcd)
+        .map(|member| format!("{}=https://{}:{PEER_PORT}", member.name, member.address))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let ca = paths::etcd_pki(pki_files::CA_CERT);
+    let server_cert = paths::etcd_pki(pki_files::ETCD_SERVER_CERT);
+    let server_key = paths::etcd_pki(pki_files::ETCD_SERVER_KEY);
+    let peer_cert = paths::etcd_pki(pki_files::ETCD_PEER_CERT);
+    let peer_key = paths::etcd_pki(pki_files::ETCD_PEER_KEY);
+
+    for member in topology.nodes_with(Role::Etcd) {
+        let address = member.address;
+        let flags = vec![
+            format!("--name={}", member.name),
+            format!("--data-dir={}", paths::ETCD_DATA_DIR),
+            // Clients: the member's own address for the apiservers, and loopback for
+            // etcdctl on the node itself. Both are in the serving certificate's SANs.
+            format!("--listen-client-urls=https://{address}:{CLIENT_PORT},https://127.0.0.1:{CLIENT_PORT}"),
+            format!("--advertise-client-urls=https://{address}:{CLIENT_PORT}"),
+            format!("--listen-peer-urls=https://{address}:{PEER_PORT}"),
+            format!("--initial-advertise-peer-urls=https://{address}:{PEER_PORT}"),
+            format!("--initial-cluster={initial_cluster}"),
+            // Only read when the data directory is empty: a restarted member rejoins
+            // with the membership it has stored.
+            "--initial-cluster-state=new".to_string(),
+            // A token unique to the lab, so members of two labs can never join each other.
+            format!("--initial-cluster-token={}", topology.name),
+            "--client-cert-auth=true".to_string(),
+            format!("--trusted-ca-file={ca}"),
+            format!("--cert-file={server_cert}"),
+            format!("--key-file={server_key}"),
+            "--peer-client-cert-auth=true".to_string(),
+            format!("--peer-trusted-ca-file={ca}"),
+            format!("--peer-cert-file={peer_cert}"),
+            format!("--peer-key-file={peer_key}"),
+        ];
+        let unit_path = paths::unit(UNIT);
+        // `Type=notify`: etcd tells systemd it is ready only once it has joined a cluster
+        // with quorum, so `systemctl start` on the first member blocks until enough
+        // members run. The executor starts the units of all members in parallel, so
+        // they find each other; the start timeout and `Restart=on-failure` cover a
+        // member that waits too long.
+        let unit = service_unit(&ServiceUnit {
+            description: &format!("etcd member {} of the {} lab", member.name, topology.name),
+            documentation: "https://etcd.io/docs/v3.4/op-guide/clustering/",
+            notify: true,
+            command: paths::ETCD_BIN,
+            flags: &flags,
+        });
+
+        let actions = stage.node(&member.name);
+        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
+        actions.units.push(UnitSpec {
+            name: UNIT.to_string(),
+            restart_when_changed: vec![
+                unit_path,
+                ca.clone(),
+                server_cert.clone(),
+                server_key.clone(),
+                peer_cert.clone(),
+                peer_key.clone(),
+            ],
+        });
+        // `endpoint health` reads a key through raft, so it succeeds only when the
+        // cluster has a leader and quorum, not merely when this process is up. The
+        // server certificate doubles as the client certificate: it carries both usages.
+        actions.checks.push(CheckSpec {
+            description: format!("etcd member {} is healthy and the cluster has quorum", member.name),
+            script: format!(
+                "ETCDCTL_API=3 {etcdctl} --endpoints=https://127.0.0.1:{CLIENT_PORT} --cacert={ca} \
+                 --cert={server_cert} --key={server_key} endpoint health",
+                etcdctl = paths::ETCDCTL_BIN,
+            ),
+            timeout_secs: READY_TIMEOUT_SECS,
+        });
+    }
+    stage
+}
+
+/// What differs between the lab's daemon units; everything else is shared.
+pub(super) struct ServiceUnit<'a> {
+    pub description: &'a str,
+    pub documentation: &'a str,
+    /// `Type=notify` for daemons that tell systemd when they are ready.
+    pub notify: bool,
+    /// Absolute path of the binary.
+    pub command: &'a str,
+    /// `--flag=value` arguments, one per line in the unit for readability.
+    pub flags: &'a [String],
+}
+
+/// A systemd service for one of the lab's long-running daemons (etcd and the control
+/// plane components): started once the network is up, restarted five seconds after a
+/// crash, and enabled at boot, so that a node restart or `lab down` + `lab up` brings
+/// the component back on its own.
+pub(super) fn service_unit(unit: &ServiceUnit<'_>) -> String {
+    let mut exec_start = unit.command.to_string();
+    for flag in unit.flags {
+        exec_start.push_str(" \\\n  ");
+        exec_start.push_str(flag);
+    }
+    let service_type = if unit.notify { "notify" } else { "simple" };
+    format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+[Unit]
+Description={description}
+Documentation={documentation}
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type={service_type}
+ExecStart={exec_start}
+Restart=on-failure
+RestartSec=5
+# Every client watch is an open connection.
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+",
+        description = unit.description,
+        documentation = unit.documentation,
+    )
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::artifacts::Artifacts;
+    use crate::pki::{Bundle, Issued};
+    use crate::plan::{PlanInputs, StagePlan};
+    use crate::topology::Topology;
+
+    /// A topology from the repository (`lab.toml` or one under `examples/`).
+    pub fn topology(file: &str) -> Topology {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
+        Topology::load(&path).expect("repository topology is valid").topology
+    }
+
+    /// Placeholder PEM text: these stages only place paths and names, never parse keys.
+    fn dummy(name: &str) -> Issued {
+        Issued { cert_pem: format!("CERT {name}\n"), key_pem: format!("KEY {name}\n") }
+    }
+
+    /// A bundle with a dummy certificate under every name the topology's PKI issues.
+    pub fn bundle(topology: &Topology) -> Bundle {
+        let certificates: BTreeMap<String, Issued> =
+            crate::pki::specs(topology).into_iter().map(|spec| (spec.name.clone(), dummy(&spec.name))).collect();
+        Bundle { ca: dummy("ca"), certificates, service_account: dummy("service-account") }
+    }
+
+    /// Runs one stage's `plan` for a repository topology.
+    pub fn stage_for(file: &str, plan: fn(&Context<'_>) -> StagePlan) -> StagePlan {
+        let topology = topology(file);
+        let bundle = bundle(&topology);
+        let artifacts = Artifacts::expected(&topology, Path::new("/cache"));
+        let inputs =
+            PlanInputs { topology: &topology, pki: &bundle, artifacts: &artifacts, state_dir: PathBuf::from("/state") };
+        plan(&Context::new(&inputs))
+    }
+
+    /// The text of the file at `path` on `node`.
+    pub fn file<'a>(stage: &'a StagePlan, node: &str, path: &str) -> &'a str {
+        let actions = stage.nodes.iter().find(|actions| actions.node == node).expect("node is in the stage");
+        let file = actions.files.iter().find(|file| file.path == path).expect("file is planned");
+        match &file.content {
+            crate::plan::Content::Text(text) | crate::plan::Content::Secret(text) => text,
+            crate::plan::Content::Artifact { .. } => panic!("{path} is an artifact"),
+        }
+    }
+
+    /// The value of `--flag=` in a unit's ExecStart.
+    pub fn flag<'a>(unit: &'a str, flag: &str) -> &'a str {
+        let prefix = format!("--{flag}=");
+        unit.lines()
+            .map(|line| line.trim().trim_end_matches(" \\"))
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("unit has no --{flag}"))
+    }
+
+    #[test]
+    fn every_member_lists_all_three_members() {
+        let stage = stage_for("lab.toml", plan);
+        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        assert_eq!(nodes, ["master1", "master2", "master3"]);
+        for node in nodes {
+            let unit = file(&stage, node, "/etc/systemd/system/etcd.service");
+            assert_eq!(
+                flag(unit, "initial-cluster"),
+                "master1=https://10.240.0.11:2380,master2=https://10.240.0.12:2380,master3=https://10.240.0.13:2380"
+            );
+            assert_eq!(flag(unit, "name"), node);
+            assert_eq!(flag(unit, "initial-cluster-token"), "k8s");
+        }
+    }
+
+    #[test]
+    fn member_listens_on_its_own_address_with_mutual_tls() {
+        let stage = stage_for("lab.toml", plan);
+        let unit = file(&stage, "master2", "/etc/systemd/system/etcd.service");
+        assert_eq!(flag(unit, "listen-client-urls"), "https://10.240.0.12:2379,https://127.0.0.1:2379");
+        assert_eq!(flag(unit, "advertise-client-urls"), "https://10.240.0.12:2379");
+        assert_eq!(flag(unit, "listen-peer-urls"), "https://10.240.0.12:2380");
+        assert_eq!(flag(unit, "client-cert-auth"), "true");
+        assert_eq!(flag(unit, "peer-client-cert-auth"), "true");
+        assert_eq!(flag(unit, "cert-file"), "/etc/etcd/pki/server.pem");
+        assert_eq!(flag(unit, "peer-key-file"), "/etc/etcd/pki/peer-key.pem");
+        assert!(unit.contains("Type=notify\n") && unit.contains("Restart=on-failure\n"));
+    }
+
+    #[test]
+    fn unit_restarts_when_its_certificates_change() {
+        let stage = stage_for("lab.toml", plan);
+        let unit = &stage.nodes[0].units[0];
+        assert_eq!(unit.name, "etcd.service");
+        for path in ["/etc/systemd/system/etcd.service", "/etc/etcd/pki/ca.pem", "/etc/etcd/pki/peer-key.pem"] {
+            assert!(unit.restart_when_changed.iter().any(|changed| changed == path), "{path}");
+        }
+    }
+
+    #[test]
+    fn separate_etcd_tier_runs_etcd_only_on_etcd_nodes() {
+        let stage = stage_for("examples/separate-etcd.toml", plan);
+        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        assert_eq!(nodes, ["etcd1", "etcd2", "etcd3"]);
+    }
+
+    #[test]
+    fn single_member_lists_only_itself() {
+        let stage = stage_for("examples/minimal.toml", plan);
+        let unit = file(&stage, "master1", "/etc/systemd/system/etcd.service");
+        assert_eq!(flag(unit, "initial-cluster"), "master1=https://10.242.0.11:2380");
+    }
 }

@@ -1,8 +1,208 @@
-//! Handbook 000 section 7.1 and 8.3: kube-apiserver on every master
+//! Handbook 000 sections 7.1 and 8.3: kube-apiserver on every master.
+//!
+//! The apiserver is the front door of the cluster: kubectl, the other control plane
+//! components, kubelets and kube-proxy all talk only to it, and it is the only
+//! component that talks to etcd. Every request passes three steps, as the handbook
+//! explains: authentication (here only client certificates signed by the lab CA and
+//! service-account tokens; anonymous requests are refused), authorization (`Node` for
+//! kubelets, `RBAC` for everyone else) and admission control.
+//!
+//! The handbook first builds one master and then makes it highly available (section
+//! 8.3). The apiserver is stateless, so HA needs no coordination between apiservers:
+//! every master runs an identical one against the same etcd cluster, each
+//! advertising its own address, and HAProxy plus keepalived (later stages) put one
+//! virtual IP in front of them. The `kubernetes` Service's endpoints list every live
+//! apiserver thanks to the lease endpoint reconciler.
+//!
+//! The apiserver also calls kubelets (logs, exec, port-forward) with its
+//! apiserver-kubelet-client certificate. The PKI issues it with O=system:masters, as
+//! kubeadm does, so RBAC already allows those calls and no extra ClusterRoleBinding is
+//! needed (kubernetes-the-hard-way, whose certificate lacks that group, binds one).
 
-use crate::plan::{Context, Stage, StagePlan};
+use std::net::Ipv4Addr;
+
+use crate::paths::{self, pki_files};
+use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
+use crate::stages::etcd::{service_unit, ServiceUnit};
+use crate::topology::Role;
+
+/// The unit this stage writes and starts on every master.
+pub const UNIT: &str = "kube-apiserver.service";
+
+/// How long an apiserver may take to connect to etcd and report healthy.
+const READY_TIMEOUT_SECS: u64 = 120;
+
+/// Admission plugins, as in the handbook plus NodeRestriction, which limits each kubelet
+/// to its own Node and the pods bound to it.
+const ADMISSION_PLUGINS: &str =
+    "NamespaceLifecycle,NodeRestriction,LimitRanger,ServiceAccount,DefaultStorageClass,ResourceQuota";
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let _ = context;
-    StagePlan::new(Stage::KubeApiserver, "Handbook 000 section 7.1 and 8.3: kube-apiserver on every master")
+    let mut stage = StagePlan::new(Stage::KubeApiserver, "Handbook 000 section 7.1 and 8.3: kube-apiserver on every master");
+    let topology = context.topology;
+    let network = &topology.network;
+
+    let ca = paths::kubernetes_pki(pki_files::CA_CERT);
+    let serving_cert = paths::kubernetes_pki(pki_files::APISERVER_CERT);
+    let serving_key = paths::kubernetes_pki(pki_files::APISERVER_KEY);
+    let etcd_client_cert = paths::kubernetes_pki(pki_files::APISERVER_ETCD_CLIENT_CERT);
+    let etcd_client_key = paths::kubernetes_pki(pki_files::APISERVER_ETCD_CLIENT_KEY);
+    let kubelet_client_cert = paths::kubernetes_pki(pki_files::APISERVER_KUBELET_CLIENT_CERT);
+    let kubelet_client_key = paths::kubernetes_pki(pki_files::APISERVER_KUBELET_CLIENT_KEY);
+    let service_account_public = paths::kubernetes_pki(pki_files::SERVICE_ACCOUNT_PUBLIC_KEY);
+    let service_account_private = paths::kubernetes_pki(pki_files::SERVICE_ACCOUNT_PRIVATE_KEY);
+
+    for master in topology.nodes_with(Role::Master) {
+        let flags = vec![
+            format!("--advertise-address={}", master.address),
+            // All addresses, so that both the node's own address (HAProxy's backends)
+            // and loopback (the controller-manager and scheduler on this master) work.
+            "--bind-address=0.0.0.0".to_string(),
+            format!("--secure-port={}", network.apiserver_port),
+            // Kubernetes 1.20 no longer serves the unauthenticated insecure port at all,
+            // so there is no `--insecure-port` to turn off.
+            "--allow-privileged=true".to_string(),
+            "--anonymous-auth=false".to_string(),
+            "--authorization-mode=Node,RBAC".to_string(),
+            format!("--client-ca-file={ca}"),
+            format!("--enable-admission-plugins={ADMISSION_PLUGINS}"),
+            // One CA signs everything in the lab, etcd's certificates included.
+            format!("--etcd-cafile={ca}"),
+            format!("--etcd-certfile={etcd_client_cert}"),
+            format!("--etcd-keyfile={etcd_client_key}"),
+            format!("--etcd-servers={}", context.etcd_client_urls()),
+            // Kubelets serve with their lab certificates, so the apiserver verifies them.
+            format!("--kubelet-certificate-authority={ca}"),
+            format!("--kubelet-client-certificate={kubelet_client_cert}"),
+            format!("--kubelet-client-key={kubelet_client_key}"),
+            // The nodes are not in any DNS; their addresses are in their certificates.
+            "--kubelet-preferred-address-types=InternalIP,Hostname".to_string(),
+            // Tokens are signed with the private key (by this apiserver for bound tokens,
+            // by the controller-manager for legacy ones) and verified with the public key.
+            format!("--service-account-key-file={service_account_public}"),
+            format!("--service-account-signing-key-file={service_account_private}"),
+            format!("--service-account-issuer=https://kubernetes.default.svc.{}", network.cluster_domain),
+            format!("--service-cluster-ip-range={}", network.service_cidr),
+            format!("--service-node-port-range={}", network.node_port_range),
+            format!("--tls-cert-file={serving_cert}"),
+            format!("--tls-private-key-file={serving_key}"),
+            // Each apiserver keeps a lease in etcd and the `kubernetes` endpoints list
+            // exactly the apiservers whose lease is live (the default since 1.11; the
+            // older `--apiserver-count` is only read by the master-count reconciler).
+            "--endpoint-reconciler-type=lease".to_string(),
+            "--v=2".to_string(),
+        ];
+        let unit_path = paths::unit(UNIT);
+        let unit = service_unit(&ServiceUnit {
+            description: &format!("Kubernetes API server on {}", master.name),
+            documentation: "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
+            notify: false,
+            command: &format!("{}/kube-apiserver", paths::BIN_DIR),
+            flags: &flags,
+        });
+
+        let actions = stage.node(&master.name);
+        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
+        actions.units.push(UnitSpec {
+            name: UNIT.to_string(),
+            restart_when_changed: vec![
+                unit_path,
+                ca.clone(),
+                serving_cert.clone(),
+                serving_key.clone(),
+                etcd_client_cert.clone(),
+                etcd_client_key.clone(),
+                kubelet_client_cert.clone(),
+                kubelet_client_key.clone(),
+                service_account_public.clone(),
+                service_account_private.clone(),
+            ],
+        });
+        // With anonymous auth off even /healthz needs a client certificate; any
+        // certificate signed by the lab CA will do, because RBAC lets every
+        // authenticated user read /healthz. The apiserver's kubelet client certificate
+        // is on every master. Loopback is in the serving certificate's SANs.
+        actions.checks.push(CheckSpec {
+            description: format!("kube-apiserver on {} answers /healthz", master.name),
+            script: format!(
+                "curl --silent --show-error --fail --max-time 5 --cacert {ca} --cert {kubelet_client_cert} \
+                 --key {kubelet_client_key} {}/healthz",
+                context.apiserver_url_of(Ipv4Addr::LOCALHOST),
+            ),
+            timeout_secs: READY_TIMEOUT_SECS,
+        });
+    }
+    stage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::etcd::tests::{file, flag, stage_for, topology};
+
+    const UNIT_PATH: &str = "/etc/systemd/system/kube-apiserver.service";
+
+    #[test]
+    fn runs_on_every_master_advertising_its_own_address() {
+        let stage = stage_for("lab.toml", plan);
+        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        assert_eq!(nodes, ["master1", "master2", "master3"]);
+        assert_eq!(flag(file(&stage, "master3", UNIT_PATH), "advertise-address"), "10.240.0.13");
+    }
+
+    #[test]
+    fn is_secure_by_default() {
+        let stage = stage_for("lab.toml", plan);
+        let unit = file(&stage, "master1", UNIT_PATH);
+        assert_eq!(flag(unit, "anonymous-auth"), "false");
+        assert_eq!(flag(unit, "authorization-mode"), "Node,RBAC");
+        assert_eq!(flag(unit, "client-ca-file"), "/etc/kubernetes/pki/ca.pem");
+        assert_eq!(flag(unit, "kubelet-certificate-authority"), "/etc/kubernetes/pki/ca.pem");
+        assert!(flag(unit, "enable-admission-plugins").split(',').any(|plugin| plugin == "NodeRestriction"));
+    }
+
+    #[test]
+    fn talks_to_all_three_etcd_members_over_tls() {
+        let stage = stage_for("lab.toml", plan);
+        let unit = file(&stage, "master2", UNIT_PATH);
+        assert_eq!(
+            flag(unit, "etcd-servers"),
+            "https://10.240.0.11:2379,https://10.240.0.12:2379,https://10.240.0.13:2379"
+        );
+        assert_eq!(flag(unit, "etcd-certfile"), "/etc/kubernetes/pki/apiserver-etcd-client.pem");
+        assert_eq!(flag(unit, "etcd-keyfile"), "/etc/kubernetes/pki/apiserver-etcd-client-key.pem");
+    }
+
+    #[test]
+    fn uses_the_topology_ranges() {
+        let stage = stage_for("examples/minimal.toml", plan);
+        let unit = file(&stage, "master1", UNIT_PATH);
+        assert_eq!(flag(unit, "service-cluster-ip-range"), "10.34.0.0/24");
+        assert_eq!(flag(unit, "service-node-port-range"), "30000-32767");
+        assert_eq!(flag(unit, "secure-port"), "6443");
+        assert_eq!(flag(unit, "service-account-issuer"), "https://kubernetes.default.svc.cluster.local");
+    }
+
+    #[test]
+    fn separate_etcd_tier_is_reached_from_the_masters() {
+        let stage = stage_for("examples/separate-etcd.toml", plan);
+        let unit = file(&stage, "master1", UNIT_PATH);
+        assert_eq!(
+            flag(unit, "etcd-servers"),
+            "https://10.241.0.31:2379,https://10.241.0.32:2379,https://10.241.0.33:2379"
+        );
+        assert!(stage.nodes.iter().all(|actions| actions.node.starts_with("master")));
+    }
+
+    /// The module doc relies on this: without the group, the apiserver would need an
+    /// RBAC binding to reach the kubelets.
+    #[test]
+    fn kubelet_client_certificate_is_in_system_masters() {
+        let specs = crate::pki::specs(&topology("lab.toml"));
+        let spec = specs
+            .iter()
+            .find(|spec| spec.name == crate::pki::names::APISERVER_KUBELET_CLIENT)
+            .expect("the PKI issues the kubelet client certificate");
+        assert_eq!(spec.organization.as_deref(), Some("system:masters"));
+    }
 }

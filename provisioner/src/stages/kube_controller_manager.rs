@@ -1,11 +1,173 @@
-//! Handbook 000 section 7.2 and 8.4: kube-controller-manager with leader election
+//! Handbook 000 sections 7.2 and 8.4: kube-controller-manager with leader election.
+//!
+//! The controller manager is the cluster's watchdog: dozens of control loops
+//! (Deployments, ReplicaSets, endpoints, service accounts, node lifecycle, ...) watch
+//! the desired state through the apiserver and act until reality matches it. It also
+//! signs certificate requests with the cluster CA and mints service-account tokens.
+//!
+//! Every master runs one, but two copies acting at once would fight each other, so
+//! they elect a leader through a lease object in the API (`--leader-elect`): one is
+//! active, the others wait and take over within seconds if it stops. That is all the
+//! HA it needs (section 8.4), so each instance talks only to its own master's apiserver
+//! over loopback: it does not depend on the virtual IP, and a master whose apiserver is
+//! down simply loses the election.
 
-use crate::plan::{Context, Stage, StagePlan};
+use std::net::Ipv4Addr;
+
+use crate::paths::{self, pki_files};
+use crate::pki::{self, names};
+use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
+use crate::stages::etcd::{service_unit, ServiceUnit};
+use crate::topology::Role;
+
+/// The unit this stage writes and starts on every master.
+pub const UNIT: &str = "kube-controller-manager.service";
+/// The user name its certificate carries (CN), which Kubernetes' built-in RBAC knows.
+const USER: &str = "system:kube-controller-manager";
+/// HTTPS port for health and metrics, with authentication (the 1.20 default).
+const SECURE_PORT: u16 = 10257;
+/// Plain HTTP health port, bound to loopback only: `kubectl get componentstatuses` in
+/// 1.20 asks `http://127.0.0.1:10252/healthz` on the apiserver's node.
+const INSECURE_PORT: u16 = 10252;
+
+/// How long the controller manager may take to start serving health checks.
+const READY_TIMEOUT_SECS: u64 = 60;
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let _ = context;
-    StagePlan::new(
+    let mut stage = StagePlan::new(
         Stage::KubeControllerManager,
         "Handbook 000 section 7.2 and 8.4: kube-controller-manager with leader election",
-    )
+    );
+    let topology = context.topology;
+
+    let kubeconfig_path = paths::kubeconfig("kube-controller-manager");
+    let kubeconfig = pki::kubeconfig(
+        &topology.name,
+        &context.apiserver_url_of(Ipv4Addr::LOCALHOST),
+        &context.pki.ca.cert_pem,
+        USER,
+        context.pki.get(names::CONTROLLER_MANAGER),
+    );
+    let ca = paths::kubernetes_pki(pki_files::CA_CERT);
+    let ca_key = paths::kubernetes_pki(pki_files::CA_KEY);
+    let service_account_private = paths::kubernetes_pki(pki_files::SERVICE_ACCOUNT_PRIVATE_KEY);
+
+    let flags = vec![
+        // Health and metrics on loopback only: nothing outside the master needs them.
+        "--bind-address=127.0.0.1".to_string(),
+        format!("--secure-port={SECURE_PORT}"),
+        "--address=127.0.0.1".to_string(),
+        format!("--port={INSECURE_PORT}"),
+        // The plan gives every worker a fixed /24 of the pod range, and the pod network
+        // (routes and CNI configuration) is built from those. If the controller manager
+        // allocated node CIDRs itself, it would hand them out in registration order and
+        // they could disagree with the plan, so allocation stays off (and with it
+        // `--cluster-cidr`, which only that allocation reads).
+        "--allocate-node-cidrs=false".to_string(),
+        format!("--cluster-name={}", topology.name),
+        // Signs the certificates that CertificateSigningRequests ask for.
+        format!("--cluster-signing-cert-file={ca}"),
+        format!("--cluster-signing-key-file={ca_key}"),
+        format!("--kubeconfig={kubeconfig_path}"),
+        // Health and metrics requests are checked against the apiserver with the same
+        // credentials.
+        format!("--authentication-kubeconfig={kubeconfig_path}"),
+        format!("--authorization-kubeconfig={kubeconfig_path}"),
+        "--leader-elect=true".to_string(),
+        // Put into every service account's token secret so pods can verify the apiserver.
+        format!("--root-ca-file={ca}"),
+        format!("--service-account-private-key-file={service_account_private}"),
+        format!("--service-cluster-ip-range={}", topology.network.service_cidr),
+        // Each controller acts with its own service account, so RBAC grants each only
+        // what it needs instead of everything the controller manager may do.
+        "--use-service-account-credentials=true".to_string(),
+        "--v=2".to_string(),
+    ];
+    let unit_path = paths::unit(UNIT);
+
+    for master in topology.nodes_with(Role::Master) {
+        let unit = service_unit(&ServiceUnit {
+            description: &format!("Kubernetes controller manager on {}", master.name),
+            documentation:
+                "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/",
+            notify: false,
+            command: &format!("{}/kube-controller-manager", paths::BIN_DIR),
+            flags: &flags,
+        });
+
+        let actions = stage.node(&master.name);
+        // The kubeconfig embeds the controller manager's private key.
+        actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
+        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
+        actions.units.push(UnitSpec {
+            name: UNIT.to_string(),
+            restart_when_changed: vec![
+                unit_path.clone(),
+                kubeconfig_path.clone(),
+                ca.clone(),
+                ca_key.clone(),
+                service_account_private.clone(),
+            ],
+        });
+        // /healthz is exempt from authorization by default and anonymous requests are
+        // authenticated as system:anonymous, so no credentials are needed. The serving
+        // certificate is self-signed at startup, hence `--insecure` on loopback.
+        actions.checks.push(CheckSpec {
+            description: format!("kube-controller-manager on {} answers /healthz", master.name),
+            script: format!(
+                "curl --silent --show-error --fail --max-time 5 --insecure https://127.0.0.1:{SECURE_PORT}/healthz"
+            ),
+            timeout_secs: READY_TIMEOUT_SECS,
+        });
+        actions.checks.push(CheckSpec {
+            description: format!("kube-controller-manager on {} answers componentstatuses' probe", master.name),
+            script: format!("curl --silent --show-error --fail --max-time 5 http://127.0.0.1:{INSECURE_PORT}/healthz"),
+            timeout_secs: READY_TIMEOUT_SECS,
+        });
+    }
+    stage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Content;
+    use crate::stages::etcd::tests::{file, flag, stage_for};
+
+    const UNIT_PATH: &str = "/etc/systemd/system/kube-controller-manager.service";
+
+    #[test]
+    fn elects_a_leader_and_uses_its_own_kubeconfig() {
+        let stage = stage_for("lab.toml", plan);
+        assert_eq!(stage.nodes.len(), 3);
+        let unit = file(&stage, "master2", UNIT_PATH);
+        assert_eq!(flag(unit, "leader-elect"), "true");
+        for kubeconfig_flag in ["kubeconfig", "authentication-kubeconfig", "authorization-kubeconfig"] {
+            assert_eq!(flag(unit, kubeconfig_flag), "/etc/kubernetes/kube-controller-manager.kubeconfig");
+        }
+        assert_eq!(flag(unit, "allocate-node-cidrs"), "false");
+        assert_eq!(flag(unit, "service-cluster-ip-range"), "10.32.0.0/24");
+        assert_eq!(flag(unit, "cluster-signing-key-file"), "/etc/kubernetes/pki/ca-key.pem");
+    }
+
+    #[test]
+    fn kubeconfig_is_secret_and_targets_the_local_apiserver() {
+        let stage = stage_for("lab.toml", plan);
+        let kubeconfig = stage.nodes[0]
+            .files
+            .iter()
+            .find(|file| file.path == "/etc/kubernetes/kube-controller-manager.kubeconfig")
+            .expect("kubeconfig is planned");
+        assert_eq!(kubeconfig.mode, 0o600);
+        let Content::Secret(text) = &kubeconfig.content else { panic!("kubeconfig must be secret") };
+        assert!(text.contains("https://127.0.0.1:6443"), "{text}");
+    }
+
+    #[test]
+    fn serves_health_on_loopback_only() {
+        let stage = stage_for("lab.toml", plan);
+        let unit = file(&stage, "master1", UNIT_PATH);
+        assert_eq!(flag(unit, "bind-address"), "127.0.0.1");
+        assert_eq!(flag(unit, "address"), "127.0.0.1");
+    }
 }

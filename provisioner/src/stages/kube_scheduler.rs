@@ -1,8 +1,146 @@
-//! Handbook 000 section 7.3 and 8.4: kube-scheduler with leader election
+//! Handbook 000 sections 7.3 and 8.4: kube-scheduler with leader election.
+//!
+//! The scheduler decides where pods run: it watches for pods without a node, filters
+//! the nodes that can take them (resources, taints, affinity) and binds each pod to the
+//! best one. Kubelets then start what is bound to them.
+//!
+//! Like the controller manager, it runs on every master and elects a leader through
+//! the API, so only one instance schedules at a time and another takes over if it stops
+//! (section 8.4). Each instance talks to its own master's apiserver over loopback.
+//! Since Kubernetes 1.19 the scheduler is configured with a KubeSchedulerConfiguration
+//! file (API version `kubescheduler.config.k8s.io/v1beta1` in 1.20) rather than flags.
 
-use crate::plan::{Context, Stage, StagePlan};
+use std::net::Ipv4Addr;
+
+use crate::paths;
+use crate::pki::{self, names};
+use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
+use crate::stages::etcd::{service_unit, ServiceUnit};
+use crate::topology::Role;
+
+/// The unit this stage writes and starts on every master.
+pub const UNIT: &str = "kube-scheduler.service";
+/// The user name its certificate carries (CN), which Kubernetes' built-in RBAC knows.
+const USER: &str = "system:kube-scheduler";
+/// HTTPS port for health and metrics, with authentication (the 1.20 default).
+const SECURE_PORT: u16 = 10259;
+/// Plain HTTP health port, bound to loopback only: `kubectl get componentstatuses` in
+/// 1.20 asks `http://127.0.0.1:10251/healthz` on the apiserver's node.
+const INSECURE_PORT: u16 = 10251;
+
+/// How long the scheduler may take to start serving health checks.
+const READY_TIMEOUT_SECS: u64 = 60;
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let _ = context;
-    StagePlan::new(Stage::KubeScheduler, "Handbook 000 section 7.3 and 8.4: kube-scheduler with leader election")
+    let mut stage =
+        StagePlan::new(Stage::KubeScheduler, "Handbook 000 section 7.3 and 8.4: kube-scheduler with leader election");
+    let topology = context.topology;
+
+    let kubeconfig_path = paths::kubeconfig("kube-scheduler");
+    let kubeconfig = pki::kubeconfig(
+        &topology.name,
+        &context.apiserver_url_of(Ipv4Addr::LOCALHOST),
+        &context.pki.ca.cert_pem,
+        USER,
+        context.pki.get(names::SCHEDULER),
+    );
+    // With a configuration file, the plain HTTP health and metrics listeners are set
+    // here rather than with the deprecated `--address`/`--port` flags. Both default to
+    // every address; the lab keeps them on loopback.
+    let config = format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+apiVersion: kubescheduler.config.k8s.io/v1beta1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: {kubeconfig_path}
+leaderElection:
+  leaderElect: true
+healthzBindAddress: 127.0.0.1:{INSECURE_PORT}
+metricsBindAddress: 127.0.0.1:{INSECURE_PORT}
+"
+    );
+    let flags = vec![
+        format!("--config={}", paths::KUBE_SCHEDULER_CONFIG),
+        // Health and metrics requests on the HTTPS port are checked against the apiserver
+        // with the scheduler's own credentials.
+        format!("--authentication-kubeconfig={kubeconfig_path}"),
+        format!("--authorization-kubeconfig={kubeconfig_path}"),
+        "--bind-address=127.0.0.1".to_string(),
+        format!("--secure-port={SECURE_PORT}"),
+        "--v=2".to_string(),
+    ];
+    let unit_path = paths::unit(UNIT);
+
+    for master in topology.nodes_with(Role::Master) {
+        let unit = service_unit(&ServiceUnit {
+            description: &format!("Kubernetes scheduler on {}", master.name),
+            documentation: "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/",
+            notify: false,
+            command: &format!("{}/kube-scheduler", paths::BIN_DIR),
+            flags: &flags,
+        });
+
+        let actions = stage.node(&master.name);
+        // The kubeconfig embeds the scheduler's private key.
+        actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
+        actions.files.push(FileSpec::text(paths::KUBE_SCHEDULER_CONFIG, 0o644, &config));
+        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
+        actions.units.push(UnitSpec {
+            name: UNIT.to_string(),
+            restart_when_changed: vec![
+                unit_path.clone(),
+                paths::KUBE_SCHEDULER_CONFIG.to_string(),
+                kubeconfig_path.clone(),
+            ],
+        });
+        // /healthz is exempt from authorization by default and anonymous requests are
+        // authenticated as system:anonymous, so no credentials are needed. The serving
+        // certificate is self-signed at startup, hence `--insecure` on loopback.
+        actions.checks.push(CheckSpec {
+            description: format!("kube-scheduler on {} answers /healthz", master.name),
+            script: format!(
+                "curl --silent --show-error --fail --max-time 5 --insecure https://127.0.0.1:{SECURE_PORT}/healthz"
+            ),
+            timeout_secs: READY_TIMEOUT_SECS,
+        });
+        actions.checks.push(CheckSpec {
+            description: format!("kube-scheduler on {} answers componentstatuses' probe", master.name),
+            script: format!("curl --silent --show-error --fail --max-time 5 http://127.0.0.1:{INSECURE_PORT}/healthz"),
+            timeout_secs: READY_TIMEOUT_SECS,
+        });
+    }
+    stage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Content;
+    use crate::stages::etcd::tests::{file, flag, stage_for};
+
+    #[test]
+    fn configuration_elects_a_leader_with_the_scheduler_kubeconfig() {
+        let stage = stage_for("lab.toml", plan);
+        assert_eq!(stage.nodes.len(), 3);
+        let config = file(&stage, "master3", "/etc/kubernetes/kube-scheduler.yaml");
+        assert!(config.contains("apiVersion: kubescheduler.config.k8s.io/v1beta1\n"));
+        assert!(config.contains("  kubeconfig: /etc/kubernetes/kube-scheduler.kubeconfig\n"));
+        assert!(config.contains("leaderElection:\n  leaderElect: true\n"));
+        let unit = file(&stage, "master3", "/etc/systemd/system/kube-scheduler.service");
+        assert_eq!(flag(unit, "config"), "/etc/kubernetes/kube-scheduler.yaml");
+        assert_eq!(flag(unit, "bind-address"), "127.0.0.1");
+    }
+
+    #[test]
+    fn kubeconfig_is_secret_and_targets_the_local_apiserver() {
+        let stage = stage_for("examples/minimal.toml", plan);
+        let kubeconfig = stage.nodes[0]
+            .files
+            .iter()
+            .find(|file| file.path == "/etc/kubernetes/kube-scheduler.kubeconfig")
+            .expect("kubeconfig is planned");
+        assert_eq!(kubeconfig.mode, 0o600);
+        let Content::Secret(text) = &kubeconfig.content else { panic!("kubeconfig must be secret") };
+        assert!(text.contains("https://127.0.0.1:6443"), "{text}");
+    }
 }

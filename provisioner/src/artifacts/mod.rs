@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use crate::topology::Topology;
 
+pub mod oci;
+
 /// The Kubernetes binaries every lab installs.
 pub const KUBERNETES_BINARIES: [&str; 6] =
     ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"];

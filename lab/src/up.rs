@@ -1,0 +1,209 @@
+//! `lab up`: preflight, artifacts, machines, then every stage of the plan in
+//! handbook order, with live progress and a closing summary.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use provisioner::executor::{ExecError, Executor, Progress, StageReport};
+use provisioner::host::Host;
+use provisioner::plan::{Plan, Stage};
+use provisioner::ssh::{self, SshHost};
+
+use crate::{machine_verbs, verbs, Exit, Failure, Paths};
+
+/// Where `--until` stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Machines,
+    Stage(Stage),
+    Everything,
+}
+
+impl Until {
+    pub fn parse(text: Option<&str>) -> Result<Until, Failure> {
+        match text {
+            None => Ok(Until::Everything),
+            Some("machines") => Ok(Until::Machines),
+            Some(name) => Stage::from_name(name).map(Until::Stage).ok_or_else(|| Failure {
+                exit: Exit::Usage,
+                error: anyhow::anyhow!(
+                    "--until {name}: no such stage; use `machines` or one of: {}",
+                    Stage::ALL.iter().map(|stage| stage.name()).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
+    }
+}
+
+pub fn up(paths: &Paths, until: Until) -> Result<(), Failure> {
+    let started = Instant::now();
+    machine_verbs::up_machines(paths)?;
+    if until == Until::Machines {
+        println!("machines are up ({:.1} s); `lab up` continues with the stages", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
+
+    let topology = verbs::load_topology(paths)?.topology;
+    let progress_line = |text: &str| eprintln!("[{:>6.1}s] {text}", started.elapsed().as_secs_f64());
+    let artifacts = provisioner::artifacts::build::ensure(&topology, &paths.cache_dir, &progress_line)
+        .context("building the lab's artifacts")?;
+    let plan = verbs::make_plan_with(paths, &topology, &artifacts)?;
+
+    let key = ssh::ensure_keypair(&paths.state_dir).context("the lab's SSH key")?;
+    let hosts = connect_all(&plan, &key)?;
+    let executor = Executor::new(hosts.iter().map(|host| host as &dyn Host));
+
+    let mut reports: Vec<StageReport> = Vec::new();
+    let total = plan.stages.len();
+    for (index, stage) in plan.stages.iter().enumerate() {
+        let display = StageProgress::new(index + 1, total, stage.stage);
+        let result = executor.run_stage(stage, &display);
+        match result {
+            Ok(report) => {
+                display.finish(&report);
+                reports.push(report);
+            }
+            Err(error) => {
+                display.fail();
+                let bundle = write_log_bundle(paths, &plan, &hosts, &error);
+                let mut message = format!("{error}");
+                match bundle {
+                    Ok(dir) => message.push_str(&format!("\nlog bundle: {}", dir.display())),
+                    Err(bundle_error) => message.push_str(&format!("\n(no log bundle: {bundle_error:#})")),
+                }
+                return Err(Failure { exit: Exit::Failure, error: anyhow::anyhow!(message) });
+            }
+        }
+        if until == Until::Stage(stage.stage) {
+            break;
+        }
+    }
+    print_summary(paths, &reports, started.elapsed());
+    Ok(())
+}
+
+/// One SSH session per node, opened in parallel.
+fn connect_all(plan: &Plan, key: &ssh::KeyPair) -> Result<Vec<SshHost>, Failure> {
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = plan
+            .nodes
+            .iter()
+            .map(|node| scope.spawn(move || SshHost::connect(&node.name, node.address, key, Duration::from_secs(60))))
+            .collect();
+        handles.into_iter().map(|handle| handle.join().expect("connect thread panicked")).collect()
+    });
+    results.into_iter().collect::<Result<Vec<_>, _>>().map_err(Failure::from)
+}
+
+/// Live progress of one stage: a spinner on a terminal, plain lines otherwise.
+struct StageProgress {
+    bar: Option<ProgressBar>,
+    label: String,
+    started: Instant,
+}
+
+impl StageProgress {
+    fn new(number: usize, total: usize, stage: Stage) -> Self {
+        let label = format!("[{number:>2}/{total}] {:<24}", stage.name());
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed:>4}").expect("valid template"),
+            );
+            bar.set_prefix(label.clone());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        if bar.is_none() {
+            eprintln!("{label} started");
+        }
+        StageProgress { bar, label, started: Instant::now() }
+    }
+
+    fn finish(&self, report: &StageReport) {
+        let line = format!(
+            "{} done in {:>5.1} s: {} files and {} units changed",
+            self.label,
+            report.elapsed.as_secs_f64(),
+            report.changed_files(),
+            report.changed_units()
+        );
+        match &self.bar {
+            Some(bar) => bar.finish_and_clear(),
+            None => {}
+        }
+        eprintln!("{line}");
+    }
+
+    fn fail(&self) {
+        if let Some(bar) = &self.bar {
+            bar.abandon();
+        }
+        eprintln!("{} FAILED after {:.1} s", self.label, self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Progress for StageProgress {
+    fn step(&self, _stage: Stage, node: &str, step: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(format!("{node}: {step}")),
+            None => eprintln!("{} {:>6.1}s {node}: {step}", self.label, self.started.elapsed().as_secs_f64()),
+        }
+    }
+}
+
+fn print_summary(paths: &Paths, reports: &[StageReport], elapsed: Duration) {
+    let files: usize = reports.iter().map(StageReport::changed_files).sum();
+    let units: usize = reports.iter().map(StageReport::changed_units).sum();
+    println!("\n{:<26} {:>8} {:>6} {:>6}", "stage", "seconds", "files", "units");
+    for report in reports {
+        println!(
+            "{:<26} {:>8.1} {:>6} {:>6}",
+            report.stage.name(),
+            report.elapsed.as_secs_f64(),
+            report.changed_files(),
+            report.changed_units()
+        );
+    }
+    println!("{:<26} {:>8.1} {:>6} {:>6}", "total", elapsed.as_secs_f64(), files, units);
+    if files == 0 && units == 0 {
+        println!("\nthe lab already matched the plan: changed files and units: 0");
+    }
+    println!(
+        "\nuse the cluster:\n  cargo lab kubectl get nodes\n  kubectl --kubeconfig {} get componentstatuses",
+        paths.state_dir.join("admin.kubeconfig").display()
+    );
+}
+
+/// Every lab unit's journal and the rendered files, per node, under the state
+/// directory, so a failed run can be read after the machines are gone.
+fn write_log_bundle(paths: &Paths, plan: &Plan, hosts: &[SshHost], error: &ExecError) -> anyhow::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let dir = paths.state_dir.join("logs").join(format!("bundle-{stamp}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::write(dir.join("error.txt"), error.to_string())?;
+    provisioner::render::render(plan, &dir.join("rendered"))?;
+    for host in hosts {
+        let units: Vec<&str> = plan
+            .stages
+            .iter()
+            .flat_map(|stage| &stage.nodes)
+            .filter(|actions| actions.node == host.name())
+            .flat_map(|actions| actions.units.iter().map(|unit| unit.name.as_str()))
+            .collect();
+        let node_dir = dir.join(host.name());
+        std::fs::create_dir_all(&node_dir)?;
+        for unit in units {
+            let script = format!("journalctl --no-pager --lines 500 --unit {unit}; systemctl status --no-pager {unit}");
+            let text = match host.run(&script) {
+                Ok(output) => output.stdout + &output.stderr,
+                Err(error) => format!("cannot read the journal: {error}"),
+            };
+            std::fs::write(node_dir.join(format!("{unit}.log")), text)?;
+        }
+    }
+    Ok(dir)
+}

@@ -1,0 +1,124 @@
+//! The executor's intended calls for one stage, seen through the recording fake of
+//! the Host seam: what a fresh node gets, what a converged node gets (nothing
+//! written, nothing restarted), and how a failed readiness check is reported.
+
+use std::time::Duration;
+
+use provisioner::executor::{file_state_script, ExecError, Executor, Silent, FILE_STATE_QUERY};
+use provisioner::host::{Call, Host, Output, RecordingHost};
+use provisioner::plan::{CheckSpec, CommandSpec, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
+use sha2::{Digest, Sha256};
+
+const UNIT: &str = "/etc/systemd/system/etcd.service";
+const CONFIG: &str = "/etc/etcd/etcd.env";
+
+fn etcd_like_stage() -> StagePlan {
+    let mut stage = StagePlan::new(Stage::Etcd, "test chapter");
+    let node = stage.node("master1");
+    node.files.push(FileSpec::text(UNIT, 0o644, "[Service]\nExecStart=/usr/bin/etcd\n"));
+    node.files.push(FileSpec::secret(CONFIG, "ETCD_NAME=master1\n"));
+    node.commands.push(CommandSpec {
+        description: "create the data directory".into(),
+        script: "install -d -m 0700 /var/lib/etcd".into(),
+        when: RunWhen::FilesChanged,
+    });
+    node.commands.push(CommandSpec {
+        description: "always idempotent".into(),
+        script: "true # always".into(),
+        when: RunWhen::Always,
+    });
+    node.units.push(UnitSpec { name: "etcd.service".into(), restart_when_changed: vec![UNIT.into(), CONFIG.into()] });
+    node.checks.push(CheckSpec { description: "etcd is healthy".into(), script: "etcdctl endpoint health".into(), timeout_secs: 0 });
+    stage
+}
+
+fn sha(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+#[test]
+fn fresh_node_gets_files_reload_commands_restart_and_check_in_order() {
+    let host = RecordingHost::new("master1");
+    host.reply("systemctl enable", Output { status: 0, stdout: "restarted\n".into(), stderr: String::new() });
+    let stage = etcd_like_stage();
+    let executor = Executor::new([&host as &dyn Host]);
+
+    let report = executor.run_stage(&stage, &Silent).expect("stage runs");
+
+    let calls = host.calls();
+    let files = &stage.nodes[0].files;
+    assert_eq!(calls[0], Call::Run(file_state_script(files)));
+    assert!(matches!(&calls[1], Call::Put { path, mode: 0o644, .. } if path == UNIT));
+    assert!(matches!(&calls[2], Call::Put { path, mode: 0o600, .. } if path == CONFIG));
+    assert_eq!(calls[3], Call::Run("systemctl daemon-reload".into()));
+    assert_eq!(calls[4], Call::Run("install -d -m 0700 /var/lib/etcd".into()));
+    assert_eq!(calls[5], Call::Run("true # always".into()));
+    assert!(
+        matches!(&calls[6], Call::Run(script) if script.contains("systemctl restart --no-block etcd.service")),
+        "a changed input restarts the unit: {:?}",
+        calls[6]
+    );
+    assert_eq!(calls[7], Call::Run("etcdctl endpoint health".into()));
+    assert_eq!(calls.len(), 8);
+    assert_eq!(report.changed_files(), 2);
+    assert_eq!(report.changed_units(), 1);
+}
+
+#[test]
+fn converged_node_writes_nothing_and_restarts_nothing() {
+    let host = RecordingHost::new("master1");
+    let state = format!(
+        "{} 644 root {UNIT}\n{} 600 root {CONFIG}\n",
+        sha("[Service]\nExecStart=/usr/bin/etcd\n"),
+        sha("ETCD_NAME=master1\n")
+    );
+    host.reply(FILE_STATE_QUERY, Output { status: 0, stdout: state, stderr: String::new() });
+    let executor = Executor::new([&host as &dyn Host]);
+
+    let report = executor.run_stage(&etcd_like_stage(), &Silent).expect("stage runs");
+
+    let calls = host.calls();
+    assert!(calls.iter().all(|call| !matches!(call, Call::Put { .. } | Call::Copy { .. })), "{calls:?}");
+    assert!(!calls.contains(&Call::Run("systemctl daemon-reload".into())));
+    assert!(!calls.contains(&Call::Run("install -d -m 0700 /var/lib/etcd".into())), "FilesChanged command skipped");
+    assert!(calls.contains(&Call::Run("true # always".into())), "Always command still runs");
+    assert!(calls.iter().any(|call| matches!(call, Call::Run(s) if s.contains("is-active --quiet etcd.service"))));
+    assert!(calls.iter().all(|call| !matches!(call, Call::Run(s) if s.contains("systemctl restart"))));
+    assert_eq!((report.changed_files(), report.changed_units()), (0, 0));
+}
+
+#[test]
+fn a_wrong_mode_alone_rewrites_the_file() {
+    let host = RecordingHost::new("master1");
+    let state = format!(
+        "{} 644 root {UNIT}\n{} 644 root {CONFIG}\n",
+        sha("[Service]\nExecStart=/usr/bin/etcd\n"),
+        sha("ETCD_NAME=master1\n")
+    );
+    host.reply(FILE_STATE_QUERY, Output { status: 0, stdout: state, stderr: String::new() });
+    let report = Executor::new([&host as &dyn Host]).run_stage(&etcd_like_stage(), &Silent).unwrap();
+    assert_eq!(report.nodes[0].changed_files, vec![CONFIG.to_string()]);
+}
+
+#[test]
+fn failed_check_names_stage_node_check_and_shows_the_journal() {
+    let host = RecordingHost::new("master1");
+    host.reply("etcdctl", Output { status: 1, stdout: String::new(), stderr: "connection refused\n".into() });
+    host.reply("journalctl", Output { status: 0, stdout: "etcd[42]: bad flag --nope\n".into(), stderr: String::new() });
+    let executor = Executor::new([&host as &dyn Host]).with_check_interval(Duration::from_millis(1));
+
+    let error = executor.run_stage(&etcd_like_stage(), &Silent).unwrap_err();
+
+    assert!(matches!(error, ExecError::Check { .. }));
+    let message = error.to_string();
+    for expected in ["stage etcd", "on master1", "etcd is healthy", "connection refused", "bad flag --nope"] {
+        assert!(message.contains(expected), "{expected:?} missing from: {message}");
+    }
+}
+
+#[test]
+fn a_stage_for_an_unknown_node_is_an_error_naming_it() {
+    let host = RecordingHost::new("worker9");
+    let error = Executor::new([&host as &dyn Host]).run_stage(&etcd_like_stage(), &Silent).unwrap_err();
+    assert_eq!(error.to_string(), "stage etcd on master1: no machine named master1 is connected");
+}
