@@ -251,24 +251,6 @@ fn kubeconfig_embeds_the_ca_and_credentials() {
     }
 }
 
-/// A fresh directory under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("provisioner-pki-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Every file in the PKI directory: name -> bytes.
 fn snapshot(store: &Store) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(&store.dir)
@@ -290,12 +272,12 @@ fn load(store: &Store, specs: &[CertificateSpec]) -> Bundle {
 
 #[test]
 fn the_store_keeps_everything_private_and_reuses_it() {
-    let state = TempDir::new("reuse");
-    let store = Store::new(&state.0);
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::new(state.path());
     let specs = pki::specs(&default_topology());
     let first = load(&store, &specs);
 
-    assert_eq!(store.dir, state.0.join("pki"));
+    assert_eq!(store.dir, state.path().join("pki"));
     assert_eq!(mode(&store.dir), 0o700, "the PKI directory is private");
     let files = snapshot(&store);
     let mut stems: Vec<String> = specs.iter().map(|spec| spec.name.clone()).collect();
@@ -322,8 +304,8 @@ fn the_store_keeps_everything_private_and_reuses_it() {
 
 #[test]
 fn a_topology_change_reissues_only_the_affected_certificates() {
-    let state = TempDir::new("change");
-    let store = Store::new(&state.0);
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::new(state.path());
     let topology = default_topology();
     let old_specs = pki::specs(&topology);
     load(&store, &old_specs);
@@ -362,8 +344,8 @@ fn a_topology_change_reissues_only_the_affected_certificates() {
 
 #[test]
 fn a_missing_or_damaged_leaf_is_reissued_and_a_loosened_key_is_tightened() {
-    let state = TempDir::new("damage");
-    let store = Store::new(&state.0);
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::new(state.path());
     let specs = pki::specs(&default_topology());
     load(&store, &specs);
     let before = snapshot(&store);
@@ -383,8 +365,8 @@ fn a_missing_or_damaged_leaf_is_reissued_and_a_loosened_key_is_tightened() {
 
 #[test]
 fn a_ca_certificate_without_its_key_is_an_error_naming_the_key() {
-    let state = TempDir::new("ca-key");
-    let store = Store::new(&state.0);
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::new(state.path());
     let specs = pki::specs(&default_topology());
     load(&store, &specs);
     let ca_key = store.key_path("ca");

@@ -1,8 +1,443 @@
-//! Handbook 000 section 10.3: the cluster DNS addon (kube-dns)
+//! Handbook 000 section 10: the cluster DNS addon (kube-dns in the handbook).
+//!
+//! Pods find Services by name: the kubelet writes the DNS Service's ClusterIP into every
+//! pod's resolv.conf, and a DNS server behind that Service answers for
+//! `SERVICE.NAMESPACE.svc.DOMAIN` from what it watches in the API (the Kubernetes
+//! DNS-Based Service Discovery specification). Like the handbook's kube-dns, the addon
+//! is itself a Deployment in kube-system behind a Service with the fixed ClusterIP the
+//! kubelets were given, applied with kubectl and the admin credentials from the first
+//! master.
+//!
+//! The Service keeps the name, label (`k8s-app=kube-dns`), address and port names
+//! (`dns` UDP 53, `dns-tcp` TCP 53) that clients and tools expect, whichever server is
+//! behind it:
+//!
+//! - `lab-dns` (the default, offline): the workspace's own DNS server, from an image
+//!   the lab built and imported, so `imagePullPolicy: Never`. It only needs to list and
+//!   watch Services, Endpoints and EndpointSlices, so its ClusterRole allows only that.
+//! - `coredns`: the official CoreDNS image, for hosts that can pull it, configured like
+//!   the upstream addon with a Corefile.
+//!
+//! Two replicas, preferably on different workers (a preference rather than a rule, so
+//! that a one-worker lab still runs both). The DNS pods themselves use the node's
+//! resolver (`dnsPolicy: Default`), not their own Service. They are marked
+//! `system-cluster-critical` so that they are the last pods to be evicted.
 
-use crate::plan::{Context, Stage, StagePlan};
+use std::fmt::Write as _;
+
+use ipnet::Ipv4Net;
+
+use crate::artifacts::images;
+use crate::paths;
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, Stage, StagePlan};
+use crate::topology::{DnsAddon, Network, Role};
+
+/// Name of the Deployment, the Service and the ServiceAccount, and the value of the
+/// `k8s-app` label, as the handbook's kube-dns (and CoreDNS's addon) use them.
+pub const NAME: &str = "kube-dns";
+/// Replicas of the DNS server.
+pub const REPLICAS: u32 = 2;
+/// Port of the lab DNS server's /healthz and /readyz.
+pub const LAB_DNS_HEALTH_PORT: u16 = 8080;
+/// TTL of the answers, short so that a new or deleted Service shows within seconds.
+const TTL_SECS: u32 = 5;
+/// The CoreDNS image of the Kubernetes 1.20 release.
+const COREDNS_IMAGE: &str = "k8s.gcr.io/coredns:1.7.0";
+
+/// How long the DNS pods may take to be scheduled, started and ready.
+const READY_TIMEOUT_SECS: u64 = 180;
+
+/// Where the first master keeps the addon's manifest.
+pub fn manifest_path() -> String {
+    format!("{}/{NAME}.yaml", paths::MANIFESTS_DIR)
+}
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let _ = context;
-    StagePlan::new(Stage::DnsAddon, "Handbook 000 section 10.3: the cluster DNS addon (kube-dns)")
+    let mut stage = StagePlan::new(Stage::DnsAddon, "Handbook 000 section 10: cluster DNS addon (kube-dns)");
+    let Some(first_master) = context.topology.nodes_with(Role::Master).next() else { return stage };
+    let network = &context.topology.network;
+    let kubectl = format!("{}/kubectl --kubeconfig {}", paths::BIN_DIR, paths::ADMIN_KUBECONFIG);
+
+    let manifest = match context.topology.addons.dns {
+        DnsAddon::LabDns => lab_dns_manifest(network),
+        DnsAddon::Coredns => coredns_manifest(network),
+    };
+    let actions = stage.node(&first_master.name);
+    actions.files.push(FileSpec::text(manifest_path(), 0o644, manifest));
+    // `apply` changes only what differs, so running it every time is safe, and it puts
+    // back anything edited by hand.
+    actions.commands.push(CommandSpec {
+        description: "apply the cluster DNS addon".to_string(),
+        script: format!("{kubectl} apply -f {}", manifest_path()),
+        when: RunWhen::Always,
+    });
+    actions.checks.push(CheckSpec {
+        description: format!("{REPLICAS} cluster DNS pods are ready"),
+        script: format!(
+            "[ \"$({kubectl} --namespace kube-system get deployment {NAME} -o jsonpath='{{.status.readyReplicas}}')\" \
+             = {REPLICAS} ]"
+        ),
+        timeout_secs: READY_TIMEOUT_SECS,
+    });
+    stage
+}
+
+/// The objects both servers share: service account, role binding, Service.
+fn common(network: &Network, role_rules: &str, server: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: {NAME}
+  namespace: kube-system
+  labels:
+    k8s-app: {NAME}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: k8s-lab:{NAME}
+  labels:
+    k8s-app: {NAME}
+rules:
+{role_rules}---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: k8s-lab:{NAME}
+  labels:
+    k8s-app: {NAME}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: k8s-lab:{NAME}
+subjects:
+- kind: ServiceAccount
+  name: {NAME}
+  namespace: kube-system
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {NAME}
+  namespace: kube-system
+  labels:
+    k8s-app: {NAME}
+    kubernetes.io/name: "{server}"
+spec:
+  selector:
+    k8s-app: {NAME}
+  # The address every kubelet writes into pods' resolv.conf.
+  clusterIP: {cluster_dns}
+  ports:
+  - name: dns
+    port: 53
+    protocol: UDP
+  - name: dns-tcp
+    port: 53
+    protocol: TCP
+"#,
+        cluster_dns = network.cluster_dns,
+    )
+}
+
+/// The Deployment's pod-level settings both servers share.
+fn pod_spec_common() -> String {
+    format!(
+        "      serviceAccountName: {NAME}
+      priorityClassName: system-cluster-critical
+      # The DNS server resolves through the node, not through itself.
+      dnsPolicy: Default
+      tolerations:
+      - key: CriticalAddonsOnly
+        operator: Exists
+      # Preferably one replica per worker, so that losing a worker keeps DNS up.
+      affinity:
+        podAntiAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+          - weight: 100
+            podAffinityTerm:
+              labelSelector:
+                matchLabels:
+                  k8s-app: {NAME}
+              topologyKey: kubernetes.io/hostname
+"
+    )
+}
+
+/// The container settings both servers share: ports, resources, least privilege.
+const CONTAINER_COMMON: &str = "        ports:
+        - name: dns
+          containerPort: 53
+          protocol: UDP
+        - name: dns-tcp
+          containerPort: 53
+          protocol: TCP
+        resources:
+          requests:
+            cpu: 50m
+            memory: 32Mi
+          limits:
+            memory: 170Mi
+        # Port 53 is the only privilege the server needs.
+        securityContext:
+          allowPrivilegeEscalation: false
+          readOnlyRootFilesystem: true
+          capabilities:
+            add: [\"NET_BIND_SERVICE\"]
+            drop: [\"ALL\"]
+";
+
+/// The Deployment's header up to the pod spec.
+fn deployment_header() -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {NAME}
+  namespace: kube-system
+  labels:
+    k8s-app: {NAME}
+spec:
+  replicas: {REPLICAS}
+  selector:
+    matchLabels:
+      k8s-app: {NAME}
+  template:
+    metadata:
+      labels:
+        k8s-app: {NAME}
+    spec:
+"
+    )
+}
+
+/// The workspace's own DNS server.
+fn lab_dns_manifest(network: &Network) -> String {
+    let rules = r#"- apiGroups: [""]
+  resources: ["services", "endpoints"]
+  verbs: ["list", "watch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+"#;
+    let mut manifest = header("lab-dns, the workspace's own DNS server");
+    manifest.push_str(&common(network, rules, "LabDNS"));
+    manifest.push_str("---\n");
+    manifest.push_str(&deployment_header());
+    manifest.push_str(&pod_spec_common());
+    write!(
+        manifest,
+        r#"      containers:
+      - name: lab-dns
+        image: {image}
+        # Built and imported by the lab: there is no registry to pull from.
+        imagePullPolicy: Never
+        args:
+        - --domain={domain}
+        - --ttl={TTL_SECS}
+        - --dns-port=53
+        - --health-port={LAB_DNS_HEALTH_PORT}
+        livenessProbe:
+          httpGet:
+            path: /healthz
+            port: {LAB_DNS_HEALTH_PORT}
+          initialDelaySeconds: 10
+          periodSeconds: 10
+          failureThreshold: 5
+        # Ready only after the first full sync of Services and endpoints.
+        readinessProbe:
+          httpGet:
+            path: /readyz
+            port: {LAB_DNS_HEALTH_PORT}
+          periodSeconds: 2
+"#,
+        image = images::LAB_DNS,
+        domain = network.cluster_domain,
+    )
+    .expect("writing to a String");
+    manifest.push_str(CONTAINER_COMMON);
+    manifest
+}
+
+/// CoreDNS as the Kubernetes 1.20 addon runs it.
+fn coredns_manifest(network: &Network) -> String {
+    // CoreDNS 1.7 also watches namespaces, to answer NXDOMAIN for names in namespaces
+    // that do not exist.
+    let rules = r#"- apiGroups: [""]
+  resources: ["services", "endpoints", "namespaces"]
+  verbs: ["list", "watch"]
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+"#;
+    let mut manifest = header("CoreDNS");
+    manifest.push_str(&common(network, rules, "CoreDNS"));
+    write!(
+        manifest,
+        r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: coredns
+  namespace: kube-system
+data:
+  Corefile: |
+    .:53 {{
+        errors
+        health {{
+            lameduck 5s
+        }}
+        ready
+        kubernetes {domain} {reverse_zone} {{
+            fallthrough in-addr.arpa
+            ttl {TTL_SECS}
+        }}
+        forward . /etc/resolv.conf
+        cache 30
+        loop
+        reload
+        loadbalance
+    }}
+---
+"#,
+        domain = network.cluster_domain,
+        reverse_zone = reverse_zone(network.service_cidr),
+    )
+    .expect("writing to a String");
+    manifest.push_str(&deployment_header());
+    manifest.push_str(&pod_spec_common());
+    write!(
+        manifest,
+        r#"      containers:
+      - name: coredns
+        image: {COREDNS_IMAGE}
+        imagePullPolicy: IfNotPresent
+        args: ["-conf", "/etc/coredns/Corefile"]
+        volumeMounts:
+        - name: config-volume
+          mountPath: /etc/coredns
+          readOnly: true
+        livenessProbe:
+          httpGet:
+            path: /health
+            port: 8080
+          initialDelaySeconds: 60
+          periodSeconds: 10
+          failureThreshold: 5
+        readinessProbe:
+          httpGet:
+            path: /ready
+            port: 8181
+          periodSeconds: 2
+"#
+    )
+    .expect("writing to a String");
+    manifest.push_str(CONTAINER_COMMON);
+    manifest.push_str(
+        "      volumes:
+      - name: config-volume
+        configMap:
+          name: coredns
+          items:
+          - key: Corefile
+            path: Corefile
+",
+    );
+    manifest
+}
+
+fn header(server: &str) -> String {
+    format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+# The cluster DNS addon ({server}), applied from the first master with kubectl.
+"
+    )
+}
+
+/// The in-addr.arpa zone that holds the PTR records of a range's addresses, at whole
+/// octets: 10.32.0.0/24 -> `0.32.10.in-addr.arpa`, 10.96.0.0/12 -> `10.in-addr.arpa`.
+fn reverse_zone(range: Ipv4Net) -> String {
+    let whole_octets = usize::from(range.prefix_len() / 8);
+    let mut labels: Vec<String> = range.network().octets()[..whole_octets].iter().map(u8::to_string).collect();
+    labels.reverse();
+    labels.push("in-addr.arpa".to_string());
+    labels.join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::artifacts::Artifacts;
+    use crate::plan::PlanInputs;
+    use crate::stages::etcd::tests::{bundle, file, stage_for, topology};
+
+    const MANIFEST: &str = "/etc/kubernetes/manifests-lab/kube-dns.yaml";
+
+    #[test]
+    fn service_sits_at_the_cluster_dns_address_with_named_ports() {
+        let stage = stage_for("lab.toml", plan);
+        let manifest = file(&stage, "master1", MANIFEST);
+        let service = manifest.split("---\n").find(|document| document.contains("kind: Service\n")).unwrap();
+        assert!(service.contains("  clusterIP: 10.32.0.10\n"));
+        assert!(service.contains("  - name: dns\n    port: 53\n    protocol: UDP\n"));
+        assert!(service.contains("  - name: dns-tcp\n    port: 53\n    protocol: TCP\n"));
+        assert!(service.contains("    k8s-app: kube-dns\n"));
+    }
+
+    #[test]
+    fn lab_dns_runs_two_local_replicas_with_least_privilege() {
+        let stage = stage_for("lab.toml", plan);
+        let manifest = file(&stage, "master1", MANIFEST);
+        assert!(manifest.contains("  replicas: 2\n"));
+        assert!(manifest.contains("        image: k8s-lab.local/lab-dns:1\n        # Built"));
+        assert!(manifest.contains("        imagePullPolicy: Never\n"));
+        assert!(manifest.contains("        - --domain=cluster.local\n"));
+        assert!(manifest.contains("verbs: [\"list\", \"watch\"]"));
+        assert!(!manifest.contains("\"get\""), "the DNS server needs no single-object reads");
+        assert!(!manifest.contains("secrets"));
+        assert!(manifest.contains("priorityClassName: system-cluster-critical"));
+        assert!(manifest.contains("topologyKey: kubernetes.io/hostname"));
+    }
+
+    #[test]
+    fn applied_and_checked_from_the_first_master_only() {
+        let stage = stage_for("lab.toml", plan);
+        assert_eq!(stage.nodes.len(), 1);
+        let actions = &stage.nodes[0];
+        assert_eq!(actions.node, "master1");
+        assert_eq!(
+            actions.commands[0].script,
+            "/usr/local/bin/kubectl --kubeconfig /etc/kubernetes/admin.kubeconfig apply -f \
+             /etc/kubernetes/manifests-lab/kube-dns.yaml"
+        );
+        assert!(actions.checks[0].script.contains("get deployment kube-dns -o jsonpath='{.status.readyReplicas}'"));
+    }
+
+    #[test]
+    fn coredns_keeps_the_service_and_serves_the_reverse_zone() {
+        let mut topology = topology("lab.toml");
+        topology.addons.dns = DnsAddon::Coredns;
+        let bundle = bundle(&topology);
+        let artifacts = Artifacts::expected(&topology, Path::new("/cache"));
+        let inputs =
+            PlanInputs { topology: &topology, pki: &bundle, artifacts: &artifacts, state_dir: PathBuf::from("/state") };
+        let stage = plan(&Context::new(&inputs));
+        let manifest = file(&stage, "master1", MANIFEST);
+        assert!(manifest.contains("image: k8s.gcr.io/coredns:1.7.0"));
+        assert!(manifest.contains("kubernetes cluster.local 0.32.10.in-addr.arpa {"));
+        assert!(manifest.contains("  clusterIP: 10.32.0.10\n"));
+        assert!(manifest.contains(
+            "  name: kube-dns\n  namespace: kube-system\n  labels:\n    k8s-app: kube-dns\nspec:\n  replicas: 2"
+        ));
+    }
+
+    #[test]
+    fn reverse_zones_stop_at_whole_octets() {
+        assert_eq!(reverse_zone("10.32.0.0/24".parse().unwrap()), "0.32.10.in-addr.arpa");
+        assert_eq!(reverse_zone("10.96.0.0/12".parse().unwrap()), "10.in-addr.arpa");
+        assert_eq!(reverse_zone("172.16.0.0/16".parse().unwrap()), "16.172.in-addr.arpa");
+    }
 }

@@ -77,6 +77,8 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             format!("--peer-trusted-ca-file={ca}"),
             format!("--peer-cert-file={peer_cert}"),
             format!("--peer-key-file={peer_key}"),
+            // etcd 3.4's default logger is deprecated and says so at every start.
+            "--logger=zap".to_string(),
         ];
         let unit_path = paths::unit(UNIT);
         // `Type=notify`: etcd tells systemd it is ready only once it has joined a cluster

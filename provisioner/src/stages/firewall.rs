@@ -1,8 +1,426 @@
-//! Handbook 000 section 10.1: enable the firewall
+//! Handbook 000 section 10.1: turn the firewall (firewalld) back on.
+//!
+//! The handbook switches firewalld off at the start so that nothing gets in the way
+//! while the cluster is being built, and turns it back on as the last step, opening
+//! only what each role needs. This stage does the same on every node, last.
+//!
+//! The rules come from one table, `port_table`: every port with the role that needs it,
+//! the component behind it and why. The zone files are rendered from it, README shows
+//! it, and the conformance suite probes exactly these ports (and checks that others
+//! are filtered). Ports that only the node itself uses stay on loopback and need no
+//! rule: the controller manager's and scheduler's health ports (10251, 10252, 10257,
+//! 10259), the kubelet's /healthz (10248), kube-proxy's metrics (10249) and HAProxy's
+//! monitor. firewalld never filters loopback.
+//!
+//! Three zones are involved:
+//!
+//! - `k8s-lab`, the default zone, holds the node interface: everything arriving from
+//!   the node subnet (other nodes and the host) is rejected unless `port_table` opens
+//!   it for this node's roles. ICMP stays allowed, so ping works.
+//! - `trusted` (workers only) holds the pod bridge `cni0` and, as a source, the whole
+//!   pod range: pod traffic is accepted wherever it arrives (pods on other workers come
+//!   in through the node interface with their own addresses). firewalld's ACCEPT target
+//!   also forwards such traffic, which is what makes pod-to-pod traffic work.
+//! - The policy `k8s-lab-to-pods` (workers only) lets the node subnet reach pods
+//!   directly (the host, or a master's apiserver calling a webhook), which the
+//!   Kubernetes network model requires.
+//!
+//! Services need no extra rule: kube-proxy translates a Service or NodePort address
+//! into a pod's address (DNAT) before filtering happens, and firewalld accepts
+//! translated connections in forwarding (`ct status dnat`). The NodePort range is still
+//! opened on workers, as the handbook does, for traffic that ends on the node itself.
+//!
+//! How the two rule sets coexist: Debian 12's `iptables` is iptables-nft, so kube-proxy's
+//! and the pod network's rules live in nftables tables named `ip nat` and `ip filter`,
+//! while firewalld 1.3 (FirewallBackend=nftables) keeps its rules in its own table
+//! `inet firewalld` and never flushes the others, not even on reload. A packet must
+//! be accepted by every table whose chains it passes, which the zones above ensure for
+//! pod, node and Service traffic.
+//!
+//! /etc/firewalld/firewalld.conf is Debian's default with one change, `DefaultZone`.
 
-use crate::plan::{Context, Stage, StagePlan};
+use std::fmt;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
+use crate::stages::{etcd, kube_proxy, kubelet, pod_network};
+use crate::topology::{Network, Node, PodNetwork, Role};
+
+/// The zone of the node interface, and the default zone.
+pub const ZONE: &str = "k8s-lab";
+/// firewalld's unit, as Debian packages it.
+pub const UNIT: &str = "firewalld.service";
+/// The policy that lets the node subnet reach pods (workers only).
+const POLICY: &str = "k8s-lab-to-pods";
+const CONFIG: &str = "/etc/firewalld/firewalld.conf";
+
+/// A transport protocol a port belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        })
+    }
+}
+
+/// What a rule lets in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Opening {
+    /// A port, or an inclusive range of ports, of one transport protocol.
+    Ports { first: u16, last: u16, transport: Transport },
+    /// A whole IP protocol by its /etc/protocols name; VRRP, for one, has no ports.
+    Protocol { name: &'static str },
+}
+
+impl Opening {
+    fn port(port: u16, transport: Transport) -> Self {
+        Opening::Ports { first: port, last: port, transport }
+    }
+}
+
+impl fmt::Display for Opening {
+    /// firewalld's notation: `22/tcp`, `30000-32767/udp`, `vrrp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Opening::Ports { first, last, transport } if first == last => write!(f, "{first}/{transport}"),
+            Opening::Ports { first, last, transport } => write!(f, "{first}-{last}/{transport}"),
+            Opening::Protocol { name } => f.write_str(name),
+        }
+    }
+}
+
+/// Which nodes a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scope {
+    AllNodes,
+    Role(Role),
+}
+
+impl Scope {
+    fn covers(self, node: &Node) -> bool {
+        match self {
+            Scope::AllNodes => true,
+            Scope::Role(role) => node.has(role),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::AllNodes => f.write_str("all nodes"),
+            Scope::Role(role) => write!(f, "{role}"),
+        }
+    }
+}
+
+/// One line of the port table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortRule {
+    pub scope: Scope,
+    pub opening: Opening,
+    /// The program that listens.
+    pub component: &'static str,
+    /// Who connects, and what for.
+    pub reason: &'static str,
+}
+
+/// Every port the lab opens, by role: the single source of the zone files, README's
+/// table and the conformance suite's probes.
+pub fn port_table(network: &Network) -> Vec<PortRule> {
+    use Transport::{Tcp, Udp};
+    let rule = |scope, opening, component, reason| PortRule { scope, opening, component, reason };
+    let worker = Scope::Role(Role::Worker);
+    let node_ports = |transport| Opening::Ports {
+        first: network.node_port_range.first,
+        last: network.node_port_range.last,
+        transport,
+    };
+
+    let mut table = vec![
+        rule(Scope::AllNodes, Opening::port(22, Tcp), "sshd", "the provisioner and `lab ssh` from the host"),
+        rule(
+            Scope::Role(Role::Etcd),
+            Opening::port(etcd::CLIENT_PORT, Tcp),
+            "etcd",
+            "client API for the apiservers and etcdctl",
+        ),
+        rule(Scope::Role(Role::Etcd), Opening::port(etcd::PEER_PORT, Tcp), "etcd", "replication between members"),
+        rule(
+            Scope::Role(Role::Master),
+            Opening::port(network.apiserver_port, Tcp),
+            "kube-apiserver",
+            "each apiserver, reached by HAProxy on every load balancer",
+        ),
+        rule(
+            Scope::Role(Role::Lb),
+            Opening::port(network.api_port, Tcp),
+            "HAProxy",
+            "the API on the virtual IP, for every client",
+        ),
+        rule(
+            Scope::Role(Role::Lb),
+            Opening::Protocol { name: "vrrp" },
+            "keepalived",
+            "VRRP adverts that decide which load balancer holds the virtual IP",
+        ),
+        rule(
+            worker,
+            Opening::port(kubelet::API_PORT, Tcp),
+            "kubelet",
+            "logs, exec and port-forward requests from the apiservers",
+        ),
+        rule(worker, node_ports(Tcp), "kube-proxy", "NodePort Services"),
+        rule(worker, node_ports(Udp), "kube-proxy", "NodePort Services"),
+        rule(
+            worker,
+            Opening::port(kube_proxy::HEALTHZ_PORT, Tcp),
+            "kube-proxy",
+            "health check for load balancers in front of NodePorts",
+        ),
+    ];
+    match network.pod_network {
+        PodNetwork::Routes => {}
+        PodNetwork::Vxlan => table.push(rule(
+            worker,
+            Opening::port(pod_network::VXLAN_PORT, Udp),
+            "kernel VXLAN",
+            "the static pod overlay between workers",
+        )),
+        PodNetwork::Flannel => table.push(rule(
+            worker,
+            Opening::port(pod_network::FLANNEL_VXLAN_PORT, Udp),
+            "flannel",
+            "flannel's vxlan overlay between workers",
+        )),
+    }
+    table
+}
+
+/// The rules that apply to `node`, each opening once, in table order.
+pub fn open_ports(node: &Node, network: &Network) -> Vec<PortRule> {
+    let mut open: Vec<PortRule> = Vec::new();
+    for rule in port_table(network) {
+        if rule.scope.covers(node) && open.iter().all(|existing| existing.opening != rule.opening) {
+            open.push(rule);
+        }
+    }
+    open
+}
+
+/// The port table as a Markdown table, for README.
+pub fn port_table_markdown(network: &Network) -> String {
+    let mut table = String::from("| Nodes | Port | Component | Why |\n|---|---|---|---|\n");
+    for rule in port_table(network) {
+        writeln!(table, "| {} | {} | {} | {} |", rule.scope, rule.opening, rule.component, rule.reason)
+            .expect("writing to a String");
+    }
+    table
+}
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let _ = context;
-    StagePlan::new(Stage::Firewall, "Handbook 000 section 10.1: enable the firewall")
+    let mut stage = StagePlan::new(Stage::Firewall, "Handbook 000 section 10.1: enable the firewall (firewalld)");
+    let network = &context.topology.network;
+    let zone_path = format!("/etc/firewalld/zones/{ZONE}.xml");
+    let trusted_path = "/etc/firewalld/zones/trusted.xml".to_string();
+    let policy_path = format!("/etc/firewalld/policies/{POLICY}.xml");
+
+    for node in &context.topology.nodes {
+        let actions = stage.node(&node.name);
+        actions.files.push(FileSpec::text(CONFIG, 0o644, firewalld_conf()));
+        actions.files.push(FileSpec::text(&zone_path, 0o644, zone(node, network)));
+        let mut check = format!(
+            "[ \"$(firewall-cmd --state)\" = running ] && [ \"$(firewall-cmd --get-default-zone)\" = {ZONE} ] && \
+             [ \"$(firewall-cmd --get-zone-of-interface={interface})\" = {ZONE} ]",
+            interface = crate::paths::NODE_INTERFACE,
+        );
+        if node.has(Role::Worker) {
+            actions.files.push(FileSpec::text(&trusted_path, 0o644, trusted_zone(network)));
+            actions.files.push(FileSpec::text(&policy_path, 0o644, policy()));
+            write!(check, " && firewall-cmd --zone=trusted --query-source={} >/dev/null", network.pod_cidr)
+                .expect("writing to a String");
+        }
+
+        // A running firewalld only reads changed zone files on reload; a stopped one
+        // reads them when the unit below starts it.
+        actions.commands.push(CommandSpec {
+            description: "reload firewalld's zones".to_string(),
+            script: format!("if systemctl is-active --quiet {UNIT}; then firewall-cmd --reload; fi"),
+            when: RunWhen::FilesChanged,
+        });
+        actions.units.push(UnitSpec { name: UNIT.to_string(), restart_when_changed: vec![CONFIG.to_string()] });
+        actions.checks.push(CheckSpec {
+            description: format!("firewalld on {} runs with the {ZONE} zone", node.name),
+            script: check,
+            timeout_secs: 30,
+        });
+    }
+    stage
+}
+
+/// The node interface's zone with exactly the openings of this node's roles.
+fn zone(node: &Node, network: &Network) -> String {
+    let roles: Vec<String> = node.roles.iter().map(Role::to_string).collect();
+    let mut zone = format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<!-- Written by the k8s lab; `lab up` overwrites local changes. -->
+<zone>
+  <short>k8s lab</short>
+  <description>The node subnet on {name} (roles: {roles}): only what these roles serve is open.</description>
+  <interface name="{interface}"/>
+"#,
+        name = node.name,
+        roles = roles.join(", "),
+        interface = crate::paths::NODE_INTERFACE,
+    );
+    for rule in open_ports(node, network) {
+        let element = match rule.opening {
+            Opening::Ports { first, last, transport } if first == last => {
+                format!(r#"<port port="{first}" protocol="{transport}"/>"#)
+            }
+            Opening::Ports { first, last, transport } => {
+                format!(r#"<port port="{first}-{last}" protocol="{transport}"/>"#)
+            }
+            Opening::Protocol { name } => format!(r#"<protocol value="{name}"/>"#),
+        };
+        writeln!(zone, "  <!-- {}: {} -->\n  {element}", rule.component, rule.reason).expect("writing to a String");
+    }
+    zone.push_str(
+        "  <!-- Forwarding between nodes, e.g. Service traffic that one worker passes to another. -->
+  <forward/>
+</zone>
+",
+    );
+    zone
+}
+
+/// firewalld's `trusted` zone, holding the pods.
+fn trusted_zone(network: &Network) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<!-- Written by the k8s lab; `lab up` overwrites local changes. -->
+<zone target="ACCEPT">
+  <short>Trusted</short>
+  <description>All network connections are accepted. The k8s lab puts its pods here: the pod bridge, and the pod range as a source, wherever its packets arrive.</description>
+  <interface name="{bridge}"/>
+  <source address="{pod_cidr}"/>
+  <forward/>
+</zone>
+"#,
+        bridge = pod_network::BRIDGE,
+        pod_cidr = network.pod_cidr,
+    )
+}
+
+/// The policy that lets the node subnet reach the pods.
+fn policy() -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="utf-8"?>
+<!-- Written by the k8s lab; `lab up` overwrites local changes. -->
+<policy target="ACCEPT">
+  <short>k8s lab: nodes to pods</short>
+  <description>The node subnet (the host, the masters) may reach every pod, as the Kubernetes network model requires.</description>
+  <ingress-zone name="{ZONE}"/>
+  <egress-zone name="trusted"/>
+</policy>
+"#
+    )
+}
+
+/// Debian's firewalld.conf for firewalld 1.3, with the lab's zone as default.
+fn firewalld_conf() -> String {
+    format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+# Debian's defaults for firewalld 1.3, except DefaultZone.
+DefaultZone={ZONE}
+CleanupOnExit=yes
+CleanupModulesOnExit=no
+Lockdown=no
+IPv6_rpfilter=yes
+IndividualCalls=no
+LogDenied=off
+# Rules in firewalld's own nftables table; kube-proxy's iptables-nft tables stay untouched.
+FirewallBackend=nftables
+FlushAllOnReload=yes
+RFC3964_IPv4=yes
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::etcd::tests::{file, stage_for, topology};
+
+    fn openings(node: &str) -> Vec<String> {
+        let topology = topology("lab.toml");
+        let node = topology.node(node).expect("node exists");
+        open_ports(node, &topology.network).iter().map(|rule| rule.opening.to_string()).collect()
+    }
+
+    #[test]
+    fn workers_open_kubelet_and_node_ports_but_not_etcd() {
+        assert_eq!(openings("worker1"), ["22/tcp", "10250/tcp", "30000-32767/tcp", "30000-32767/udp", "10256/tcp"]);
+        let stage = stage_for("lab.toml", plan);
+        let zone = file(&stage, "worker1", "/etc/firewalld/zones/k8s-lab.xml");
+        assert!(zone.contains(r#"<port port="10250" protocol="tcp"/>"#));
+        assert!(zone.contains(r#"<port port="30000-32767" protocol="udp"/>"#));
+        assert!(!zone.contains("2379"));
+        assert!(zone.contains(r#"<interface name="host0"/>"#));
+    }
+
+    #[test]
+    fn controllers_open_etcd_apiserver_haproxy_and_vrrp() {
+        assert_eq!(openings("master1"), ["22/tcp", "2379/tcp", "2380/tcp", "6443/tcp", "8443/tcp", "vrrp"]);
+        let stage = stage_for("lab.toml", plan);
+        let zone = file(&stage, "master1", "/etc/firewalld/zones/k8s-lab.xml");
+        assert!(zone.contains(r#"<protocol value="vrrp"/>"#));
+        assert!(!zone.contains("10250"));
+        for loopback_only in ["10251", "10252", "10257", "10259"] {
+            assert!(!zone.contains(loopback_only));
+        }
+    }
+
+    #[test]
+    fn pods_are_trusted_on_workers_only() {
+        let stage = stage_for("lab.toml", plan);
+        let trusted = file(&stage, "worker2", "/etc/firewalld/zones/trusted.xml");
+        assert!(trusted.contains(r#"<source address="10.200.0.0/16"/>"#));
+        assert!(trusted.contains(r#"<interface name="cni0"/>"#));
+        let master = stage.nodes.iter().find(|actions| actions.node == "master1").unwrap();
+        assert!(master.files.iter().all(|file| !file.path.ends_with("trusted.xml")));
+        assert!(file(&stage, "worker2", "/etc/firewalld/firewalld.conf").contains("\nDefaultZone=k8s-lab\n"));
+    }
+
+    #[test]
+    fn overlay_modes_open_their_tunnel_port() {
+        let mut topology = topology("lab.toml");
+        topology.network.pod_network = PodNetwork::Vxlan;
+        let worker = topology.node("worker1").unwrap();
+        assert!(open_ports(worker, &topology.network).iter().any(|rule| rule.opening.to_string() == "4789/udp"));
+        topology.network.pod_network = PodNetwork::Flannel;
+        let worker = topology.node("worker1").unwrap();
+        assert!(open_ports(worker, &topology.network).iter().any(|rule| rule.opening.to_string() == "8472/udp"));
+    }
+
+    #[test]
+    fn markdown_table_lists_every_rule() {
+        let topology = topology("lab.toml");
+        let table = port_table_markdown(&topology.network);
+        assert!(table.contains("| etcd | 2380/tcp | etcd | replication between members |\n"));
+        assert!(table.contains("| all nodes | 22/tcp | sshd |"));
+        assert_eq!(table.lines().count(), 2 + port_table(&topology.network).len());
+    }
 }

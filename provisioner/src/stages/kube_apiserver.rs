@@ -38,7 +38,8 @@ const ADMISSION_PLUGINS: &str =
     "NamespaceLifecycle,NodeRestriction,LimitRanger,ServiceAccount,DefaultStorageClass,ResourceQuota";
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::KubeApiserver, "Handbook 000 section 7.1 and 8.3: kube-apiserver on every master");
+    let mut stage =
+        StagePlan::new(Stage::KubeApiserver, "Handbook 000 section 7.1 and 8.3: kube-apiserver on every master");
     let topology = context.topology;
     let network = &topology.network;
 
@@ -95,7 +96,8 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         let unit_path = paths::unit(UNIT);
         let unit = service_unit(&ServiceUnit {
             description: &format!("Kubernetes API server on {}", master.name),
-            documentation: "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
+            documentation:
+                "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
             notify: false,
             command: &format!("{}/kube-apiserver", paths::BIN_DIR),
             flags: &flags,

@@ -1,8 +1,132 @@
-//! Handbook 000 section 9: kube-proxy on every worker
+//! Handbook 000 section 9: kube-proxy on every worker.
+//!
+//! A Service's ClusterIP belongs to no machine: kube-proxy makes it work on each node
+//! by watching Services and their endpoints and writing iptables rules that rewrite
+//! (DNAT) a packet for `ClusterIP:port`, or for `NODE_ADDRESS:nodePort`, into one for
+//! a ready pod behind it, picked at random. Traffic that enters from outside the pod
+//! range is also masqueraded, so the answer comes back through the same node and gets
+//! translated back. `clusterCIDR` tells kube-proxy which sources count as pods.
+//!
+//! kube-proxy logs in through the virtual IP as `system:kube-proxy`, which Kubernetes'
+//! built-in RBAC (the `system:node-proxier` role) allows to read Services, endpoints
+//! and nodes.
+//!
+//! kube-proxy normally also tunes the kernel's connection tracking. Inside a container
+//! the size of the tracking table belongs to the host's kernel and is read-only, and
+//! kube-proxy fails at start trying to raise it, so it is told to leave all of these
+//! settings as they are (zero means "do not set", as kind configures it).
 
-use crate::plan::{Context, Stage, StagePlan};
+use crate::paths;
+use crate::pki::{self, names};
+use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
+use crate::stages::etcd::{service_unit, ServiceUnit};
+use crate::topology::Role;
+
+/// The unit this stage writes and starts on every worker.
+pub const UNIT: &str = "kube-proxy.service";
+/// kube-proxy's KubeProxyConfiguration file.
+pub const CONFIG: &str = "/var/lib/kube-proxy/config.yaml";
+/// Health endpoint (plain HTTP); load balancers and the lab's checks ask it.
+pub const HEALTHZ_PORT: u16 = 10256;
+/// Metrics endpoint, on loopback only.
+const METRICS_PORT: u16 = 10249;
+/// The user name in kube-proxy's certificate, which the built-in RBAC knows.
+const USER: &str = "system:kube-proxy";
+
+/// How long kube-proxy may take to sync its rules and report healthy.
+const READY_TIMEOUT_SECS: u64 = 60;
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let _ = context;
-    StagePlan::new(Stage::KubeProxy, "Handbook 000 section 9: kube-proxy on every worker")
+    let mut stage = StagePlan::new(Stage::KubeProxy, "Handbook 000 section 9: kube-proxy on every worker");
+    let topology = context.topology;
+
+    let kubeconfig_path = paths::kubeconfig("kube-proxy");
+    let kubeconfig = pki::kubeconfig(
+        &topology.name,
+        &context.api_server_url,
+        &context.pki.ca.cert_pem,
+        USER,
+        context.pki.get(names::KUBE_PROXY),
+    );
+
+    for worker in topology.nodes_with(Role::Worker) {
+        let config = format!(
+            "# Written by the k8s lab; `lab up` overwrites local changes.
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: {kubeconfig_path}
+# The Node object this kube-proxy belongs to, and its address.
+hostnameOverride: {name}
+bindAddress: {address}
+mode: iptables
+# Sources inside the pod range are pods; anything else reaching a Service is masqueraded.
+clusterCIDR: {pod_cidr}
+healthzBindAddress: 0.0.0.0:{HEALTHZ_PORT}
+metricsBindAddress: 127.0.0.1:{METRICS_PORT}
+# Leave connection tracking as the kernel has it (zero: do not set); the table size
+# belongs to the host's kernel and is read-only in a container.
+conntrack:
+  maxPerCore: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+",
+            name = worker.name,
+            address = worker.address,
+            pod_cidr = topology.network.pod_cidr,
+        );
+        let unit_path = paths::unit(UNIT);
+        let unit = service_unit(&ServiceUnit {
+            description: &format!("Kubernetes kube-proxy on {}", worker.name),
+            documentation: "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-proxy/",
+            notify: false,
+            command: &format!("{}/kube-proxy", paths::BIN_DIR),
+            flags: &[format!("--config={CONFIG}"), "--v=2".to_string()],
+        });
+
+        let actions = stage.node(&worker.name);
+        actions.files.push(FileSpec::text(CONFIG, 0o644, config));
+        actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
+        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
+        actions.units.push(UnitSpec {
+            name: UNIT.to_string(),
+            restart_when_changed: vec![unit_path, CONFIG.to_string(), kubeconfig_path.clone()],
+        });
+        actions.checks.push(CheckSpec {
+            description: format!("kube-proxy on {} answers /healthz", worker.name),
+            script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),
+            timeout_secs: READY_TIMEOUT_SECS,
+        });
+    }
+    stage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::etcd::tests::{file, flag, stage_for};
+
+    #[test]
+    fn runs_in_iptables_mode_and_leaves_conntrack_alone() {
+        let stage = stage_for("lab.toml", plan);
+        let config = file(&stage, "worker2", CONFIG);
+        assert!(config.contains("mode: iptables\n"));
+        assert!(config.contains("clusterCIDR: 10.200.0.0/16\n"));
+        assert!(config.contains("hostnameOverride: worker2\n"));
+        assert!(config.contains("bindAddress: 10.240.0.22\n"));
+        assert!(config.contains("  maxPerCore: 0\n  tcpEstablishedTimeout: 0s\n  tcpCloseWaitTimeout: 0s\n"));
+        assert!(config.contains("healthzBindAddress: 0.0.0.0:10256\n"));
+        assert!(config.contains("metricsBindAddress: 127.0.0.1:10249\n"));
+        assert_eq!(flag(file(&stage, "worker2", "/etc/systemd/system/kube-proxy.service"), "config"), CONFIG);
+    }
+
+    #[test]
+    fn logs_in_through_the_virtual_ip_as_kube_proxy() {
+        let stage = stage_for("lab.toml", plan);
+        let kubeconfig = file(&stage, "worker1", "/etc/kubernetes/kube-proxy.kubeconfig");
+        assert!(kubeconfig.contains("server: \"https://10.240.0.100:8443\""));
+        assert!(kubeconfig.contains("- name: \"system:kube-proxy\""));
+        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        assert_eq!(nodes, ["worker1", "worker2"]);
+    }
 }

@@ -74,7 +74,8 @@ metricsBindAddress: 127.0.0.1:{INSECURE_PORT}
     for master in topology.nodes_with(Role::Master) {
         let unit = service_unit(&ServiceUnit {
             description: &format!("Kubernetes scheduler on {}", master.name),
-            documentation: "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/",
+            documentation:
+                "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/",
             notify: false,
             command: &format!("{}/kube-scheduler", paths::BIN_DIR),
             flags: &flags,

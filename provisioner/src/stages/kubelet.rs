@@ -1,8 +1,371 @@
-//! Handbook 000 section 9.1: kubelet on every worker
+//! Handbook 000 section 9.1: the kubelet on every worker.
+//!
+//! The kubelet is the node agent: it registers its node with the API, watches for the
+//! pods bound to it, has the container runtime start them, probes them and reports
+//! their status. It is the one component on a worker that the control plane talks to,
+//! so it is locked down as the handbook's secure setup asks:
+//!
+//! - It logs in to the API through the virtual IP with its own certificate
+//!   (`system:node:NAME` in group `system:nodes`), so the apiserver's Node authorizer
+//!   lets it see and change only its own node and the pods bound to it.
+//! - Its own API (port 10250, used by `kubectl logs/exec` through the apiserver)
+//!   serves with the same certificate, refuses anonymous requests, accepts client
+//!   certificates signed by the lab CA, and asks the apiserver whether each caller may
+//!   do what it asks (`authorization: Webhook`). The unauthenticated read-only port
+//!   10255 is off.
+//! - Pods get the cluster DNS Service as their resolver, with the cluster domain as
+//!   search suffix.
+//!
+//! Running a kubelet inside a systemd-nspawn container needs a few things a virtual
+//! machine would not (each was a hard failure when missing, see the lab's findings);
+//! `lab-kubelet-prep.service` does them before every kubelet start:
+//!
+//! - /dev/kmsg must exist (the kubelet's cAdvisor watches it for OOM kills); a link to
+//!   /dev/console is enough.
+//! - /proc/sys must be writable: the kubelet sets kernel tunables when it starts
+//!   (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...). The kernel is
+//!   the host's, so these settings change the host too, as they do under kind.
+//! - The nodes share the host's cgroup tree, so each kubelet gets its own cgroup root
+//!   (`cgroupRoot`); with the default root every worker would manage the same
+//!   `/kubepods` and kill the other workers' pods as orphans.
+//! - /etc/resolv.conf must exist, because pods that use the node's DNS settings get a
+//!   copy of it; a node without upstream DNS gets one with no server in it.
+//!
+//! Disk figures inside a container are those of the host's disk, shared by every node,
+//! and no image can be pulled again once deleted, so disk-pressure eviction and image
+//! garbage collection are switched off (as kind does).
+//!
+//! The node only turns Ready once the pod network and kube-proxy are in place; that is
+//! checked by the later stages, this one checks that the kubelet is healthy.
+//!
+//! On the first master the stage records each worker's pod range from the plan in its
+//! Node object (`spec.podCIDR`), where `kubectl get nodes` shows it and flannel reads
+//! it; the controller manager does not allocate node ranges in this lab. In flannel mode
+//! it also applies the flannel manifest, now that the API is up.
 
-use crate::plan::{Context, Stage, StagePlan};
+use crate::paths::{self, pki_files};
+use crate::pki::{self, names};
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
+use crate::stages::{container_runtime, pod_network};
+use crate::topology::{Node, PodNetwork, Role};
+
+/// The unit this stage writes and starts on every worker.
+pub const UNIT: &str = "kubelet.service";
+/// The oneshot unit that prepares the node before each kubelet start.
+pub const PREP_UNIT: &str = "lab-kubelet-prep.service";
+/// The kubelet's KubeletConfiguration file.
+pub const CONFIG: &str = "/var/lib/kubelet/config.yaml";
+/// The script `lab-kubelet-prep.service` runs.
+const PREP_SCRIPT: &str = "/usr/local/libexec/k8s-lab/kubelet-prep";
+/// The kubelet's plain-HTTP health endpoint, on loopback.
+pub const HEALTHZ_PORT: u16 = 10248;
+/// The kubelet's HTTPS API, reached by the apiservers.
+pub const API_PORT: u16 = 10250;
+
+/// How long a kubelet may take to start and answer /healthz.
+const READY_TIMEOUT_SECS: u64 = 120;
+/// How long the first master waits for a worker to register its Node.
+const REGISTRATION_TIMEOUT_SECS: u64 = 120;
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let _ = context;
-    StagePlan::new(Stage::Kubelet, "Handbook 000 section 9.1: kubelet on every worker")
+    let mut stage = StagePlan::new(Stage::Kubelet, "Handbook 000 section 9.1: kubelet on every worker");
+    let topology = context.topology;
+
+    let ca = paths::kubernetes_pki(pki_files::CA_CERT);
+    let cert = paths::kubernetes_pki(pki_files::KUBELET_CERT);
+    let key = paths::kubernetes_pki(pki_files::KUBELET_KEY);
+    let kubeconfig_path = paths::kubeconfig("kubelet");
+
+    for worker in topology.nodes_with(Role::Worker) {
+        let cgroup_root = format!("lab-{}-{}", topology.name, worker.name);
+        let kubeconfig = pki::kubeconfig(
+            &topology.name,
+            &context.api_server_url,
+            &context.pki.ca.cert_pem,
+            &format!("system:node:{}", worker.name),
+            context.pki.get(&names::kubelet(&worker.name)),
+        );
+        let prep_unit_path = paths::unit(PREP_UNIT);
+        let unit_path = paths::unit(UNIT);
+
+        let actions = stage.node(&worker.name);
+        actions.files.push(FileSpec::text(PREP_SCRIPT, 0o755, prep_script(&cgroup_root)));
+        actions.files.push(FileSpec::text(&prep_unit_path, 0o644, prep_unit()));
+        actions.files.push(FileSpec::text(CONFIG, 0o644, config(context, worker, &cgroup_root)));
+        actions.files.push(FileSpec::secret(&kubeconfig_path, kubeconfig));
+        actions.files.push(FileSpec::text(&unit_path, 0o644, unit(worker, &kubeconfig_path)));
+
+        actions.units.push(UnitSpec {
+            name: PREP_UNIT.to_string(),
+            restart_when_changed: vec![prep_unit_path, PREP_SCRIPT.to_string()],
+        });
+        actions.units.push(UnitSpec {
+            name: UNIT.to_string(),
+            restart_when_changed: vec![
+                unit_path,
+                CONFIG.to_string(),
+                kubeconfig_path.clone(),
+                ca.clone(),
+                cert.clone(),
+                key.clone(),
+            ],
+        });
+        actions.checks.push(CheckSpec {
+            description: format!("kubelet on {} answers /healthz", worker.name),
+            script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),
+            timeout_secs: READY_TIMEOUT_SECS,
+        });
+    }
+
+    if let Some(first_master) = topology.nodes_with(Role::Master).next() {
+        let kubectl = format!("{}/kubectl --kubeconfig {}", paths::BIN_DIR, paths::ADMIN_KUBECONFIG);
+        let mut commands = Vec::new();
+        if topology.network.pod_network == PodNetwork::Flannel {
+            commands.push(CommandSpec {
+                description: "apply the flannel DaemonSet".to_string(),
+                script: format!("{kubectl} apply -f {}", pod_network::flannel_manifest_path()),
+                when: RunWhen::Always,
+            });
+        }
+        for worker in topology.nodes_with(Role::Worker) {
+            let pod_cidr = context.pod_cidrs[&worker.name];
+            // The kubelets register in parallel with this command, so it waits for the
+            // Node first. spec.podCIDR can be set once; if it already holds another
+            // range, the patch fails and names the node.
+            commands.push(CommandSpec {
+                description: format!("record {pod_cidr} as the pod range of node {}", worker.name),
+                script: format!(
+                    "for attempt in $(seq {REGISTRATION_TIMEOUT_SECS}); do \
+                     {kubectl} get node {name} >/dev/null 2>&1 && break; sleep 1; done; \
+                     [ \"$({kubectl} get node {name} -o jsonpath='{{.spec.podCIDR}}')\" = {pod_cidr} ] || \
+                     {kubectl} patch node {name} --type merge \
+                     -p '{{\"spec\":{{\"podCIDR\":\"{pod_cidr}\",\"podCIDRs\":[\"{pod_cidr}\"]}}}}'",
+                    name = worker.name,
+                ),
+                when: RunWhen::Always,
+            });
+        }
+        stage.node(&first_master.name).commands.extend(commands);
+    }
+    stage
+}
+
+/// The KubeletConfiguration (kubelet.config.k8s.io/v1beta1, as read by 1.20).
+fn config(context: &Context<'_>, worker: &Node, cgroup_root: &str) -> String {
+    let network = &context.topology.network;
+    format!(
+        r#"# Written by the k8s lab; `lab up` overwrites local changes.
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# The kubelet API (port {API_PORT}) on the node's address only, with its own certificate.
+address: {address}
+port: {API_PORT}
+tlsCertFile: {cert}
+tlsPrivateKeyFile: {key}
+# No unauthenticated read-only port.
+readOnlyPort: 0
+authentication:
+  anonymous:
+    enabled: false
+  # Bearer tokens are checked with the apiserver (TokenReview).
+  webhook:
+    enabled: true
+  # Client certificates must be signed by the lab CA (the apiservers' is).
+  x509:
+    clientCAFile: {ca}
+# Every request is authorized by the apiserver (SubjectAccessReview).
+authorization:
+  mode: Webhook
+healthzBindAddress: 127.0.0.1
+healthzPort: {HEALTHZ_PORT}
+# Pods resolve names through the cluster DNS Service.
+clusterDomain: {domain}
+clusterDNS:
+- {cluster_dns}
+# The node's /24 of the pod range (the CNI configuration is built from the same plan).
+podCIDR: {pod_cidr}
+resolvConf: /etc/resolv.conf
+# The same driver as containerd's runc; pods go under this node's own cgroup root,
+# because the nodes share the host's cgroup tree.
+cgroupDriver: cgroupfs
+cgroupRoot: /{cgroup_root}
+# A container cannot turn the host's swap off.
+failSwapOn: false
+# The kubelet may set the kernel tunables it wants (/proc/sys is made writable first).
+protectKernelDefaults: false
+# Disk figures are the host's, shared by all nodes: no disk-pressure eviction.
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: "0%"
+  nodefs.inodesFree: "0%"
+  imagefs.available: "0%"
+# Images cannot be pulled again once deleted: never garbage-collect them.
+imageGCHighThresholdPercent: 100
+runtimeRequestTimeout: 15m
+"#,
+        address = worker.address,
+        cert = paths::kubernetes_pki(pki_files::KUBELET_CERT),
+        key = paths::kubernetes_pki(pki_files::KUBELET_KEY),
+        ca = paths::kubernetes_pki(pki_files::CA_CERT),
+        domain = network.cluster_domain,
+        cluster_dns = network.cluster_dns,
+        pod_cidr = context.pod_cidrs[&worker.name],
+    )
+}
+
+/// The kubelet's unit: started after containerd and the node preparation.
+fn unit(worker: &Node, kubeconfig_path: &str) -> String {
+    let flags = [
+        format!("--config={CONFIG}"),
+        format!("--kubeconfig={kubeconfig_path}"),
+        // containerd over CRI rather than the built-in Docker support.
+        "--container-runtime=remote".to_string(),
+        format!("--container-runtime-endpoint=unix://{}", container_runtime::SOCKET),
+        // Nodes have no default route, from which the kubelet would otherwise guess.
+        format!("--node-ip={}", worker.address),
+        // The name in the kubelet's certificate, whatever the machine calls itself.
+        format!("--hostname-override={}", worker.name),
+        "--register-node=true".to_string(),
+        "--v=2".to_string(),
+    ];
+    format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+[Unit]
+Description=Kubernetes kubelet on {name}
+Documentation=https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kubelet/
+# Wants rather than Requires: the kubelet reconnects to a restarted containerd by
+# itself and need not restart with it.
+Wants=containerd.service
+Requires={PREP_UNIT}
+After=containerd.service {PREP_UNIT}
+
+[Service]
+ExecStart={bin}/kubelet \\\n  {flags}
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+",
+        name = worker.name,
+        bin = paths::BIN_DIR,
+        flags = flags.join(" \\\n  "),
+    )
+}
+
+/// The oneshot unit that runs the preparation script before the kubelet.
+fn prep_unit() -> String {
+    format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+[Unit]
+Description=Prepare the node for the kubelet (k8s lab)
+Before={UNIT}
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={PREP_SCRIPT}
+
+[Install]
+WantedBy=multi-user.target
+"
+    )
+}
+
+/// What the kubelet needs from a container node; every step is a no-op on a VM.
+fn prep_script(cgroup_root: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+# Written by the k8s lab; `lab up` overwrites local changes.
+# Prepares the node for the kubelet; lab-kubelet-prep.service runs it at every boot.
+set -eu
+
+# The kubelet's cAdvisor watches kernel messages for OOM kills and will not start
+# without /dev/kmsg, which systemd-nspawn does not create.
+[ -e /dev/kmsg ] || ln -s /dev/console /dev/kmsg
+
+# The kubelet sets kernel tunables at start; systemd-nspawn mounts /proc/sys
+# read-only. Writing a value back unchanged shows whether it is writable.
+sysctl -q -w vm.overcommit_memory="$(sysctl -n vm.overcommit_memory)" 2>/dev/null ||
+    mount -o remount,rw /proc/sys
+
+# Pods with the node's DNS settings get a copy of /etc/resolv.conf; without the file
+# the kubelet cannot start them. A node without upstream DNS gets an empty one.
+if [ ! -e /etc/resolv.conf ]; then
+    rm -f /etc/resolv.conf
+    echo '# Written by the k8s lab: this node has no upstream DNS server.' >/etc/resolv.conf
+fi
+
+# The kubelet's cgroup root must exist in every hierarchy before it starts.
+root={cgroup_root}
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    mkdir -p "/sys/fs/cgroup/$root"
+else
+    for hierarchy in /sys/fs/cgroup/*/; do
+        if [ -f "${{hierarchy}}cgroup.procs" ]; then mkdir -p "$hierarchy$root"; fi
+    done
+    # A new cpuset cgroup has no CPUs and no memory nodes until given its parent's.
+    cpuset=/sys/fs/cgroup/cpuset
+    if [ -d "$cpuset/$root" ]; then
+        cat "$cpuset/cpuset.cpus" >"$cpuset/$root/cpuset.cpus"
+        cat "$cpuset/cpuset.mems" >"$cpuset/$root/cpuset.mems"
+    fi
+fi
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::etcd::tests::{file, flag, stage_for};
+
+    #[test]
+    fn kubelet_api_is_authenticated_and_authorized_by_the_apiserver() {
+        let stage = stage_for("lab.toml", plan);
+        let config = file(&stage, "worker1", CONFIG);
+        assert!(config.contains("authentication:\n  anonymous:\n    enabled: false\n"));
+        assert!(config.contains("  webhook:\n    enabled: true\n"));
+        assert!(config.contains("    clientCAFile: /etc/kubernetes/pki/ca.pem\n"));
+        assert!(config.contains("authorization:\n  mode: Webhook\n"));
+        assert!(config.contains("readOnlyPort: 0\n"));
+        assert!(config.contains("tlsCertFile: /etc/kubernetes/pki/kubelet.pem\n"));
+        assert!(config.contains("tlsPrivateKeyFile: /etc/kubernetes/pki/kubelet-key.pem\n"));
+    }
+
+    #[test]
+    fn config_carries_the_nodes_network_and_its_own_cgroup_root() {
+        let stage = stage_for("lab.toml", plan);
+        let config = file(&stage, "worker2", CONFIG);
+        assert!(config.contains("clusterDNS:\n- 10.32.0.10\n"));
+        assert!(config.contains("clusterDomain: cluster.local\n"));
+        assert!(config.contains("podCIDR: 10.200.1.0/24\n"));
+        assert!(config.contains("address: 10.240.0.22\n"));
+        assert!(config.contains("cgroupRoot: /lab-k8s-worker2\n"));
+        assert!(file(&stage, "worker2", PREP_SCRIPT).contains("root=lab-k8s-worker2\n"));
+    }
+
+    #[test]
+    fn kubelet_registers_through_the_virtual_ip_as_its_node() {
+        let stage = stage_for("lab.toml", plan);
+        let kubeconfig = file(&stage, "worker1", "/etc/kubernetes/kubelet.kubeconfig");
+        assert!(kubeconfig.contains("server: \"https://10.240.0.100:8443\""), "{kubeconfig}");
+        assert!(kubeconfig.contains("- name: \"system:node:worker1\""));
+        let unit = file(&stage, "worker1", "/etc/systemd/system/kubelet.service");
+        assert_eq!(flag(unit, "node-ip"), "10.240.0.21");
+        assert_eq!(flag(unit, "hostname-override"), "worker1");
+        assert_eq!(flag(unit, "container-runtime-endpoint"), "unix:///run/containerd/containerd.sock");
+        assert!(unit.contains("Requires=lab-kubelet-prep.service\n"));
+    }
+
+    #[test]
+    fn first_master_records_every_workers_pod_range() {
+        let stage = stage_for("lab.toml", plan);
+        let master = stage.nodes.iter().find(|actions| actions.node == "master1").expect("master1 acts");
+        assert_eq!(master.commands.len(), 2);
+        assert!(master.commands[1].script.contains(
+            "patch node worker2 --type merge -p '{\"spec\":{\"podCIDR\":\"10.200.1.0/24\",\"podCIDRs\":[\"10.200.1.0/24\"]}}'"
+        ));
+        assert!(stage.nodes.iter().all(|actions| actions.node != "master2"));
+    }
 }

@@ -68,6 +68,10 @@ frontend kube-apiserver
 
 backend kube-apiserver
     balance roundrobin
+    # A refused connection is retried on another apiserver at once, so clients do not
+    # notice an apiserver that stopped before the health check has taken it out.
+    option redispatch 1
+    retries 2
     # A TCP connect check every 2 s; 2 failures take a server out, 2 successes bring it
     # back. An HTTP check of /healthz would need a client certificate, because
     # anonymous requests are refused; a closed port is what a stopped apiserver shows.
@@ -97,10 +101,9 @@ frontend monitor
             script: format!("/usr/sbin/haproxy -c -f {}", paths::HAPROXY_CONFIG),
             when: RunWhen::FilesChanged,
         });
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![paths::HAPROXY_CONFIG.to_string()],
-        });
+        actions
+            .units
+            .push(UnitSpec { name: UNIT.to_string(), restart_when_changed: vec![paths::HAPROXY_CONFIG.to_string()] });
         actions.checks.push(CheckSpec {
             description: format!("HAProxy on {} answers its monitor URL", node.name),
             script: format!("curl --silent --show-error --fail --max-time 5 {MONITOR_URL}"),

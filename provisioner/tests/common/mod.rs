@@ -101,6 +101,20 @@ impl PrivateContainerd {
         self.containers.push((namespace.to_string(), id.to_string()));
     }
 
+    /// The shim processes serving this containerd: their command line names its socket.
+    fn shims(&self) -> Vec<u32> {
+        let socket = self.socket.to_string_lossy().into_owned();
+        let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != self.process.id())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(socket.as_str()))
+            })
+            .collect()
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(self.directory.path().join("containerd.log")).unwrap_or_default()
     }
@@ -116,6 +130,15 @@ impl Drop for PrivateContainerd {
                 std::thread::sleep(Duration::from_millis(200));
             }
             let _ = self.ctr(&namespace, &["container", "delete", &id]);
+        }
+        // A shim exits on its own shortly after its task is deleted; one that has not
+        // within a few seconds is killed, so that no process of the test outlives it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.shims().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for pid in self.shims() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
         let _ = self.process.kill();
         let _ = self.process.wait();
