@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod doctor;
+mod machine_verbs;
+mod up;
 mod verbs;
 
 /// Builds the handbook's HA Kubernetes cluster from scratch on local machines.
@@ -60,16 +63,23 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Print the journals of the lab's units.
+    /// Print the journals of the lab's units (every node, or one).
     Logs {
         node: Option<String>,
+        /// Only this unit, e.g. `etcd` or `kube-apiserver.service`.
         #[arg(long)]
         unit: Option<String>,
+        /// Lines per unit.
+        #[arg(long, default_value_t = 100)]
+        lines: u32,
     },
-    /// Check the host, and install missing packages.
+    /// Check the host, and install the Debian packages the lab needs.
     Doctor {
         #[arg(long)]
         json: bool,
+        /// Only check; install nothing.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -129,14 +139,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.verb {
         Verb::Plan { json } => verbs::plan(&paths, json),
         Verb::Render { dir } => verbs::render(&paths, &dir),
-        Verb::Up { .. } => verbs::unavailable("up", "machines and provisioning are not built yet"),
-        Verb::Down => verbs::unavailable("down", "machines are not built yet"),
-        Verb::Destroy => verbs::unavailable("destroy", "machines are not built yet"),
-        Verb::Status { .. } => verbs::unavailable("status", "machines are not built yet"),
-        Verb::Ssh { .. } => verbs::unavailable("ssh", "machines are not built yet"),
-        Verb::Kubectl { .. } => verbs::unavailable("kubectl", "the cluster is not built yet"),
-        Verb::Logs { .. } => verbs::unavailable("logs", "machines are not built yet"),
-        Verb::Doctor { .. } => verbs::unavailable("doctor", "host checks are not built yet"),
+        Verb::Up { until } => up::up(&paths, up::Until::parse(until.as_deref())?),
+        Verb::Down => machine_verbs::down(&paths),
+        Verb::Destroy => machine_verbs::destroy(&paths),
+        Verb::Status { json } => machine_verbs::status(&paths, json),
+        Verb::Ssh { node, command } => machine_verbs::ssh(&paths, &node, &command),
+        Verb::Kubectl { args } => verbs::kubectl(&paths, &args),
+        Verb::Logs { node, unit, lines } => verbs::logs(&paths, node.as_deref(), unit.as_deref(), lines),
+        Verb::Doctor { json, check } => doctor::doctor(&paths, json, !check),
     }
 }
 

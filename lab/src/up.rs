@@ -12,7 +12,7 @@ use provisioner::host::Host;
 use provisioner::plan::{Plan, Stage};
 use provisioner::ssh::{self, SshHost};
 
-use crate::{machine_verbs, verbs, Exit, Failure, Paths};
+use crate::{doctor, machine_verbs, verbs, Exit, Failure, Paths};
 
 /// Where `--until` stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +40,14 @@ impl Until {
 
 pub fn up(paths: &Paths, until: Until) -> Result<(), Failure> {
     let started = Instant::now();
+    let topology = verbs::load_topology(paths)?.topology;
+    doctor::preflight(paths, &topology)?;
     machine_verbs::up_machines(paths)?;
     if until == Until::Machines {
         println!("machines are up ({:.1} s); `lab up` continues with the stages", started.elapsed().as_secs_f64());
         return Ok(());
     }
 
-    let topology = verbs::load_topology(paths)?.topology;
     let progress_line = |text: &str| eprintln!("[{:>6.1}s] {text}", started.elapsed().as_secs_f64());
     let artifacts = provisioner::artifacts::build::ensure(&topology, &paths.cache_dir, &progress_line)
         .context("building the lab's artifacts")?;

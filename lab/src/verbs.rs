@@ -127,6 +127,73 @@ pub fn render(paths: &Paths, dir: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn unavailable(verb: &str, why: &str) -> Result<(), Failure> {
-    Err(Failure { exit: Exit::Unavailable, error: anyhow::anyhow!("`lab {verb}` is not available yet: {why}") })
+/// `lab kubectl ARGS`: the lab's own kubectl build with the admin kubeconfig.
+pub fn kubectl(paths: &Paths, args: &[String]) -> Result<(), Failure> {
+    let topology = load_topology(paths)?.topology;
+    let artifacts = Artifacts::expected(&topology, &paths.cache_dir);
+    let kubectl = artifacts.binary("kubectl");
+    let kubeconfig = provisioner::stages::admin_kubeconfig::local_path(&paths.state_dir);
+    for (what, path) in [("kubectl", kubectl), ("admin kubeconfig", kubeconfig.as_path())] {
+        if !path.exists() {
+            return Err(Failure {
+                exit: Exit::Failure,
+                error: anyhow::anyhow!("no {what} at {}: run `cargo lab up` first", path.display()),
+            });
+        }
+    }
+    let status = std::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(args)
+        .status()
+        .with_context(|| format!("run {}", kubectl.display()))?;
+    exit_like(status)
+}
+
+/// `lab logs [NODE] [--unit U]`: the journals of the units the plan puts on each node.
+pub fn logs(paths: &Paths, node: Option<&str>, unit: Option<&str>, lines: u32) -> Result<(), Failure> {
+    let plan = make_plan(paths)?;
+    if let Some(name) = node {
+        if !plan.nodes.iter().any(|summary| summary.name == name) {
+            return Err(Failure { exit: Exit::Usage, error: anyhow::anyhow!("no node named {name} in the lab") });
+        }
+    }
+    let key = provisioner::ssh::ensure_keypair(&paths.state_dir).context("the lab's SSH key")?;
+    for summary in plan.nodes.iter().filter(|summary| node.is_none_or(|name| name == summary.name)) {
+        let mut units: Vec<&str> = plan
+            .stages
+            .iter()
+            .flat_map(|stage| &stage.nodes)
+            .filter(|actions| actions.node == summary.name)
+            .flat_map(|actions| actions.units.iter().map(|unit| unit.name.as_str()))
+            .collect();
+        units.dedup();
+        if let Some(wanted) = unit {
+            units.retain(|name| *name == wanted || name.trim_end_matches(".service") == wanted);
+        }
+        if units.is_empty() {
+            continue;
+        }
+        let host =
+            provisioner::ssh::SshHost::connect(&summary.name, summary.address, &key, std::time::Duration::from_secs(5))?;
+        let unit_flags: String = units.iter().map(|name| format!(" --unit {name}")).collect();
+        let output = provisioner::host::Host::run(
+            &host,
+            &format!("journalctl --no-pager --output short-precise --lines {lines}{unit_flags}"),
+        )?;
+        println!("==> {} ({})", summary.name, units.join(", "));
+        print!("{}{}", output.stdout, output.stderr);
+    }
+    Ok(())
+}
+
+/// Ends `lab` with a child's exit status, so scripts see kubectl's own code.
+fn exit_like(status: std::process::ExitStatus) -> Result<(), Failure> {
+    match status.code() {
+        Some(0) => Ok(()),
+        code => Err(Failure {
+            exit: Exit::Failure,
+            error: anyhow::anyhow!("command exited with {}", code.map_or("a signal".to_string(), |c| c.to_string())),
+        }),
+    }
 }

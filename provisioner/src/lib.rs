@@ -4,9 +4,12 @@
 pub mod artifacts;
 pub mod executor;
 pub mod host;
+pub mod machines;
 pub mod paths;
 pub mod pki;
 pub mod plan;
+pub mod preflight;
 pub mod render;
+pub mod ssh;
 pub mod stages;
 pub mod topology;

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::topology::Topology;
 
+pub mod build;
 pub mod oci;
 
 /// The Kubernetes binaries every lab installs.
@@ -32,6 +33,8 @@ pub mod images {
     pub const PAUSE: &str = "registry.k8s.io/pause:3.2";
     /// A small web server for NodePort and pod-to-pod checks.
     pub const WEB: &str = "k8s-lab.local/web:1";
+    /// The port the web image's httpd listens on; `GET /` answers with the pod's hostname.
+    pub const WEB_PORT: u16 = 8080;
     /// The lab's own cluster DNS server.
     pub const LAB_DNS: &str = "k8s-lab.local/lab-dns:1";
 }

@@ -1,0 +1,163 @@
+//! `lab doctor`: checks the host for the topology's lab and installs the Debian
+//! packages it lacks.
+//!
+//! Installing is the default, because a new user's next step after "mmdebstrap is
+//! missing" is always to install it; `--check` only reports. Either way the table
+//! shows the host as it is at the end, and the exit code is non-zero while any
+//! check still fails.
+
+use std::fmt::Write as _;
+
+use anyhow::{anyhow, Context as _};
+use provisioner::machines::{self, LabSpec};
+use provisioner::preflight::{self, Finding, Report, Status};
+use provisioner::topology::Topology;
+use serde::Serialize;
+
+use crate::{Exit, Failure, Paths};
+
+/// What `lab doctor --json` prints.
+#[derive(Serialize)]
+struct DoctorOutput<'a> {
+    /// The worst status of all checks: `ok`, `warn` or `fail`.
+    status: Status,
+    /// The Debian packages this run installed.
+    installed: &'a [String],
+    findings: &'a [Finding],
+}
+
+/// Checks the host; with `install`, installs missing packages first and checks again.
+pub fn doctor(paths: &Paths, json: bool, install: bool) -> Result<(), Failure> {
+    let topology = crate::verbs::load_topology(paths)?.topology;
+    let check = || host_report(paths, &topology);
+    let mut report = check();
+    let mut installed = Vec::new();
+    if install && !report.missing_packages().is_empty() {
+        installed = preflight::install_missing(&report.findings)?;
+        report = check();
+    }
+
+    if json {
+        let output = DoctorOutput { status: report.status(), installed: &installed, findings: &report.findings };
+        println!("{}", serde_json::to_string_pretty(&output).context("serialize the findings")?);
+    } else {
+        if !installed.is_empty() {
+            println!("installed: {}\n", installed.join(" "));
+        }
+        print!("{}", table(&report));
+    }
+
+    let failed: Vec<&str> = report.failures().map(|finding| finding.check.as_str()).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let hint = if install || report.missing_packages().is_empty() { "" } else { " (`lab doctor` installs packages)" };
+    Err(Failure {
+        exit: Exit::Failure,
+        error: anyhow!("{} host check(s) failed: {}{hint}", failed.len(), failed.join("; ")),
+    })
+}
+
+/// The preflight of `lab up`: prints warnings, and stops with every failed check and
+/// its fix before anything is created.
+pub fn preflight(paths: &Paths, topology: &Topology) -> Result<(), Failure> {
+    let report = host_report(paths, topology);
+    for finding in report.findings.iter().filter(|finding| finding.status == Status::Warn) {
+        eprintln!("warning: {}: {}", finding.check, finding.detail);
+    }
+    let failures: Vec<String> = report
+        .failures()
+        .map(|finding| match &finding.fix {
+            Some(fix) => format!("\n  {}: {}\n    fix: {fix}", finding.check, finding.detail),
+            None => format!("\n  {}: {}", finding.check, finding.detail),
+        })
+        .collect();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(Failure {
+        exit: Exit::Failure,
+        error: anyhow!("the host cannot run the lab (nothing was created):{}", failures.concat()),
+    })
+}
+
+/// Every check for this topology: its machine backend's requirements, then the
+/// host-wide ones. A backend this build lacks is itself a failed check.
+pub fn host_report(paths: &Paths, topology: &Topology) -> Report {
+    let spec = LabSpec::from_topology(topology, &paths.state_dir, &paths.cache_dir);
+    let (requirements, backend_problem) = match machines::for_lab(topology.machines.backend, spec) {
+        Ok(backend) => (backend.requirements(), None),
+        Err(error) => (Vec::new(), Some(error.to_string())),
+    };
+    let mut report = preflight::run(topology, &paths.state_dir, &paths.cache_dir, &requirements);
+    if let Some(problem) = backend_problem {
+        report.findings.insert(
+            0,
+            Finding {
+                check: format!("machine backend {}", topology.machines.backend),
+                status: Status::Fail,
+                detail: problem,
+                fix: Some("set backend = \"nspawn\" in [machines] of the topology file".into()),
+                package: None,
+            },
+        );
+    }
+    report
+}
+
+/// The readable form: one line per check, the fix indented under each problem.
+fn table(report: &Report) -> String {
+    let width = report.findings.iter().map(|finding| finding.check.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for finding in &report.findings {
+        let _ = writeln!(out, "{:<4}  {:<width$}  {}", finding.status.to_string(), finding.check, finding.detail);
+        if let Some(fix) = &finding.fix {
+            let _ = writeln!(out, "{:<4}  {:<width$}  fix: {fix}", "", "");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        match report.status() {
+            Status::Ok => "the host is ready for the lab",
+            Status::Warn => "the host can run the lab (see the warnings)",
+            Status::Fail => "the host cannot run the lab yet: apply the fixes above",
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_checks_and_puts_fixes_under_problems() {
+        let report = Report {
+            findings: vec![
+                Finding {
+                    check: "root".into(),
+                    status: Status::Ok,
+                    detail: "present".into(),
+                    fix: None,
+                    package: None,
+                },
+                Finding {
+                    check: "mmdebstrap (builds the node image)".into(),
+                    status: Status::Fail,
+                    detail: "missing (Debian package mmdebstrap)".into(),
+                    fix: Some("apt-get install -y --no-install-recommends mmdebstrap".into()),
+                    package: Some("mmdebstrap".into()),
+                },
+            ],
+        };
+        assert_eq!(
+            table(&report),
+            "ok    root                                present\n\
+             FAIL  mmdebstrap (builds the node image)  missing (Debian package mmdebstrap)\n\
+             \x20                                         fix: apt-get install -y --no-install-recommends mmdebstrap\n\
+             \n\
+             the host cannot run the lab yet: apply the fixes above\n"
+        );
+    }
+}

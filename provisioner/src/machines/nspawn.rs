@@ -1,0 +1,1118 @@
+//! The nspawn backend: every node is a systemd-nspawn container booting the node
+//! image with systemd as its PID 1, on the lab's bridge. No KVM is needed.
+//!
+//! Each node's disk is an overlay: the shared, read-only node image below, and the
+//! node's own changes in `STATE/machines/NODE/upper` above, mounted at
+//! `STATE/machines/NODE/root` (a few milliseconds instead of copying half a
+//! gigabyte). containerd's overlay snapshotter cannot run on an overlay, so
+//! `/var/lib/containerd` is a plain host directory, `STATE/machines/NODE/containerd`,
+//! bound into the node.
+//!
+//! How a machine runs depends on the host's PID 1:
+//! - where it is systemd, each machine is a transient unit `lab-LAB-NODE.service`
+//!   made with `systemd-run`, so `systemctl` and the journal see it like any service;
+//! - elsewhere (containers, CI runners, this project's own build machines) the lab
+//!   supervises the processes itself: nspawn runs in its own session with its PID in
+//!   `STATE/machines/NODE/pid`, in a cgroup `lab-LAB/NODE` made in every hierarchy,
+//!   and writes its console to `STATE/machines/NODE/console.log`.
+//!
+//! The machine's name on the host is `LAB-NODE` (lab names are at most 8
+//! characters), so two labs can both have a `master1`. nspawn names the host end of
+//! a node's network link `vb-` and the machine name; when that is longer than an
+//! interface name may be (machine names over 12 characters) nspawn shortens it with
+//! a hash. The node's hostname is always its plain node name.
+//!
+//! The nspawn options are the ones the shared notes found necessary for kubelet:
+//! all capabilities, the mount, keyring and bpf system calls, and no registration
+//! with machined (which a host without systemd does not run). The cgroup
+//! hierarchies are *not* bound into the node: the node gets its own cgroups below
+//! `lab-LAB/NODE`, and the image's `lab-api-rw` unit makes them writable at boot.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::hostnet;
+use super::system::{self, CommandFailure};
+use super::{
+    LabSpec, Leftover, MachineError, MachineState, Machines, NodeImage, NodeSpec, Requirement, StartOutcome,
+    StopOutcome,
+};
+use crate::plan::HostRoute;
+use crate::topology::Backend;
+
+/// How long a node may take to power off after SIGTERM before it is killed. A
+/// clean shutdown takes about two seconds; kubelet and containerd add a few more.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a launched nspawn may take to record its PID and be running.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shell that starts nspawn when the lab supervises it: it writes its own PID
+/// into the node's cgroup in every hierarchy and into the PID file, then becomes
+/// nspawn (same PID), so everything nspawn starts is in the node's cgroups from the
+/// first instruction. Arguments: PID_FILE CGROUP_PROCS... -- COMMAND...
+const LAUNCH_SCRIPT: &str = r#"pid_file=$1; shift
+while [ "$1" != -- ]; do echo $$ > "$1" || { echo "lab: cannot join cgroup $1" >&2; exit 125; }; shift; done
+shift
+echo $$ > "$pid_file.tmp" && mv -f "$pid_file.tmp" "$pid_file" || exit 125
+exec "$@"
+"#;
+
+/// Who keeps the machines' processes running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Supervisor {
+    /// PID 1 is systemd: each machine is a transient service unit.
+    SystemdUnits,
+    /// PID 1 is something else: the lab starts, records and stops the processes.
+    Processes,
+}
+
+impl Supervisor {
+    /// systemd is PID 1 when it says so in /run/systemd/system (what
+    /// `sd_booted()` checks) and PID 1 is indeed called systemd (a container can
+    /// inherit the directory from its host).
+    pub fn detect() -> Supervisor {
+        let booted = Path::new("/run/systemd/system").is_dir();
+        let init = fs::read_to_string("/proc/1/comm").unwrap_or_default();
+        if booted && init.trim() == "systemd" {
+            Supervisor::SystemdUnits
+        } else {
+            Supervisor::Processes
+        }
+    }
+}
+
+/// The files of one node in the state directory.
+#[derive(Debug, Clone)]
+struct NodePaths {
+    dir: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    root: PathBuf,
+    containerd: PathBuf,
+    console: PathBuf,
+    pid: PathBuf,
+    /// Which image the node's disk was made from: its lower layer forever.
+    image: PathBuf,
+}
+
+pub struct Nspawn {
+    spec: LabSpec,
+    supervisor: Supervisor,
+}
+
+impl Nspawn {
+    pub fn new(spec: LabSpec) -> Nspawn {
+        Nspawn::with_supervisor(spec, Supervisor::detect())
+    }
+
+    pub fn with_supervisor(spec: LabSpec, supervisor: Supervisor) -> Nspawn {
+        Nspawn { spec, supervisor }
+    }
+
+    /// The machine's name on the host: `LAB-NODE`.
+    pub fn machine_name(&self, node: &str) -> String {
+        format!("{}-{node}", self.spec.lab)
+    }
+
+    /// The transient unit of a node on a systemd host.
+    pub fn unit_name(&self, node: &str) -> String {
+        format!("lab-{}-{node}.service", self.spec.lab)
+    }
+
+    /// The cgroup (relative to each hierarchy's root) holding all of the lab's nodes.
+    fn lab_cgroup(&self) -> String {
+        format!("lab-{}", self.spec.lab)
+    }
+
+    /// nspawn's own runtime directory for the machine on the host.
+    fn propagate_dir(&self, node: &str) -> PathBuf {
+        Path::new("/run/systemd/nspawn/propagate").join(self.machine_name(node))
+    }
+
+    fn paths(&self, node: &str) -> NodePaths {
+        let dir = self.spec.machines_dir().join(node);
+        NodePaths {
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            root: dir.join("root"),
+            containerd: dir.join("containerd"),
+            console: dir.join("console.log"),
+            pid: dir.join("pid"),
+            image: dir.join("image"),
+            dir,
+        }
+    }
+
+    fn node_error(&self, node: &str, message: impl Into<String>) -> MachineError {
+        MachineError::Node { node: node.to_string(), message: message.into() }
+    }
+
+    /// The systemd-nspawn arguments that boot `node` from its mounted disk.
+    fn nspawn_arguments(&self, node: &NodeSpec, paths: &NodePaths) -> Vec<OsString> {
+        let mut arguments: Vec<OsString> = vec![
+            format!("--directory={}", paths.root.display()).into(),
+            "--boot".into(),
+            format!("--machine={}", self.machine_name(&node.name)).into(),
+            format!("--hostname={}", node.name).into(),
+            format!("--network-bridge={}", self.spec.bridge).into(),
+            // kubelet, containerd and runc manage mounts, cgroups, namespaces and
+            // BPF device filters inside the node.
+            "--capability=all".into(),
+            "--system-call-filter=@mount @keyring bpf".into(),
+            // No machined registration (a host without systemd has none), and no new
+            // scope: the machine stays in the cgroup or unit it was started in.
+            "--register=no".into(),
+            "--keep-unit".into(),
+            "--console=read-only".into(),
+            // The image's own resolv.conf and time zone, nothing of the host's; no
+            // journal shared with the host; no stray .nspawn file applies.
+            "--resolv-conf=off".into(),
+            "--timezone=off".into(),
+            "--link-journal=no".into(),
+            "--settings=no".into(),
+        ];
+        let mut bind = OsString::from("--bind=");
+        bind.push(&paths.containerd);
+        bind.push(":/var/lib/containerd");
+        arguments.push(bind);
+        arguments
+    }
+
+    /// The `systemd-run` command that starts `node` as a transient unit.
+    fn systemd_run_command(&self, node: &NodeSpec, paths: &NodePaths) -> Command {
+        let mut command = Command::new("systemd-run");
+        command
+            .arg(format!("--unit={}", self.unit_name(&node.name)))
+            .arg(format!("--description=k8s lab {}: node {}", self.spec.lab, node.name))
+            // Notify: the unit is started when nspawn says the container is.
+            .arg("--service-type=notify")
+            // A failed unit is forgotten, so the next start can reuse the name.
+            .arg("--collect")
+            // nspawn manages the node's cgroups below the unit's own.
+            .arg("--property=Delegate=yes")
+            // SIGTERM to nspawn alone (it powers the node off), SIGKILL to all at the end.
+            .arg("--property=KillMode=mixed")
+            .arg(format!("--property=TimeoutStopSec={}", STOP_TIMEOUT.as_secs()))
+            .arg("--property=TasksMax=16384")
+            .arg(format!("--property=StandardOutput=append:{}", paths.console.display()))
+            .arg(format!("--property=StandardError=append:{}", paths.console.display()))
+            .arg("systemd-nspawn")
+            .args(self.nspawn_arguments(node, paths));
+        command
+    }
+
+    /// Whether `arguments` (a process's command line) are this node's nspawn.
+    fn is_node_process(&self, arguments: &[String], node: &str) -> bool {
+        let paths = self.paths(node);
+        let machine = format!("--machine={}", self.machine_name(node));
+        let directory = format!("--directory={}", paths.root.display());
+        arguments.first().is_some_and(|program| program.rsplit('/').next() == Some("systemd-nspawn"))
+            && arguments.contains(&machine)
+            && arguments.contains(&directory)
+    }
+
+    /// The PID of the node's running nspawn when the lab supervises it: the PID
+    /// file's, if that process is the node's, else any process that is (a lost or
+    /// stale PID file must not make a running machine look stopped).
+    fn running_pid(&self, node: &str) -> Option<u32> {
+        let recorded = fs::read_to_string(self.paths(node).pid).ok().and_then(|text| text.trim().parse::<u32>().ok());
+        let is_node = |pid: u32| {
+            system::process_alive(pid)
+                && system::process_arguments(pid).is_some_and(|arguments| self.is_node_process(&arguments, node))
+        };
+        if let Some(pid) = recorded.filter(|pid| is_node(*pid)) {
+            return Some(pid);
+        }
+        all_pids().into_iter().find(|pid| is_node(*pid))
+    }
+
+    fn unit_active(&self, node: &str) -> bool {
+        // `is-active` prints the state and exits 0 only for active units; activating
+        // and deactivating units are running machines too.
+        let output = Command::new("systemctl").args(["is-active", &self.unit_name(node)]).stdin(Stdio::null()).output();
+        output.is_ok_and(|output| {
+            let state = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            matches!(state.as_str(), "active" | "activating" | "deactivating" | "reloading")
+        })
+    }
+
+    /// The main PID of the node's unit, when it has one.
+    fn unit_main_pid(&self, node: &str) -> Option<u32> {
+        let output = system::run_program("systemctl", ["show", "--property=MainPID", "--value", &self.unit_name(node)]);
+        output.ok()?.trim().parse::<u32>().ok().filter(|pid| *pid != 0)
+    }
+
+    fn is_running(&self, node: &str) -> bool {
+        match self.supervisor {
+            // The unit name is the lab's and the node's; the process must also be
+            // this state directory's node, not a same-named lab's from elsewhere.
+            Supervisor::SystemdUnits => {
+                self.unit_active(node)
+                    && self
+                        .unit_main_pid(node)
+                        .and_then(system::process_arguments)
+                        .is_some_and(|arguments| self.is_node_process(&arguments, node))
+            }
+            Supervisor::Processes => self.running_pid(node).is_some(),
+        }
+    }
+
+    /// A live systemd-nspawn running this node's machine name from another state
+    /// directory: a second lab of the same name, whose cgroups, unit and network
+    /// link names collide with this one's.
+    fn foreign_process(&self, node: &str) -> Option<u32> {
+        let flag = format!("--machine={}", self.machine_name(node));
+        all_pids().into_iter().find(|pid| {
+            system::process_alive(*pid)
+                && system::process_arguments(*pid).is_some_and(|arguments| {
+                    arguments.first().is_some_and(|program| program.rsplit('/').next() == Some("systemd-nspawn"))
+                        && arguments.contains(&flag)
+                        && !self.is_node_process(&arguments, node)
+                })
+        })
+    }
+
+    /// Every cgroup hierarchy of the host: each cgroup v1 controller mount, the
+    /// named systemd hierarchy and the cgroup2 mount, or on a cgroup2-only host the
+    /// one hierarchy at /sys/fs/cgroup.
+    fn cgroup_hierarchies() -> Result<Vec<PathBuf>, String> {
+        let mounts = system::mount_table().map_err(|error| format!("cannot read the mount table: {error}"))?;
+        let mut hierarchies: Vec<PathBuf> = mounts
+            .into_iter()
+            .filter(|mount| {
+                (mount.fstype == "cgroup" || mount.fstype == "cgroup2") && mount.point.starts_with("/sys/fs/cgroup")
+            })
+            .map(|mount| mount.point)
+            .collect();
+        hierarchies.sort();
+        hierarchies.dedup();
+        if hierarchies.is_empty() {
+            return Err("no cgroup hierarchy is mounted under /sys/fs/cgroup".into());
+        }
+        Ok(hierarchies)
+    }
+
+    fn node_cgroups(&self, node: &str) -> Result<Vec<PathBuf>, String> {
+        Ok(Nspawn::cgroup_hierarchies()?
+            .into_iter()
+            .map(|hierarchy| hierarchy.join(self.lab_cgroup()).join(node))
+            .collect())
+    }
+
+    /// Makes `lab-LAB/NODE` in every hierarchy and returns each one's
+    /// `cgroup.procs`. In the cpuset hierarchy a cgroup accepts no process until it
+    /// has CPUs and memory nodes, so those are copied down from the parent.
+    fn prepare_cgroups(&self, node: &str) -> Result<Vec<PathBuf>, String> {
+        let mut procs = Vec::new();
+        for hierarchy in Nspawn::cgroup_hierarchies()? {
+            let lab = hierarchy.join(self.lab_cgroup());
+            let machine = lab.join(node);
+            fs::create_dir_all(&machine).map_err(|error| format!("cannot create {}: {error}", machine.display()))?;
+            for (parent, child) in [(&hierarchy, &lab), (&lab, &machine)] {
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    let (source, target) = (parent.join(file), child.join(file));
+                    if !source.exists() {
+                        continue;
+                    }
+                    let current = fs::read_to_string(&target).unwrap_or_default();
+                    if current.trim().is_empty() {
+                        let value = fs::read_to_string(&source)
+                            .map_err(|error| format!("cannot read {}: {error}", source.display()))?;
+                        fs::write(&target, value.trim())
+                            .map_err(|error| format!("cannot write {}: {error}", target.display()))?;
+                    }
+                }
+            }
+            procs.push(machine.join("cgroup.procs"));
+        }
+        Ok(procs)
+    }
+
+    /// Kills whatever is still in the node's cgroups and removes them (deepest
+    /// first: the node's own systemd made cgroups inside them).
+    fn remove_node_cgroups(&self, node: &str) -> Vec<Leftover> {
+        let mut leftovers = Vec::new();
+        if let Some(pid) = self.foreign_process(node) {
+            return vec![Leftover::new(
+                format!("cgroups {}/{node}", self.lab_cgroup()),
+                format!("in use by machine {} of another lab (PID {pid}); left alone", self.machine_name(node)),
+            )];
+        }
+        let cgroups = match self.node_cgroups(node) {
+            Ok(cgroups) => cgroups,
+            Err(message) => return vec![Leftover::new(format!("cgroups of {node}"), message)],
+        };
+        for cgroup in &cgroups {
+            kill_cgroup_tree(cgroup);
+        }
+        for cgroup in &cgroups {
+            if let Err(message) = remove_cgroup_tree(cgroup) {
+                leftovers.push(Leftover::new(format!("cgroup {}", cgroup.display()), message));
+            }
+        }
+        leftovers
+    }
+
+    /// Mounts the node's overlay disk at `root` unless it is mounted already.
+    fn mount_disk(&self, node: &str, paths: &NodePaths, lower: &Path) -> Result<(), MachineError> {
+        let mounted = system::is_mount_point(&paths.root)
+            .map_err(|error| self.node_error(node, format!("cannot read the mount table: {error}")))?;
+        if mounted {
+            return Ok(());
+        }
+        // Mount options are comma-separated and the overlay's layer lists are
+        // colon-separated: a path with either would be read as something else.
+        for path in [lower, &paths.upper, &paths.work] {
+            let text = path.to_string_lossy();
+            if text.contains(',') || text.contains(':') {
+                return Err(self.node_error(
+                    node,
+                    format!(
+                        "{} contains ',' or ':', which overlay mounts cannot name; move the state or cache dir",
+                        text
+                    ),
+                ));
+            }
+        }
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", lower.display(), paths.upper.display(), paths.work.display());
+        let mut command = Command::new("mount");
+        command.args(["-t", "overlay", "overlay", "-o", &options]).arg(&paths.root);
+        system::run(&mut command).map_err(|failure| self.node_error(node, failure.to_string()))?;
+        Ok(())
+    }
+
+    /// The image the node's disk is made from. A node keeps the image it was made
+    /// from: the overlay's upper layer only makes sense on top of that exact lower
+    /// layer, so a newer image serves only new nodes.
+    fn lower_layer(&self, node: &str, paths: &NodePaths, image: &NodeImage) -> Result<PathBuf, MachineError> {
+        match fs::read_to_string(&paths.image) {
+            Ok(recorded) => {
+                let recorded = PathBuf::from(recorded.trim());
+                if recorded == image.root || recorded.is_dir() {
+                    if recorded != image.root {
+                        tracing::info!(node, image = %recorded.display(), "node keeps the image its disk was made from");
+                    }
+                    return Ok(recorded);
+                }
+                Err(self.node_error(
+                    node,
+                    format!(
+                        "its disk was made from the image {}, which is no longer in the cache; \
+                         `lab destroy` and `lab up` make new machines from the current image",
+                        recorded.display()
+                    ),
+                ))
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                system::write_atomically(&paths.image, format!("{}\n", image.root.display()).as_bytes(), 0o644)
+                    .map_err(|error| {
+                        self.node_error(node, format!("cannot write {}: {error}", paths.image.display()))
+                    })?;
+                Ok(image.root.clone())
+            }
+            Err(error) => Err(self.node_error(node, format!("cannot read {}: {error}", paths.image.display()))),
+        }
+    }
+
+    /// Starts nspawn for `node` in its own session and cgroups, and waits until it
+    /// runs (its PID recorded and its command line nspawn's).
+    fn launch_process(&self, node: &NodeSpec, paths: &NodePaths) -> Result<(), MachineError> {
+        let name = &node.name;
+        let cgroup_procs = self.prepare_cgroups(name).map_err(|message| self.node_error(name, message))?;
+        let _ = fs::remove_file(&paths.pid);
+        let console = fs::File::create(&paths.console)
+            .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", paths.console.display())))?;
+        let console_err = console
+            .try_clone()
+            .map_err(|error| self.node_error(name, format!("cannot share {}: {error}", paths.console.display())))?;
+        // `setsid --fork`: nspawn runs in a new session with no terminal, so no
+        // hang-up reaches it when the shell that ran `lab up` closes, and it is not
+        // this process's child, so it outlives `lab` and is reaped by init.
+        let mut command = Command::new("setsid");
+        command
+            .args(["--fork", "sh", "-c", LAUNCH_SCRIPT, "lab-launch"])
+            .arg(&paths.pid)
+            .args(&cgroup_procs)
+            .args(["--", "systemd-nspawn"])
+            .args(self.nspawn_arguments(node, paths))
+            .stdout(console)
+            .stderr(console_err);
+        system::run(&mut command).map_err(|failure| self.node_error(name, failure.to_string()))?;
+
+        let deadline = Instant::now() + LAUNCH_TIMEOUT;
+        loop {
+            let recorded = fs::read_to_string(&paths.pid).ok().and_then(|text| text.trim().parse::<u32>().ok());
+            if let Some(pid) = recorded {
+                if !system::process_alive(pid) {
+                    return Err(self.node_error(
+                        name,
+                        format!("systemd-nspawn exited at once: {}", console_tail(&paths.console, 10)),
+                    ));
+                }
+                if system::process_arguments(pid).is_some_and(|arguments| self.is_node_process(&arguments, name)) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.node_error(
+                    name,
+                    format!(
+                        "systemd-nspawn did not start within {LAUNCH_TIMEOUT:?}: {}",
+                        console_tail(&paths.console, 10)
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn launch_unit(&self, node: &NodeSpec, paths: &NodePaths) -> Result<(), MachineError> {
+        let name = &node.name;
+        // A unit that failed before `--collect` existed on this host, or one left
+        // loaded for any reason, would make systemd-run refuse the name.
+        let _ = system::run_program("systemctl", ["reset-failed", &self.unit_name(name)]);
+        fs::write(&paths.console, b"")
+            .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", paths.console.display())))?;
+        system::run(&mut self.systemd_run_command(node, paths)).map_err(|failure| {
+            self.node_error(name, format!("{failure}; console: {}", console_tail(&paths.console, 10)))
+        })?;
+        Ok(())
+    }
+
+    fn stop_process(&self, node: &str) -> Result<StopOutcome, MachineError> {
+        let Some(pid) = self.running_pid(node) else {
+            return Ok(StopOutcome::NotRunning);
+        };
+        // nspawn answers SIGTERM by asking the node's systemd to power off.
+        system::send_signal(pid, "TERM").map_err(|failure| self.node_error(node, failure.to_string()))?;
+        if system::wait_for_exit(pid, STOP_TIMEOUT) {
+            return Ok(StopOutcome::Stopped);
+        }
+        tracing::warn!(node, pid, "the node did not power off in time; killing it");
+        let _ = system::send_signal(pid, "KILL");
+        if let Ok(cgroups) = self.node_cgroups(node) {
+            cgroups.iter().for_each(|cgroup| kill_cgroup_tree(cgroup));
+        }
+        if system::wait_for_exit(pid, Duration::from_secs(10)) {
+            Ok(StopOutcome::Killed)
+        } else {
+            Err(self.node_error(node, format!("systemd-nspawn (PID {pid}) survived SIGKILL")))
+        }
+    }
+
+    fn stop_unit(&self, node: &str) -> Result<StopOutcome, MachineError> {
+        if !self.unit_active(node) {
+            return Ok(StopOutcome::NotRunning);
+        }
+        system::run_program("systemctl", ["stop", &self.unit_name(node)])
+            .map_err(|failure| self.node_error(node, failure.to_string()))?;
+        Ok(StopOutcome::Stopped)
+    }
+
+    /// Writes what makes a node itself into its mounted disk: hostname, static
+    /// address, machine ID, SSH host keys and the lab's key for root. Identity that
+    /// must stay stable (machine ID, host keys, /etc/hosts, which the hosts stage
+    /// owns afterwards) is written only when the node's own layer lacks it; hostname
+    /// and address are the machines layer's and rewritten on every start.
+    fn configure(&self, node: &NodeSpec, paths: &NodePaths, authorized_key: &str) -> Result<(), MachineError> {
+        let name = &node.name;
+        let root = &paths.root;
+        let io = |path: &Path, error: std::io::Error| {
+            self.node_error(name, format!("cannot write {}: {error}", path.display()))
+        };
+        let write = |relative: &str, mode: u32, content: &str| -> Result<(), MachineError> {
+            let path = root.join(relative);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|error| io(parent, error))?;
+            }
+            system::write_atomically(&path, content.as_bytes(), mode).map_err(|error| io(&path, error))
+        };
+
+        write("etc/hostname", 0o644, &format!("{name}\n"))?;
+        write("etc/systemd/network/10-host0.network", 0o644, &network_file(node, self.spec.gateway.prefix_len()))?;
+        if !paths.upper.join("etc/hosts").exists() {
+            write(
+                "etc/hosts",
+                0o644,
+                &format!(
+                    "127.0.0.1\tlocalhost\n{}\t{name}\n::1\t\tlocalhost ip6-localhost ip6-loopback\n",
+                    node.address
+                ),
+            )?;
+        }
+        let machine_id = fs::read_to_string(root.join("etc/machine-id")).unwrap_or_default();
+        if machine_id.trim().is_empty() {
+            let uuid = fs::read_to_string("/proc/sys/kernel/random/uuid")
+                .map_err(|error| self.node_error(name, format!("cannot read a random UUID: {error}")))?;
+            write("etc/machine-id", 0o444, &format!("{}\n", uuid.trim().replace('-', "")))?;
+        }
+        if !root.join("etc/ssh/ssh_host_ed25519_key").exists() {
+            fs::create_dir_all(root.join("etc/ssh")).map_err(|error| io(&root.join("etc/ssh"), error))?;
+            system::run(Command::new("ssh-keygen").args(["-q", "-A", "-f"]).arg(root))
+                .map_err(|failure| self.node_error(name, failure.to_string()))?;
+            rename_host_key_comments(&root.join("etc/ssh"), name).map_err(|error| io(&root.join("etc/ssh"), error))?;
+        }
+        let ssh_dir = root.join("root/.ssh");
+        fs::create_dir_all(&ssh_dir).map_err(|error| io(&ssh_dir, error))?;
+        fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).map_err(|error| io(&ssh_dir, error))?;
+        // The lab's key must be there; keys a learner added stay.
+        let existing = fs::read_to_string(root.join("root/.ssh/authorized_keys")).unwrap_or_default();
+        if existing.lines().any(|line| line.trim() == authorized_key.trim()) {
+            return Ok(());
+        }
+        let mut keys = existing;
+        if !keys.is_empty() && !keys.ends_with('\n') {
+            keys.push('\n');
+        }
+        keys.push_str(authorized_key.trim());
+        keys.push('\n');
+        write("root/.ssh/authorized_keys", 0o600, &keys)
+    }
+
+    /// Stops one node and removes its disk and runtime files.
+    fn destroy_node(&self, node: &str) -> Vec<Leftover> {
+        let mut leftovers = Vec::new();
+        if let Err(error) = self.stop(node) {
+            leftovers.push(Leftover::new(format!("machine {}", self.machine_name(node)), error.to_string()));
+        }
+        if self.supervisor == Supervisor::SystemdUnits {
+            let _ = system::run_program("systemctl", ["reset-failed", &self.unit_name(node)]);
+        }
+        let directory = self.paths(node).dir;
+        if let Err(message) = system::remove_tree(&directory) {
+            leftovers.push(Leftover::new(format!("disk {}", directory.display()), message));
+        }
+        leftovers
+    }
+
+    /// Nodes with a directory in `STATE/machines`.
+    fn nodes_on_disk(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.spec.machines_dir()) else {
+            return Vec::new();
+        };
+        let mut nodes: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter(|entry| entry.path().is_dir())
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    /// Processes of this lab's machines that are still alive (by command line, so a
+    /// lost PID file cannot hide one).
+    fn surviving_processes(&self, nodes: &[String]) -> Vec<(String, u32)> {
+        let mut survivors = Vec::new();
+        for pid in all_pids() {
+            let Some(arguments) = system::process_arguments(pid) else { continue };
+            if let Some(node) = nodes.iter().find(|node| self.is_node_process(&arguments, node)) {
+                if system::process_alive(pid) {
+                    survivors.push((node.clone(), pid));
+                }
+            }
+        }
+        survivors
+    }
+}
+
+impl Machines for Nspawn {
+    fn backend(&self) -> Backend {
+        Backend::Nspawn
+    }
+
+    fn requirements(&self) -> Vec<Requirement> {
+        let mut requirements = vec![running_as_root()];
+        let mut programs = vec![
+            ("systemd-nspawn", "runs the nodes", "systemd-container"),
+            ("mmdebstrap", "builds the node image", "mmdebstrap"),
+            ("systemctl", "prepares the image's units", "systemd"),
+            ("ip", "makes the lab bridge and routes", "iproute2"),
+            ("ssh-keygen", "makes SSH keys", "openssh-client"),
+            ("ssh", "`lab ssh`", "openssh-client"),
+            ("mount", "mounts node disks", "mount"),
+        ];
+        match self.supervisor {
+            Supervisor::SystemdUnits => programs.push(("systemd-run", "starts node units", "systemd")),
+            Supervisor::Processes => {
+                programs.push(("setsid", "starts nodes in their own session", "util-linux"));
+                programs.push(("kill", "stops nodes", "procps"));
+            }
+        }
+        for (program, why, package) in programs {
+            requirements.push(Requirement {
+                what: format!("{program} ({why})"),
+                met: system::program_exists(program),
+                package: Some(package.to_string()),
+                fix: format!("apt-get install {package}"),
+            });
+        }
+        let overlay = fs::read_to_string("/proc/filesystems").is_ok_and(|text| text.contains("\toverlay"));
+        requirements.push(Requirement {
+            what: "overlay filesystem (node disks on the shared image)".into(),
+            met: overlay,
+            package: None,
+            fix: "modprobe overlay (a kernel with CONFIG_OVERLAY_FS)".into(),
+        });
+        requirements.push(link_support(&self.spec.lab));
+        if self.supervisor == Supervisor::Processes {
+            let hierarchies = Nspawn::cgroup_hierarchies();
+            requirements.push(Requirement {
+                what: "cgroups mounted under /sys/fs/cgroup (each node gets its own)".into(),
+                met: hierarchies.is_ok(),
+                package: None,
+                fix: "mount cgroup2 on /sys/fs/cgroup (`mount -t cgroup2 none /sys/fs/cgroup`)".into(),
+            });
+        }
+        requirements
+    }
+
+    fn ensure_image(&self, progress: &dyn Fn(&str)) -> Result<NodeImage, MachineError> {
+        super::image::ensure(&self.spec.cache_dir, &super::image::ImageRecipe::default(), progress)
+    }
+
+    fn ensure_network(&self, routes: &[HostRoute]) -> Result<hostnet::NetworkReport, MachineError> {
+        let report =
+            hostnet::ensure(&self.spec.bridge, &hostnet::owner_tag(&self.spec.state_dir), self.spec.gateway, routes)?;
+        // Every node is reached by its address on the bridge: prove they all go there.
+        let addresses: Vec<_> = self.spec.nodes.iter().map(|node| node.address).collect();
+        hostnet::verify_on_bridge(&self.spec.bridge, &addresses)?;
+        Ok(report)
+    }
+
+    fn create_or_start(
+        &self,
+        node: &NodeSpec,
+        image: &NodeImage,
+        authorized_key: &str,
+    ) -> Result<StartOutcome, MachineError> {
+        let name = &node.name;
+        if self.is_running(name) {
+            return Ok(StartOutcome::AlreadyRunning);
+        }
+        if let Some(pid) = self.foreign_process(name) {
+            return Err(self.node_error(
+                name,
+                format!(
+                    "machine {} already runs from another state directory (PID {pid}); \
+                     two labs of the same name cannot run at once",
+                    self.machine_name(name)
+                ),
+            ));
+        }
+        let paths = self.paths(name);
+        let created = !paths.upper.exists();
+        let machines = self.spec.machines_dir();
+        fs::create_dir_all(&machines)
+            .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", machines.display())))?;
+        // Node disks hold private keys: only root may look inside.
+        fs::set_permissions(&machines, fs::Permissions::from_mode(0o700))
+            .map_err(|error| self.node_error(name, format!("cannot restrict {}: {error}", machines.display())))?;
+        fs::create_dir_all(&paths.dir)
+            .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", paths.dir.display())))?;
+        let lower = self.lower_layer(name, &paths, image)?;
+        for directory in [&paths.upper, &paths.work, &paths.root, &paths.containerd] {
+            fs::create_dir_all(directory)
+                .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", directory.display())))?;
+        }
+        self.mount_disk(name, &paths, &lower)?;
+        self.configure(node, &paths, authorized_key)?;
+        match self.supervisor {
+            Supervisor::SystemdUnits => self.launch_unit(node, &paths)?,
+            Supervisor::Processes => {
+                // Cgroups left by a machine that crashed would still hold its
+                // node's old sub-cgroups; start from empty ones.
+                let leftovers = self.remove_node_cgroups(name);
+                if let Some(leftover) = leftovers.first() {
+                    return Err(self.node_error(name, leftover.to_string()));
+                }
+                self.launch_process(node, &paths)?
+            }
+        }
+        Ok(StartOutcome::Started { created })
+    }
+
+    fn stop(&self, node: &str) -> Result<StopOutcome, MachineError> {
+        let outcome = match self.supervisor {
+            Supervisor::SystemdUnits => self.stop_unit(node)?,
+            Supervisor::Processes => {
+                let outcome = self.stop_process(node)?;
+                if let Some(leftover) = self.remove_node_cgroups(node).first() {
+                    return Err(self.node_error(node, leftover.to_string()));
+                }
+                // The lab's parent cgroup goes with its last node; while other nodes
+                // run it is busy, which is fine.
+                if let Ok(hierarchies) = Nspawn::cgroup_hierarchies() {
+                    for hierarchy in hierarchies {
+                        let _ = fs::remove_dir(hierarchy.join(self.lab_cgroup()));
+                    }
+                }
+                outcome
+            }
+        };
+        let paths = self.paths(node);
+        system::unmount(&paths.root).map_err(|failure| self.node_error(node, failure.to_string()))?;
+        let _ = fs::remove_file(&paths.pid);
+        // nspawn keeps a directory per machine for `machinectl bind` and removes it
+        // on exit only where /run is a tmpfs; elsewhere it is left, empty.
+        system::remove_tree(&self.propagate_dir(node)).map_err(|message| {
+            self.node_error(node, format!("cannot remove {}: {message}", self.propagate_dir(node).display()))
+        })?;
+        Ok(outcome)
+    }
+
+    fn status(&self, node: &str) -> Result<MachineState, MachineError> {
+        if self.is_running(node) {
+            return Ok(MachineState::Running);
+        }
+        Ok(if self.paths(node).upper.is_dir() { MachineState::Stopped } else { MachineState::Missing })
+    }
+
+    fn known_nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self.spec.nodes.iter().map(|node| node.name.clone()).collect();
+        for node in self.nodes_on_disk() {
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        nodes
+    }
+
+    fn console_log(&self, node: &str) -> Option<PathBuf> {
+        Some(self.paths(node).console).filter(|path| path.exists())
+    }
+
+    fn destroy(&self) -> Vec<Leftover> {
+        let nodes = self.known_nodes();
+        // Nodes go in parallel: each one's power-off takes a second or two.
+        let mut leftovers: Vec<Leftover> = std::thread::scope(|scope| {
+            let handles: Vec<_> = nodes.iter().map(|node| scope.spawn(move || self.destroy_node(node))).collect();
+            handles
+                .into_iter()
+                .flat_map(|handle| {
+                    handle.join().unwrap_or_else(|_| vec![Leftover::new("a machine", "destroying it panicked")])
+                })
+                .collect()
+        });
+        let machines = self.spec.machines_dir();
+        if let Err(message) = system::remove_tree(&machines) {
+            leftovers.push(Leftover::new(format!("directory {}", machines.display()), message));
+        }
+        for (node, pid) in self.surviving_processes(&nodes) {
+            leftovers
+                .push(Leftover::new(format!("process {pid} (machine {})", self.machine_name(&node)), "still running"));
+        }
+        if self.supervisor == Supervisor::Processes {
+            if let Ok(hierarchies) = Nspawn::cgroup_hierarchies() {
+                for hierarchy in hierarchies {
+                    // Each node's processes were killed with its own cgroups above;
+                    // anything still here is not this lab's to kill, so rmdir alone.
+                    let lab = hierarchy.join(self.lab_cgroup());
+                    if let Err(message) = remove_cgroup_tree(&lab) {
+                        leftovers.push(Leftover::new(format!("cgroup {}", lab.display()), message));
+                    }
+                }
+            }
+        }
+        leftovers.extend(hostnet::teardown(&self.spec.bridge, &hostnet::owner_tag(&self.spec.state_dir)));
+        leftovers
+    }
+}
+
+/// The node's systemd-networkd file: its static address on `host0` (nspawn's name
+/// for the node end of the link), and nothing learned from the network: no
+/// link-local addresses and no router advertisements, so the node has no route
+/// but its own subnet until the stages add the pod routes.
+fn network_file(node: &NodeSpec, prefix: u8) -> String {
+    format!(
+        "# Written by the lab's machines layer: the node's static address on the lab bridge.\n\
+         [Match]\nName=host0\n\n[Network]\nAddress={}/{prefix}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
+        node.address
+    )
+}
+
+/// ssh-keygen -A comments each host key with the host's `root@HOSTNAME`; the keys
+/// belong to the node, so they should say so.
+fn rename_host_key_comments(ssh_dir: &Path, node: &str) -> std::io::Result<()> {
+    for entry in fs::read_dir(ssh_dir)?.filter_map(Result::ok) {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if !(file_name.starts_with("ssh_host_") && file_name.ends_with(".pub")) {
+            continue;
+        }
+        let text = fs::read_to_string(entry.path())?;
+        let mut words: Vec<&str> = text.split_whitespace().take(2).collect();
+        let comment = format!("root@{node}");
+        words.push(&comment);
+        fs::write(entry.path(), format!("{}\n", words.join(" ")))?;
+    }
+    Ok(())
+}
+
+/// The last `lines` lines of a console log, joined for an error message.
+fn console_tail(path: &Path, lines: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = fs::File::open(path) {
+        let length = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(length.saturating_sub(8192)));
+        let _ = file.read_to_string(&mut text);
+    }
+    let tail: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+    let start = tail.len().saturating_sub(lines);
+    match tail[start..].join(" | ") {
+        empty if empty.is_empty() => format!("(nothing in {})", path.display()),
+        joined => format!("{joined} (console: {})", path.display()),
+    }
+}
+
+/// Every process ID on the host.
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().to_string_lossy().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends SIGKILL to every process in `cgroup` and the cgroups below it.
+fn kill_cgroup_tree(cgroup: &Path) {
+    let Ok(entries) = fs::read_dir(cgroup) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            kill_cgroup_tree(&entry.path());
+        }
+    }
+    let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|line| line.trim().parse::<u32>().ok()) {
+        let _ = system::send_signal(pid, "KILL");
+    }
+}
+
+/// Removes `cgroup` and every cgroup below it, deepest first. A cgroup directory is
+/// removed with rmdir alone (its files are the kernel's), and only once empty of
+/// processes, which may take a moment after they were killed.
+fn remove_cgroup_tree(cgroup: &Path) -> Result<(), String> {
+    if !cgroup.exists() {
+        return Ok(());
+    }
+    let entries = fs::read_dir(cgroup).map_err(|error| error.to_string())?;
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+            remove_cgroup_tree(&entry.path())?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match fs::remove_dir(cgroup) {
+            Ok(()) => return Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) if Instant::now() < deadline => {
+                tracing::debug!(cgroup = %cgroup.display(), %error, "cgroup busy, retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => {
+                let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+                let pids: Vec<&str> = procs.lines().collect();
+                return Err(if pids.is_empty() {
+                    error.to_string()
+                } else {
+                    format!("{error}; processes still in it: {}", pids.join(" "))
+                });
+            }
+        }
+    }
+}
+
+fn running_as_root() -> Requirement {
+    // The effective UID is the second number of the `Uid:` line.
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_string));
+    Requirement {
+        what: "root (machines, bridges, routes and mounts need it)".into(),
+        met: effective.as_deref() == Some("0"),
+        package: None,
+        fix: "run as root, e.g. `sudo -E cargo lab up`".into(),
+    }
+}
+
+/// Whether the kernel makes bridges and veth pairs, tried for real: the modules may
+/// be built in (then /sys/module does not list them) and /lib/modules may be absent.
+fn link_support(lab: &str) -> Requirement {
+    let probe = format!("lprobe-{lab}");
+    let peer = format!("lprobp-{lab}");
+    let veth = system::run_program("ip", ["link", "add", &probe, "type", "veth", "peer", "name", &peer]);
+    let _ = system::run_program("ip", ["link", "del", &probe]);
+    let bridge_probe = format!("lbrprb-{lab}");
+    let bridge = system::run_program("ip", ["link", "add", &bridge_probe, "type", "bridge"]);
+    let _ = system::run_program("ip", ["link", "del", &bridge_probe]);
+    let failure = [veth.err(), bridge.err()].into_iter().flatten().map(|failure: CommandFailure| failure.to_string());
+    let failures: Vec<String> = failure.collect();
+    Requirement {
+        what: "bridge and veth network links".into(),
+        met: failures.is_empty(),
+        package: Some("iproute2".into()),
+        fix: if failures.is_empty() {
+            "modprobe bridge veth".into()
+        } else {
+            format!("modprobe bridge veth ({})", failures.join("; "))
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn backend(supervisor: Supervisor) -> Nspawn {
+        Nspawn::with_supervisor(
+            LabSpec {
+                lab: "k8s".into(),
+                state_dir: PathBuf::from("/srv/lab"),
+                cache_dir: PathBuf::from("/cache"),
+                bridge: "lab-k8s".into(),
+                gateway: "10.240.0.1/24".parse().unwrap(),
+                nodes: vec![NodeSpec { name: "master1".into(), address: Ipv4Addr::new(10, 240, 0, 11) }],
+            },
+            supervisor,
+        )
+    }
+
+    fn strings(arguments: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>) -> Vec<String> {
+        arguments.into_iter().map(|argument| argument.as_ref().to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn host_side_names_carry_the_lab_name() {
+        let nspawn = backend(Supervisor::Processes);
+        assert_eq!(nspawn.machine_name("master1"), "k8s-master1");
+        assert_eq!(nspawn.unit_name("master1"), "lab-k8s-master1.service");
+        assert_eq!(nspawn.lab_cgroup(), "lab-k8s");
+        let paths = nspawn.paths("master1");
+        assert_eq!(paths.root, Path::new("/srv/lab/machines/master1/root"));
+        assert_eq!(paths.pid, Path::new("/srv/lab/machines/master1/pid"));
+    }
+
+    #[test]
+    fn nspawn_gets_the_options_kubelet_needs_and_no_cgroup_bind() {
+        let nspawn = backend(Supervisor::Processes);
+        let node = &nspawn.spec.nodes[0];
+        let arguments = strings(nspawn.nspawn_arguments(node, &nspawn.paths("master1")));
+        for expected in [
+            "--directory=/srv/lab/machines/master1/root",
+            "--boot",
+            "--machine=k8s-master1",
+            "--hostname=master1",
+            "--network-bridge=lab-k8s",
+            "--capability=all",
+            "--system-call-filter=@mount @keyring bpf",
+            "--register=no",
+            "--keep-unit",
+            "--bind=/srv/lab/machines/master1/containerd:/var/lib/containerd",
+        ] {
+            assert!(arguments.iter().any(|argument| argument == expected), "{expected} missing from {arguments:?}");
+        }
+        assert!(!arguments.iter().any(|argument| argument.contains("/sys/fs/cgroup")), "{arguments:?}");
+    }
+
+    #[test]
+    fn on_a_systemd_host_a_node_is_a_transient_unit() {
+        let nspawn = backend(Supervisor::SystemdUnits);
+        let node = &nspawn.spec.nodes[0];
+        let command = nspawn.systemd_run_command(node, &nspawn.paths("master1"));
+        assert_eq!(command.get_program(), "systemd-run");
+        let arguments = strings(command.get_args());
+        let nspawn_at = arguments.iter().position(|argument| argument == "systemd-nspawn").expect("nspawn command");
+        let (run_options, nspawn_options) = arguments.split_at(nspawn_at);
+        for expected in [
+            "--unit=lab-k8s-master1.service",
+            "--service-type=notify",
+            "--property=Delegate=yes",
+            "--property=KillMode=mixed",
+            "--property=StandardOutput=append:/srv/lab/machines/master1/console.log",
+        ] {
+            assert!(run_options.iter().any(|argument| argument == expected), "{expected} missing from {run_options:?}");
+        }
+        assert!(nspawn_options.iter().any(|argument| argument == "--keep-unit"));
+    }
+
+    #[test]
+    fn a_node_process_is_recognised_by_machine_and_directory() {
+        let nspawn = backend(Supervisor::Processes);
+        let node = &nspawn.spec.nodes[0];
+        let mut arguments = vec!["systemd-nspawn".to_string()];
+        arguments.extend(strings(nspawn.nspawn_arguments(node, &nspawn.paths("master1"))));
+        assert!(nspawn.is_node_process(&arguments, "master1"));
+        assert!(!nspawn.is_node_process(&arguments, "master2"));
+        // The same machine name run from another state directory is not ours.
+        let other: Vec<String> =
+            arguments.iter().map(|argument| argument.replace("/srv/lab/", "/srv/other/")).collect();
+        assert!(!nspawn.is_node_process(&other, "master1"));
+        // Nor is the launching shell before it becomes nspawn.
+        let mut shell = vec!["sh".to_string(), "-c".to_string()];
+        shell.extend(arguments.iter().cloned());
+        assert!(!nspawn.is_node_process(&shell, "master1"));
+    }
+
+    #[test]
+    fn the_network_file_gives_a_static_address_and_nothing_else() {
+        let node = NodeSpec { name: "worker1".into(), address: Ipv4Addr::new(10, 240, 0, 21) };
+        let text = network_file(&node, 24);
+        assert!(text.contains("[Match]\nName=host0\n"));
+        assert!(text.contains("Address=10.240.0.21/24\n"));
+        assert!(text.contains("LinkLocalAddressing=no\n"));
+        assert!(text.contains("IPv6AcceptRA=no\n"));
+        assert!(!text.contains("Gateway"), "a node has no default route: {text}");
+    }
+
+    #[test]
+    fn host_key_comments_name_the_node() {
+        let scratch = tempfile::tempdir().expect("temporary directory");
+        fs::write(scratch.path().join("ssh_host_ed25519_key.pub"), "ssh-ed25519 AAAAC3 root@buildhost\n").unwrap();
+        fs::write(scratch.path().join("ssh_host_ed25519_key"), "private").unwrap();
+        rename_host_key_comments(scratch.path(), "master1").expect("rename");
+        assert_eq!(
+            fs::read_to_string(scratch.path().join("ssh_host_ed25519_key.pub")).unwrap(),
+            "ssh-ed25519 AAAAC3 root@master1\n"
+        );
+        assert_eq!(fs::read_to_string(scratch.path().join("ssh_host_ed25519_key")).unwrap(), "private");
+    }
+
+    #[test]
+    fn the_launch_script_joins_cgroups_records_its_pid_and_becomes_the_command() {
+        let scratch = tempfile::tempdir().expect("temporary directory");
+        let pid_file = scratch.path().join("pid");
+        let procs = scratch.path().join("cgroup.procs");
+        let output = Command::new("sh")
+            .args(["-c", LAUNCH_SCRIPT, "lab-launch"])
+            .arg(&pid_file)
+            .arg(&procs)
+            .args(["--", "sh", "-c", "echo $$"])
+            .output()
+            .expect("run the launch script");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let exec_pid = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        assert_eq!(fs::read_to_string(&pid_file).unwrap().trim(), exec_pid, "the PID survives exec");
+        assert_eq!(fs::read_to_string(&procs).unwrap().trim(), exec_pid);
+    }
+
+    #[test]
+    fn console_tail_keeps_the_last_lines() {
+        let scratch = tempfile::tempdir().expect("temporary directory");
+        let log = scratch.path().join("console.log");
+        fs::write(&log, "one\ntwo\n\nthree\n").unwrap();
+        assert!(console_tail(&log, 2).starts_with("two | three (console: "));
+        assert!(console_tail(&scratch.path().join("absent"), 2).starts_with("(nothing in "));
+    }
+}

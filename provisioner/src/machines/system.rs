@@ -1,0 +1,320 @@
+//! The host-side tools the machine backends drive: running a program and saying
+//! exactly what failed, the mount table, processes by PID, and removing a directory
+//! tree without ever descending into something mounted inside it.
+//!
+//! Everything here shells out to the standard Debian tools (`ip`, `mount`, `kill`)
+//! rather than calling the kernel directly: the commands are the ones a learner
+//! would type, and their error messages are the ones the host's documentation
+//! explains.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A program that ran and failed, or could not be started at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandFailure {
+    /// The command line as a person would type it.
+    pub command: String,
+    /// Its standard error (or why it could not start), trimmed.
+    pub message: String,
+}
+
+impl std::fmt::Display for CommandFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` failed: {}", self.command, self.message)
+    }
+}
+
+/// The command line of `command`, for messages.
+pub fn command_line(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `command` to completion with no input and returns its standard output.
+/// A non-zero exit is a failure carrying the program's standard error.
+pub fn run(command: &mut Command) -> Result<String, CommandFailure> {
+    let line = command_line(command);
+    let output = command.stdin(Stdio::null()).output().map_err(|error| CommandFailure {
+        command: line.clone(),
+        message: match error.kind() {
+            io::ErrorKind::NotFound => "the program is not installed (run `lab doctor`)".to_string(),
+            _ => error.to_string(),
+        },
+    })?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    let message = match (output.status.code(), stderr.is_empty()) {
+        (Some(code), true) => format!("exit status {code}"),
+        (Some(code), false) => format!("exit status {code}: {stderr}"),
+        (None, _) => format!("killed by a signal: {stderr}"),
+    };
+    Err(CommandFailure { command: line, message })
+}
+
+/// `run` for a program and its arguments.
+pub fn run_program<I, S>(program: &str, args: I) -> Result<String, CommandFailure>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(Command::new(program).args(args))
+}
+
+/// Whether `program` is found on the PATH.
+pub fn program_exists(program: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|directory| directory.join(program).is_file())
+}
+
+/// One line of the mount table: where something is mounted, and its filesystem type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub point: PathBuf,
+    pub fstype: String,
+}
+
+/// Every mount of this mount namespace, in the order the kernel lists them.
+pub fn mount_table() -> io::Result<Vec<Mount>> {
+    Ok(parse_mountinfo(&fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+/// The mounts in a `/proc/self/mountinfo` text: the fifth field of each line (with
+/// the kernel's octal escapes for space, tab, newline and backslash undone), and the
+/// filesystem type, the first field after the ` - ` separator.
+fn parse_mountinfo(mountinfo: &str) -> Vec<Mount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let point = line.split(' ').nth(4)?;
+            let fstype = line.split_once(" - ")?.1.split(' ').next()?;
+            Some(Mount { point: PathBuf::from(unescape_mount(point)), fstype: fstype.to_string() })
+        })
+        .collect()
+}
+
+fn unescape_mount(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escape = bytes.get(index + 1..index + 4).filter(|_| bytes[index] == b'\\');
+        match escape.and_then(|digits| u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok()) {
+            Some(byte) => {
+                out.push(byte);
+                index += 4;
+            }
+            None => {
+                out.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn mount_points() -> io::Result<Vec<PathBuf>> {
+    Ok(mount_table()?.into_iter().map(|mount| mount.point).collect())
+}
+
+/// Mount points at or below `path`, deepest first (the order to unmount them in).
+pub fn mounts_under(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = mount_points()?.into_iter().filter(|mount| mount.starts_with(path)).collect();
+    found.sort_by_key(|mount| std::cmp::Reverse(mount.components().count()));
+    found.dedup();
+    Ok(found)
+}
+
+pub fn is_mount_point(path: &Path) -> io::Result<bool> {
+    Ok(mount_points()?.iter().any(|mount| mount == path))
+}
+
+/// Unmounts `path` (every mount stacked on it), retrying briefly while it is busy:
+/// a machine that just stopped may still be releasing its files.
+pub fn unmount(path: &Path) -> Result<(), CommandFailure> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match is_mount_point(path) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(error) => {
+                return Err(CommandFailure { command: "read /proc/self/mountinfo".into(), message: error.to_string() })
+            }
+        }
+        match run(Command::new("umount").arg(path)) {
+            Ok(_) => {}
+            Err(failure) if Instant::now() < deadline => {
+                tracing::debug!(%failure, "unmount failed, retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+}
+
+/// Removes the directory tree at `path` (nothing to do when it is absent).
+///
+/// It refuses when anything is mounted at or below `path`: removing through a mount
+/// would delete the mounted filesystem's files (a node image, or the host's own /dev
+/// if an interrupted image build left its bind mounts behind).
+pub fn remove_tree(path: &Path) -> Result<(), String> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let mounted = mounts_under(path).map_err(|error| format!("cannot read the mount table: {error}"))?;
+    if !mounted.is_empty() {
+        let list = mounted.iter().map(|mount| mount.display().to_string()).collect::<Vec<_>>().join(", ");
+        return Err(format!("still mounted inside it: {list}"));
+    }
+    fs::remove_dir_all(path).map_err(|error| error.to_string())
+}
+
+/// Unmounts everything at or below `path`, deepest first, then removes the tree.
+pub fn unmount_and_remove_tree(path: &Path) -> Result<(), String> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let mounted = mounts_under(path).map_err(|error| format!("cannot read the mount table: {error}"))?;
+    for mount in mounted {
+        unmount(&mount).map_err(|failure| failure.to_string())?;
+    }
+    remove_tree(path)
+}
+
+/// Whether process `pid` exists and has not exited. A zombie (exited, not yet
+/// reaped by its parent) counts as gone: it holds no resources but its PID.
+pub fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => process_state(&stat).is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// The state letter of a `/proc/PID/stat` line: the field after the command name,
+/// which is in parentheses and may itself contain spaces and parentheses.
+fn process_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// The arguments process `pid` was started with; `None` when it is gone.
+pub fn process_arguments(pid: u32) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|byte| *byte == 0)
+            .filter(|part| !part.is_empty())
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect(),
+    )
+}
+
+/// Live processes whose command line mentions `path` (a build still writing there).
+pub fn processes_mentioning(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id() && process_alive(*pid))
+        .filter(|pid| {
+            process_arguments(*pid).is_some_and(|arguments| arguments.iter().any(|argument| argument.contains(&needle)))
+        })
+        .collect()
+}
+
+/// Sends `signal` (a name such as `TERM`) to `pid` with kill(1).
+pub fn send_signal(pid: u32, signal: &str) -> Result<(), CommandFailure> {
+    run_program("kill", ["-s", signal, &pid.to_string()]).map(drop)
+}
+
+/// Waits until `pid` has exited, for at most `timeout`; true when it did.
+pub fn wait_for_exit(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while process_alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+/// Writes `content` to `path` through a temporary file beside it and a rename, so
+/// a crash never leaves a half-written file.
+pub fn write_atomically(path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = path.with_file_name(format!(".{file_name}.lab-tmp"));
+    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&temporary)?;
+    file.write_all(content)?;
+    file.sync_all()?;
+    fs::set_permissions(&temporary, fs::Permissions::from_mode(mode))?;
+    fs::rename(&temporary, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_undo_the_kernel_escapes() {
+        let mountinfo = "22 1 0:21 / /proc rw,nosuid - proc proc rw\n\
+                         90 22 0:50 / /srv/my\\040lab/root rw - overlay overlay rw,lowerdir=/a\n";
+        assert_eq!(
+            parse_mountinfo(mountinfo),
+            vec![
+                Mount { point: PathBuf::from("/proc"), fstype: "proc".into() },
+                Mount { point: PathBuf::from("/srv/my lab/root"), fstype: "overlay".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn process_state_skips_a_command_name_with_parentheses() {
+        assert_eq!(process_state("4242 (a (weird) name) S 1 4242"), Some('S'));
+        assert_eq!(process_state("7 (sh) Z 1 7"), Some('Z'));
+        assert_eq!(process_state("garbage"), None);
+    }
+
+    #[test]
+    fn run_reports_the_command_line_and_its_stderr() {
+        let failure = run(Command::new("sh").args(["-c", "echo broken >&2; exit 3"])).expect_err("must fail");
+        assert_eq!(failure.command, "sh -c echo broken >&2; exit 3");
+        assert_eq!(failure.message, "exit status 3: broken");
+        let missing = run(&mut Command::new("no-such-program-for-the-lab")).expect_err("must fail");
+        assert!(missing.message.contains("not installed"), "{missing}");
+    }
+
+    #[test]
+    fn remove_tree_removes_plain_directories_and_ignores_missing_ones() {
+        let scratch = tempfile::tempdir().expect("temporary directory");
+        let tree = scratch.path().join("a/b");
+        fs::create_dir_all(&tree).expect("create tree");
+        fs::write(tree.join("file"), "x").expect("write");
+        remove_tree(&scratch.path().join("a")).expect("remove");
+        assert!(!scratch.path().join("a").exists());
+        remove_tree(&scratch.path().join("a")).expect("absent is fine");
+    }
+
+    #[test]
+    fn remove_tree_refuses_a_tree_with_a_mount_inside() {
+        // /proc is always mounted: asking to remove a tree that contains it must
+        // refuse before touching anything.
+        let error = remove_tree(Path::new("/proc")).expect_err("must refuse");
+        assert!(error.contains("still mounted"), "{error}");
+    }
+}
