@@ -1,2 +1,312 @@
-//! The conformance suite's support code: reading the lab's public state
-//! (`cargo lab status --json`). The checks themselves live in `tests/`.
+//! The conformance suite's support code: the running lab, and real clients for it.
+//!
+//! Every test starts with [`lab()`]. It reads the lab's public state once per test binary
+//! (`cargo lab status --json`, run in the workspace root, so `LAB_DIR` selects the lab
+//! exactly as it does for `cargo lab`), checks that every node runs and that the lab's
+//! addresses are routed onto the lab's own bridge, and hands out:
+//!
+//! - a Kubernetes client with the admin kubeconfig ([`Lab::kube`]) and a shared tokio
+//!   runtime to drive it ([`Lab::block_on`]);
+//! - HTTPS with the lab's CA and any of its client certificates, or none ([`Lab::https`]),
+//!   for etcd, the apiservers and the kubelets;
+//! - a resolver that asks only the cluster DNS, over UDP or TCP ([`Lab::resolver`]);
+//! - TCP probes that tell an open port from a refused and a filtered one ([`Lab::probe`]);
+//! - a shell on every node over SSH with the lab's key ([`Lab::sh`]).
+//!
+//! When no lab is running, every test fails with one line saying how to start one.
+//!
+//! Network safety: the suite sends packets only to loopback and to the lab's own ranges
+//! (node subnet with the virtual IP, pod range, service range), and only once `ip route get`
+//! has shown that the address leaves through the lab's bridge. Every client above goes
+//! through that check ([`Lab::allow`]); an address that would follow the host's default
+//! route is refused before anything is sent.
+
+mod https;
+mod kubernetes;
+mod net;
+mod resolver;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use provisioner::host::{Host, HostError, Output};
+use provisioner::pki::Store;
+use provisioner::ssh::{KeyPair, SshHost};
+use provisioner::topology::{Node, Role, Topology};
+use serde::Deserialize;
+
+pub use https::{HttpsClient, HttpsError, Identity, Reply};
+pub use kubernetes::{eventually, kubectl, ready_pods, web_deployment, TestNamespace, WEB_LABEL};
+pub use net::{PortState, Targets, UnsafeTarget};
+pub use resolver::{ClusterResolver, Lookup, RecordType, Transport};
+
+/// How long an SSH connection to a running node may take to come up.
+const SSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The lab's public state, as `cargo lab status --json` prints it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Status {
+    pub lab: String,
+    pub backend: String,
+    pub state_dir: PathBuf,
+    pub bridge: String,
+    pub gateway: Ipv4Addr,
+    pub nodes: Vec<NodeStatus>,
+    pub vip: Ipv4Addr,
+    pub api_server_url: String,
+    pub pod_cidr: Ipv4Net,
+    pub service_cidr: Ipv4Net,
+    pub cluster_dns_ip: Ipv4Addr,
+    pub cluster_domain: String,
+    pub kubeconfig: PathBuf,
+    pub ssh_key: PathBuf,
+}
+
+/// One node in `Status`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub roles: Vec<Role>,
+    /// The machine's state: `running` when it is up.
+    pub state: String,
+}
+
+/// Why the suite cannot run against a lab. Its message is the one line every test fails with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotReady {
+    #[error("no lab is running (LAB_DIR={lab_dir}, {reason}): start one with `cargo lab up`")]
+    NotRunning { lab_dir: String, reason: String },
+    #[error("refusing to test the lab (LAB_DIR={lab_dir}): {reason}")]
+    Unsafe { lab_dir: String, reason: String },
+}
+
+/// The running lab with its clients. One per test binary, from [`lab()`].
+pub struct Lab {
+    pub status: Status,
+    /// The topology the lab was made from (recorded in its state directory): the source of
+    /// every expectation (roles, ports, planned pod ranges).
+    pub topology: Topology,
+    targets: Targets,
+    runtime: tokio::runtime::Runtime,
+    kube: kube::Client,
+    ssh_key: KeyPair,
+    /// One SSH session per node, opened on first use.
+    sessions: Mutex<BTreeMap<String, Arc<SshHost>>>,
+}
+
+/// The running lab, loaded on first use. Panics with one line when there is none, so that
+/// every test says the same thing: how to start a lab.
+pub fn lab() -> &'static Lab {
+    static LAB: OnceLock<Result<Lab, NotReady>> = OnceLock::new();
+    match LAB.get_or_init(Lab::load) {
+        Ok(lab) => lab,
+        Err(not_ready) => panic!("{not_ready}"),
+    }
+}
+
+/// The workspace root, where `cargo lab` finds its default topology and state directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the crate lives inside the workspace").to_path_buf()
+}
+
+/// The value `LAB_DIR` has for messages; `cargo lab` uses `.lab/` when it is unset.
+fn lab_dir_for_messages() -> String {
+    std::env::var("LAB_DIR").unwrap_or_else(|_| ".lab (default)".to_string())
+}
+
+impl Lab {
+    fn load() -> Result<Lab, NotReady> {
+        let not_running = |reason: String| NotReady::NotRunning { lab_dir: lab_dir_for_messages(), reason };
+        let status = read_status().map_err(not_running)?;
+        let stopped: Vec<String> = status
+            .nodes
+            .iter()
+            .filter(|node| node.state != "running")
+            .map(|node| format!("{} is {}", node.name, node.state))
+            .collect();
+        if status.nodes.is_empty() || !stopped.is_empty() {
+            let reason = if stopped.is_empty() { "it has no nodes".to_string() } else { stopped.join(", ") };
+            return Err(not_running(reason));
+        }
+        let topology = provisioner::machines::recorded_topology(&status.state_dir)
+            .map_err(|error| not_running(error.to_string()))?
+            .ok_or_else(|| not_running(format!("{} records no topology", status.state_dir.display())))?;
+
+        // Refuse before the first packet if the lab's addresses would not go to its bridge.
+        let unsafe_target =
+            |error: UnsafeTarget| NotReady::Unsafe { lab_dir: lab_dir_for_messages(), reason: error.to_string() };
+        let targets = Targets::new(&status.bridge, &topology.network);
+        targets.allow(status.vip.into()).map_err(unsafe_target)?;
+        targets.allow(status.cluster_dns_ip.into()).map_err(unsafe_target)?;
+        for (_, pod_range) in planned_pod_cidrs(&topology) {
+            let first_pod = pod_range.hosts().next().expect("a /24 has hosts");
+            targets.allow(first_pod.into()).map_err(unsafe_target)?;
+        }
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|error| not_running(format!("cannot start a tokio runtime: {error}")))?;
+        let kube = runtime
+            .block_on(kubernetes::admin_client(&status.kubeconfig, &targets))
+            .map_err(|error| not_running(error.to_string()))?;
+        let ssh_key = lab_key(&status.ssh_key).map_err(not_running)?;
+        Ok(Lab { status, topology, targets, runtime, kube, ssh_key, sessions: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// Runs `future` on the lab's runtime, where the Kubernetes client lives.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// A Kubernetes client with the admin credentials, through the virtual IP.
+    pub fn kube(&self) -> kube::Client {
+        self.kube.clone()
+    }
+
+    /// The nodes with `role`, in topology order.
+    pub fn nodes_with(&self, role: Role) -> Vec<&Node> {
+        self.topology.nodes_with(role).collect()
+    }
+
+    /// The node called `name`; panics if the topology has none.
+    pub fn node(&self, name: &str) -> &Node {
+        self.topology.node(name).unwrap_or_else(|| panic!("the topology has no node {name}"))
+    }
+
+    /// Where the lab keeps the certificate `stem` (`STATE/pki/STEM.pem`) and its key.
+    pub fn pki(&self) -> Store {
+        Store::new(&self.status.state_dir)
+    }
+
+    /// Each worker's planned /24 of the pod range, by name.
+    pub fn planned_pod_cidrs(&self) -> BTreeMap<String, Ipv4Net> {
+        planned_pod_cidrs(&self.topology)
+    }
+
+    /// The first address of the service range, which the `kubernetes` Service always has.
+    pub fn kubernetes_service_ip(&self) -> Ipv4Addr {
+        provisioner::topology::first_service_ip(self.topology.network.service_cidr)
+    }
+
+    /// The guard every client uses before sending anything.
+    pub fn targets(&self) -> &Targets {
+        &self.targets
+    }
+
+    /// Refuses `address` unless it is the lab's and routed onto its bridge (or loopback).
+    pub fn allow(&self, address: Ipv4Addr) -> Result<(), UnsafeTarget> {
+        self.targets.allow(address.into())
+    }
+
+    /// An HTTPS (and plain HTTP) client that trusts the lab CA and presents `identity`.
+    /// Every request has `timeout` and opens a fresh connection, so a probe always sees the
+    /// current state of what it asks.
+    pub fn https(&self, identity: Identity, timeout: Duration) -> HttpsClient<'_> {
+        HttpsClient::new(&self.pki(), identity, timeout, &self.targets)
+            .unwrap_or_else(|error| panic!("cannot set up HTTPS with the lab's PKI: {error}"))
+    }
+
+    /// A resolver that asks only the cluster DNS Service, over `transport`, caching nothing.
+    pub fn resolver(&self, transport: Transport) -> ClusterResolver {
+        ClusterResolver::new(self.status.cluster_dns_ip, transport)
+    }
+
+    /// Connects to `address:port` once, within `timeout`, and says what happened.
+    pub async fn probe(&self, address: Ipv4Addr, port: u16, timeout: Duration) -> PortState {
+        if let Err(error) = self.allow(address) {
+            panic!("{error}");
+        }
+        net::probe_tcp(address, port, timeout).await
+    }
+
+    /// Runs `script` with `sh -c` on `node` as root and returns what it did.
+    pub fn try_sh(&self, node: &str, script: &str) -> Result<Output, HostError> {
+        self.session(node)?.run(script)
+    }
+
+    /// Runs `script` on `node` and returns its standard output; panics with the node, the
+    /// script and its standard error if it exits non-zero.
+    pub fn sh(&self, node: &str, script: &str) -> String {
+        let output = self.try_sh(node, script).unwrap_or_else(|error| panic!("{error}"));
+        if output.status != 0 {
+            panic!("on {node}, `{script}` exited with {}: {}", output.status, output.stderr.trim());
+        }
+        output.stdout
+    }
+
+    /// The command line the running `unit` was started with on `node`, one argument per
+    /// element; panics if the unit has no running main process.
+    pub fn command_line(&self, node: &str, unit: &str) -> Vec<String> {
+        let script = format!(
+            "pid=$(systemctl show --property=MainPID --value {unit}); \
+             if [ \"${{pid:-0}}\" -eq 0 ]; then echo '{unit} is not running' >&2; exit 1; fi; \
+             tr '\\0' '\\n' < /proc/$pid/cmdline"
+        );
+        self.sh(node, &script).lines().map(str::to_string).collect()
+    }
+
+    fn session(&self, node: &str) -> Result<Arc<SshHost>, HostError> {
+        let address = self.node(node).address;
+        if let Err(error) = self.allow(address) {
+            panic!("{error}");
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(session) = sessions.get(node) {
+            return Ok(Arc::clone(session));
+        }
+        let session = Arc::new(SshHost::connect(node, address, &self.ssh_key, SSH_CONNECT_TIMEOUT)?);
+        sessions.insert(node.to_string(), Arc::clone(&session));
+        Ok(session)
+    }
+}
+
+/// Runs `cargo lab status --json` in the workspace root and parses it.
+fn read_status() -> Result<Status, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let output = Command::new(cargo)
+        .args(["lab", "status", "--json"])
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|error| format!("cannot run `cargo lab status --json`: {error}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last_line = stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or("no message");
+        return Err(format!("`cargo lab status --json` failed: {}", last_line.trim()));
+    }
+    serde_json::from_slice(&output.stdout)
+        .map_err(|error| format!("`cargo lab status --json` printed something unexpected: {error}"))
+}
+
+/// The lab's SSH key pair as `lab status` names it, read without writing anything.
+fn lab_key(private: &Path) -> Result<KeyPair, String> {
+    let public = private.with_extension("pub");
+    let public_line = std::fs::read_to_string(&public)
+        .map_err(|error| format!("cannot read the lab's SSH key {}: {error}", public.display()))?
+        .trim()
+        .to_string();
+    Ok(KeyPair { private: private.to_path_buf(), public, public_line })
+}
+
+/// The handbook's pod range plan: the workers, in topology order, get consecutive /24s of
+/// the cluster pod range (worker1 10.200.0.0/24, worker2 10.200.1.0/24). Stated here on its
+/// own, rather than taken from the planner, so that a planner that drifts from it shows red.
+fn planned_pod_cidrs(topology: &Topology) -> BTreeMap<String, Ipv4Net> {
+    let base = u32::from(topology.network.pod_cidr.network());
+    topology
+        .nodes_with(Role::Worker)
+        .enumerate()
+        .map(|(index, node)| {
+            let network = Ipv4Addr::from(base + ((index as u32) << 8));
+            (node.name.clone(), Ipv4Net::new(network, 24).expect("24 is a valid prefix"))
+        })
+        .collect()
+}

@@ -49,7 +49,9 @@ pub fn up(paths: &Paths, until: Until) -> Result<(), Failure> {
     }
 
     let progress_line = |text: &str| eprintln!("[{:>6.1}s] {text}", started.elapsed().as_secs_f64());
-    let artifacts = provisioner::artifacts::build::ensure(&topology, &paths.cache_dir, &progress_line)
+    // The lab-dns image is built from this workspace's dns/ crate.
+    let workspace_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent");
+    let artifacts = provisioner::artifacts::build::ensure(&topology, &paths.cache_dir, workspace_dir, &progress_line)
         .context("building the lab's artifacts")?;
     let plan = verbs::make_plan_with(paths, &topology, &artifacts)?;
 

@@ -174,8 +174,12 @@ pub fn logs(paths: &Paths, node: Option<&str>, unit: Option<&str>, lines: u32) -
         if units.is_empty() {
             continue;
         }
-        let host =
-            provisioner::ssh::SshHost::connect(&summary.name, summary.address, &key, std::time::Duration::from_secs(5))?;
+        let host = provisioner::ssh::SshHost::connect(
+            &summary.name,
+            summary.address,
+            &key,
+            std::time::Duration::from_secs(5),
+        )?;
         let unit_flags: String = units.iter().map(|name| format!(" --unit {name}")).collect();
         let output = provisioner::host::Host::run(
             &host,

@@ -11,6 +11,12 @@
 //!
 //! A converged node therefore costs one query, the `Always` commands, one unit
 //! command per unit and the checks, and reports zero changes.
+//!
+//! A run can be interrupted between writing a file and restarting the unit that
+//! reads it; the next run would then find the file up to date and never restart the
+//! unit. So before writing anything, the executor leaves a marker on the node
+//! (`PENDING_DIR/STAGE`) and removes it only once the stage's commands and units are
+//! done. A stage that finds its marker treats every file as changed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -144,26 +150,40 @@ impl<'a> Executor<'a> {
         Ok(StageReport { stage: stage.stage, nodes, changed_local_files, elapsed: started.elapsed() })
     }
 
-    fn run_on_node(&self, stage: Stage, actions: &NodeActions, progress: &dyn Progress) -> Result<NodeReport, ExecError> {
+    fn run_on_node(
+        &self,
+        stage: Stage,
+        actions: &NodeActions,
+        progress: &dyn Progress,
+    ) -> Result<NodeReport, ExecError> {
         let node = actions.node.as_str();
-        let host =
-            *self.hosts.get(node).ok_or_else(|| ExecError::UnknownNode { stage, node: node.to_string() })?;
+        let host = *self.hosts.get(node).ok_or_else(|| ExecError::UnknownNode { stage, node: node.to_string() })?;
         let host_error = |source| ExecError::Host { stage, source };
         let mut report = NodeReport { node: node.to_string(), ..NodeReport::default() };
 
         // 1. Files: one query for the state of all of them, then write what differs.
+        let marker = pending_marker(stage);
+        let mut interrupted = false;
         if !actions.files.is_empty() {
             progress.step(stage, node, &format!("comparing {} files", actions.files.len()));
-            let current = query_file_state(host, &actions.files).map_err(host_error)?;
+            let current = query_file_state(host, stage, &actions.files).map_err(host_error)?;
+            interrupted = current.pending;
+            let mut to_write = Vec::new();
             for file in &actions.files {
                 let wanted = FileState {
                     sha256: self.digests.of(&file.content).map_err(host_error)?,
                     mode: file.mode,
                     owner: file.owner.clone(),
                 };
-                if current.get(&file.path) == Some(&wanted) {
-                    continue;
+                if current.files.get(&file.path) != Some(&wanted) {
+                    to_write.push(file);
                 }
+            }
+            if !to_write.is_empty() && !interrupted {
+                let script = format!("mkdir -p {PENDING_DIR} && touch {marker}");
+                self.run_command(host, stage, "mark the stage as in progress", &script)?;
+            }
+            for file in to_write {
                 progress.step(stage, node, &format!("writing {}", file.path));
                 match &file.content {
                     Content::Text(text) | Content::Secret(text) => {
@@ -176,7 +196,14 @@ impl<'a> Executor<'a> {
                 report.changed_files.push(file.path.clone());
             }
         }
-        let changed: BTreeSet<&str> = report.changed_files.iter().map(String::as_str).collect();
+        // An interrupted earlier run may have written any of the files: redo all
+        // that depends on them.
+        let changed: BTreeSet<&str> = if interrupted {
+            progress.step(stage, node, "finishing an interrupted run");
+            actions.files.iter().map(|file| file.path.as_str()).collect()
+        } else {
+            report.changed_files.iter().map(String::as_str).collect()
+        };
 
         // 2. systemd must re-read unit files before they are (re)started.
         if changed.iter().any(|path| path.starts_with("/etc/systemd/")) {
@@ -216,13 +243,22 @@ impl<'a> Executor<'a> {
                     node: node.to_string(),
                     unit: unit.name.clone(),
                     status: output.status,
-                    journal: format!("{}{}{}", output.stdout, output.stderr, journal(host, std::slice::from_ref(&unit.name))),
+                    journal: format!(
+                        "{}{}{}",
+                        output.stdout,
+                        output.stderr,
+                        journal(host, std::slice::from_ref(&unit.name))
+                    ),
                 });
             }
             if !output.stdout.trim().is_empty() {
                 progress.step(stage, node, &format!("{} {}", output.stdout.trim(), unit.name));
                 report.changed_units.push(unit.name.clone());
             }
+        }
+
+        if !changed.is_empty() {
+            self.run_command(host, stage, "clear the in-progress mark", &format!("rm -f {marker}"))?;
         }
 
         // 5. Readiness.
@@ -247,7 +283,13 @@ impl<'a> Executor<'a> {
         })
     }
 
-    fn wait_for(&self, host: &dyn Host, stage: Stage, check: &CheckSpec, actions: &NodeActions) -> Result<(), ExecError> {
+    fn wait_for(
+        &self,
+        host: &dyn Host,
+        stage: Stage,
+        check: &CheckSpec,
+        actions: &NodeActions,
+    ) -> Result<(), ExecError> {
         let deadline = Instant::now() + Duration::from_secs(check.timeout_secs);
         loop {
             let output = host.run(&check.script).map_err(|source| ExecError::Host { stage, source })?;
@@ -275,7 +317,9 @@ impl<'a> Executor<'a> {
 fn journal(host: &dyn Host, units: &[String]) -> String {
     let mut out = String::new();
     for unit in units {
-        let script = format!("journalctl --no-pager --lines 25 --unit {unit} 2>&1; systemctl status --no-pager --lines 0 {unit} 2>&1");
+        let script = format!(
+            "journalctl --no-pager --lines 25 --unit {unit} 2>&1; systemctl status --no-pager --lines 0 {unit} 2>&1"
+        );
         if let Ok(output) = host.run(&script) {
             out.push_str(&format!("--- journal of {unit} on {}:\n{}", host.name(), output.stdout));
         }
@@ -299,9 +343,21 @@ struct FileState {
 /// Marks the query so fakes can answer it.
 pub const FILE_STATE_QUERY: &str = "# lab: file state\n";
 
-/// The script that prints `SHA256 MODE OWNER PATH` for every existing planned file.
-pub fn file_state_script(files: &[FileSpec]) -> String {
+/// Where a node keeps the markers of stages whose run was interrupted.
+pub const PENDING_DIR: &str = "/var/lib/k8s-lab/pending";
+
+/// The line the state query prints when the stage's marker exists.
+const PENDING_LINE: &str = "pending";
+
+fn pending_marker(stage: Stage) -> String {
+    format!("{PENDING_DIR}/{}", stage.name())
+}
+
+/// The script that prints `pending` if the stage was interrupted, then
+/// `SHA256 MODE OWNER PATH` for every existing planned file.
+pub fn file_state_script(stage: Stage, files: &[FileSpec]) -> String {
     let mut script = String::from(FILE_STATE_QUERY);
+    script.push_str(&format!("[ -e {} ] && echo {PENDING_LINE}; ", pending_marker(stage)));
     script.push_str("for f in");
     for file in files {
         script.push(' ');
@@ -313,10 +369,21 @@ pub fn file_state_script(files: &[FileSpec]) -> String {
     script
 }
 
-fn query_file_state(host: &dyn Host, files: &[FileSpec]) -> Result<HashMap<String, FileState>, HostError> {
-    let output = host.run(&file_state_script(files))?;
+/// What a node has of a stage's files, and whether the stage was interrupted there.
+struct NodeFiles {
+    files: HashMap<String, FileState>,
+    pending: bool,
+}
+
+fn query_file_state(host: &dyn Host, stage: Stage, files: &[FileSpec]) -> Result<NodeFiles, HostError> {
+    let output = host.run(&file_state_script(stage, files))?;
     let mut state = HashMap::new();
+    let mut pending = false;
     for line in output.stdout.lines() {
+        if line == PENDING_LINE {
+            pending = true;
+            continue;
+        }
         let mut fields = line.splitn(4, ' ');
         let (Some(sha256), Some(mode), Some(owner), Some(path)) =
             (fields.next(), fields.next(), fields.next(), fields.next())
@@ -326,7 +393,7 @@ fn query_file_state(host: &dyn Host, files: &[FileSpec]) -> Result<HashMap<Strin
         let Ok(mode) = u32::from_str_radix(mode, 8) else { continue };
         state.insert(path.to_string(), FileState { sha256: sha256.to_string(), mode, owner: owner.to_string() });
     }
-    Ok(state)
+    Ok(NodeFiles { files: state, pending })
 }
 
 /// Quotes a string for `sh`.

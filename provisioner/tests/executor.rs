@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use provisioner::executor::{file_state_script, ExecError, Executor, Silent, FILE_STATE_QUERY};
+use provisioner::executor::{file_state_script, ExecError, Executor, Silent, FILE_STATE_QUERY, PENDING_DIR};
 use provisioner::host::{Call, Host, Output, RecordingHost};
 use provisioner::plan::{CheckSpec, CommandSpec, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
 use sha2::{Digest, Sha256};
@@ -28,7 +28,11 @@ fn etcd_like_stage() -> StagePlan {
         when: RunWhen::Always,
     });
     node.units.push(UnitSpec { name: "etcd.service".into(), restart_when_changed: vec![UNIT.into(), CONFIG.into()] });
-    node.checks.push(CheckSpec { description: "etcd is healthy".into(), script: "etcdctl endpoint health".into(), timeout_secs: 0 });
+    node.checks.push(CheckSpec {
+        description: "etcd is healthy".into(),
+        script: "etcdctl endpoint health".into(),
+        timeout_secs: 0,
+    });
     stage
 }
 
@@ -47,19 +51,21 @@ fn fresh_node_gets_files_reload_commands_restart_and_check_in_order() {
 
     let calls = host.calls();
     let files = &stage.nodes[0].files;
-    assert_eq!(calls[0], Call::Run(file_state_script(files)));
-    assert!(matches!(&calls[1], Call::Put { path, mode: 0o644, .. } if path == UNIT));
-    assert!(matches!(&calls[2], Call::Put { path, mode: 0o600, .. } if path == CONFIG));
-    assert_eq!(calls[3], Call::Run("systemctl daemon-reload".into()));
-    assert_eq!(calls[4], Call::Run("install -d -m 0700 /var/lib/etcd".into()));
-    assert_eq!(calls[5], Call::Run("true # always".into()));
+    assert_eq!(calls[0], Call::Run(file_state_script(Stage::Etcd, files)));
+    assert_eq!(calls[1], Call::Run(format!("mkdir -p {PENDING_DIR} && touch {PENDING_DIR}/etcd")));
+    assert!(matches!(&calls[2], Call::Put { path, mode: 0o644, .. } if path == UNIT));
+    assert!(matches!(&calls[3], Call::Put { path, mode: 0o600, .. } if path == CONFIG));
+    assert_eq!(calls[4], Call::Run("systemctl daemon-reload".into()));
+    assert_eq!(calls[5], Call::Run("install -d -m 0700 /var/lib/etcd".into()));
+    assert_eq!(calls[6], Call::Run("true # always".into()));
     assert!(
-        matches!(&calls[6], Call::Run(script) if script.contains("systemctl restart --no-block etcd.service")),
+        matches!(&calls[7], Call::Run(script) if script.contains("systemctl restart --no-block etcd.service")),
         "a changed input restarts the unit: {:?}",
-        calls[6]
+        calls[7]
     );
-    assert_eq!(calls[7], Call::Run("etcdctl endpoint health".into()));
-    assert_eq!(calls.len(), 8);
+    assert_eq!(calls[8], Call::Run(format!("rm -f {PENDING_DIR}/etcd")));
+    assert_eq!(calls[9], Call::Run("etcdctl endpoint health".into()));
+    assert_eq!(calls.len(), 10);
     assert_eq!(report.changed_files(), 2);
     assert_eq!(report.changed_units(), 1);
 }
@@ -85,6 +91,31 @@ fn converged_node_writes_nothing_and_restarts_nothing() {
     assert!(calls.iter().any(|call| matches!(call, Call::Run(s) if s.contains("is-active --quiet etcd.service"))));
     assert!(calls.iter().all(|call| !matches!(call, Call::Run(s) if s.contains("systemctl restart"))));
     assert_eq!((report.changed_files(), report.changed_units()), (0, 0));
+}
+
+/// A run killed after writing the files but before restarting the unit left the
+/// stage's marker; the next run finds the files up to date and must still reload,
+/// rerun the `FilesChanged` commands and restart, then clear the marker.
+#[test]
+fn an_interrupted_run_is_finished_by_the_next_one() {
+    let host = RecordingHost::new("master1");
+    let state = format!(
+        "pending\n{} 644 root {UNIT}\n{} 600 root {CONFIG}\n",
+        sha("[Service]\nExecStart=/usr/bin/etcd\n"),
+        sha("ETCD_NAME=master1\n")
+    );
+    host.reply(FILE_STATE_QUERY, Output { status: 0, stdout: state, stderr: String::new() });
+    let report = Executor::new([&host as &dyn Host]).run_stage(&etcd_like_stage(), &Silent).unwrap();
+
+    let calls = host.calls();
+    assert!(calls.iter().all(|call| !matches!(call, Call::Put { .. })), "nothing to write: {calls:?}");
+    assert!(calls.contains(&Call::Run("systemctl daemon-reload".into())));
+    assert!(calls.contains(&Call::Run("install -d -m 0700 /var/lib/etcd".into())));
+    assert!(calls
+        .iter()
+        .any(|call| matches!(call, Call::Run(s) if s.contains("systemctl restart --no-block etcd.service"))));
+    assert_eq!(calls.iter().filter(|call| matches!(call, Call::Run(s) if s.starts_with("rm -f"))).count(), 1);
+    assert_eq!(report.changed_files(), 0);
 }
 
 #[test]

@@ -9,6 +9,9 @@
 //! - `src/` holds Debian's `kubernetes` source package, which also carries the
 //!   pause binary's source (`build/pause/linux/pause.c`);
 //! - `busybox/` holds the static busybox the web image is made of;
+//! - `lab-dns/` holds the lab's DNS server: `target/` is the cargo target directory
+//!   it is built in from the workspace's `dns/` crate, `lab-dns` the stripped binary
+//!   its image is made of, `build.log` cargo's output;
 //! - `images/NAME.tar` are OCI archives for `ctr images import`, each with a
 //!   `NAME.tar.json` stamp of its inputs' digest: an archive is rewritten only when
 //!   what it is made from changes.
@@ -70,6 +73,9 @@ const GO: Tool = Tool { command: "go", package: "golang-go" };
 const MAKE: Tool = Tool { command: "make", package: "make" };
 const RSYNC: Tool = Tool { command: "rsync", package: "rsync" };
 const JQ: Tool = Tool { command: "jq", package: "jq" };
+const LDD: Tool = Tool { command: "ldd", package: "libc-bin" };
+/// Optional: without it the lab-dns binary goes into its image with its symbols.
+const STRIP: Tool = Tool { command: "strip", package: "binutils" };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -83,6 +89,11 @@ pub enum ArtifactError {
     DirNotSet,
     #[error("{step} needs {what}, which is not installed (apt-get install {package})")]
     MissingTool { step: &'static str, what: String, package: &'static str },
+    #[error(
+        "{step} needs cargo, which is not on PATH: install Rust with rustup (dns/Cargo.toml's rust-version \
+         names the oldest Rust that builds the server; Debian 12's cargo is older)"
+    )]
+    NoCargo { step: &'static str },
     #[error(
         "{step}: apt-get source found no deb-src entry for Debian 12; write this to {DEB_SRC_LIST_PATH} \
          and run apt-get update (cargo lab doctor does both):\n{DEB_SRC_ENTRY}"
@@ -102,8 +113,7 @@ pub enum ArtifactError {
     BadChecksumFile { url: String, algorithm: &'static str, content: String },
     #[error("{url} does not match its published {algorithm} checksum: expected {expected}, got {actual}")]
     ChecksumMismatch { url: String, algorithm: &'static str, expected: String, actual: String },
-    /// An input that another part of the lab provides is not there (yet); `ensure`
-    /// reports it as a warning where the lab can go on without it.
+    /// An input that should be there is not.
     #[error("{what} is missing at {}: {hint}", path.display())]
     Missing { what: String, path: PathBuf, hint: String },
     #[error("{} is not an executable file", path.display())]
@@ -135,10 +145,15 @@ pub fn required_packages(topology: &Topology) -> Vec<&'static str> {
 }
 
 /// Makes every artifact of `topology` exist under `cache_dir`, building, downloading
-/// or reusing them, and returns their manifest. `progress` receives one line per step
-/// (and one every 15 s while a long build runs). The lab-dns image is skipped with a
-/// warning line while its server binary does not exist (see `lab_dns_binary`).
-pub fn ensure(topology: &Topology, cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<Artifacts> {
+/// or reusing them, and returns their manifest. `workspace_dir` is the lab's own Cargo
+/// workspace, whose `dns/` crate is built for the lab-dns image. `progress` receives
+/// one line per step (and one every 15 s while a long build runs).
+pub fn ensure(
+    topology: &Topology,
+    cache_dir: &Path,
+    workspace_dir: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<Artifacts> {
     let kubernetes = &topology.kubernetes;
     if kubernetes.source == ArtifactSource::DebianSource && kubernetes.version != DEBIAN_SOURCE_VERSION {
         return Err(ArtifactError::UnsupportedVersion { requested: kubernetes.version.clone() });
@@ -150,7 +165,7 @@ pub fn ensure(topology: &Topology, cache_dir: &Path, progress: &dyn Fn(&str)) ->
         ArtifactSource::Release => release_binaries(topology, cache_dir, RELEASE_BASE_URL, progress)?,
         ArtifactSource::Dir => directory_binaries(topology, cache_dir, &artifacts, progress)?,
     }
-    ensure_images(topology, cache_dir, &artifacts, progress)?;
+    ensure_images(topology, cache_dir, workspace_dir, &artifacts, progress)?;
     Ok(artifacts)
 }
 
@@ -175,10 +190,17 @@ pub fn pause_binary(topology: &Topology, cache_dir: &Path) -> PathBuf {
     kubernetes_dir(topology, cache_dir).join("bin").join("pause")
 }
 
-/// Where the lab's DNS server, a static Linux binary, is expected for its image. The
-/// cluster DNS addon's build puts it there; until it does, `ensure` skips the image.
+/// The lab's DNS server binary its image is made of, built and stripped by `ensure`.
 pub fn lab_dns_binary(cache_dir: &Path) -> PathBuf {
     cache_dir.join("lab-dns").join("lab-dns")
+}
+
+/// The cargo target directory of the lab-dns build. It is the cache's own rather than
+/// the workspace's `target/`: that one is shared with whoever develops the lab, who may
+/// clean it, build it with other flags or hold its lock with a long build, and none of
+/// that should cost a `lab up` a rebuild or a wait.
+pub fn lab_dns_target_dir(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("lab-dns").join("target")
 }
 
 // ---------------------------------------------------------------------------------
@@ -596,7 +618,13 @@ struct ImageStamp {
     manifest_digest: String,
 }
 
-fn ensure_images(topology: &Topology, cache_dir: &Path, artifacts: &Artifacts, progress: &dyn Fn(&str)) -> Result<()> {
+fn ensure_images(
+    topology: &Topology,
+    cache_dir: &Path,
+    workspace_dir: &Path,
+    artifacts: &Artifacts,
+    progress: &dyn Fn(&str),
+) -> Result<()> {
     for archive in &artifacts.images {
         let spec = match archive.reference.as_str() {
             images::PAUSE => pause_image(&pause_binary(topology, cache_dir)),
@@ -605,14 +633,10 @@ fn ensure_images(topology: &Topology, cache_dir: &Path, artifacts: &Artifacts, p
                 web_image(&busybox, &busybox_applets(&busybox)?)
             }
             images::LAB_DNS if topology.addons.dns != DnsAddon::LabDns => continue,
-            images::LAB_DNS => match lab_dns_image(cache_dir) {
-                Ok(spec) => spec,
-                Err(missing @ ArtifactError::Missing { .. }) => {
-                    progress(&format!("warning: skipping the image {}: {missing}", images::LAB_DNS));
-                    continue;
-                }
-                Err(other) => return Err(other),
-            },
+            images::LAB_DNS => {
+                let binary = ensure_lab_dns_binary(workspace_dir, cache_dir, progress)?;
+                lab_dns_image(&binary, &shared_libraries(&binary)?)
+            }
             other => return Err(ArtifactError::UnknownImage { reference: other.to_string() }),
         };
         ensure_archive(&spec, &archive.path, progress)?;
@@ -683,20 +707,112 @@ fn web_image(busybox: &Path, applets: &[String]) -> ImageSpec {
     spec
 }
 
-/// The lab's DNS server image, once its binary exists.
-fn lab_dns_image(cache_dir: &Path) -> Result<ImageSpec> {
-    let binary = lab_dns_binary(cache_dir);
-    if !binary.is_file() {
-        return Err(ArtifactError::Missing {
-            what: "the lab-dns server binary".to_string(),
-            path: binary,
-            hint: "the cluster DNS addon builds it; until then the lab has no cluster DNS".to_string(),
-        });
-    }
+/// The lab's DNS server image: the binary and the shared libraries it loads, each at
+/// the path the dynamic loader looks it up at, and nothing else.
+fn lab_dns_image(binary: &Path, libraries: &[PathBuf]) -> ImageSpec {
     let mut spec = ImageSpec::new(images::LAB_DNS);
     spec.entrypoint = vec!["/lab-dns".to_string()];
     spec.files = vec![LayerFile::local("/lab-dns", 0o755, binary)];
-    Ok(spec)
+    spec.files.extend(
+        libraries.iter().map(|library| LayerFile::local(library.to_string_lossy().into_owned(), 0o755, library)),
+    );
+    spec
+}
+
+/// Builds the workspace's `lab-dns` package in release mode and installs the binary,
+/// stripped, at `lab_dns_binary`. Cargo decides what to rebuild, so when nothing
+/// changed this costs about a second; the image archive is then reused because its
+/// stamp records the digests of the binary and libraries it holds.
+fn ensure_lab_dns_binary(workspace_dir: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf> {
+    const STEP: &str = "building the lab-dns server";
+    // Under `cargo run` or `cargo test`, CARGO names the cargo of the toolchain that
+    // built the lab; cargo holds no lock once it has started the program, so running it
+    // again from here is safe.
+    let cargo = std::env::var_os("CARGO").map(PathBuf::from).or_else(|| find_on_path("cargo"));
+    let cargo = cargo.ok_or(ArtifactError::NoCargo { step: STEP })?;
+    let target_dir = lab_dns_target_dir(cache_dir);
+    let destination = lab_dns_binary(cache_dir);
+    let log = destination.with_file_name("build.log");
+    create_dir(STEP, &target_dir)?;
+    if !destination.is_file() {
+        progress(&format!(
+            "building the lab-dns server from {} with cargo (about 4 minutes on 2 cores the first time; log: {})",
+            workspace_dir.join("dns").display(),
+            log.display()
+        ));
+    }
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace_dir)
+        .args(["build", "--release", "--locked", "--package", "lab-dns", "--target-dir"])
+        .arg(&target_dir);
+    let started = Instant::now();
+    run_logged(STEP, &mut command, &log, "building lab-dns", progress)?;
+    let compiled = fs::read_to_string(&log)
+        .map_err(io_error(STEP, &log))?
+        .lines()
+        .any(|line| line.trim_start().starts_with("Compiling "));
+    install_stripped(STEP, &target_dir.join("release").join("lab-dns"), &destination)?;
+    if compiled {
+        progress(&format!(
+            "built the lab-dns server in {}: {}",
+            format_elapsed(started.elapsed()),
+            destination.display()
+        ));
+    } else {
+        progress(&format!("using cached lab-dns server {} (cargo found it up to date)", destination.display()));
+    }
+    Ok(destination)
+}
+
+/// Copies `from` to `to` without its symbols when `strip` is installed (the lab-dns
+/// binary shrinks from 14 to 11 MB), as it is otherwise.
+fn install_stripped(step: &'static str, from: &Path, to: &Path) -> Result<()> {
+    let Some(strip) = find_on_path(STRIP.command) else { return install_file(step, from, to, 0o755) };
+    let partial = partial_path(to);
+    run_captured(step, Command::new(strip).arg("-o").arg(&partial).arg(from))?;
+    set_mode(step, &partial, 0o755)?;
+    rename(step, &partial, to)
+}
+
+/// The shared libraries `binary` loads, as `ldd` resolves them on this host, the
+/// dynamic loader included; none for a static binary.
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    const STEP: &str = "finding the lab-dns server's shared libraries";
+    let ldd = require(STEP, LDD)?;
+    let listing = match run_captured(STEP, Command::new(ldd).arg(binary)) {
+        Err(ArtifactError::CommandFailed { output, .. }) if output.contains("not a dynamic executable") => {
+            return Ok(Vec::new())
+        }
+        other => other?,
+    };
+    parse_ldd(&listing).map_err(|library| ArtifactError::Missing {
+        what: format!("the shared library {library}"),
+        path: binary.to_path_buf(),
+        hint: "ldd finds no file for it on this host".to_string(),
+    })
+}
+
+/// The absolute library paths in `ldd` output, e.g. from
+/// `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and
+/// `/lib64/ld-linux-x86-64.so.2 (0x...)`. The kernel's vDSO has no file and is left
+/// out. A library ldd could not find is the error.
+fn parse_ldd(listing: &str) -> Result<Vec<PathBuf>, String> {
+    let mut libraries = Vec::new();
+    for line in listing.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        let (name, resolved) = match line.split_once(" => ") {
+            Some((name, resolved)) => (name, resolved),
+            None => (line, line),
+        };
+        if resolved.starts_with("not found") {
+            return Err(name.to_string());
+        }
+        let path = resolved.split(" (").next().unwrap_or_default().trim();
+        if path.starts_with('/') {
+            libraries.push(PathBuf::from(path));
+        }
+    }
+    Ok(libraries)
 }
 
 /// Debian's static busybox, downloaded once with `apt-get download` and unpacked
@@ -989,7 +1105,9 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let mut topology = topology();
         topology.kubernetes.version = "1.29.0".to_string();
-        let error = ensure(&topology, cache.path(), &|line| panic!("no progress expected: {line}")).unwrap_err();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let error =
+            ensure(&topology, cache.path(), workspace, &|line| panic!("no progress expected: {line}")).unwrap_err();
         let message = error.to_string();
         assert!(message.contains("kubernetes.version = \"1.29.0\""), "{message}");
         assert!(message.contains("Kubernetes 1.20.2"), "{message}");
@@ -1188,13 +1306,55 @@ mod tests {
     }
 
     #[test]
-    fn the_lab_dns_image_waits_for_its_binary() {
-        let cache = tempfile::tempdir().unwrap();
-        let error = lab_dns_image(cache.path()).unwrap_err();
-        assert!(matches!(error, ArtifactError::Missing { .. }), "{error}");
-        fs::create_dir_all(lab_dns_binary(cache.path()).parent().unwrap()).unwrap();
-        fs::write(lab_dns_binary(cache.path()), b"server").unwrap();
-        assert_eq!(lab_dns_image(cache.path()).unwrap().entrypoint, ["/lab-dns"]);
+    fn the_lab_dns_image_holds_the_server_and_its_libraries_at_their_paths() {
+        let cache = Path::new("/cache");
+        assert_eq!(lab_dns_binary(cache), Path::new("/cache/lab-dns/lab-dns"));
+        assert_eq!(lab_dns_target_dir(cache), Path::new("/cache/lab-dns/target"));
+        let libraries =
+            [PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")];
+        let spec = lab_dns_image(&lab_dns_binary(cache), &libraries);
+        assert_eq!(spec.reference, images::LAB_DNS);
+        assert_eq!(spec.entrypoint, ["/lab-dns"]);
+        assert_eq!(
+            spec.files,
+            [
+                LayerFile::local("/lab-dns", 0o755, "/cache/lab-dns/lab-dns"),
+                LayerFile::local("/lib/x86_64-linux-gnu/libc.so.6", 0o755, "/lib/x86_64-linux-gnu/libc.so.6"),
+                LayerFile::local("/lib64/ld-linux-x86-64.so.2", 0o755, "/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+    }
+
+    #[test]
+    fn ldd_output_names_each_library_but_the_vdso() {
+        let listing = "\tlinux-vdso.so.1 (0x00007ffd5a9d2000)\n\
+                       \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f03296b2000)\n\
+                       \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f032893e000)\n\
+                       \t/lib64/ld-linux-x86-64.so.2 (0x00007f03296e5000)\n";
+        assert_eq!(
+            parse_ldd(listing).unwrap(),
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        assert_eq!(
+            parse_ldd("\tlibssl.so.3 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n"),
+            Err("libssl.so.3".into())
+        );
+        assert_eq!(parse_ldd("\tstatically linked\n"), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn a_dynamic_binary_needs_libc_and_the_loader() {
+        // This test's own executable links against glibc as the lab-dns server does.
+        let libraries = shared_libraries(&std::env::current_exe().unwrap()).unwrap();
+        let names: Vec<String> =
+            libraries.iter().map(|path| path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().any(|name| name == "libc.so.6"), "{libraries:?}");
+        assert!(names.iter().any(|name| name.starts_with("ld-linux")), "{libraries:?}");
+        assert!(libraries.iter().all(|path| path.is_absolute() && path.is_file()), "{libraries:?}");
     }
 
     #[test]

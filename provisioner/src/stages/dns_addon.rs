@@ -12,9 +12,11 @@
 //! (`dns` UDP 53, `dns-tcp` TCP 53) that clients and tools expect, whichever server is
 //! behind it:
 //!
-//! - `lab-dns` (the default, offline): the workspace's own DNS server, from an image
-//!   the lab built and imported, so `imagePullPolicy: Never`. It only needs to list and
-//!   watch Services, Endpoints and EndpointSlices, so its ClusterRole allows only that.
+//! - `lab-dns` (the default, offline): the workspace's own DNS server (`dns/`), from an
+//!   image the lab built and imported, so `imagePullPolicy: Never`. It only lists and
+//!   watches Services and Endpoints, so its ClusterRole allows only that. It is
+//!   authoritative for the cluster domain and for the reverse names of the Service range,
+//!   and refuses every other name: the lab is offline, so it has no upstream resolver.
 //! - `coredns`: the official CoreDNS image, for hosts that can pull it, configured like
 //!   the upstream addon with a Corefile.
 //!
@@ -37,8 +39,8 @@ use crate::topology::{DnsAddon, Network, Role};
 pub const NAME: &str = "kube-dns";
 /// Replicas of the DNS server.
 pub const REPLICAS: u32 = 2;
-/// Port of the lab DNS server's /healthz and /readyz.
-pub const LAB_DNS_HEALTH_PORT: u16 = 8080;
+/// Port of the lab DNS server's /healthz (alive) and /readyz (first full sync done).
+pub const LAB_DNS_PROBE_PORT: u16 = 8080;
 /// TTL of the answers, short so that a new or deleted Service shows within seconds.
 const TTL_SECS: u32 = 5;
 /// The CoreDNS image of the Kubernetes 1.20 release.
@@ -165,15 +167,19 @@ fn pod_spec_common() -> String {
     )
 }
 
-/// The container settings both servers share: ports, resources, least privilege.
-const CONTAINER_COMMON: &str = "        ports:
+/// The container ports both servers serve DNS on; the list stays open for more ports.
+const DNS_CONTAINER_PORTS: &str = "        ports:
         - name: dns
           containerPort: 53
           protocol: UDP
         - name: dns-tcp
           containerPort: 53
           protocol: TCP
-        resources:
+";
+
+/// The container settings both servers share after their ports: resources and least
+/// privilege (the securityContext mapping stays open for more settings).
+const CONTAINER_LIMITS: &str = "        resources:
           requests:
             cpu: 50m
             memory: 32Mi
@@ -214,11 +220,10 @@ spec:
 
 /// The workspace's own DNS server.
 fn lab_dns_manifest(network: &Network) -> String {
+    // Kubernetes 1.20 serves no discovery.k8s.io/v1 EndpointSlices, so the server
+    // watches core/v1 Endpoints (as kube-dns did) and needs nothing else.
     let rules = r#"- apiGroups: [""]
   resources: ["services", "endpoints"]
-  verbs: ["list", "watch"]
-- apiGroups: ["discovery.k8s.io"]
-  resources: ["endpointslices"]
   verbs: ["list", "watch"]
 "#;
     let mut manifest = header("lab-dns, the workspace's own DNS server");
@@ -233,15 +238,18 @@ fn lab_dns_manifest(network: &Network) -> String {
         image: {image}
         # Built and imported by the lab: there is no registry to pull from.
         imagePullPolicy: Never
+        # No --upstream: the lab is offline, so names outside the cluster are refused.
         args:
         - --domain={domain}
+        - --listen=0.0.0.0:53
+        - --probe-listen=0.0.0.0:{LAB_DNS_PROBE_PORT}
+        # Unknown addresses of the Service range are NXDOMAIN here, not forwarded.
+        - --reverse-cidr={service_cidr}
         - --ttl={TTL_SECS}
-        - --dns-port=53
-        - --health-port={LAB_DNS_HEALTH_PORT}
         livenessProbe:
           httpGet:
             path: /healthz
-            port: {LAB_DNS_HEALTH_PORT}
+            port: {LAB_DNS_PROBE_PORT}
           initialDelaySeconds: 10
           periodSeconds: 10
           failureThreshold: 5
@@ -249,14 +257,31 @@ fn lab_dns_manifest(network: &Network) -> String {
         readinessProbe:
           httpGet:
             path: /readyz
-            port: {LAB_DNS_HEALTH_PORT}
+            port: {LAB_DNS_PROBE_PORT}
           periodSeconds: 2
 "#,
         image = images::LAB_DNS,
         domain = network.cluster_domain,
+        service_cidr = network.service_cidr,
     )
     .expect("writing to a String");
-    manifest.push_str(CONTAINER_COMMON);
+    manifest.push_str(DNS_CONTAINER_PORTS);
+    write!(
+        manifest,
+        "        - name: probes
+          containerPort: {LAB_DNS_PROBE_PORT}
+          protocol: TCP
+"
+    )
+    .expect("writing to a String");
+    manifest.push_str(CONTAINER_LIMITS);
+    manifest.push_str(
+        "          # Root, but with NET_BIND_SERVICE as its only capability: containerd puts added
+          # capabilities into every set but the ambient one, so a non-root user's process
+          # would lose them when it starts and could not bind port 53.
+          runAsUser: 0
+",
+    );
     manifest
 }
 
@@ -333,7 +358,8 @@ data:
 "#
     )
     .expect("writing to a String");
-    manifest.push_str(CONTAINER_COMMON);
+    manifest.push_str(DNS_CONTAINER_PORTS);
+    manifest.push_str(CONTAINER_LIMITS);
     manifest.push_str(
         "      volumes:
       - name: config-volume
@@ -394,12 +420,46 @@ mod tests {
         assert!(manifest.contains("  replicas: 2\n"));
         assert!(manifest.contains("        image: k8s-lab.local/lab-dns:1\n        # Built"));
         assert!(manifest.contains("        imagePullPolicy: Never\n"));
-        assert!(manifest.contains("        - --domain=cluster.local\n"));
-        assert!(manifest.contains("verbs: [\"list\", \"watch\"]"));
+        assert!(manifest.contains("  resources: [\"services\", \"endpoints\"]\n  verbs: [\"list\", \"watch\"]\n---\n"));
         assert!(!manifest.contains("\"get\""), "the DNS server needs no single-object reads");
-        assert!(!manifest.contains("secrets"));
+        assert!(!manifest.contains("secrets") && !manifest.contains("endpointslices"));
+        assert!(manifest.contains("          runAsUser: 0\n"));
+        assert!(manifest.contains("          readOnlyRootFilesystem: true\n"));
+        assert!(manifest.contains("            add: [\"NET_BIND_SERVICE\"]\n            drop: [\"ALL\"]\n"));
         assert!(manifest.contains("priorityClassName: system-cluster-critical"));
         assert!(manifest.contains("topologyKey: kubernetes.io/hostname"));
+    }
+
+    #[test]
+    fn lab_dns_arguments_and_probes_match_the_server() {
+        let stage = stage_for("lab.toml", plan);
+        let manifest = file(&stage, "master1", MANIFEST);
+        let args: Vec<&str> = manifest
+            .lines()
+            .skip_while(|line| *line != "        args:")
+            .skip(1)
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .take_while(|line| line.starts_with("        - "))
+            .map(|line| line.trim_start_matches("        - "))
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--domain=cluster.local",
+                "--listen=0.0.0.0:53",
+                "--probe-listen=0.0.0.0:8080",
+                "--reverse-cidr=10.32.0.0/24",
+                "--ttl=5"
+            ]
+        );
+        assert!(!manifest.contains("- --upstream"), "the offline lab has no upstream resolver");
+        assert!(manifest.contains("            path: /healthz\n            port: 8080\n"));
+        assert!(manifest.contains("            path: /readyz\n            port: 8080\n"));
+        assert!(manifest.contains(
+            "        - name: dns\n          containerPort: 53\n          protocol: UDP\n\
+             \x20       - name: dns-tcp\n          containerPort: 53\n          protocol: TCP\n\
+             \x20       - name: probes\n          containerPort: 8080\n          protocol: TCP\n"
+        ));
     }
 
     #[test]

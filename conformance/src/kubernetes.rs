@@ -1,0 +1,209 @@
+//! The Kubernetes side: the admin client, a namespace per test, the test app, waiting.
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Api;
+use provisioner::artifacts::images;
+use serde_json::json;
+
+use crate::net::Targets;
+
+/// The label every object of the test app carries, as `KEY=VALUE` for selectors.
+pub const WEB_LABEL: &str = "app=web";
+
+/// How often `eventually` tries again. Short, since most waits end in well under a second.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long one `cargo lab kubectl` run may take.
+const KUBECTL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The admin client from the lab's kubeconfig, with bounded timeouts. Its server (the
+/// virtual IP) must pass the network guard first.
+pub(crate) async fn admin_client(path: &Path, targets: &Targets) -> Result<kube::Client, String> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .map_err(|error| format!("cannot read the admin kubeconfig {}: {error}", path.display()))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|error| format!("cannot use the admin kubeconfig {}: {error}", path.display()))?;
+    let host = config.cluster_url.host().unwrap_or_default().to_string();
+    let address: IpAddr =
+        host.parse().map_err(|_| format!("the admin kubeconfig's server {host:?} is not an IP address"))?;
+    targets.allow(address).map_err(|error| error.to_string())?;
+    // A proxy from the environment (HTTPS_PROXY) would carry the lab's traffic elsewhere.
+    config.proxy_url = None;
+    config.connect_timeout = Some(Duration::from_secs(3));
+    config.read_timeout = Some(Duration::from_secs(15));
+    config.reset_reader_on_write = true;
+    config.write_timeout = Some(Duration::from_secs(15));
+    kube::Client::try_from(config).map_err(|error| format!("cannot build the Kubernetes client: {error}"))
+}
+
+/// Tries `attempt` every 200 ms until it returns `Ok` or `timeout` passes; then panics with
+/// `what` and the last error.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => panic!("{what}: not within {timeout:?}: {last}"),
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}
+
+/// A namespace of its own for one test, named `conformance-TEST-RANDOM`. `delete` removes
+/// it at the end of a successful test; after a failure it stays for inspection.
+pub struct TestNamespace {
+    name: String,
+    client: kube::Client,
+    deleted: bool,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &kube::Client, test: &str) -> TestNamespace {
+        let suffix = RandomState::new().build_hasher().finish() & 0xff_ffff;
+        let name = format!("conformance-{}-{suffix:06x}", test.replace('_', "-"));
+        let namespace: Namespace = serde_json::from_value(json!({
+            "metadata": { "name": name, "labels": { "k8s-lab/conformance": "true" } }
+        }))
+        .expect("a valid Namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|error| panic!("cannot create namespace {name}: {error}"));
+        TestNamespace { name, client: client.clone(), deleted: false }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Deletes the namespace and everything in it, without waiting for it to be gone.
+    pub async fn delete(mut self) {
+        Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::background())
+            .await
+            .unwrap_or_else(|error| panic!("cannot delete namespace {}: {error}", self.name));
+        self.deleted = true;
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if !self.deleted {
+            eprintln!(
+                "kept namespace {name} for inspection; remove it with `cargo lab kubectl delete namespace {name}`",
+                name = self.name
+            );
+        }
+    }
+}
+
+/// The test app: `replicas` pods of the lab's web image, which answers `GET /` on its port
+/// with the pod's name. With `one_per_worker`, no two pods share a node (required, so the
+/// test fails rather than passing on one node).
+pub fn web_deployment(replicas: usize, one_per_worker: bool) -> Deployment {
+    let (label_key, label_value) = WEB_LABEL.split_once('=').expect("KEY=VALUE");
+    let affinity = if one_per_worker {
+        json!({ "podAntiAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": { "matchLabels": { label_key: label_value } },
+            "topologyKey": "kubernetes.io/hostname",
+        }]}})
+    } else {
+        json!({})
+    };
+    serde_json::from_value(json!({
+        "metadata": { "name": "web", "labels": { label_key: label_value } },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { label_key: label_value } },
+            "template": {
+                "metadata": { "labels": { label_key: label_value } },
+                "spec": {
+                    "affinity": affinity,
+                    // busybox httpd exits at once on SIGTERM; no need to wait for it.
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "web",
+                        "image": images::WEB,
+                        // The lab imported the image on every worker; there is no registry.
+                        "imagePullPolicy": "Never",
+                        "ports": [{ "name": "http", "containerPort": images::WEB_PORT }],
+                        "readinessProbe": {
+                            "httpGet": { "path": "/", "port": images::WEB_PORT },
+                            "periodSeconds": 1,
+                        },
+                    }],
+                },
+            },
+        },
+    }))
+    .expect("a valid Deployment")
+}
+
+/// Waits until `count` pods matching `selector` in `namespace` are Ready, and returns them.
+pub async fn ready_pods(
+    client: &kube::Client,
+    namespace: &str,
+    selector: &str,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let what = format!("{count} ready pods with {selector} in {namespace}");
+    eventually(&what, timeout, || async {
+        let list = pods.list(&ListParams::default().labels(selector)).await.map_err(|error| error.to_string())?;
+        let ready: Vec<Pod> = list.items.into_iter().filter(is_ready).collect();
+        if ready.len() == count {
+            Ok(ready)
+        } else {
+            Err(format!("{} ready", ready.len()))
+        }
+    })
+    .await
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|status| status.conditions.as_ref()).is_some_and(|conditions| {
+        conditions.iter().any(|condition| condition.type_ == "Ready" && condition.status == "True")
+    })
+}
+
+/// Runs `cargo lab kubectl -- ARGS` in the workspace root (kubectl 1.20 with the admin
+/// kubeconfig) and returns its standard output, or its standard error on failure.
+pub async fn kubectl(args: &[&str]) -> Result<String, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let command = tokio::process::Command::new(cargo)
+        .args(["lab", "kubectl", "--"])
+        .args(args)
+        .current_dir(crate::workspace_root())
+        .kill_on_drop(true)
+        .output();
+    let shown = format!("kubectl {}", args.join(" "));
+    let output = tokio::time::timeout(KUBECTL_TIMEOUT, command)
+        .await
+        .map_err(|_| format!("`{shown}` did not finish within {KUBECTL_TIMEOUT:?}"))?
+        .map_err(|error| format!("cannot run `cargo lab {shown}`: {error}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{shown}` failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}

@@ -1,0 +1,120 @@
+//! The highly available control plane (handbook 000 sections 7 and 8): three apiservers,
+//! HAProxy on every master behind one keepalived virtual IP, and one active controller
+//! manager and scheduler chosen by leader election.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use conformance::{lab, Identity};
+use futures::future::join_all;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use provisioner::paths::NODE_INTERFACE;
+use provisioner::pki::names;
+use provisioner::topology::Role;
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Every master's own apiserver answers `/healthz` with `ok` on its address and the
+/// apiserver port, with the admin certificate.
+///
+/// Turn it red: stop one apiserver (`cargo lab ssh master3 -- systemctl stop
+/// kube-apiserver`; `systemctl start kube-apiserver` brings it back).
+#[test]
+fn every_apiserver_answers_directly() {
+    let lab = lab();
+    let client = lab.https(Identity::Certificate(names::ADMIN), TIMEOUT);
+    let port = lab.topology.network.apiserver_port;
+    let masters = lab.nodes_with(Role::Master);
+    let replies = lab
+        .block_on(join_all(masters.iter().map(|node| client.get(format!("https://{}:{port}/healthz", node.address)))));
+    let problems: Vec<String> = masters
+        .iter()
+        .zip(replies)
+        .filter_map(|(node, reply)| match reply {
+            Ok(reply) if reply.status == 200 && reply.body == "ok" => None,
+            Ok(reply) => Some(format!("{}: HTTP {} {}", node.name, reply.status, reply.body.trim())),
+            Err(error) => Some(format!("{}: {error}", node.name)),
+        })
+        .collect();
+    assert!(problems.is_empty(), "apiservers that do not answer:\n{}", problems.join("\n"));
+}
+
+/// The API answers `/healthz` through the virtual IP and HAProxy's port, which is the
+/// address in every kubeconfig.
+///
+/// Turn it red: stop keepalived on every master (`cargo lab ssh masterN -- systemctl stop
+/// keepalived` for N = 1, 2, 3): the virtual IP disappears. `systemctl start keepalived`
+/// on each brings it back.
+#[test]
+fn the_api_answers_through_the_virtual_ip() {
+    let lab = lab();
+    let client = lab.https(Identity::Certificate(names::ADMIN), TIMEOUT);
+    let url = format!("{}/healthz", lab.status.api_server_url);
+    let reply = lab.block_on(client.get(&url)).unwrap_or_else(|error| panic!("{error}"));
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"), "GET {url}");
+}
+
+/// Exactly one load balancer has the virtual IP on its interface.
+///
+/// Turn it red: give the address to a second master by hand (`cargo lab ssh master3 --
+/// ip addr add 10.240.0.100/24 dev host0`; `ip addr del 10.240.0.100/24 dev host0` undoes
+/// it), or stop keepalived on every master (no holder at all).
+#[test]
+fn exactly_one_master_holds_the_virtual_ip() {
+    let lab = lab();
+    let vip = format!("{}/", lab.status.vip);
+    let holders: Vec<&str> = lab
+        .nodes_with(Role::Lb)
+        .into_iter()
+        .filter(|node| {
+            let addresses = lab.sh(&node.name, &format!("ip -brief address show {NODE_INTERFACE}"));
+            addresses.split_whitespace().any(|address| address.starts_with(&vip))
+        })
+        .map(|node| node.name.as_str())
+        .collect();
+    assert_eq!(holders.len(), 1, "load balancers holding {}: {holders:?}", lab.status.vip);
+    eprintln!("{} holds the virtual IP {}", holders[0], lab.status.vip);
+}
+
+/// The controller manager's leader lease (kube-system/kube-controller-manager; 1.20 elects
+/// through Leases) is held by a master and was renewed within its duration.
+///
+/// Turn it red: stop the controller manager on every master (`cargo lab ssh masterN --
+/// systemctl stop kube-controller-manager`) and wait 15 s for the lease to expire.
+#[test]
+fn one_controller_manager_holds_the_leader_lease() {
+    check_leader_lease("kube-controller-manager");
+}
+
+/// The scheduler's leader lease (kube-system/kube-scheduler) is held by a master and was
+/// renewed within its duration.
+///
+/// Turn it red: stop the scheduler on every master (`cargo lab ssh masterN -- systemctl
+/// stop kube-scheduler`) and wait 15 s for the lease to expire.
+#[test]
+fn one_scheduler_holds_the_leader_lease() {
+    check_leader_lease("kube-scheduler");
+}
+
+fn check_leader_lease(component: &str) {
+    let lab = lab();
+    let lease = lab
+        .block_on(Api::<Lease>::namespaced(lab.kube(), "kube-system").get(component))
+        .unwrap_or_else(|error| panic!("cannot read the lease kube-system/{component}: {error}"));
+    let spec = lease.spec.unwrap_or_default();
+    // Leader election writes `NODE_UUID` as the holder's identity.
+    let holder = spec.holder_identity.unwrap_or_default();
+    let holder_node = holder.split('_').next().unwrap_or_default();
+    let masters: Vec<&str> = lab.nodes_with(Role::Master).iter().map(|node| node.name.as_str()).collect();
+    assert!(masters.contains(&holder_node), "the {component} lease is held by {holder:?}, not by one of {masters:?}");
+
+    let duration_ms = i64::from(spec.lease_duration_seconds.unwrap_or_default()) * 1000;
+    let renewed_ms = spec.renew_time.map(|time| time.0.as_millisecond()).unwrap_or_default();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as i64;
+    assert!(
+        now_ms - renewed_ms <= duration_ms,
+        "the {component} lease of {holder_node} was last renewed {} ms ago, longer than its {duration_ms} ms: no {component} is leading",
+        now_ms - renewed_ms
+    );
+    eprintln!("{component} leader: {holder_node} (renewed {} ms ago)", now_ms - renewed_ms);
+}

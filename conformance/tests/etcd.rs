@@ -1,0 +1,152 @@
+//! etcd (handbook 000 section 5): a three-member cluster that speaks only mutual TLS.
+//!
+//! The suite asks each member's client port (2379) directly with the certificate the
+//! apiservers use (`apiserver-etcd-client`), through etcd's gRPC gateway (JSON over HTTPS).
+
+use std::time::Duration;
+
+use conformance::{lab, Identity};
+use futures::future::join_all;
+use provisioner::pki::names;
+use provisioner::stages::etcd::CLIENT_PORT;
+use provisioner::topology::Role;
+use serde_json::Value;
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn client_url(address: std::net::Ipv4Addr, path: &str) -> String {
+    format!("https://{address}:{CLIENT_PORT}{path}")
+}
+
+/// The gRPC gateway prints 64-bit ids as strings; older releases as numbers.
+fn id(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Every member answers `/health` with `{"health":"true"}` over mutual TLS.
+///
+/// Turn it red: stop etcd on master2 (`cargo lab ssh master2 -- systemctl stop etcd`;
+/// `systemctl start etcd` brings it back).
+#[test]
+fn every_member_is_healthy_over_mutual_tls() {
+    let lab = lab();
+    let client = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), TIMEOUT);
+    let members = lab.nodes_with(Role::Etcd);
+    let replies = lab.block_on(join_all(members.iter().map(|node| client.get(client_url(node.address, "/health")))));
+    let problems: Vec<String> = members
+        .iter()
+        .zip(replies)
+        .filter_map(|(node, reply)| match reply {
+            Ok(reply) if reply.status == 200 && reply.body.contains(r#""health":"true""#) => None,
+            Ok(reply) => Some(format!("{}: HTTP {} {}", node.name, reply.status, reply.body.trim())),
+            Err(error) => Some(format!("{}: {error}", node.name)),
+        })
+        .collect();
+    assert!(problems.is_empty(), "unhealthy etcd members:\n{}", problems.join("\n"));
+}
+
+/// The member list equals the topology's etcd nodes: same names, and each member's peer
+/// and client URLs on its node's address.
+///
+/// Turn it red: remove a member (`cargo lab ssh master1 -- etcdctl ... member remove ID`),
+/// which a lab can only recover from with `cargo lab destroy` and `up`; or run the suite
+/// against a lab whose topology was edited after `lab up`.
+#[test]
+fn member_list_equals_the_topology() {
+    let lab = lab();
+    let client = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), TIMEOUT);
+    let first = lab.nodes_with(Role::Etcd)[0];
+    let reply = lab
+        .block_on(client.post_json(&client_url(first.address, "/v3/cluster/member/list"), "{}"))
+        .unwrap_or_else(|error| panic!("member list from {}: {error}", first.name));
+    assert_eq!(reply.status, 200, "member list from {}: {}", first.name, reply.body);
+    let list: Value = serde_json::from_str(&reply.body).expect("the member list is JSON");
+
+    let mut actual: Vec<(String, Vec<String>, Vec<String>)> = list["members"]
+        .as_array()
+        .expect("the member list has members")
+        .iter()
+        .map(|member| {
+            let urls = |field: &str| -> Vec<String> {
+                member[field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|url| url.as_str().map(String::from))
+                    .collect()
+            };
+            (member["name"].as_str().unwrap_or_default().to_string(), urls("peerURLs"), urls("clientURLs"))
+        })
+        .collect();
+    actual.sort();
+    let mut expected: Vec<(String, Vec<String>, Vec<String>)> = lab
+        .nodes_with(Role::Etcd)
+        .iter()
+        .map(|node| {
+            (
+                node.name.clone(),
+                vec![format!("https://{}:{}", node.address, provisioner::stages::etcd::PEER_PORT)],
+                vec![client_url(node.address, "")],
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(actual, expected, "etcd members (name, peer URLs, client URLs) differ from the topology");
+}
+
+/// Every member names the same leader, and exactly one member is that leader.
+///
+/// Turn it red: stop etcd on two of the three members (`cargo lab ssh master2 -- systemctl
+/// stop etcd`, the same on master3): the last one loses its quorum and has no leader.
+#[test]
+fn exactly_one_leader() {
+    let lab = lab();
+    let client = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), TIMEOUT);
+    let members = lab.nodes_with(Role::Etcd);
+    let replies = lab.block_on(join_all(
+        members.iter().map(|node| client.post_json(client_url(node.address, "/v3/maintenance/status"), "{}")),
+    ));
+    let mut views = Vec::new();
+    for (node, reply) in members.iter().zip(replies) {
+        let reply = reply.unwrap_or_else(|error| panic!("status of {}: {error}", node.name));
+        assert_eq!(reply.status, 200, "status of {}: {}", node.name, reply.body);
+        let status: Value = serde_json::from_str(&reply.body).expect("the status is JSON");
+        views.push((node.name.clone(), id(&status["header"]["member_id"]), id(&status["leader"])));
+    }
+    let leaders: Vec<&str> = views.iter().map(|(_, _, leader)| leader.as_str()).collect();
+    assert!(
+        leaders.iter().all(|leader| *leader == leaders[0]) && !matches!(leaders[0], "0" | "null"),
+        "the members disagree on the leader or have none (node, member id, leader id): {views:?}"
+    );
+    let leading: Vec<&str> =
+        views.iter().filter(|(_, member, leader)| member == leader).map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(leading.len(), 1, "exactly one member must be the leader (node, member id, leader id): {views:?}");
+    eprintln!("etcd leader: {}", leading[0]);
+}
+
+/// A client without a certificate is refused by every member, while the same member
+/// answers the lab's client certificate (so a member that is simply down does not pass).
+///
+/// Turn it red: drop `--client-cert-auth=true` from /etc/systemd/system/etcd.service on a
+/// member and restart it (`systemctl daemon-reload && systemctl restart etcd`); `cargo lab
+/// up` puts the unit back.
+#[test]
+fn clients_without_a_certificate_are_refused() {
+    let lab = lab();
+    let with_certificate = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), TIMEOUT);
+    let anonymous = lab.https(Identity::Anonymous, TIMEOUT);
+    for node in lab.nodes_with(Role::Etcd) {
+        let url = client_url(node.address, "/health");
+        let reply = lab.block_on(with_certificate.get(&url));
+        assert!(
+            matches!(&reply, Ok(reply) if reply.status == 200),
+            "{} must answer the lab's client certificate first: {reply:?}",
+            node.name
+        );
+        let reply = lab.block_on(anonymous.get(&url));
+        assert!(reply.is_err(), "{} answered a client without a certificate: {reply:?}", node.name);
+    }
+}
