@@ -106,6 +106,8 @@ impl fmt::Display for Opening {
 pub enum Scope {
     AllNodes,
     Role(Role),
+    /// Every node that runs kube-proxy (masters and workers).
+    KubeProxy,
 }
 
 impl Scope {
@@ -113,6 +115,7 @@ impl Scope {
         match self {
             Scope::AllNodes => true,
             Scope::Role(role) => node.has(role),
+            Scope::KubeProxy => kube_proxy::runs_on(node),
         }
     }
 }
@@ -122,6 +125,7 @@ impl fmt::Display for Scope {
         match self {
             Scope::AllNodes => f.write_str("all nodes"),
             Scope::Role(role) => write!(f, "{role}"),
+            Scope::KubeProxy => f.write_str("master, worker"),
         }
     }
 }
@@ -182,10 +186,10 @@ pub fn port_table(network: &Network) -> Vec<PortRule> {
             "kubelet",
             "logs, exec and port-forward requests from the apiservers",
         ),
-        rule(worker, node_ports(Tcp), "kube-proxy", "NodePort Services"),
-        rule(worker, node_ports(Udp), "kube-proxy", "NodePort Services"),
+        rule(Scope::KubeProxy, node_ports(Tcp), "kube-proxy", "NodePort Services"),
+        rule(Scope::KubeProxy, node_ports(Udp), "kube-proxy", "NodePort Services"),
         rule(
-            worker,
+            Scope::KubeProxy,
             Opening::port(kube_proxy::HEALTHZ_PORT, Tcp),
             "kube-proxy",
             "health check for load balancers in front of NodePorts",
@@ -230,6 +234,21 @@ pub fn port_table_markdown(network: &Network) -> String {
     table
 }
 
+/// Where the firewall stage's connection-tracking setting lives.
+const CONNTRACK_SYSCTL: &str = "/etc/sysctl.d/91-k8s-lab-conntrack.conf";
+
+/// Until firewalld loads its rules, a master's network namespace tracks no
+/// connections at all. The firewall then meets long-lived connections (kube-proxy's
+/// and kubelet's watches through HAProxy) in mid-stream, without the window scaling
+/// their handshake announced, classes their larger segments as out of window, and
+/// its `ct state invalid drop` rule silently kills them: the watch never ends and
+/// never delivers again. Liberal window tracking keeps such connections working,
+/// as kube-proxy itself recommends for conntrack trouble.
+const CONNTRACK_SETTINGS: &str = "# Written by the k8s lab; `lab up` overwrites local changes.
+# Keep connections opened before the firewall started: see the firewall stage.
+net.netfilter.nf_conntrack_tcp_be_liberal = 1
+";
+
 pub fn plan(context: &Context<'_>) -> StagePlan {
     let mut stage = StagePlan::new(Stage::Firewall, "Handbook 000 section 10.1: enable the firewall (firewalld)");
     let network = &context.topology.network;
@@ -239,6 +258,13 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
 
     for node in &context.topology.nodes {
         let actions = stage.node(&node.name);
+        actions.files.push(FileSpec::text(CONNTRACK_SYSCTL, 0o644, CONNTRACK_SETTINGS));
+        // Before firewalld starts, so the connections that are open now survive it.
+        actions.commands.push(CommandSpec {
+            description: "let connection tracking adopt open connections".to_string(),
+            script: format!("sysctl -q -p {CONNTRACK_SYSCTL}"),
+            when: RunWhen::FilesChanged,
+        });
         actions.files.push(FileSpec::text(CONFIG, 0o644, firewalld_conf()));
         actions.files.push(FileSpec::text(&zone_path, 0o644, zone(node, network)));
         let mut check = format!(
@@ -383,7 +409,20 @@ mod tests {
 
     #[test]
     fn controllers_open_etcd_apiserver_haproxy_and_vrrp() {
-        assert_eq!(openings("master1"), ["22/tcp", "2379/tcp", "2380/tcp", "6443/tcp", "8443/tcp", "vrrp"]);
+        assert_eq!(
+            openings("master1"),
+            [
+                "22/tcp",
+                "2379/tcp",
+                "2380/tcp",
+                "6443/tcp",
+                "8443/tcp",
+                "vrrp",
+                "30000-32767/tcp",
+                "30000-32767/udp",
+                "10256/tcp"
+            ]
+        );
         let stage = stage_for("lab.toml", plan);
         let zone = file(&stage, "master1", "/etc/firewalld/zones/k8s-lab.xml");
         assert!(zone.contains(r#"<protocol value="vrrp"/>"#));

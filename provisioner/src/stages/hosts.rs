@@ -37,7 +37,8 @@ pub const ENV_FILE: &str = "/etc/kubernetes/env.sh";
 pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-k8s-lab.conf";
 
 /// Binaries a master runs (kubectl too, so that a learner can use the cluster there).
-const MASTER_BINARIES: [&str; 4] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
+const MASTER_BINARIES: [&str; 5] =
+    ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubectl"];
 /// Binaries a worker runs.
 const WORKER_BINARIES: [&str; 3] = ["kubelet", "kube-proxy", "kubectl"];
 
@@ -229,6 +230,7 @@ mod tests {
                 "/usr/local/bin/kube-apiserver",
                 "/usr/local/bin/kube-controller-manager",
                 "/usr/local/bin/kube-scheduler",
+                "/usr/local/bin/kube-proxy",
                 "/usr/local/bin/kubectl"
             ]
         );

@@ -1,4 +1,8 @@
-//! Handbook 000 section 9: kube-proxy on every worker.
+//! Handbook 000 section 9: kube-proxy on every worker, and here on every master too.
+//!
+//! The handbook runs kube-proxy on workers only. The lab also runs it on the masters,
+//! as kubeadm does, so that a NodePort answers on every node's address and Service
+//! IPs work from the masters (which already route to every worker's pods).
 //!
 //! A Service's ClusterIP belongs to no machine: kube-proxy makes it work on each node
 //! by watching Services and their endpoints and writing iptables rules that rewrite
@@ -20,7 +24,7 @@ use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
 use crate::stages::etcd::{service_unit, ServiceUnit};
-use crate::topology::Role;
+use crate::topology::{Node, Role};
 
 /// The unit this stage writes and starts on every worker.
 pub const UNIT: &str = "kube-proxy.service";
@@ -36,8 +40,13 @@ const USER: &str = "system:kube-proxy";
 /// How long kube-proxy may take to sync its rules and report healthy.
 const READY_TIMEOUT_SECS: u64 = 60;
 
+/// Whether `node` runs kube-proxy: every master and every worker.
+pub fn runs_on(node: &Node) -> bool {
+    node.has(Role::Master) || node.has(Role::Worker)
+}
+
 pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::KubeProxy, "Handbook 000 section 9: kube-proxy on every worker");
+    let mut stage = StagePlan::new(Stage::KubeProxy, "Handbook 000 section 9: kube-proxy on every worker (and master)");
     let topology = context.topology;
 
     let kubeconfig_path = paths::kubeconfig("kube-proxy");
@@ -49,7 +58,7 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         context.pki.get(names::KUBE_PROXY),
     );
 
-    for worker in topology.nodes_with(Role::Worker) {
+    for node in topology.nodes.iter().filter(|node| runs_on(node)) {
         let config = format!(
             "# Written by the k8s lab; `lab up` overwrites local changes.
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -71,20 +80,20 @@ conntrack:
   tcpEstablishedTimeout: 0s
   tcpCloseWaitTimeout: 0s
 ",
-            name = worker.name,
-            address = worker.address,
+            name = node.name,
+            address = node.address,
             pod_cidr = topology.network.pod_cidr,
         );
         let unit_path = paths::unit(UNIT);
         let unit = service_unit(&ServiceUnit {
-            description: &format!("Kubernetes kube-proxy on {}", worker.name),
+            description: &format!("Kubernetes kube-proxy on {}", node.name),
             documentation: "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-proxy/",
             notify: false,
             command: &format!("{}/kube-proxy", paths::BIN_DIR),
             flags: &[format!("--config={CONFIG}"), "--v=2".to_string()],
         });
 
-        let actions = stage.node(&worker.name);
+        let actions = stage.node(&node.name);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config));
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
         actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
@@ -93,7 +102,7 @@ conntrack:
             restart_when_changed: vec![unit_path, CONFIG.to_string(), kubeconfig_path.clone()],
         });
         actions.checks.push(CheckSpec {
-            description: format!("kube-proxy on {} answers /healthz", worker.name),
+            description: format!("kube-proxy on {} answers /healthz", node.name),
             script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),
             timeout_secs: READY_TIMEOUT_SECS,
         });
@@ -127,6 +136,6 @@ mod tests {
         assert!(kubeconfig.contains("server: \"https://10.240.0.100:8443\""));
         assert!(kubeconfig.contains("- name: \"system:kube-proxy\""));
         let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
-        assert_eq!(nodes, ["worker1", "worker2"]);
+        assert_eq!(nodes, ["master1", "master2", "master3", "worker1", "worker2"]);
     }
 }
