@@ -26,13 +26,12 @@
 //! Masters run no pods, but kube-apiserver calls pods (webhooks, `kubectl proxy` to a
 //! pod), so in every mode each master gets a plain route to each worker's /24.
 //!
-//! One NAT rule remains: traffic from a pod to an address outside the pod range (a
-//! node, the host) leaves with the node's address, so that the other end can answer
-//! without knowing the pod range. The bridge plugin's own `ipMasq` would do this for
-//! everything outside the node's /24, which includes pods on other workers; the
-//! Kubernetes model forbids NAT there, so `ipMasq` is off and `lab-pod-masquerade.service`
-//! adds one iptables rule that masquerades only what leaves the whole pod range
-//! (flannel's `--ip-masq` does the same in flannel mode).
+//! No pod traffic is masqueraded. The Kubernetes model forbids NAT between pods, so
+//! the bridge plugin's `ipMasq` (which would also rewrite traffic to pods on other
+//! workers) is off. Traffic from a pod to a node or to the host needs no NAT either:
+//! every machine of the lab, the host included, routes each worker's pod range, so
+//! answers find their way back. And there is nowhere else for a pod to go, by
+//! design: the lab never lets traffic leave its own bridge.
 //!
 //! containerd reads only the first file in /etc/cni/net.d (its `max_conf_num` is 1) and
 //! sets up each pod's loopback interface itself, so no separate loopback configuration
@@ -50,7 +49,6 @@ use crate::topology::{Node, PodNetwork, Role};
 /// The oneshot unit that installs routes (and, in vxlan mode, the tunnel) at boot.
 pub const ROUTES_UNIT: &str = "lab-pod-routes.service";
 /// The oneshot unit that adds the masquerading rule for traffic leaving the pod range.
-pub const MASQUERADE_UNIT: &str = "lab-pod-masquerade.service";
 /// The bridge the CNI bridge plugin (and flannel's delegate) connects pods to.
 pub const BRIDGE: &str = "cni0";
 /// The tunnel device of the static VXLAN overlay.
@@ -63,8 +61,6 @@ pub const FLANNEL_VXLAN_PORT: u16 = 8472;
 const VXLAN_ID: u32 = 1;
 /// An Ethernet MTU of 1500 minus the 50 bytes of VXLAN, UDP, IP and Ethernet headers.
 const VXLAN_MTU: u16 = 1450;
-/// The iptables comment that marks the lab's masquerading rule.
-const MASQUERADE_COMMENT: &str = "k8s-lab-pod-masquerade";
 /// The flannel images, pulled from Docker Hub (flannel mode only).
 const FLANNEL_IMAGE: &str = "docker.io/flannel/flannel:v0.22.0";
 const FLANNEL_CNI_PLUGIN_IMAGE: &str = "docker.io/flannel/flannel-cni-plugin:v1.1.2";
@@ -91,12 +87,10 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
                 PodNetwork::Routes => {
                     bridge_network(actions, this, None);
                     routes(actions, &others);
-                    masquerade(actions, this, context.topology.network.pod_cidr);
                 }
                 PodNetwork::Vxlan => {
                     bridge_network(actions, this, Some(VXLAN_MTU));
                     vxlan(actions, this, &others);
-                    masquerade(actions, this, context.topology.network.pod_cidr);
                 }
                 PodNetwork::Flannel => actions.files.push(FileSpec::text(
                     format!("{}/10-flannel.conflist", paths::CNI_CONF_DIR),
@@ -132,8 +126,8 @@ struct Worker<'a> {
 /// The CNI configuration of the bridge plugin for this worker's /24.
 ///
 /// The bridge plugin puts each pod on `cni0` (`isGateway`: the bridge gets the /24's
-/// first address and is every pod's default gateway), leaves masquerading to
-/// lab-pod-masquerade.service (`ipMasq` off, see the module doc) and lets a pod reach
+/// first address and is every pod's default gateway), masquerades nothing (`ipMasq`
+/// off, see the module doc) and lets a pod reach
 /// itself through a Service address (`hairpinMode`). `host-local` hands out the /24's
 /// addresses. The `portmap` plugin serves a container's `hostPort` on the node.
 fn bridge_network(actions: &mut NodeActions, this: &Worker<'_>, mtu: Option<u16>) {
@@ -236,28 +230,6 @@ fn vxlan(actions: &mut NodeActions, this: &Worker<'_>, others: &[&Worker<'_>]) {
 fn tunnel_mac(address: Ipv4Addr) -> String {
     let [a, b, c, d] = address.octets();
     format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
-}
-
-/// Masquerades pod traffic that leaves the cluster's pod range, and nothing else.
-fn masquerade(actions: &mut NodeActions, this: &Worker<'_>, cluster_pod_cidr: Ipv4Net) {
-    let rule = format!(
-        "POSTROUTING -s {} ! -d {cluster_pod_cidr} -m comment --comment {MASQUERADE_COMMENT} -j MASQUERADE",
-        this.pod_cidr
-    );
-    oneshot_unit(
-        actions,
-        MASQUERADE_UNIT,
-        "Masquerade pod traffic that leaves the pod range (k8s lab pod network)",
-        &[],
-        // `-C` checks whether the rule is there, so a restart does not add it twice.
-        &[format!("/bin/sh -c 'iptables -t nat -C {rule} 2>/dev/null || iptables -t nat -A {rule}'")],
-        &[],
-    );
-    actions.checks.push(CheckSpec {
-        description: format!("{} masquerades traffic leaving the pod range", actions.node),
-        script: format!("iptables -t nat -C {rule}"),
-        timeout_secs: 10,
-    });
 }
 
 /// Writes a oneshot unit that runs `commands` at every boot, and asks for it to be
@@ -526,13 +498,6 @@ mod tests {
             assert!(unit(master).contains("ExecStart=ip route replace 10.200.0.0/24 via 10.240.0.21\n"));
             assert!(unit(master).contains("ExecStart=ip route replace 10.200.1.0/24 via 10.240.0.22\n"));
         }
-    }
-
-    #[test]
-    fn masquerading_spares_traffic_inside_the_pod_range() {
-        let stage = stage_for("lab.toml", plan);
-        let unit = file(&stage, "worker2", "/etc/systemd/system/lab-pod-masquerade.service");
-        assert!(unit.contains("-s 10.200.1.0/24 ! -d 10.200.0.0/16 -m comment"), "{unit}");
     }
 
     #[test]
