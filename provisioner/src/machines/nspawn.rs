@@ -49,6 +49,26 @@ use crate::topology::Backend;
 /// clean shutdown takes about two seconds; kubelet and containerd add a few more.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The node's systemd waits at most this long for a unit, or for the processes left
+/// at the end of a power-off, before it kills them. Its default of 90 s outlasts
+/// `STOP_TIMEOUT`: a pod's process that runs as PID 1 of its container ignores
+/// SIGTERM, so every worker with pods would be killed instead of powered off.
+const SYSTEMD_MANAGER_SETTINGS: &str = "# Written by the k8s lab's machines layer.
+# Power off in seconds: pods' processes ignore SIGTERM, and nothing here needs 90 s.
+[Manager]
+DefaultTimeoutStopSec=10s
+";
+
+/// How a node is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Halt {
+    /// A clean power-off, for `lab down`: the disks are kept and used again.
+    PowerOff,
+    /// At once, for `lab destroy`: the disks are thrown away, so nothing inside
+    /// needs to shut down cleanly.
+    Kill,
+}
+
 /// How long a launched nspawn may take to record its PID and be running.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -486,16 +506,49 @@ impl Nspawn {
         Ok(())
     }
 
-    fn stop_process(&self, node: &str) -> Result<StopOutcome, MachineError> {
+    /// Stops a node the way `halt` says, then cleans up its cgroups and unmounts
+    /// its disk.
+    fn halt(&self, node: &str, halt: Halt) -> Result<StopOutcome, MachineError> {
+        let outcome = match self.supervisor {
+            Supervisor::SystemdUnits => self.stop_unit(node, halt)?,
+            Supervisor::Processes => {
+                let outcome = self.stop_process(node, halt)?;
+                if let Some(leftover) = self.remove_node_cgroups(node).first() {
+                    return Err(self.node_error(node, leftover.to_string()));
+                }
+                // The lab's parent cgroup goes with its last node; while other nodes
+                // run it is busy, which is fine.
+                if let Ok(hierarchies) = Nspawn::cgroup_hierarchies() {
+                    for hierarchy in hierarchies {
+                        let _ = fs::remove_dir(hierarchy.join(self.lab_cgroup()));
+                    }
+                }
+                outcome
+            }
+        };
+        let paths = self.paths(node);
+        system::unmount(&paths.root).map_err(|failure| self.node_error(node, failure.to_string()))?;
+        let _ = fs::remove_file(&paths.pid);
+        // nspawn keeps a directory per machine for `machinectl bind` and removes it
+        // on exit only where /run is a tmpfs; elsewhere it is left, empty.
+        system::remove_tree(&self.propagate_dir(node)).map_err(|message| {
+            self.node_error(node, format!("cannot remove {}: {message}", self.propagate_dir(node).display()))
+        })?;
+        Ok(outcome)
+    }
+
+    fn stop_process(&self, node: &str, halt: Halt) -> Result<StopOutcome, MachineError> {
         let Some(pid) = self.running_pid(node) else {
             return Ok(StopOutcome::NotRunning);
         };
-        // nspawn answers SIGTERM by asking the node's systemd to power off.
-        system::send_signal(pid, "TERM").map_err(|failure| self.node_error(node, failure.to_string()))?;
-        if system::wait_for_exit(pid, STOP_TIMEOUT) {
-            return Ok(StopOutcome::Stopped);
+        if halt == Halt::PowerOff {
+            // nspawn answers SIGTERM by asking the node's systemd to power off.
+            system::send_signal(pid, "TERM").map_err(|failure| self.node_error(node, failure.to_string()))?;
+            if system::wait_for_exit(pid, STOP_TIMEOUT) {
+                return Ok(StopOutcome::Stopped);
+            }
+            tracing::warn!(node, pid, "the node did not power off in time; killing it");
         }
-        tracing::warn!(node, pid, "the node did not power off in time; killing it");
         let _ = system::send_signal(pid, "KILL");
         if let Ok(cgroups) = self.node_cgroups(node) {
             cgroups.iter().for_each(|cgroup| kill_cgroup_tree(cgroup));
@@ -507,9 +560,12 @@ impl Nspawn {
         }
     }
 
-    fn stop_unit(&self, node: &str) -> Result<StopOutcome, MachineError> {
+    fn stop_unit(&self, node: &str, halt: Halt) -> Result<StopOutcome, MachineError> {
         if !self.unit_active(node) {
             return Ok(StopOutcome::NotRunning);
+        }
+        if halt == Halt::Kill {
+            let _ = system::run_program("systemctl", ["kill", "--signal=KILL", &self.unit_name(node)]);
         }
         system::run_program("systemctl", ["stop", &self.unit_name(node)])
             .map_err(|failure| self.node_error(node, failure.to_string()))?;
@@ -536,6 +592,7 @@ impl Nspawn {
         };
 
         write("etc/hostname", 0o644, &format!("{name}\n"))?;
+        write("etc/systemd/system.conf.d/90-k8s-lab.conf", 0o644, SYSTEMD_MANAGER_SETTINGS)?;
         write("etc/systemd/network/10-host0.network", 0o644, &network_file(node, self.spec.gateway.prefix_len()))?;
         if !paths.upper.join("etc/hosts").exists() {
             write(
@@ -579,7 +636,7 @@ impl Nspawn {
     /// Stops one node and removes its disk and runtime files.
     fn destroy_node(&self, node: &str) -> Vec<Leftover> {
         let mut leftovers = Vec::new();
-        if let Err(error) = self.stop(node) {
+        if let Err(error) = self.halt(node, Halt::Kill) {
             leftovers.push(Leftover::new(format!("machine {}", self.machine_name(node)), error.to_string()));
         }
         if self.supervisor == Supervisor::SystemdUnits {
@@ -739,32 +796,7 @@ impl Machines for Nspawn {
     }
 
     fn stop(&self, node: &str) -> Result<StopOutcome, MachineError> {
-        let outcome = match self.supervisor {
-            Supervisor::SystemdUnits => self.stop_unit(node)?,
-            Supervisor::Processes => {
-                let outcome = self.stop_process(node)?;
-                if let Some(leftover) = self.remove_node_cgroups(node).first() {
-                    return Err(self.node_error(node, leftover.to_string()));
-                }
-                // The lab's parent cgroup goes with its last node; while other nodes
-                // run it is busy, which is fine.
-                if let Ok(hierarchies) = Nspawn::cgroup_hierarchies() {
-                    for hierarchy in hierarchies {
-                        let _ = fs::remove_dir(hierarchy.join(self.lab_cgroup()));
-                    }
-                }
-                outcome
-            }
-        };
-        let paths = self.paths(node);
-        system::unmount(&paths.root).map_err(|failure| self.node_error(node, failure.to_string()))?;
-        let _ = fs::remove_file(&paths.pid);
-        // nspawn keeps a directory per machine for `machinectl bind` and removes it
-        // on exit only where /run is a tmpfs; elsewhere it is left, empty.
-        system::remove_tree(&self.propagate_dir(node)).map_err(|message| {
-            self.node_error(node, format!("cannot remove {}: {message}", self.propagate_dir(node).display()))
-        })?;
-        Ok(outcome)
+        self.halt(node, Halt::PowerOff)
     }
 
     fn status(&self, node: &str) -> Result<MachineState, MachineError> {
