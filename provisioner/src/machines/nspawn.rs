@@ -140,6 +140,27 @@ impl Nspawn {
         format!("{}-{node}", self.spec.lab)
     }
 
+    /// The host end of the node's network link, as nspawn names it: `vb-` and the
+    /// machine name, or `None` where nspawn would shorten it with a hash.
+    fn host_link_name(&self, node: &str) -> Option<String> {
+        Some(format!("vb-{}", self.machine_name(node))).filter(|name| name.len() <= 15)
+    }
+
+    /// Deletes the host end of a link that a killed machine left behind. The kernel
+    /// tears down a dead machine's network namespace, and the link with it, only
+    /// some time later; until then nspawn cannot create the link again and the
+    /// machine dies at once with "File exists". Deleting one end of a veth pair
+    /// deletes both.
+    fn remove_stale_link(&self, node: &str) -> Result<(), MachineError> {
+        let Some(link) = self.host_link_name(node) else { return Ok(()) };
+        if !Path::new("/sys/class/net").join(&link).exists() {
+            return Ok(());
+        }
+        system::run_program("ip", ["link", "delete", &link])
+            .map(|_| ())
+            .map_err(|failure| self.node_error(node, format!("cannot remove the stale link {link}: {failure}")))
+    }
+
     /// The transient unit of a node on a systemd host.
     pub fn unit_name(&self, node: &str) -> String {
         format!("lab-{}-{node}.service", self.spec.lab)
@@ -639,6 +660,9 @@ impl Nspawn {
         if let Err(error) = self.halt(node, Halt::Kill) {
             leftovers.push(Leftover::new(format!("machine {}", self.machine_name(node)), error.to_string()));
         }
+        if let Err(error) = self.remove_stale_link(node) {
+            leftovers.push(Leftover::new(format!("link of {}", self.machine_name(node)), error.to_string()));
+        }
         if self.supervisor == Supervisor::SystemdUnits {
             let _ = system::run_program("systemctl", ["reset-failed", &self.unit_name(node)]);
         }
@@ -780,6 +804,7 @@ impl Machines for Nspawn {
         }
         self.mount_disk(name, &paths, &lower)?;
         self.configure(node, &paths, authorized_key)?;
+        self.remove_stale_link(name)?;
         match self.supervisor {
             Supervisor::SystemdUnits => self.launch_unit(node, &paths)?,
             Supervisor::Processes => {
