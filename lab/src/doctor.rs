@@ -1,14 +1,16 @@
-//! `lab doctor`: checks the host for the topology's lab and installs the Debian
-//! packages it lacks.
+//! `lab doctor`: checks the host for the topology's lab, both to build its
+//! artifacts and to run its machines, and installs the Debian packages it lacks.
 //!
 //! Installing is the default, because a new user's next step after "mmdebstrap is
-//! missing" is always to install it; `--check` only reports. Either way the table
+//! missing" is always to install it; `--check` only reports. Installing also adds
+//! the deb-src entry `apt-get source kubernetes` needs, before the packages. Either way the table
 //! shows the host as it is at the end, and the exit code is non-zero while any
 //! check still fails.
 
 use std::fmt::Write as _;
 
 use anyhow::{anyhow, Context as _};
+use provisioner::artifacts::build;
 use provisioner::machines::{self, LabSpec};
 use provisioner::preflight::{self, Finding, Report, Status};
 use provisioner::topology::Topology;
@@ -26,13 +28,19 @@ struct DoctorOutput<'a> {
     findings: &'a [Finding],
 }
 
-/// Checks the host; with `install`, installs missing packages first and checks again.
+/// Checks the host; with `install`, adds the deb-src entry and installs missing
+/// packages first, then checks again.
 pub fn doctor(paths: &Paths, json: bool, install: bool) -> Result<(), Failure> {
     let topology = crate::verbs::load_topology(paths)?.topology;
     let check = || host_report(paths, &topology);
     let mut report = check();
     let mut installed = Vec::new();
-    if install && !report.missing_packages().is_empty() {
+    let mut added_deb_src = false;
+    if install && fixable(&report) {
+        if report.deb_src_missing() {
+            preflight::add_deb_src_entry()?;
+            added_deb_src = true;
+        }
         installed = preflight::install_missing(&report.findings)?;
         report = check();
     }
@@ -41,6 +49,9 @@ pub fn doctor(paths: &Paths, json: bool, install: bool) -> Result<(), Failure> {
         let output = DoctorOutput { status: report.status(), installed: &installed, findings: &report.findings };
         println!("{}", serde_json::to_string_pretty(&output).context("serialize the findings")?);
     } else {
+        if added_deb_src {
+            println!("added the deb-src entry {} and ran apt-get update", build::DEB_SRC_LIST_PATH);
+        }
         if !installed.is_empty() {
             println!("installed: {}\n", installed.join(" "));
         }
@@ -51,11 +62,17 @@ pub fn doctor(paths: &Paths, json: bool, install: bool) -> Result<(), Failure> {
     if failed.is_empty() {
         return Ok(());
     }
-    let hint = if install || report.missing_packages().is_empty() { "" } else { " (`lab doctor` installs packages)" };
+    let hint =
+        if install || !fixable(&report) { "" } else { " (`lab doctor` installs packages and adds the deb-src entry)" };
     Err(Failure {
         exit: Exit::Failure,
         error: anyhow!("{} host check(s) failed: {}{hint}", failed.len(), failed.join("; ")),
     })
+}
+
+/// Whether installing would change something: a missing package or deb-src entry.
+fn fixable(report: &Report) -> bool {
+    report.deb_src_missing() || !report.missing_packages().is_empty()
 }
 
 /// The preflight of `lab up`: prints warnings, and stops with every failed check and
@@ -82,7 +99,8 @@ pub fn preflight(paths: &Paths, topology: &Topology) -> Result<(), Failure> {
 }
 
 /// Every check for this topology: its machine backend's requirements, then the
-/// host-wide ones. A backend this build lacks is itself a failed check.
+/// host-wide ones, then what building the artifacts needs. A backend this build
+/// lacks is itself a failed check.
 pub fn host_report(paths: &Paths, topology: &Topology) -> Report {
     let spec = LabSpec::from_topology(topology, &paths.state_dir, &paths.cache_dir);
     let (requirements, backend_problem) = match machines::for_lab(topology.machines.backend, spec) {
@@ -90,6 +108,7 @@ pub fn host_report(paths: &Paths, topology: &Topology) -> Report {
         Err(error) => (Vec::new(), Some(error.to_string())),
     };
     let mut report = preflight::run(topology, &paths.state_dir, &paths.cache_dir, &requirements);
+    report.findings.extend(preflight::build_findings(topology, &paths.cache_dir));
     if let Some(problem) = backend_problem {
         report.findings.insert(
             0,

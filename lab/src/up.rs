@@ -134,9 +134,8 @@ impl StageProgress {
             report.changed_files(),
             report.changed_units()
         );
-        match &self.bar {
-            Some(bar) => bar.finish_and_clear(),
-            None => {}
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
         eprintln!("{line}");
     }
