@@ -184,13 +184,9 @@ fn is_ready(pod: &Pod) -> bool {
 /// Runs `cargo lab kubectl -- ARGS` in the workspace root (kubectl 1.20 with the admin
 /// kubeconfig) and returns its standard output, or its standard error on failure.
 pub async fn kubectl(args: &[&str]) -> Result<String, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let command = tokio::process::Command::new(cargo)
-        .args(["lab", "kubectl", "--"])
-        .args(args)
-        .current_dir(crate::workspace_root())
-        .kill_on_drop(true)
-        .output();
+    let mut command = crate::cargo_lab(&["kubectl", "--"]);
+    command.args(args);
+    let command = tokio::process::Command::from(command).kill_on_drop(true).output();
     let shown = format!("kubectl {}", args.join(" "));
     let output = tokio::time::timeout(KUBECTL_TIMEOUT, command)
         .await

@@ -125,14 +125,16 @@ impl Lab {
     fn load() -> Result<Lab, NotReady> {
         let not_running = |reason: String| NotReady::NotRunning { lab_dir: lab_dir_for_messages(), reason };
         let status = read_status().map_err(not_running)?;
-        let stopped: Vec<String> = status
-            .nodes
-            .iter()
-            .filter(|node| node.state != "running")
-            .map(|node| format!("{} is {}", node.name, node.state))
-            .collect();
-        if status.nodes.is_empty() || !stopped.is_empty() {
-            let reason = if stopped.is_empty() { "it has no nodes".to_string() } else { stopped.join(", ") };
+        let down: Vec<&NodeStatus> = status.nodes.iter().filter(|node| node.state != "running").collect();
+        if status.nodes.is_empty() {
+            return Err(not_running("its topology has no nodes".to_string()));
+        }
+        if !down.is_empty() {
+            let reason = if down.len() == status.nodes.len() && down.iter().all(|node| node.state == down[0].state) {
+                format!("all {} nodes are {}", down.len(), down[0].state)
+            } else {
+                down.iter().map(|node| format!("{} is {}", node.name, node.state)).collect::<Vec<_>>().join(", ")
+            };
             return Err(not_running(reason));
         }
         let topology = provisioner::machines::recorded_topology(&status.state_dir)
@@ -165,6 +167,16 @@ impl Lab {
     /// Runs `future` on the lab's runtime, where the Kubernetes client lives.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(future)
+    }
+
+    /// Starts `future` on the lab's runtime, to run while the calling thread does other work
+    /// (such as stopping a unit over SSH).
+    pub fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(future)
     }
 
     /// A Kubernetes client with the admin credentials, through the virtual IP.
@@ -269,12 +281,46 @@ impl Lab {
     }
 }
 
+/// The value of `--NAME=VALUE` in a command line (see `Lab::command_line`), or `true` for
+/// a bare `--NAME`.
+pub fn flag(command_line: &[String], name: &str) -> Option<String> {
+    let prefix = format!("--{name}");
+    command_line.iter().find_map(|argument| match argument.strip_prefix(&prefix)? {
+        "" => Some("true".to_string()),
+        rest => rest.strip_prefix('=').map(str::to_string),
+    })
+}
+
+/// `cargo lab ARGS` in the workspace root, as a user would type it.
+///
+/// Cargo gives a test the variables of the package under test (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_NAME`, ...). They must not reach the inner cargo: some build scripts (ring's)
+/// watch them, so the inner `cargo run` would rebuild half the tree for `lab`, and the next
+/// test build would rebuild it back.
+pub fn cargo_lab(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+    command.arg("lab").args(args).current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_package = [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ];
+        if name.starts_with("CARGO_PKG_") || per_package.contains(&name.as_ref()) {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
 /// Runs `cargo lab status --json` in the workspace root and parses it.
 fn read_status() -> Result<Status, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let output = Command::new(cargo)
-        .args(["lab", "status", "--json"])
-        .current_dir(workspace_root())
+    let output = cargo_lab(&["status", "--json"])
         .output()
         .map_err(|error| format!("cannot run `cargo lab status --json`: {error}"))?;
     if !output.status.success() {

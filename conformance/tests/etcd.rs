@@ -97,10 +97,12 @@ fn member_list_equals_the_topology() {
     assert_eq!(actual, expected, "etcd members (name, peer URLs, client URLs) differ from the topology");
 }
 
-/// Every member names the same leader, and exactly one member is that leader.
+/// Every member answers its status, names the same leader, and exactly one member is that
+/// leader.
 ///
 /// Turn it red: stop etcd on two of the three members (`cargo lab ssh master2 -- systemctl
-/// stop etcd`, the same on master3): the last one loses its quorum and has no leader.
+/// stop etcd`, the same on master3): the last one loses its quorum and reports no leader.
+/// `systemctl start etcd` on both restores it.
 #[test]
 fn exactly_one_leader() {
     let lab = lab();
@@ -109,21 +111,34 @@ fn exactly_one_leader() {
     let replies = lab.block_on(join_all(
         members.iter().map(|node| client.post_json(client_url(node.address, "/v3/maintenance/status"), "{}")),
     ));
-    let mut views = Vec::new();
+    let mut problems = Vec::new();
+    // (node, its member id, the leader id it reports; "0" while it knows no leader)
+    let mut views: Vec<(&str, String, String)> = Vec::new();
     for (node, reply) in members.iter().zip(replies) {
-        let reply = reply.unwrap_or_else(|error| panic!("status of {}: {error}", node.name));
-        assert_eq!(reply.status, 200, "status of {}: {}", node.name, reply.body);
-        let status: Value = serde_json::from_str(&reply.body).expect("the status is JSON");
-        views.push((node.name.clone(), id(&status["header"]["member_id"]), id(&status["leader"])));
+        match reply {
+            Ok(reply) if reply.status == 200 => {
+                let status: Value = serde_json::from_str(&reply.body).expect("the status is JSON");
+                views.push((&node.name, id(&status["header"]["member_id"]), id(&status["leader"])));
+            }
+            Ok(reply) => problems.push(format!("{}: HTTP {} {}", node.name, reply.status, reply.body.trim())),
+            Err(error) => problems.push(format!("{}: {error}", node.name)),
+        }
     }
-    let leaders: Vec<&str> = views.iter().map(|(_, _, leader)| leader.as_str()).collect();
-    assert!(
-        leaders.iter().all(|leader| *leader == leaders[0]) && !matches!(leaders[0], "0" | "null"),
-        "the members disagree on the leader or have none (node, member id, leader id): {views:?}"
-    );
+    for (name, _, leader) in &views {
+        if matches!(leader.as_str(), "0" | "null") {
+            problems.push(format!("{name} knows no leader"));
+        }
+    }
+    let leaders: std::collections::BTreeSet<&str> = views.iter().map(|(_, _, leader)| leader.as_str()).collect();
+    if leaders.len() > 1 {
+        problems.push(format!("the members name different leaders: {views:?}"));
+    }
     let leading: Vec<&str> =
-        views.iter().filter(|(_, member, leader)| member == leader).map(|(name, _, _)| name.as_str()).collect();
-    assert_eq!(leading.len(), 1, "exactly one member must be the leader (node, member id, leader id): {views:?}");
+        views.iter().filter(|(_, member, leader)| member == leader).map(|(name, ..)| *name).collect();
+    if leading.len() != 1 {
+        problems.push(format!("{} members lead: {leading:?}", leading.len()));
+    }
+    assert!(problems.is_empty(), "etcd has not exactly one leader:\n{}", problems.join("\n"));
     eprintln!("etcd leader: {}", leading[0]);
 }
 

@@ -1,0 +1,202 @@
+//! The cluster DNS addon (handbook 000 section 10), asked from the host at the DNS Service's
+//! ClusterIP (the host routes the service range to a worker, whose kube-proxy forwards it
+//! to a DNS pod), and from inside a pod, the way applications use it.
+//!
+//! Every test turns red when the DNS pods are gone: `cargo lab kubectl -- -n kube-system
+//! scale deployment kube-dns --replicas=0` (and `--replicas=2` to bring them back).
+
+use std::time::Duration;
+
+use conformance::{eventually, kubectl, lab, ready_pods, web_deployment, Lookup, RecordType, TestNamespace, Transport};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::PostParams;
+use kube::Api;
+use provisioner::stages::dns_addon;
+use serde_json::json;
+
+/// How long a new Service may take to appear in DNS.
+const NEW_SERVICE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a test pod may take to be scheduled, started and ready.
+const POD_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `NAME.DOMAIN.`, fully qualified.
+fn fqdn(name: &str) -> String {
+    format!("{name}.{}.", lab().status.cluster_domain)
+}
+
+fn answers(lookup: Lookup, what: &str) -> Vec<String> {
+    match lookup {
+        Lookup::Answers(records) => records,
+        other => panic!("{what}: {other:?}"),
+    }
+}
+
+/// The `kubernetes` Service: an A record with the first address of the service range and an
+/// SRV record for its named port `https` (443), over UDP and over TCP.
+#[test]
+fn the_kubernetes_service_has_a_and_srv_records() {
+    let lab = lab();
+    let name = fqdn("kubernetes.default.svc");
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let resolver = lab.resolver(transport);
+        let a = answers(lab.block_on(resolver.lookup(&name, RecordType::A)), &format!("A {name} over {transport:?}"));
+        assert_eq!(a, [lab.kubernetes_service_ip().to_string()], "A {name} over {transport:?}");
+        let srv_name = fqdn("_https._tcp.kubernetes.default.svc");
+        let srv = answers(lab.block_on(resolver.lookup(&srv_name, RecordType::SRV)), &format!("SRV {srv_name}"));
+        assert_eq!(srv, [format!("0 100 443 {name}")], "SRV {srv_name} over {transport:?}");
+    }
+}
+
+/// kube-dns itself: its A record is the cluster DNS address the kubelets hand to pods, and
+/// its named ports `dns` (UDP) and `dns-tcp` (TCP) have SRV records for port 53.
+#[test]
+fn kube_dns_has_a_and_srv_records() {
+    let lab = lab();
+    let resolver = lab.resolver(Transport::Udp);
+    let name = fqdn(&format!("{}.kube-system.svc", dns_addon::NAME));
+    let a = answers(lab.block_on(resolver.lookup(&name, RecordType::A)), &format!("A {name}"));
+    assert_eq!(a, [lab.status.cluster_dns_ip.to_string()], "A {name}");
+    for (port_name, protocol) in [("dns", "udp"), ("dns-tcp", "tcp")] {
+        let srv_name = fqdn(&format!("_{port_name}._{protocol}.{}.kube-system.svc", dns_addon::NAME));
+        let srv = answers(lab.block_on(resolver.lookup(&srv_name, RecordType::SRV)), &format!("SRV {srv_name}"));
+        assert_eq!(srv, [format!("0 100 53 {name}")], "SRV {srv_name}");
+    }
+}
+
+/// A Service created by the test, with two named ports, has its A record and an SRV record
+/// per port within 5 seconds of its creation.
+#[test]
+fn a_new_service_with_named_ports_resolves_within_seconds() {
+    let lab = lab();
+    let client = lab.kube();
+    lab.block_on(async {
+        let namespace = TestNamespace::create(&client, "dns-service").await;
+        let service: Service = serde_json::from_value(json!({
+            "metadata": { "name": "named-ports" },
+            "spec": { "ports": [
+                { "name": "http", "protocol": "TCP", "port": 80 },
+                { "name": "syslog", "protocol": "UDP", "port": 514 },
+            ]},
+        }))
+        .expect("a valid Service");
+        let created = Api::<Service>::namespaced(client.clone(), namespace.name())
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the Service: {error}"));
+        let cluster_ip = created.spec.and_then(|spec| spec.cluster_ip).expect("the Service got a ClusterIP");
+
+        let resolver = lab.resolver(Transport::Udp);
+        let name = fqdn(&format!("named-ports.{}.svc", namespace.name()));
+        let expectations = [
+            (name.clone(), RecordType::A, cluster_ip.clone()),
+            (
+                fqdn(&format!("_http._tcp.named-ports.{}.svc", namespace.name())),
+                RecordType::SRV,
+                format!("0 100 80 {name}"),
+            ),
+            (
+                fqdn(&format!("_syslog._udp.named-ports.{}.svc", namespace.name())),
+                RecordType::SRV,
+                format!("0 100 514 {name}"),
+            ),
+        ];
+        for (query, record_type, expected) in expectations {
+            eventually(&format!("{record_type} {query} answers {expected}"), NEW_SERVICE_DEADLINE, || async {
+                match resolver.lookup(&query, record_type).await {
+                    Lookup::Answers(records) if records == [expected.clone()] => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            })
+            .await;
+        }
+        namespace.delete().await;
+    });
+}
+
+/// A name in the cluster domain that no Service has is NXDOMAIN.
+#[test]
+fn a_missing_name_is_nxdomain() {
+    let lab = lab();
+    let resolver = lab.resolver(Transport::Udp);
+    for name in [fqdn("no-such-service.default.svc"), fqdn("kubernetes.no-such-namespace.svc")] {
+        assert_eq!(lab.block_on(resolver.lookup(&name, RecordType::A)), Lookup::NxDomain, "A {name}");
+    }
+}
+
+/// An existing name asked for a type it does not have (AAAA: the cluster is IPv4 only)
+/// answers NOERROR without records, not NXDOMAIN.
+#[test]
+fn a_missing_type_of_an_existing_name_is_nodata() {
+    let lab = lab();
+    let name = fqdn("kubernetes.default.svc");
+    assert_eq!(
+        lab.block_on(lab.resolver(Transport::Udp).lookup(&name, RecordType::AAAA)),
+        Lookup::NoData,
+        "AAAA {name}"
+    );
+}
+
+/// The `kubernetes` Service's address has a PTR record with the Service's name.
+#[test]
+fn the_kubernetes_service_address_has_a_ptr_record() {
+    let lab = lab();
+    let octets = lab.kubernetes_service_ip().octets();
+    let reverse = format!("{}.{}.{}.{}.in-addr.arpa.", octets[3], octets[2], octets[1], octets[0]);
+    let ptr = answers(
+        lab.block_on(lab.resolver(Transport::Udp).lookup(&reverse, RecordType::PTR)),
+        &format!("PTR {reverse}"),
+    );
+    assert_eq!(ptr, [fqdn("kubernetes.default.svc")], "PTR {reverse}");
+}
+
+/// Inside a pod, the kubelet's resolv.conf names the cluster DNS and the cluster's search
+/// path (`NAMESPACE.svc.DOMAIN svc.DOMAIN DOMAIN`), and a lookup from the pod finds the
+/// `kubernetes` Service. busybox's nslookup does not apply the search path (it asks for
+/// `kubernetes.default.` as given), so the pod asks the full name; the C library's resolver
+/// applies the search path the test checks.
+#[test]
+fn pods_resolve_service_names() {
+    let lab = lab();
+    let client = lab.kube();
+    lab.block_on(async {
+        let namespace = TestNamespace::create(&client, "dns-pod").await;
+        Api::<Deployment>::namespaced(client.clone(), namespace.name())
+            .create(&PostParams::default(), &web_deployment(1, false))
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the test app: {error}"));
+        let pods = ready_pods(&client, namespace.name(), conformance::WEB_LABEL, 1, POD_READY_TIMEOUT).await;
+        let pod = pods[0].metadata.name.clone().expect("pods have names");
+        let domain = &lab.status.cluster_domain;
+        let in_pod = |command: Vec<String>| {
+            let mut args: Vec<String> =
+                ["exec", "-n", namespace.name(), &pod, "--", "/bin/busybox"].map(String::from).to_vec();
+            args.extend(command);
+            async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                kubectl(&args).await.unwrap_or_else(|error| panic!("{error}"))
+            }
+        };
+
+        let resolv_conf = in_pod(vec!["cat".into(), "/etc/resolv.conf".into()]).await;
+        let expected_lines = [
+            format!("nameserver {}", lab.status.cluster_dns_ip),
+            format!("search {}.svc.{domain} svc.{domain} {domain}", namespace.name()),
+        ];
+        for expected in &expected_lines {
+            assert!(
+                resolv_conf.lines().any(|line| line.split_whitespace().eq(expected.split_whitespace())),
+                "the pod's resolv.conf lacks `{expected}`:\n{resolv_conf}"
+            );
+        }
+
+        let name = format!("kubernetes.default.svc.{domain}");
+        let nslookup = in_pod(vec!["nslookup".into(), name.clone()]).await;
+        let service_ip = lab.kubernetes_service_ip().to_string();
+        assert!(
+            nslookup.lines().any(|line| line.starts_with("Address") && line.contains(&service_ip)),
+            "nslookup {name} in {pod} did not find {service_ip}:\n{nslookup}"
+        );
+        namespace.delete().await;
+    });
+}

@@ -1,0 +1,134 @@
+//! The firewall (handbook 000 section 10.1): firewalld runs on every node and lets in from
+//! the node subnet exactly the ports of the lab's port table for the node's roles
+//! (`provisioner::stages::firewall::open_ports`).
+//!
+//! The host probes TCP ports only: a UDP probe cannot tell a filtered port from a quiet one.
+//! VRRP, the one non-TCP opening on masters, is exercised by the virtual IP tests.
+
+use std::time::Duration;
+
+use conformance::{lab, PortState};
+use futures::future::join_all;
+use provisioner::stages::firewall::{self, Opening, Transport};
+use provisioner::stages::{etcd, kube_proxy, kubelet};
+use provisioner::topology::Node;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A port no component uses, probed on every node.
+const UNUSED_PORT: u16 = 12345;
+/// Ports that listen on loopback only (controller manager, scheduler, kubelet and
+/// kube-proxy health and metrics): from the node subnet they must be filtered like any other.
+const LOOPBACK_ONLY_PORTS: [u16; 6] = [10248, 10249, 10251, 10252, 10257, 10259];
+
+/// firewalld is running on every node, with the lab's zone as the default.
+///
+/// Turn it red: `cargo lab ssh worker1 -- systemctl stop firewalld` (`systemctl start
+/// firewalld` restores it).
+#[test]
+fn firewalld_runs_on_every_node() {
+    let lab = lab();
+    let mut problems = Vec::new();
+    for node in &lab.topology.nodes {
+        let output = lab
+            .try_sh(&node.name, "firewall-cmd --state 2>&1; firewall-cmd --get-default-zone 2>&1")
+            .unwrap_or_else(|error| panic!("{error}"));
+        let lines: Vec<&str> = output.stdout.lines().map(str::trim).collect();
+        if lines != ["running", firewall::ZONE] {
+            problems.push(format!("{}: {}", node.name, lines.join(" / ")));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "firewalld is not running with the {} zone on:\n{}",
+        firewall::ZONE,
+        problems.join("\n")
+    );
+}
+
+/// What a probe of one port must find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A documented port with a listener behind it: the handshake completes.
+    Listening,
+    /// A documented port in the NodePort range: it reaches the node, where a port no Service
+    /// uses answers with a reset.
+    Reachable,
+    /// Any other port: the firewall rejects it before the node's TCP stack sees it.
+    Filtered,
+}
+
+impl Expect {
+    fn accepts(self, state: PortState) -> bool {
+        match self {
+            Expect::Listening => state == PortState::Open,
+            Expect::Reachable => state.reached_node(),
+            Expect::Filtered => matches!(state, PortState::Rejected | PortState::TimedOut),
+        }
+    }
+}
+
+/// The probes for one node: each TCP opening of its roles (single ports, and the first and
+/// last port of a range), then the ports other roles open, the loopback-only ports and an
+/// unused one, wherever the node's own table does not open them.
+fn probes_for(node: &Node) -> Vec<(u16, Expect)> {
+    let network = &lab().topology.network;
+    let node_ports = network.node_port_range.first..=network.node_port_range.last;
+    let mut probes = Vec::new();
+    let mut open = Vec::new();
+    for rule in firewall::open_ports(node, network) {
+        if let Opening::Ports { first, last, transport: Transport::Tcp } = rule.opening {
+            open.push(first..=last);
+            for port in if first == last { vec![first] } else { vec![first, last] } {
+                probes.push((port, if node_ports.contains(&port) { Expect::Reachable } else { Expect::Listening }));
+            }
+        }
+    }
+    let mut others = vec![
+        etcd::CLIENT_PORT,
+        etcd::PEER_PORT,
+        network.apiserver_port,
+        network.api_port,
+        kubelet::API_PORT,
+        kube_proxy::HEALTHZ_PORT,
+        network.node_port_range.first,
+        UNUSED_PORT,
+    ];
+    others.extend(LOOPBACK_ONLY_PORTS);
+    others.sort_unstable();
+    others.dedup();
+    for port in others {
+        if !open.iter().any(|range| range.contains(&port)) {
+            probes.push((port, Expect::Filtered));
+        }
+    }
+    probes
+}
+
+/// From the host (on the node subnet), each node lets through exactly its documented TCP
+/// ports: every documented port reaches the node (single ports must have their listener;
+/// in the NodePort range a reset from an unused port counts), and every other port probed
+/// is rejected by the firewall, not merely closed.
+///
+/// Turn it red: stop firewalld on master2 (`cargo lab ssh master2 -- systemctl stop
+/// firewalld`): its closed ports then answer with resets instead of being rejected.
+#[test]
+fn reachable_ports_equal_the_port_table() {
+    let lab = lab();
+    let probes: Vec<(&Node, u16, Expect)> = lab
+        .topology
+        .nodes
+        .iter()
+        .flat_map(|node| probes_for(node).into_iter().map(move |(port, expect)| (node, port, expect)))
+        .collect();
+    let states =
+        lab.block_on(join_all(probes.iter().map(|(node, port, _)| lab.probe(node.address, *port, PROBE_TIMEOUT))));
+
+    let problems: Vec<String> = probes
+        .iter()
+        .zip(states)
+        .filter(|((_, _, expect), state)| !expect.accepts(*state))
+        .map(|((node, port, expect), state)| format!("{} port {port}: {state:?}, expected {expect:?}", node.name))
+        .collect();
+    assert!(problems.is_empty(), "ports that differ from the firewall's table:\n{}", problems.join("\n"));
+    eprintln!("probed {} TCP ports on {} nodes", probes.len(), lab.topology.nodes.len());
+}
