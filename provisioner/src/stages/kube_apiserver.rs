@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
 use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
-use crate::stages::etcd::{service_unit, ServiceUnit};
+use crate::stages::{service_unit, ServiceUnit};
 use crate::topology::Role;
 
 /// The unit this stage writes and starts on every master.

@@ -23,7 +23,7 @@
 use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
-use crate::stages::etcd::{service_unit, ServiceUnit};
+use crate::stages::{service_unit, ServiceUnit};
 use crate::topology::{Node, Role};
 
 /// The unit this stage writes and starts on every worker.

@@ -40,3 +40,50 @@ pub fn plan_all(context: &Context<'_>) -> Vec<StagePlan> {
         firewall::plan(context),
     ]
 }
+
+/// What differs between the lab's daemon units; everything else is shared.
+pub struct ServiceUnit<'a> {
+    pub description: &'a str,
+    pub documentation: &'a str,
+    /// `Type=notify` for daemons that tell systemd when they are ready.
+    pub notify: bool,
+    /// Absolute path of the binary.
+    pub command: &'a str,
+    /// `--flag=value` arguments, one per line in the unit for readability.
+    pub flags: &'a [String],
+}
+
+/// A systemd service for one of the lab's long-running daemons (etcd and the control
+/// plane components): started once the network is up, restarted five seconds after a
+/// crash, and enabled at boot, so that a node restart or `lab down` + `lab up` brings
+/// the component back on its own.
+pub fn service_unit(unit: &ServiceUnit<'_>) -> String {
+    let mut exec_start = unit.command.to_string();
+    for flag in unit.flags {
+        exec_start.push_str(" \\\n  ");
+        exec_start.push_str(flag);
+    }
+    let service_type = if unit.notify { "notify" } else { "simple" };
+    format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+[Unit]
+Description={description}
+Documentation={documentation}
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type={service_type}
+ExecStart={exec_start}
+Restart=on-failure
+RestartSec=5
+# Every client watch is an open connection.
+LimitNOFILE=65536
+
+[Install]
+WantedBy=multi-user.target
+",
+        description = unit.description,
+        documentation = unit.documentation,
+    )
+}
