@@ -85,6 +85,7 @@ pub fn up(paths: &Paths, until: Until) -> Result<(), Failure> {
         }
     }
     print_summary(paths, &reports, started.elapsed());
+    write_timings(paths, &reports, started.elapsed())?;
     Ok(())
 }
 
@@ -178,6 +179,27 @@ fn print_summary(paths: &Paths, reports: &[StageReport], elapsed: Duration) {
         "\nuse the cluster:\n  cargo lab kubectl get nodes\n  kubectl --kubeconfig {} get componentstatuses",
         paths.state_dir.join("admin.kubeconfig").display()
     );
+}
+
+/// Writes `STATE/timings.json`: seconds and changes per stage of the last `lab up`,
+/// for scripts (the nightly job keeps it as an artifact).
+fn write_timings(paths: &Paths, reports: &[StageReport], elapsed: Duration) -> Result<(), Failure> {
+    let stages: Vec<serde_json::Value> = reports
+        .iter()
+        .map(|report| {
+            serde_json::json!({
+                "stage": report.stage.name(),
+                "seconds": report.elapsed.as_secs_f64(),
+                "changed_files": report.changed_files(),
+                "changed_units": report.changed_units(),
+            })
+        })
+        .collect();
+    let document = serde_json::json!({ "total_seconds": elapsed.as_secs_f64(), "stages": stages });
+    let path = paths.state_dir.join("timings.json");
+    let text = serde_json::to_string_pretty(&document).context("serialize the timings")?;
+    std::fs::write(&path, text + "\n").with_context(|| format!("write {}", path.display()))?;
+    Ok(())
 }
 
 /// Every lab unit's journal and the rendered files, per node, under the state
