@@ -287,6 +287,26 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             when: RunWhen::FilesChanged,
         });
         actions.units.push(UnitSpec { name: UNIT.to_string(), restart_when_changed: vec![CONFIG.to_string()] });
+        if kube_proxy::runs_on(node) {
+            // Starting or reloading firewalld flushes every iptables table, kube-proxy's
+            // Service and NodePort rules with them; kube-proxy would notice only at its
+            // next periodic check, up to half a minute later. Restarting it right after
+            // firewalld has its rules in place makes `lab up` end with Services working.
+            let firewall_files = actions.files.iter().map(|file| file.path.clone()).collect();
+            actions.units.push(UnitSpec { name: kube_proxy::UNIT.to_string(), restart_when_changed: firewall_files });
+            // Proof that the rules are back: the cluster DNS answers through its
+            // Service address from this node.
+            actions.checks.push(CheckSpec {
+                description: format!("Services work on {} with the firewall on", node.name),
+                script: format!(
+                    "dig +short +time=1 +tries=1 @{dns} kubernetes.default.svc.{domain} | grep -qx {kubernetes}",
+                    dns = network.cluster_dns,
+                    domain = network.cluster_domain,
+                    kubernetes = crate::topology::first_service_ip(network.service_cidr),
+                ),
+                timeout_secs: 90,
+            });
+        }
         actions.checks.push(CheckSpec {
             description: format!("firewalld on {} runs with the {ZONE} zone", node.name),
             script: check,

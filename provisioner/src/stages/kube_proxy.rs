@@ -40,6 +40,29 @@ const USER: &str = "system:kube-proxy";
 /// How long kube-proxy may take to sync its rules and report healthy.
 const READY_TIMEOUT_SECS: u64 = 60;
 
+/// The oneshot unit that routes the service range onto the node interface.
+pub const SERVICE_ROUTE_UNIT: &str = "lab-service-route.service";
+
+fn service_route_unit(service_cidr: ipnet::Ipv4Net) -> String {
+    format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+[Unit]
+Description=Route the Service range onto the node interface (k8s lab)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=ip route replace {service_cidr} dev {interface}
+
+[Install]
+WantedBy=multi-user.target
+",
+        interface = paths::NODE_INTERFACE,
+    )
+}
+
 /// Whether `node` runs kube-proxy: every master and every worker.
 pub fn runs_on(node: &Node) -> bool {
     node.has(Role::Master) || node.has(Role::Worker)
@@ -101,6 +124,15 @@ conntrack:
             name: UNIT.to_string(),
             restart_when_changed: vec![unit_path, CONFIG.to_string(), kubeconfig_path.clone()],
         });
+        // A process on the node sending to a Service address needs a route for it
+        // before kube-proxy's rules can rewrite the destination to a pod. Nodes here
+        // have no default route (nothing may leave the lab), so the service range
+        // gets its own route onto the node interface.
+        let route_unit_path = paths::unit(SERVICE_ROUTE_UNIT);
+        actions.files.push(FileSpec::text(&route_unit_path, 0o644, service_route_unit(topology.network.service_cidr)));
+        actions
+            .units
+            .push(UnitSpec { name: SERVICE_ROUTE_UNIT.to_string(), restart_when_changed: vec![route_unit_path] });
         actions.checks.push(CheckSpec {
             description: format!("kube-proxy on {} answers /healthz", node.name),
             script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),
