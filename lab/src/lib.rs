@@ -94,8 +94,6 @@ pub enum Exit {
     Usage = 2,
     /// The topology file is unreadable or invalid.
     InvalidTopology = 3,
-    /// The verb exists but this build cannot do it yet.
-    Unavailable = 4,
 }
 
 impl From<Exit> for ExitCode {
