@@ -126,10 +126,27 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => Exit::Success.into(),
         Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
+            eprintln!("error: {}", describe(&failure.error));
             failure.exit.into()
         }
     }
+}
+
+/// The error and its causes on one line. Library errors often name their cause in
+/// their own message already; a cause is added only when its text is not there yet.
+fn describe(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
