@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Api;
@@ -24,6 +24,8 @@ pub const WEB_LABEL: &str = "app=web";
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How long one `cargo lab kubectl` run may take.
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new namespace may take to be ready for pods (its ServiceAccount token).
+const NAMESPACE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The admin client from the lab's kubeconfig, with bounded timeouts. Its server (the
 /// virtual IP) must pass the network guard first.
@@ -83,6 +85,18 @@ impl TestNamespace {
             .create(&PostParams::default(), &namespace)
             .await
             .unwrap_or_else(|error| panic!("cannot create namespace {name}: {error}"));
+        // Kubernetes 1.20 refuses a pod until the token controller has given the namespace's
+        // `default` ServiceAccount a token; controllers retry, a test creating a bare pod would
+        // not. Waiting here makes every test's namespace ready for pods.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+        eventually(&format!("the default ServiceAccount of {name} has a token"), NAMESPACE_READY_TIMEOUT, || async {
+            match accounts.get_opt("default").await.map_err(|error| error.to_string())? {
+                Some(account) if account.secrets.as_ref().is_some_and(|secrets| !secrets.is_empty()) => Ok(()),
+                Some(_) => Err("it has no token yet".to_string()),
+                None => Err("it does not exist yet".to_string()),
+            }
+        })
+        .await;
         TestNamespace { name, client: client.clone(), deleted: false }
     }
 

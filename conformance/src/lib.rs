@@ -189,6 +189,20 @@ impl Lab {
         self.topology.nodes_with(role).collect()
     }
 
+    /// Whether the lab's topology has at least `needed` nodes with `role`, for the checks
+    /// that only mean something with more than one (a failover needs somewhere to fail over
+    /// to). When it has fewer, says on standard error that the check does not apply and why,
+    /// and the test returns without checking, as Kubernetes' own e2e suite skips its HA
+    /// tests on a single-master cluster. On the default HA topology every check applies.
+    pub fn applies(&self, check: &str, role: Role, needed: usize) -> bool {
+        let have = self.topology.nodes_with(role).count();
+        if have >= needed {
+            return true;
+        }
+        eprintln!("not applicable: {check} needs {needed} nodes with role {role}; this topology has {have}");
+        false
+    }
+
     /// The node called `name`; panics if the topology has none.
     pub fn node(&self, name: &str) -> &Node {
         self.topology.node(name).unwrap_or_else(|| panic!("the topology has no node {name}"))

@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use conformance::{eventually, kubectl, lab, ready_pods, web_deployment, Lookup, RecordType, TestNamespace, Transport};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use conformance::{eventually, kubectl, lab, ready_pods, Lookup, RecordType, TestNamespace, Transport};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::PostParams;
 use kube::Api;
+use provisioner::artifacts::images;
 use provisioner::stages::dns_addon;
 use serde_json::json;
 
@@ -151,37 +151,37 @@ fn the_kubernetes_service_address_has_a_ptr_record() {
 }
 
 /// Inside a pod, the kubelet's resolv.conf names the cluster DNS and the cluster's search
-/// path (`NAMESPACE.svc.DOMAIN svc.DOMAIN DOMAIN`), and a lookup from the pod finds the
-/// `kubernetes` Service. busybox's nslookup does not apply the search path (it asks for
-/// `kubernetes.default.` as given), so the pod asks the full name; the C library's resolver
-/// applies the search path the test checks.
+/// path (`NAMESPACE.svc.DOMAIN svc.DOMAIN DOMAIN` with `ndots:5`), and `nslookup
+/// kubernetes.default` finds the `kubernetes` Service through it, as the handbook and the
+/// Kubernetes DNS debugging guide do. The pod runs the lab's dnsutils image: BIND's
+/// nslookup applies the search path as the C library does, where busybox's applies it to
+/// dotless names only.
 #[test]
 fn pods_resolve_service_names() {
     let lab = lab();
     let client = lab.kube();
     lab.block_on(async {
         let namespace = TestNamespace::create(&client, "dns-pod").await;
-        Api::<Deployment>::namespaced(client.clone(), namespace.name())
-            .create(&PostParams::default(), &web_deployment(1, false))
+        Api::<Pod>::namespaced(client.clone(), namespace.name())
+            .create(&PostParams::default(), &dnsutils_pod())
             .await
-            .unwrap_or_else(|error| panic!("cannot create the test app: {error}"));
-        let pods = ready_pods(&client, namespace.name(), conformance::WEB_LABEL, 1, POD_READY_TIMEOUT).await;
-        let pod = pods[0].metadata.name.clone().expect("pods have names");
+            .unwrap_or_else(|error| panic!("cannot create the dnsutils pod: {error}"));
+        ready_pods(&client, namespace.name(), DNSUTILS_LABEL, 1, POD_READY_TIMEOUT).await;
         let domain = &lab.status.cluster_domain;
-        let in_pod = |command: Vec<String>| {
-            let mut args: Vec<String> =
-                ["exec", "-n", namespace.name(), &pod, "--", "/bin/busybox"].map(String::from).to_vec();
-            args.extend(command);
+        let in_pod = |command: &[&str]| {
+            let mut args: Vec<String> = ["exec", "-n", namespace.name(), "dnsutils", "--"].map(String::from).to_vec();
+            args.extend(command.iter().map(|word| word.to_string()));
             async move {
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 kubectl(&args).await.unwrap_or_else(|error| panic!("{error}"))
             }
         };
 
-        let resolv_conf = in_pod(vec!["cat".into(), "/etc/resolv.conf".into()]).await;
+        let resolv_conf = in_pod(&["cat", "/etc/resolv.conf"]).await;
         let expected_lines = [
             format!("nameserver {}", lab.status.cluster_dns_ip),
             format!("search {}.svc.{domain} svc.{domain} {domain}", namespace.name()),
+            "options ndots:5".to_string(),
         ];
         for expected in &expected_lines {
             assert!(
@@ -190,13 +190,35 @@ fn pods_resolve_service_names() {
             );
         }
 
-        let name = format!("kubernetes.default.svc.{domain}");
-        let nslookup = in_pod(vec!["nslookup".into(), name.clone()]).await;
+        let nslookup = in_pod(&["nslookup", "kubernetes.default"]).await;
         let service_ip = lab.kubernetes_service_ip().to_string();
+        let full_name = format!("kubernetes.default.svc.{domain}");
+        let lines: Vec<&str> = nslookup.lines().map(str::trim).collect();
         assert!(
-            nslookup.lines().any(|line| line.starts_with("Address") && line.contains(&service_ip)),
-            "nslookup {name} in {pod} did not find {service_ip}:\n{nslookup}"
+            lines.contains(&format!("Name:\t{full_name}").as_str())
+                && lines.contains(&format!("Address: {service_ip}").as_str()),
+            "`nslookup kubernetes.default` in the pod did not find {full_name} at {service_ip}:\n{nslookup}"
         );
         namespace.delete().await;
     });
+}
+
+/// The label of the dnsutils pod.
+const DNSUTILS_LABEL: &str = "app=dnsutils";
+
+/// A pod of the lab's dnsutils image that sleeps until it is deleted.
+fn dnsutils_pod() -> Pod {
+    serde_json::from_value(json!({
+        "metadata": { "name": "dnsutils", "labels": { "app": "dnsutils" } },
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "dnsutils",
+                "image": images::DNSUTILS,
+                // The lab imported the image on every worker; there is no registry.
+                "imagePullPolicy": "Never",
+            }],
+        },
+    }))
+    .expect("a valid Pod")
 }

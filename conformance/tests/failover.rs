@@ -214,6 +214,9 @@ fn answers(url: String) -> impl Fn() -> Result<(), String> {
 /// systemctl stop keepalived`, the same on master3), so that nobody can take over.
 #[test]
 fn keepalived_moves_the_virtual_ip_when_its_holder_stops() {
+    if !lab().applies("a virtual IP failover", Role::Lb, 2) {
+        return;
+    }
     let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let lab = lab();
     let holders = vip_holders();
@@ -269,6 +272,9 @@ fn keepalived_moves_the_virtual_ip_when_its_holder_stops() {
 /// master1 holds it), so that HAProxy has nowhere left to send requests.
 #[test]
 fn the_api_keeps_answering_when_one_apiserver_stops() {
+    if !lab().applies("an apiserver failover", Role::Master, 2) {
+        return;
+    }
     let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let lab = lab();
     let holders = vip_holders();
@@ -308,6 +314,10 @@ fn the_api_keeps_answering_when_one_apiserver_stops() {
 /// once the test stops the first one, etcd has no quorum and the write fails.
 #[test]
 fn the_api_keeps_answering_when_the_first_etcd_member_stops() {
+    // Two of three members keep a quorum; one of two would not.
+    if !lab().applies("an etcd member failover", Role::Etcd, 3) {
+        return;
+    }
     let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let lab = lab();
     let masters = lab.nodes_with(Role::Master);

@@ -74,6 +74,7 @@ const MAKE: Tool = Tool { command: "make", package: "make" };
 const RSYNC: Tool = Tool { command: "rsync", package: "rsync" };
 const JQ: Tool = Tool { command: "jq", package: "jq" };
 const LDD: Tool = Tool { command: "ldd", package: "libc-bin" };
+const MMDEBSTRAP: Tool = Tool { command: "mmdebstrap", package: "mmdebstrap" };
 /// Optional: without it the lab-dns binary goes into its image with its symbols.
 const STRIP: Tool = Tool { command: "strip", package: "binutils" };
 
@@ -637,6 +638,10 @@ fn ensure_images(
                 let binary = ensure_lab_dns_binary(workspace_dir, cache_dir, progress)?;
                 lab_dns_image(&binary, &shared_libraries(&binary)?)
             }
+            images::DNSUTILS => {
+                let root = ensure_dnsutils_root(cache_dir, progress)?;
+                dnsutils_image(&root)?
+            }
             other => return Err(ArtifactError::UnknownImage { reference: other.to_string() }),
         };
         ensure_archive(&spec, &archive.path, progress)?;
@@ -717,6 +722,66 @@ fn lab_dns_image(binary: &Path, libraries: &[PathBuf]) -> ImageSpec {
         libraries.iter().map(|library| LayerFile::local(library.to_string_lossy().into_owned(), 0o755, library)),
     );
     spec
+}
+
+/// Debian packages of the dnsutils image: the DNS tools of BIND (`nslookup`, `dig`,
+/// `host`), which resolve through the C library's rules for the search path and
+/// `ndots` as every application in a pod does, and a static busybox for `sh` and
+/// `sleep`. busybox's own `nslookup` applies the search path to dotless names only,
+/// so it cannot show what `kubernetes.default` resolves to for a pod.
+const DNSUTILS_PACKAGES: &str = "bind9-dnsutils,busybox-static";
+
+/// The dnsutils image, as the Kubernetes documentation's DNS debugging page uses one:
+/// a pod that sleeps, for `kubectl exec dnsutils -- nslookup kubernetes.default`.
+/// Its files are the extracted packages as they are; busybox gives only the three
+/// applets the pod itself needs, so that no applet hides a BIND tool of the same name.
+fn dnsutils_image(root: &Path) -> Result<ImageSpec> {
+    let mut spec = ImageSpec::new(images::DNSUTILS);
+    spec.entrypoint = ["/bin/busybox", "sleep", "infinity"].map(String::from).to_vec();
+    spec.env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    spec.files = oci::tree_files(root).map_err(io_error("reading the dnsutils root", root))?;
+    for applet in ["sh", "sleep", "cat"] {
+        let path = format!("/bin/{applet}");
+        if !spec.files.iter().any(|file| file.path == path) {
+            spec.files.push(LayerFile::symlink(path, "/bin/busybox"));
+        }
+    }
+    Ok(spec)
+}
+
+/// The dnsutils image's root: `DNSUTILS_PACKAGES` and their dependencies extracted
+/// (not installed: no maintainer scripts run, none are needed to run the tools) by
+/// mmdebstrap from Debian's mirror into `CACHE/dnsutils/rootfs`, once. The `complete`
+/// marker is written last, so an interrupted extraction is done again.
+fn ensure_dnsutils_root(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf> {
+    const STEP: &str = "extracting the dnsutils image's packages";
+    let dir = cache_dir.join("dnsutils");
+    let root = dir.join("rootfs");
+    let marker = dir.join("complete");
+    if marker.is_file() && root.is_dir() {
+        return Ok(root);
+    }
+    let mmdebstrap = require(STEP, MMDEBSTRAP)?;
+    let partial = dir.join("rootfs.partial");
+    remove_dir_if_present(STEP, &partial)?;
+    remove_dir_if_present(STEP, &root)?;
+    create_dir(STEP, &dir)?;
+    progress(&format!(
+        "extracting {DNSUTILS_PACKAGES} from {} into {} (about 15 s)",
+        crate::machines::image::DEFAULT_MIRROR,
+        root.display()
+    ));
+    let mut command = Command::new(mmdebstrap);
+    command.args(["--quiet", "--variant=extract", &format!("--include={DNSUTILS_PACKAGES}")]);
+    for option in ["path-exclude=/usr/share/doc/*", "path-exclude=/usr/share/man/*", "path-exclude=/usr/share/locale/*"]
+    {
+        command.arg(format!("--dpkgopt={option}"));
+    }
+    command.arg(crate::machines::image::RELEASE).arg(&partial).arg(crate::machines::image::DEFAULT_MIRROR);
+    run_captured(STEP, &mut command)?;
+    rename(STEP, &partial, &root)?;
+    write_atomically(STEP, &marker, format!("{DNSUTILS_PACKAGES} extracted by mmdebstrap\n").as_bytes())?;
+    Ok(root)
 }
 
 /// Builds the workspace's `lab-dns` package in release mode and installs the binary,
@@ -1323,6 +1388,33 @@ mod tests {
                 LayerFile::local("/lib64/ld-linux-x86-64.so.2", 0o755, "/lib64/ld-linux-x86-64.so.2"),
             ]
         );
+    }
+
+    #[test]
+    fn the_dnsutils_image_holds_the_extracted_tree_and_sleeps() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("usr/bin")).unwrap();
+        fs::create_dir_all(root.path().join("bin")).unwrap();
+        fs::write(root.path().join("usr/bin/nslookup"), b"elf").unwrap();
+        fs::set_permissions(root.path().join("usr/bin/nslookup"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::write(root.path().join("bin/busybox"), b"elf").unwrap();
+        std::os::unix::fs::symlink("busybox", root.path().join("bin/sh")).unwrap();
+        let spec = dnsutils_image(root.path()).unwrap();
+        assert_eq!(spec.reference, images::DNSUTILS);
+        assert_eq!(spec.entrypoint, ["/bin/busybox", "sleep", "infinity"]);
+        let paths: Vec<(&str, u32)> = spec.files.iter().map(|file| (file.path.as_str(), file.mode)).collect();
+        assert_eq!(
+            paths,
+            [
+                ("/bin/busybox", 0o644),
+                ("/bin/sh", 0o777),
+                ("/usr/bin/nslookup", 0o755),
+                ("/bin/sleep", 0o777),
+                ("/bin/cat", 0o777)
+            ]
+        );
+        let sh = spec.files.iter().find(|file| file.path == "/bin/sh").unwrap();
+        assert_eq!(sh.source, oci::FileSource::Symlink("busybox".to_string()), "links are kept as they are");
     }
 
     #[test]

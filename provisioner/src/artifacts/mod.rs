@@ -37,6 +37,8 @@ pub mod images {
     pub const WEB_PORT: u16 = 8080;
     /// The lab's own cluster DNS server.
     pub const LAB_DNS: &str = "k8s-lab.local/lab-dns:1";
+    /// BIND's DNS tools with the C library's resolver, for checks from inside a pod.
+    pub const DNSUTILS: &str = "k8s-lab.local/dnsutils:1";
 }
 
 /// Where every artifact of one lab is (or will be) in the cache.
@@ -59,7 +61,7 @@ impl Artifacts {
         };
         let binaries = KUBERNETES_BINARIES.iter().map(|name| (name.to_string(), bin_dir.join(name))).collect();
         let image_dir = cache_dir.join("images");
-        let images = [images::PAUSE, images::WEB, images::LAB_DNS]
+        let images = [images::PAUSE, images::WEB, images::LAB_DNS, images::DNSUTILS]
             .iter()
             .map(|reference| ImageArchive {
                 reference: reference.to_string(),

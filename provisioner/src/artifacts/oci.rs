@@ -99,6 +99,36 @@ impl LayerFile {
     }
 }
 
+/// Every regular file and symbolic link below `root`, as layer files at the same
+/// paths inside the image with their permission bits; directories come implicitly
+/// from the files' paths, and device nodes, sockets and FIFOs are left out (an image
+/// of extracted packages has none that a container needs). Sorted by path, so the
+/// result does not depend on the order the filesystem lists entries in.
+pub fn tree_files(root: &Path) -> std::io::Result<Vec<LayerFile>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(directory) = pending.pop() {
+        for entry in fs::read_dir(&directory)? {
+            let entry = entry?;
+            let local = entry.path();
+            let metadata = fs::symlink_metadata(&local)?;
+            let inside = Path::new("/").join(local.strip_prefix(root).expect("walked below the root"));
+            let inside = inside.to_string_lossy().into_owned();
+            if metadata.file_type().is_symlink() {
+                let target = fs::read_link(&local)?.to_string_lossy().into_owned();
+                files.push(LayerFile::symlink(inside, target));
+            } else if metadata.is_dir() {
+                pending.push(local);
+            } else if metadata.is_file() {
+                files.push(LayerFile::local(inside, metadata.permissions().mode() & 0o7777, local));
+            }
+        }
+    }
+    files.sort_by(|left, right| left.path.cmp(&right.path));
+    Ok(files)
+}
+
 /// The digests of a written image, as `sha256:<hex>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageDigests {
