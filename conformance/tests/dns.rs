@@ -7,12 +7,16 @@
 
 use std::time::Duration;
 
-use conformance::{eventually, kubectl, lab, ready_pods, Lookup, RecordType, TestNamespace, Transport};
+use conformance::{
+    eventually, kubectl, lab, ready_pods, web_deployment, Lookup, RecordType, TestNamespace, Transport, WEB_LABEL,
+};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use provisioner::artifacts::images;
 use provisioner::stages::dns_addon;
+use provisioner::topology::Role;
 use serde_json::json;
 
 /// How long a new Service may take to appear in DNS.
@@ -109,6 +113,83 @@ fn a_new_service_with_named_ports_resolves_within_seconds() {
                 }
             })
             .await;
+        }
+
+        Api::<Service>::namespaced(client.clone(), namespace.name())
+            .delete("named-ports", &DeleteParams::default())
+            .await
+            .unwrap_or_else(|error| panic!("cannot delete the Service: {error}"));
+        eventually(&format!("A {name} is NXDOMAIN after the Service is deleted"), NEW_SERVICE_DEADLINE, || async {
+            match resolver.lookup(&name, RecordType::A).await {
+                Lookup::NxDomain => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        namespace.delete().await;
+    });
+}
+
+/// A headless Service (no ClusterIP) has one A record per ready pod behind it, the pods' own
+/// addresses, and an SRV record per named port whose targets are the pods' names under the
+/// Service.
+#[test]
+fn a_headless_service_has_an_a_record_per_ready_pod() {
+    let lab = lab();
+    let client = lab.kube();
+    let replicas = lab.nodes_with(Role::Worker).len().clamp(1, 2);
+    lab.block_on(async {
+        let namespace = TestNamespace::create(&client, "dns-headless").await;
+        Api::<Deployment>::namespaced(client.clone(), namespace.name())
+            .create(&PostParams::default(), &web_deployment(replicas, false))
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the test app: {error}"));
+        let (label_key, label_value) = WEB_LABEL.split_once('=').expect("KEY=VALUE");
+        let service: Service = serde_json::from_value(json!({
+            "metadata": { "name": "headless" },
+            "spec": {
+                "clusterIP": "None",
+                "selector": { label_key: label_value },
+                "ports": [{ "name": "http", "protocol": "TCP", "port": images::WEB_PORT }],
+            },
+        }))
+        .expect("a valid Service");
+        Api::<Service>::namespaced(client.clone(), namespace.name())
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the headless Service: {error}"));
+        let pods = ready_pods(&client, namespace.name(), WEB_LABEL, replicas, POD_READY_TIMEOUT).await;
+        let mut pod_ips: Vec<String> = pods
+            .iter()
+            .map(|pod| pod.status.as_ref().and_then(|status| status.pod_ip.clone()).expect("ready pods have an IP"))
+            .collect();
+        pod_ips.sort();
+
+        let resolver = lab.resolver(Transport::Tcp);
+        let name = fqdn(&format!("headless.{}.svc", namespace.name()));
+        eventually(&format!("A {name} answers the pod addresses {pod_ips:?}"), NEW_SERVICE_DEADLINE, || async {
+            match resolver.lookup(&name, RecordType::A).await {
+                Lookup::Answers(mut records) => {
+                    records.sort();
+                    if records == pod_ips {
+                        Ok(())
+                    } else {
+                        Err(format!("answers {records:?}"))
+                    }
+                }
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let srv_name = fqdn(&format!("_http._tcp.headless.{}.svc", namespace.name()));
+        let srv = answers(resolver.lookup(&srv_name, RecordType::SRV).await, &format!("SRV {srv_name}"));
+        assert_eq!(srv.len(), replicas, "SRV {srv_name}: one record per pod, got {srv:?}");
+        for record in &srv {
+            let target = record.split_whitespace().last().unwrap_or_default();
+            assert!(
+                record.starts_with(&format!("0 100 {} ", images::WEB_PORT)) && target.ends_with(&format!(".{name}")),
+                "SRV {srv_name}: {record} does not point at a pod name under {name}"
+            );
         }
         namespace.delete().await;
     });
