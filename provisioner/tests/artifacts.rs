@@ -101,7 +101,7 @@ fn ensure_builds_or_reuses_every_artifact() {
     assert_eq!(second[0], format!("using cached Kubernetes v1.20.2 binaries (debian-source) from {bin}"));
     let lab_dns = format!("using cached lab-dns server {} ", build::lab_dns_binary(&cache_dir()).display());
     assert!(second.iter().any(|line| line.starts_with(&lab_dns)), "cargo rebuilt lab-dns: {second:#?}");
-    for reference in [images::PAUSE, images::WEB, images::LAB_DNS] {
+    for reference in [images::PAUSE, images::WEB, images::LAB_DNS, images::DNSUTILS] {
         assert!(
             second.iter().any(|line| line.starts_with(&format!("using cached image {reference} from "))),
             "{reference} was not reused: {second:#?}"

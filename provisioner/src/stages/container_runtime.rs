@@ -156,10 +156,11 @@ mod tests {
             [
                 "/var/lib/k8s-lab/images/pause-3.2.tar",
                 "/var/lib/k8s-lab/images/web-1.tar",
-                "/var/lib/k8s-lab/images/lab-dns-1.tar"
+                "/var/lib/k8s-lab/images/lab-dns-1.tar",
+                "/var/lib/k8s-lab/images/dnsutils-1.tar"
             ]
         );
-        assert_eq!(actions.commands.len(), 3);
+        assert_eq!(actions.commands.len(), 4);
         assert!(actions.commands[0].script.ends_with("images import /var/lib/k8s-lab/images/pause-3.2.tar >/dev/null"));
         assert_eq!(actions.units[0].restart_when_changed, [CONFIG]);
     }
