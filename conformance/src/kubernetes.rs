@@ -27,9 +27,9 @@ const KUBECTL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a new namespace may take to be ready for pods (its ServiceAccount token).
 const NAMESPACE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The admin client from the lab's kubeconfig, with bounded timeouts. Its server (the
-/// virtual IP) must pass the network guard first.
-pub(crate) async fn admin_client(path: &Path, targets: &Targets) -> Result<kube::Client, String> {
+/// The admin client from the lab's kubeconfig, with bounded timeouts (stretched by the
+/// lab's `time_scale`). Its server (the virtual IP) must pass the network guard first.
+pub(crate) async fn admin_client(path: &Path, targets: &Targets, time_scale: u32) -> Result<kube::Client, String> {
     let kubeconfig = Kubeconfig::read_from(path)
         .map_err(|error| format!("cannot read the admin kubeconfig {}: {error}", path.display()))?;
     let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -41,20 +41,21 @@ pub(crate) async fn admin_client(path: &Path, targets: &Targets) -> Result<kube:
     targets.allow(address).map_err(|error| error.to_string())?;
     // A proxy from the environment (HTTPS_PROXY) would carry the lab's traffic elsewhere.
     config.proxy_url = None;
-    config.connect_timeout = Some(Duration::from_secs(3));
-    config.read_timeout = Some(Duration::from_secs(15));
+    config.connect_timeout = Some(Duration::from_secs(3) * time_scale);
+    config.read_timeout = Some(Duration::from_secs(15) * time_scale);
     config.reset_reader_on_write = true;
-    config.write_timeout = Some(Duration::from_secs(15));
+    config.write_timeout = Some(Duration::from_secs(15) * time_scale);
     kube::Client::try_from(config).map_err(|error| format!("cannot build the Kubernetes client: {error}"))
 }
 
-/// Tries `attempt` every 200 ms until it returns `Ok` or `timeout` passes; then panics with
-/// `what` and the last error.
+/// Tries `attempt` every 200 ms until it returns `Ok` or `timeout` (stretched by
+/// `Lab::patience`) passes; then panics with `what` and the last error.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
+    let timeout = crate::lab().patience(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         match attempt().await {
@@ -202,9 +203,10 @@ pub async fn kubectl(args: &[&str]) -> Result<String, String> {
     command.args(args);
     let command = tokio::process::Command::from(command).kill_on_drop(true).output();
     let shown = format!("kubectl {}", args.join(" "));
-    let output = tokio::time::timeout(KUBECTL_TIMEOUT, command)
+    let timeout = crate::lab().patience(KUBECTL_TIMEOUT);
+    let output = tokio::time::timeout(timeout, command)
         .await
-        .map_err(|_| format!("`{shown}` did not finish within {KUBECTL_TIMEOUT:?}"))?
+        .map_err(|_| format!("`{shown}` did not finish within {timeout:?}"))?
         .map_err(|error| format!("cannot run `cargo lab {shown}`: {error}"))?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())

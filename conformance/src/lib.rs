@@ -15,6 +15,12 @@
 //!
 //! When no lab is running, every test fails with one line saying how to start one.
 //!
+//! Timeouts: every timeout the suite names is how long a wait may take on machines that run
+//! at the host's own speed (nspawn containers, KVM guests). The lab stretches each by its
+//! time scale ([`Lab::patience`]): 5 for VMs under software emulation (TCG), where every
+//! guest runs about 13 times slower, so that a slow machine is not mistaken for a broken
+//! one.
+//!
 //! Network safety: the suite sends packets only to loopback and to the lab's own ranges
 //! (node subnet with the virtual IP, pod range, service range), and only once `ip route get`
 //! has shown that the address leaves through the lab's bridge. Every client above goes
@@ -66,6 +72,14 @@ pub struct Status {
     pub cluster_domain: String,
     pub kubeconfig: PathBuf,
     pub ssh_key: PathBuf,
+    /// How many times slower than the host the lab's machines run (1 unless emulated).
+    #[serde(default = "host_speed")]
+    pub time_scale: u32,
+}
+
+/// The time scale of a lab whose status does not say: machines at the host's speed.
+fn host_speed() -> u32 {
+    1
 }
 
 /// One node in `Status`.
@@ -158,10 +172,16 @@ impl Lab {
             .build()
             .map_err(|error| not_running(format!("cannot start a tokio runtime: {error}")))?;
         let kube = runtime
-            .block_on(kubernetes::admin_client(&status.kubeconfig, &targets))
+            .block_on(kubernetes::admin_client(&status.kubeconfig, &targets, status.time_scale))
             .map_err(|error| not_running(error.to_string()))?;
         let ssh_key = lab_key(&status.ssh_key).map_err(not_running)?;
         Ok(Lab { status, topology, targets, runtime, kube, ssh_key, sessions: Mutex::new(BTreeMap::new()) })
+    }
+
+    /// How long a wait that takes at most `timeout` at the host's speed may take on this
+    /// lab's machines (see the crate's documentation on timeouts).
+    pub fn patience(&self, timeout: Duration) -> Duration {
+        timeout * self.status.time_scale
     }
 
     /// Runs `future` on the lab's runtime, where the Kubernetes client lives.
@@ -234,24 +254,25 @@ impl Lab {
     }
 
     /// An HTTPS (and plain HTTP) client that trusts the lab CA and presents `identity`.
-    /// Every request has `timeout` and opens a fresh connection, so a probe always sees the
+    /// Every request has `timeout` (stretched by [`Lab::patience`]) and opens a fresh connection, so a probe always sees the
     /// current state of what it asks.
     pub fn https(&self, identity: Identity, timeout: Duration) -> HttpsClient<'_> {
-        HttpsClient::new(&self.pki(), identity, timeout, &self.targets)
+        HttpsClient::new(&self.pki(), identity, self.patience(timeout), &self.targets)
             .unwrap_or_else(|error| panic!("cannot set up HTTPS with the lab's PKI: {error}"))
     }
 
     /// A resolver that asks only the cluster DNS Service, over `transport`, caching nothing.
     pub fn resolver(&self, transport: Transport) -> ClusterResolver {
-        ClusterResolver::new(self.status.cluster_dns_ip, transport)
+        ClusterResolver::new(self.status.cluster_dns_ip, transport, self.patience(resolver::QUERY_TIMEOUT))
     }
 
-    /// Connects to `address:port` once, within `timeout`, and says what happened.
+    /// Connects to `address:port` once, within `timeout` (stretched by [`Lab::patience`]),
+    /// and says what happened.
     pub async fn probe(&self, address: Ipv4Addr, port: u16, timeout: Duration) -> PortState {
         if let Err(error) = self.allow(address) {
             panic!("{error}");
         }
-        net::probe_tcp(address, port, timeout).await
+        net::probe_tcp(address, port, self.patience(timeout)).await
     }
 
     /// Runs `script` with `sh -c` on `node` as root and returns what it did.
@@ -289,7 +310,7 @@ impl Lab {
         if let Some(session) = sessions.get(node) {
             return Ok(Arc::clone(session));
         }
-        let session = Arc::new(SshHost::connect(node, address, &self.ssh_key, SSH_CONNECT_TIMEOUT)?);
+        let session = Arc::new(SshHost::connect(node, address, &self.ssh_key, self.patience(SSH_CONNECT_TIMEOUT))?);
         sessions.insert(node.to_string(), Arc::clone(&session));
         Ok(session)
     }
@@ -313,7 +334,7 @@ pub fn flag(command_line: &[String], name: &str) -> Option<String> {
 /// test build would rebuild it back.
 pub fn cargo_lab(args: &[&str]) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
-    command.arg("lab").args(args).current_dir(workspace_root());
+    command.arg(lab_alias()).args(args).current_dir(workspace_root());
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         let per_package = [
@@ -330,6 +351,18 @@ pub fn cargo_lab(args: &[&str]) -> Command {
         }
     }
     command
+}
+
+/// The cargo alias that runs `lab` for the lab in `LAB_DIR`: `lab-libvirt`, the CLI
+/// built with the libvirt backend (a cargo feature, so that hosts without libvirt-dev
+/// still build `lab`), when the lab's recorded machines are libvirt's; `lab` otherwise.
+fn lab_alias() -> &'static str {
+    // `cargo lab` runs in the workspace root, where a relative LAB_DIR starts.
+    let state_dir = workspace_root().join(std::env::var_os("LAB_DIR").unwrap_or_else(|| ".lab".into()));
+    match provisioner::machines::recorded_topology(&state_dir) {
+        Ok(Some(topology)) if topology.machines.backend == provisioner::topology::Backend::Libvirt => "lab-libvirt",
+        _ => "lab",
+    }
 }
 
 /// Runs `cargo lab status --json` in the workspace root and parses it.

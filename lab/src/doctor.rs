@@ -105,23 +105,52 @@ pub fn host_report(paths: &Paths, topology: &Topology) -> Report {
     let spec = LabSpec::from_topology(topology, &paths.state_dir, &paths.cache_dir);
     let (requirements, backend_problem) = match machines::for_lab(topology.machines.backend, spec) {
         Ok(backend) => (backend.requirements(), None),
-        Err(error) => (Vec::new(), Some(error.to_string())),
+        // This `lab` lacks the libvirt backend: what building it and running its VMs
+        // needs is checked (and installed) all the same, so that the next build works.
+        Err(error @ machines::MachineError::LibvirtNotBuilt) => {
+            let mut requirements = libvirt_build_requirements();
+            requirements.extend(machines::vm_image::host_requirements());
+            let fix = "cargo run --package lab --features libvirt -- VERB (or `cargo lab-libvirt VERB`)";
+            (requirements, Some((error.to_string(), fix.to_string())))
+        }
+        Err(error) => (
+            Vec::new(),
+            Some((error.to_string(), "set backend = \"nspawn\" in [machines] of the topology file".into())),
+        ),
     };
     let mut report = preflight::run(topology, &paths.state_dir, &paths.cache_dir, &requirements);
     report.findings.extend(preflight::build_findings(topology, &paths.cache_dir));
-    if let Some(problem) = backend_problem {
+    if let Some((problem, fix)) = backend_problem {
         report.findings.insert(
             0,
             Finding {
                 check: format!("machine backend {}", topology.machines.backend),
                 status: Status::Fail,
                 detail: problem,
-                fix: Some("set backend = \"nspawn\" in [machines] of the topology file".into()),
+                fix: Some(fix),
                 package: None,
             },
         );
     }
     report
+}
+
+/// What building `lab` with `--features libvirt` needs: the virt crate links
+/// libvirt, found through pkg-config.
+fn libvirt_build_requirements() -> Vec<machines::Requirement> {
+    let libvirt_dev = std::process::Command::new("pkg-config")
+        .args(["--exists", "libvirt"])
+        .status()
+        .is_ok_and(|status| status.success());
+    vec![
+        machines::Requirement::program("pkg-config", "finds libvirt when building the libvirt backend", "pkg-config"),
+        machines::Requirement {
+            what: "libvirt-dev (the libvirt backend links libvirt)".into(),
+            met: libvirt_dev,
+            package: Some("libvirt-dev".into()),
+            fix: "apt-get install libvirt-dev".into(),
+        },
+    ]
 }
 
 /// The readable form: one line per check, the fix indented under each problem.

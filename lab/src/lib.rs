@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Parser, Subcommand};
+use provisioner::topology::Backend;
 
 mod doctor;
 mod machine_verbs;
@@ -18,6 +20,10 @@ pub struct Cli {
     /// Topology file (default: lab.toml at the repository root).
     #[arg(long, global = true, value_name = "FILE")]
     topology: Option<PathBuf>,
+
+    /// Machine backend, instead of the topology's `[machines] backend`.
+    #[arg(long, global = true, value_name = "BACKEND", value_parser = backend_parser())]
+    backend: Option<Backend>,
 
     #[command(subcommand)]
     verb: Verb,
@@ -149,8 +155,18 @@ fn describe(error: &anyhow::Error) -> String {
     message
 }
 
+/// `--backend`: one of the backends' names, checked by clap (which lists them).
+fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
+    PossibleValuesParser::new(["nspawn", "libvirt", "vagrant"]).map(|name| match name.as_str() {
+        "libvirt" => Backend::Libvirt,
+        "vagrant" => Backend::Vagrant,
+        _ => Backend::Nspawn,
+    })
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
-    let paths = Paths::resolve(cli.topology.as_deref());
+    let mut paths = Paths::resolve(cli.topology.as_deref());
+    paths.backend = cli.backend;
     match cli.verb {
         Verb::Plan { json } => verbs::plan(&paths, json),
         Verb::Render { dir } => verbs::render(&paths, &dir),
@@ -172,6 +188,8 @@ pub struct Paths {
     pub state_dir: PathBuf,
     /// Built once and shared by every lab: node image, binaries, images.
     pub cache_dir: PathBuf,
+    /// `--backend`, which replaces the topology's `[machines] backend`.
+    pub backend: Option<Backend>,
 }
 
 impl Paths {
@@ -187,6 +205,7 @@ impl Paths {
             topology: topology.map(Path::to_owned).unwrap_or_else(|| repository.join("lab.toml")),
             state_dir: absolute(state_dir),
             cache_dir: absolute(cache_dir),
+            backend: None,
         }
     }
 }

@@ -29,6 +29,9 @@ const SSH_TIMEOUT: Duration = Duration::from_secs(180);
 /// died is noticed between attempts instead of after the whole timeout.
 const SSH_ATTEMPT: Duration = Duration::from_secs(5);
 
+/// How often a node that does not answer SSH yet gets a progress line.
+const SSH_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// Prints progress lines `[  12.3s] text` on stderr, timed from the verb's start.
 struct Progress {
     started: Instant,
@@ -52,10 +55,26 @@ fn failure(error: anyhow::Error) -> Failure {
     Failure { exit: Exit::Failure, error }
 }
 
-/// The topology this state directory's lab was made from, else lab.toml's.
+/// The topology this state directory's lab was made from, else lab.toml's. A
+/// `--backend` other than the recorded lab's is refused: its machines are where
+/// that backend put them.
 fn lab_topology(paths: &Paths) -> Result<Topology, Failure> {
     match machines::recorded_topology(&paths.state_dir)? {
-        Some(topology) => Ok(topology),
+        Some(topology) => {
+            if let Some(backend) = paths.backend.filter(|backend| *backend != topology.machines.backend) {
+                return Err(Failure {
+                    exit: Exit::Usage,
+                    error: anyhow!(
+                        "lab {} in {} runs on the {} backend, not {backend}; leave out --backend \
+                         (or `lab destroy` it first)",
+                        topology.name,
+                        paths.state_dir.display(),
+                        topology.machines.backend
+                    ),
+                });
+            }
+            Ok(topology)
+        }
         None => Ok(verbs::load_topology(paths)?.topology),
     }
 }
@@ -71,8 +90,9 @@ fn private_key_path(paths: &Paths) -> PathBuf {
 }
 
 /// `lab up --until machines`: preflight, node image, lab network, every node
-/// created or started in parallel, and every node answering SSH.
-pub fn up_machines(paths: &Paths) -> Result<(), Failure> {
+/// created or started in parallel, and every node answering SSH. Returns the
+/// machines' time scale (`Machines::time_scale`) for the stages' timeouts.
+pub fn up_machines(paths: &Paths) -> Result<u32, Failure> {
     let progress = Progress::new();
     let topology = verbs::load_topology(paths)?.topology;
     machines::check_state_dir(&paths.state_dir, &topology)?;
@@ -114,12 +134,11 @@ pub fn up_machines(paths: &Paths) -> Result<(), Failure> {
         progress.say(&format!("network: route {route}"));
     }
 
-    let nodes: Vec<NodeSpec> =
-        topology.nodes.iter().map(|node| NodeSpec { name: node.name.clone(), address: node.address }).collect();
+    let nodes: Vec<NodeSpec> = topology.nodes.iter().map(NodeSpec::of).collect();
     start_nodes(backend.as_ref(), &nodes, &image, &key, &progress)?;
     wait_for_ssh(backend.as_ref(), &nodes, &key, &progress)?;
     progress.say(&format!("machines: {} nodes answer SSH as root with {}", nodes.len(), key.private.display()));
-    Ok(())
+    Ok(backend.time_scale())
 }
 
 /// Prints the preflight's warnings, and refuses with every failure and its exact
@@ -189,14 +208,26 @@ fn start_nodes(
 /// Waits until every node answers SSH with the lab's key, in parallel. A node whose
 /// machine stopped fails at once with the place of its console log.
 fn wait_for_ssh(backend: &dyn Machines, nodes: &[NodeSpec], key: &KeyPair, progress: &Progress) -> Result<(), Failure> {
-    let deadline = Instant::now() + SSH_TIMEOUT;
+    let deadline = Instant::now() + SSH_TIMEOUT * backend.time_scale();
     let errors: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = nodes
             .iter()
             .map(|node| {
                 scope.spawn(move || -> Result<(), String> {
                     let step = Instant::now();
+                    let mut next_report = step + SSH_PROGRESS_EVERY;
                     loop {
+                        // A VM under software emulation takes half a minute or more to
+                        // boot: say how far it got, from its console.
+                        if Instant::now() >= next_report {
+                            let seen = backend
+                                .console_log(&node.name)
+                                .and_then(|path| last_console_line(&path))
+                                .map(|line| format!("; console: {line}"))
+                                .unwrap_or_default();
+                            progress.say(&format!("{}: waiting for SSH ({}){seen}", node.name, seconds(step)));
+                            next_report += SSH_PROGRESS_EVERY;
+                        }
                         match ssh::wait_until_reachable(&node.name, node.address, key, SSH_ATTEMPT) {
                             Ok(_) => {
                                 progress.say(&format!("{}: answers SSH ({})", node.name, seconds(step)));
@@ -232,6 +263,47 @@ fn wait_for_ssh(backend: &dyn Machines, nodes: &[NodeSpec], key: &KeyPair, progr
         return Ok(());
     }
     Err(failure(anyhow!("{} of {} nodes do not answer SSH:\n  {}", errors.len(), nodes.len(), errors.join("\n  "))))
+}
+
+/// The last line with text in a console log, without terminal control sequences,
+/// shortened for a progress line.
+fn last_console_line(path: &std::path::Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(4096))).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let line = text.lines().rev().map(strip_control).find(|line| !line.trim().is_empty())?;
+    let line = line.trim();
+    Some(match line.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_string(),
+    })
+}
+
+/// `line` without ANSI escape sequences (systemd colours its status lines) and
+/// other control characters.
+fn strip_control(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in @..~
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for next in chars.by_ref() {
+                    if ('@'..='~').contains(&next) {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `lab down`: stops every machine, keeping disks, state, bridge and routes (so
@@ -284,13 +356,9 @@ pub fn down(paths: &Paths) -> Result<(), Failure> {
 /// directory; caches stay. Lists everything it could not remove.
 pub fn destroy(paths: &Paths) -> Result<(), Failure> {
     let progress = Progress::new();
-    let recorded = machines::recorded_topology(&paths.state_dir)?;
-    let topology = match recorded {
-        Some(topology) => topology,
-        // Nothing recorded: an `up` that failed before its first record, or no lab
-        // at all. lab.toml names the bridge and machines such a run may have made.
-        None => verbs::load_topology(paths)?.topology,
-    };
+    // With nothing recorded (an `up` that failed before its first record, or no lab
+    // at all), lab.toml names the bridge and machines such a run may have made.
+    let topology = lab_topology(paths)?;
     let backend = backend_for(paths, &topology)?;
     let mut leftovers = backend.destroy();
     progress.say(&format!("lab {}: machines, disks, bridge and routes removed", topology.name));
@@ -351,6 +419,7 @@ pub fn status(paths: &Paths, json: bool) -> Result<(), Failure> {
             "kubeconfig": kubeconfig,
             "ssh_key": ssh_key,
             "ssh_user": "root",
+            "time_scale": backend.time_scale(),
         });
         return print_stdout(&serde_json::to_string_pretty(&document).context("serialize the status")?);
     }
@@ -434,4 +503,22 @@ pub fn ssh(paths: &Paths, node: &str, command: &[String]) -> Result<(), Failure>
         .args(command);
     let error = ssh.exec();
     Err(failure(anyhow!("cannot run ssh: {error} (apt-get install openssh-client)")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_lines_lose_colours_and_long_ones_are_cut() {
+        assert_eq!(
+            strip_control("[\u{1b}[0;32m  OK  \u{1b}[0m] Started ssh.service\r"),
+            "[  OK  ] Started ssh.service"
+        );
+        let scratch = std::env::temp_dir().join(format!("lab-console-test-{}", std::process::id()));
+        std::fs::write(&scratch, format!("first\n{}\n\n", "x".repeat(150))).unwrap();
+        let line = last_console_line(&scratch).expect("a line");
+        std::fs::remove_file(&scratch).unwrap();
+        assert_eq!(line, format!("{}...", "x".repeat(100)));
+    }
 }

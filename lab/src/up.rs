@@ -42,7 +42,7 @@ pub fn up(paths: &Paths, until: Until) -> Result<(), Failure> {
     let started = Instant::now();
     let topology = verbs::load_topology(paths)?.topology;
     doctor::preflight(paths, &topology)?;
-    machine_verbs::up_machines(paths)?;
+    let time_scale = machine_verbs::up_machines(paths)?;
     if until == Until::Machines {
         println!("machines are up ({:.1} s); `lab up` continues with the stages", started.elapsed().as_secs_f64());
         return Ok(());
@@ -57,7 +57,7 @@ pub fn up(paths: &Paths, until: Until) -> Result<(), Failure> {
 
     let key = ssh::ensure_keypair(&paths.state_dir).context("the lab's SSH key")?;
     let hosts = connect_all(&plan, &key)?;
-    let executor = Executor::new(hosts.iter().map(|host| host as &dyn Host));
+    let executor = Executor::new(hosts.iter().map(|host| host as &dyn Host)).with_timeout_scale(time_scale);
 
     let mut reports: Vec<StageReport> = Vec::new();
     let total = plan.stages.len();

@@ -11,9 +11,13 @@ use provisioner::topology::{Role, Topology, Validated};
 
 use crate::{Exit, Failure, Paths};
 
-/// Loads and validates the topology, printing its warnings.
+/// Loads and validates the topology, printing its warnings. `--backend` replaces
+/// its `[machines] backend`.
 pub(crate) fn load_topology(paths: &Paths) -> Result<Validated, Failure> {
-    let validated = Topology::load(&paths.topology)?;
+    let mut validated = Topology::load(&paths.topology)?;
+    if let Some(backend) = paths.backend {
+        validated.topology.machines.backend = backend;
+    }
     for warning in &validated.warnings {
         eprintln!("warning: {}: {warning}", paths.topology.display());
     }

@@ -106,6 +106,10 @@ pub struct Executor<'a> {
     digests: DigestCache,
     /// How long to wait between two attempts of a readiness check.
     check_interval: Duration,
+    /// Every check's timeout is multiplied by this: the plan's timeouts are for
+    /// machines at the host's speed, and a VM under software emulation is many
+    /// times slower (`Machines::time_scale`).
+    timeout_scale: u32,
 }
 
 impl<'a> Executor<'a> {
@@ -114,7 +118,14 @@ impl<'a> Executor<'a> {
             hosts: hosts.into_iter().map(|host| (host.name().to_string(), host)).collect(),
             digests: DigestCache::default(),
             check_interval: Duration::from_secs(1),
+            timeout_scale: 1,
         }
+    }
+
+    /// Multiplies every readiness check's timeout by `scale` (at least 1).
+    pub fn with_timeout_scale(mut self, scale: u32) -> Self {
+        self.timeout_scale = scale.max(1);
+        self
     }
 
     /// Shortens the pause between check attempts (tests).
@@ -290,7 +301,8 @@ impl<'a> Executor<'a> {
         check: &CheckSpec,
         actions: &NodeActions,
     ) -> Result<(), ExecError> {
-        let deadline = Instant::now() + Duration::from_secs(check.timeout_secs);
+        let timeout_secs = check.timeout_secs * u64::from(self.timeout_scale);
+        let deadline = Instant::now() + Duration::from_secs(timeout_secs);
         loop {
             let output = host.run(&check.script).map_err(|source| ExecError::Host { stage, source })?;
             if output.success() {
@@ -302,7 +314,7 @@ impl<'a> Executor<'a> {
                     stage,
                     node: host.name().to_string(),
                     description: check.description.clone(),
-                    timeout_secs: check.timeout_secs,
+                    timeout_secs,
                     output: tail(&format!("{}{}", output.stdout, output.stderr), 20),
                     journal: journal(host, &units),
                 });

@@ -41,11 +41,25 @@ pub struct Machines {
     /// libvirt only: whether guests use KVM or software emulation.
     #[serde(default)]
     pub acceleration: Acceleration,
+    /// vagrant only: a box to use instead of the one `lab` builds from the node image,
+    /// e.g. one published on Vagrant Cloud (`vagrant` fetches it, so it needs the
+    /// internet). It must boot by itself and carry what the lab's image carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vagrant_box: Option<String>,
+}
+
+impl Machines {
+    /// Whether the nodes may run under software emulation, many times slower than
+    /// the host: VMs not forced onto KVM. Components with tight timing (leader
+    /// election) are given more time on them.
+    pub fn may_be_emulated(&self) -> bool {
+        self.backend != Backend::Nspawn && self.acceleration != Acceleration::Kvm
+    }
 }
 
 impl Default for Machines {
     fn default() -> Self {
-        Machines { backend: Backend::Nspawn, acceleration: Acceleration::Auto }
+        Machines { backend: Backend::Nspawn, acceleration: Acceleration::Auto, vagrant_box: None }
     }
 }
 
@@ -529,7 +543,31 @@ impl Topology {
         self.check_kubernetes(&mut findings);
         self.check_nodes(&mut findings);
         self.check_roles(&mut findings);
+        self.check_vagrant_box(&mut findings);
         (findings.errors, findings.warnings)
+    }
+
+    /// A box name is `NAME` or `ORGANISATION/NAME`, as Vagrant Cloud spells them, and
+    /// only the vagrant backend uses one.
+    fn check_vagrant_box(&self, findings: &mut Findings) {
+        let Some(name) = &self.machines.vagrant_box else { return };
+        let valid_part = |part: &str| {
+            !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.".contains(&byte))
+        };
+        if name.split('/').count() > 2 || !name.split('/').all(valid_part) {
+            findings.error(
+                "machines.vagrant_box",
+                quoted(name),
+                "must be a Vagrant box name such as \"NAME\" or \"ORGANISATION/NAME\"",
+            );
+        }
+        if self.machines.backend != Backend::Vagrant {
+            findings.warning(
+                "machines.vagrant_box",
+                quoted(name),
+                format!("is used by the vagrant backend only; the {} backend ignores it", self.machines.backend),
+            );
+        }
     }
 
     /// The three address ranges: each must be sane on its own, and none may overlap another.

@@ -8,19 +8,16 @@
 //! name, bridge and ranges (10.249.0.0/24 and neighbours), so it never touches the
 //! default lab.
 
+mod common;
+
 use std::fs;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use provisioner::artifacts::Artifacts;
+use common::lab::{missing_program, not_root, TestLab};
 use provisioner::host::Host;
-use provisioner::machines::{self, LabSpec, MachineState, Machines, StartOutcome, StopOutcome};
-use provisioner::pki;
-use provisioner::plan::{self, PlanInputs};
-use provisioner::ssh;
-use provisioner::topology::Topology;
+use provisioner::machines;
 
 const LAB: &str = "nsptest";
 const NODE: &str = "solo";
@@ -40,39 +37,12 @@ address = "10.249.0.11"
 roles = ["etcd", "master", "lb", "worker"]
 "#;
 
+/// How long a node may take to answer SSH.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Why nodes cannot be booted here, if they cannot.
 fn unavailable() -> Option<String> {
-    if fs::metadata("/proc/self").map(|meta| meta.uid()).unwrap_or(u32::MAX) != 0 {
-        return Some("not running as root".into());
-    }
-    ["systemd-nspawn", "mmdebstrap", "ssh-keygen", "ip"]
-        .into_iter()
-        .find(|program| !machines::system::program_exists(program))
-        .map(|program| format!("`{program}` is not installed (`lab doctor` installs it)"))
-}
-
-/// The cache `lab up` uses, so the image is built once for both.
-fn cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"))
-        .join("k8s-lab")
-}
-
-/// Destroys the lab when the test ends, also when it panics half way.
-struct DestroyOnDrop<'a>(&'a dyn Machines);
-
-impl Drop for DestroyOnDrop<'_> {
-    fn drop(&mut self) {
-        for leftover in self.0.destroy() {
-            eprintln!("cleanup after the test left: {leftover}");
-        }
-    }
-}
-
-fn elapsed(started: Instant) -> String {
-    format!("{:.1} s", started.elapsed().as_secs_f64())
+    not_root().or_else(|| missing_program(&["systemd-nspawn", "mmdebstrap", "ssh-keygen", "ip"]))
 }
 
 #[test]
@@ -81,49 +51,12 @@ fn a_node_boots_answers_ssh_survives_a_restart_and_leaves_nothing_when_destroyed
         eprintln!("skipping the nspawn test: {reason}");
         return;
     }
-    let state = tempfile::Builder::new().prefix("lab-nspawn-").tempdir().expect("temporary state directory");
-    let topology = Topology::parse(TOPOLOGY, Path::new("nspawn-test.toml")).expect("valid topology").topology;
-    let bundle = pki::Store::new(state.path()).load_or_issue(&pki::specs(&topology)).expect("lab PKI");
-    let artifacts = Artifacts::expected(&topology, &cache_dir());
-    let plan = plan::build(&PlanInputs {
-        topology: &topology,
-        pki: &bundle,
-        artifacts: &artifacts,
-        state_dir: state.path().into(),
-    });
-    let spec = LabSpec::from_topology(&topology, state.path(), &cache_dir());
-    let bridge = spec.bridge.clone();
-    let node = spec.nodes[0].clone();
-    let backend = machines::for_lab(topology.machines.backend, spec).expect("nspawn backend");
-    let unmet: Vec<String> = backend
-        .requirements()
-        .into_iter()
-        .filter(|requirement| !requirement.met)
-        .map(|requirement| format!("{} (fix: {})", requirement.what, requirement.fix))
-        .collect();
-    assert!(unmet.is_empty(), "host requirements not met: {unmet:?}");
-    machines::claim_state_dir(state.path(), &topology).expect("claim the state dir");
-
-    let started = Instant::now();
-    let image = backend.ensure_image(&|line| eprintln!("image: {line}")).expect("node image");
-    eprintln!("image {} ({}) in {}", image.key, if image.from_cache { "cached" } else { "built" }, elapsed(started));
-
-    let guard = DestroyOnDrop(backend.as_ref());
-    let key = ssh::ensure_keypair(state.path()).expect("lab key pair");
-    let network = backend.ensure_network(&plan.network.host_routes).expect("lab network");
+    let mut lab = TestLab::new("nspawn", TOPOLOGY);
+    let network = lab.ensure_network();
     assert!(network.routes.iter().any(|route| route.starts_with("10.248.0.0/24 via 10.249.0.11")), "{network:?}");
 
-    let started = Instant::now();
-    let outcome = backend.create_or_start(&node, &image, &key.public_line).expect("create the node");
-    assert_eq!(outcome, StartOutcome::Started { created: true });
-    let host = ssh::wait_until_reachable(NODE, node.address, &key, Duration::from_secs(60)).expect("SSH to the node");
-    eprintln!("node answered SSH {} after the start", elapsed(started));
-    assert_eq!(backend.status(NODE).expect("status"), MachineState::Running);
-    assert_eq!(
-        backend.create_or_start(&node, &image, &key.public_line).expect("start again"),
-        StartOutcome::AlreadyRunning,
-        "a running node is left alone"
-    );
+    let host = lab.start(true, BOOT_TIMEOUT);
+    lab.assert_running();
 
     let hostname = host.run("hostname").expect("run hostname");
     assert_eq!((hostname.status, hostname.stdout.trim()), (0, NODE));
@@ -137,34 +70,23 @@ fn a_node_boots_answers_ssh_survives_a_restart_and_leaves_nothing_when_destroyed
     );
     let mode = host.run("stat -c %a /root/lab-test.txt").expect("stat");
     assert_eq!(mode.stdout.trim(), "640");
-    let ports = machines::hostnet::bridge_ports(&bridge);
-    assert_eq!(ports.len(), 1, "one node, one port on {bridge}: {ports:?}");
+    let ports = machines::hostnet::bridge_ports(&lab.bridge);
+    assert_eq!(ports.len(), 1, "one node, one port on {}: {ports:?}", lab.bridge);
     drop(host);
 
     // `lab down` and `lab up`: the disk survives, the node comes back.
-    let started = Instant::now();
-    assert_eq!(backend.stop(NODE).expect("stop"), StopOutcome::Stopped);
-    eprintln!("node stopped in {}", elapsed(started));
-    assert_eq!(backend.status(NODE).expect("status"), MachineState::Stopped);
-    let root = state.path().join("machines").join(NODE).join("root");
+    lab.stop("stopped");
+    let root = lab.state.path().join("machines").join(NODE).join("root");
     assert!(!machines::system::is_mount_point(&root).expect("mount table"), "a stopped node's disk is unmounted");
-    let started = Instant::now();
-    let outcome = backend.create_or_start(&node, &image, &key.public_line).expect("start after stop");
-    assert_eq!(outcome, StartOutcome::Started { created: false });
-    let host = ssh::wait_until_reachable(NODE, node.address, &key, Duration::from_secs(60)).expect("SSH again");
-    eprintln!("node answered SSH {} after the restart", elapsed(started));
+    let host = lab.start(false, BOOT_TIMEOUT);
     assert_eq!(
         host.read_file("/root/lab-test.txt").expect("read after restart").as_deref(),
         Some(&b"kept across a restart\n"[..])
     );
     drop(host);
 
-    let started = Instant::now();
-    std::mem::forget(guard);
-    let leftovers = backend.destroy();
-    eprintln!("lab destroyed in {}", elapsed(started));
-    assert!(leftovers.is_empty(), "destroy left: {leftovers:?}");
-    assert_nothing_left(&bridge, &ports, state.path());
+    lab.destroy();
+    assert_nothing_left(&lab.bridge, &ports, lab.state.path());
 }
 
 fn assert_nothing_left(bridge: &str, ports: &[String], state: &Path) {

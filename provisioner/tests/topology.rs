@@ -625,3 +625,28 @@ fn a_sub_table_of_a_node_is_named_with_the_node_index() {
     let message = syntax_error(&text);
     assert_mentions(&message, &["line 23, column 1, node[1].resources.ram:", "unknown field `ram`"]);
 }
+
+#[test]
+fn a_vagrant_box_must_be_a_box_name_and_is_for_the_vagrant_backend() {
+    let vagrant = |name: &str| {
+        edit("name = \"t\"\n", &format!("name = \"t\"\n[machines]\nbackend = \"vagrant\"\nvagrant_box = \"{name}\"\n"))
+    };
+    let valid = parse(&vagrant("debian/bookworm64")).expect("a valid box name");
+    assert_eq!(valid.topology.machines.vagrant_box.as_deref(), Some("debian/bookworm64"));
+    assert!(valid.warnings.is_empty(), "{:?}", valid.warnings);
+    assert_only_problem(
+        &vagrant("a box"),
+        "machines.vagrant_box",
+        "\"a box\"",
+        "must be a Vagrant box name such as \"NAME\" or \"ORGANISATION/NAME\"",
+    );
+    let elsewhere = edit("name = \"t\"\n", "name = \"t\"\n[machines]\nvagrant_box = \"debian/bookworm64\"\n");
+    let warnings = parse(&elsewhere).expect("only a warning").warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_problem(
+        &warnings[0],
+        "machines.vagrant_box",
+        "\"debian/bookworm64\"",
+        "is used by the vagrant backend only; the nspawn backend ignores it",
+    );
+}

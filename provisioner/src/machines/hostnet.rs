@@ -72,9 +72,7 @@ pub fn ensure(
             "bridge name {bridge:?} must be 1 to {INTERFACE_NAME_MAX} bytes (shorten the lab's name)"
         )));
     }
-    let mut lab_ranges = vec![gateway.trunc()];
-    lab_ranges.extend(routes.iter().map(|route| route.destination.trunc()));
-    check_ranges_free(bridge, &lab_ranges)?;
+    check_ranges_free(bridge, gateway, routes)?;
     let mut report = NetworkReport::default();
     if bridge_exists(bridge) {
         if !Path::new(&format!("/sys/class/net/{bridge}/bridge")).exists() {
@@ -113,12 +111,15 @@ pub fn ensure(
 }
 
 /// Refuses before changing anything when a host route that is not the lab's own
-/// covers part of a lab range: `ip route replace` would take that route over (or a
-/// more specific one would keep lab traffic off the bridge), and either way the lab
-/// and whatever the host uses that range for would fight. The check is the
-/// preflight's (`lab up` ran it before creating anything); it runs again here,
-/// right before the host's routes change, with the exact ranges to be routed.
-pub fn check_ranges_free(bridge: &str, lab_ranges: &[Ipv4Net]) -> Result<(), MachineError> {
+/// covers part of a lab range (the node subnet, which `gateway` is in, and each of
+/// `routes`): `ip route replace` would take that route over (or a more specific one
+/// would keep lab traffic off the bridge), and either way the lab and whatever the
+/// host uses that range for would fight. The check is the preflight's (`lab up` ran
+/// it before creating anything); it runs again here, right before the host's routes
+/// change, with the exact ranges to be routed.
+pub fn check_ranges_free(bridge: &str, gateway: Ipv4Net, routes: &[HostRoute]) -> Result<(), MachineError> {
+    let mut lab_ranges = vec![gateway.trunc()];
+    lab_ranges.extend(routes.iter().map(|route| route.destination.trunc()));
     let host_routes = crate::preflight::host_routes().map_err(|error| network_error(error.to_string()))?;
     let named: Vec<(&str, Ipv4Net)> = lab_ranges.iter().map(|range| ("lab range", *range)).collect();
     let conflicts: Vec<String> = crate::preflight::overlapping_routes(&host_routes, &named, bridge)

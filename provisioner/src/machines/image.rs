@@ -63,6 +63,17 @@ pub const PACKAGES: &[&str] = &[
     "procps",
     "psmisc",
     "less",
+    // VMs boot the image's own kernel (nspawn nodes run the host's and never load
+    // it): one image for every backend keeps all nodes on the same package versions,
+    // where a separate VM image would be a second mmdebstrap run at another moment.
+    // udev names the VM's network card and makes its disks' device units; an nspawn
+    // node, whose /sys is read-only, never starts it.
+    "linux-image-amd64",
+    "udev",
+    // The QEMU guest agent tells the host a VM's addresses through a virtio channel:
+    // Vagrant learns the node's static address from it (the lab network has no DHCP).
+    // udev starts it only where that channel exists, so never in nspawn.
+    "qemu-guest-agent",
 ];
 
 /// Bumped when the customisation *code* changes in a way its file list and unit
@@ -176,7 +187,7 @@ fn customisation() -> Customisation {
             "getty@tty1.service",
             "systemd-pstore.service",
         ],
-        enable: &["systemd-networkd.service", "lab-api-rw.service"],
+        enable: &["systemd-networkd.service", "lab-api-rw.service", "lab-machine-config.service"],
         remove: &[
             // ifupdown's unit would wait for interfaces networkd manages.
             "etc/systemd/system/multi-user.target.wants/networking.service",
@@ -199,6 +210,23 @@ fn customisation() -> Customisation {
             ImageFile { path: "usr/local/sbin/lab-api-rw", mode: 0o755, content: API_RW_SCRIPT },
             ImageFile { path: "etc/systemd/system/lab-api-rw.service", mode: 0o644, content: API_RW_UNIT },
             ImageFile { path: "etc/containerd/config.toml", mode: 0o644, content: CONTAINERD_CONFIG },
+            // VMs only: their identity comes from a config disk, and their network
+            // card is named host0 as in nspawn (see vm_image.rs).
+            ImageFile {
+                path: "usr/local/sbin/lab-machine-config",
+                mode: 0o755,
+                content: super::vm_image::MACHINE_CONFIG_SCRIPT,
+            },
+            ImageFile {
+                path: "etc/systemd/system/lab-machine-config.service",
+                mode: 0o644,
+                content: super::vm_image::MACHINE_CONFIG_UNIT,
+            },
+            ImageFile {
+                path: "etc/systemd/network/10-lab-vm.link",
+                mode: 0o644,
+                content: super::vm_image::NIC_LINK_FILE,
+            },
             // An empty machine-id in the image; each node gets its own.
             ImageFile { path: "etc/machine-id", mode: 0o444, content: "" },
             ImageFile { path: "etc/hostname", mode: 0o644, content: "node\n" },

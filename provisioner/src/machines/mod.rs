@@ -1,9 +1,11 @@
 //! The lab's machines: the computers the stages provision, made on this host.
 //!
 //! A backend turns the topology's nodes into running machines on a lab network and
-//! takes them away again. `Machines` is what every backend offers; today there is
-//! one, `nspawn` (systemd-nspawn containers booting a Debian image with systemd as
-//! PID 1, no KVM needed). libvirt and Vagrant can join by implementing the trait.
+//! takes them away again. `Machines` is what every backend offers: `nspawn`
+//! (systemd-nspawn containers booting a Debian image with systemd as PID 1, no KVM
+//! needed) and, built with the `libvirt` feature, `libvirt` (QEMU VMs booting the
+//! same image, `vm_image`, on an isolated libvirt network). What makes a machine one
+//! particular node is the same for all of them (`node_config`).
 //!
 //! Every operation converges: `create_or_start` finishes whatever an interrupted run
 //! left half made, `stop` keeps the disks, and `destroy` removes everything the lab
@@ -17,28 +19,75 @@
 use std::fmt;
 use std::fs;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::plan::HostRoute;
-use crate::topology::{Backend, Topology};
+use crate::topology::{Acceleration, Backend, Node, Role, Topology};
 
 pub mod hostnet;
 pub mod image;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
+pub mod node_config;
 pub mod nspawn;
 pub mod system;
+pub mod vagrant;
+pub mod vm_image;
 
 /// The file in the state directory that names the lab it belongs to.
 pub const TOPOLOGY_RECORD: &str = "topology.toml";
 
-/// One machine to make: the node's name (also its hostname) and its address on the
-/// node subnet.
+/// One machine to make: the node's name (also its hostname), its address on the
+/// node subnet, and its size where the backend gives machines a size of their own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     pub name: String,
     pub address: Ipv4Addr,
+    /// What a VM gets; nspawn nodes share the host's CPUs and memory and ignore it.
+    pub size: MachineSize,
+}
+
+impl NodeSpec {
+    /// A node of the default worker size.
+    pub fn new(name: &str, address: Ipv4Addr) -> NodeSpec {
+        NodeSpec { name: name.to_string(), address, size: MachineSize::WORKER }
+    }
+
+    /// The machine for a topology node: its `[node.resources]`, else the default size
+    /// for its roles.
+    pub fn of(node: &Node) -> NodeSpec {
+        let controller = node.roles.iter().any(|role| matches!(role, Role::Etcd | Role::Master | Role::Lb));
+        let default = if controller { MachineSize::CONTROLLER } else { MachineSize::WORKER };
+        let resources = node.resources.as_ref();
+        NodeSpec {
+            name: node.name.clone(),
+            address: node.address,
+            size: MachineSize {
+                cpus: resources.and_then(|resources| resources.cpus).unwrap_or(default.cpus),
+                memory_mib: resources.and_then(|resources| resources.memory_mib).unwrap_or(default.memory_mib),
+            },
+        }
+    }
+}
+
+/// Virtual CPUs and memory of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineSize {
+    pub cpus: u32,
+    pub memory_mib: u32,
+}
+
+impl MachineSize {
+    /// etcd, kube-apiserver, the controller manager, the scheduler, HAProxy and
+    /// keepalived (and kube-proxy) together use a little over 1 GiB; the rest is page
+    /// cache for etcd and room for the kubelet's images on a node that is both.
+    pub const CONTROLLER: MachineSize = MachineSize { cpus: 2, memory_mib: 3072 };
+    /// containerd, kubelet, kube-proxy and the lab's few small pods.
+    pub const WORKER: MachineSize = MachineSize { cpus: 2, memory_mib: 2048 };
 }
 
 /// What a backend needs to know about the lab as a whole.
@@ -53,6 +102,8 @@ pub struct LabSpec {
     pub bridge: String,
     /// The host's address on the bridge, with the node subnet's prefix.
     pub gateway: Ipv4Net,
+    /// VM backends only: KVM, software emulation, or whichever works.
+    pub acceleration: Acceleration,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -65,17 +116,41 @@ impl LabSpec {
             cache_dir: cache_dir.to_owned(),
             bridge: crate::plan::bridge_name(&topology.name),
             gateway: Ipv4Net::new(network.gateway, network.node_subnet.prefix_len()).expect("prefix of a valid net"),
-            nodes: topology
-                .nodes
-                .iter()
-                .map(|node| NodeSpec { name: node.name.clone(), address: node.address })
-                .collect(),
+            acceleration: topology.machines.acceleration,
+            nodes: topology.nodes.iter().map(NodeSpec::of).collect(),
         }
     }
 
     /// `STATE/machines`, where every node's disk and runtime files are.
     pub fn machines_dir(&self) -> PathBuf {
         self.state_dir.join("machines")
+    }
+
+    /// Makes `STATE/machines` and lets only root into it: the node directories hold
+    /// the nodes' private keys. The error is a message for the caller's context.
+    pub fn create_machines_dir(&self) -> Result<PathBuf, String> {
+        let machines = self.machines_dir();
+        fs::create_dir_all(&machines).map_err(|error| format!("cannot create {}: {error}", machines.display()))?;
+        fs::set_permissions(&machines, fs::Permissions::from_mode(0o700))
+            .map_err(|error| format!("cannot restrict {}: {error}", machines.display()))?;
+        Ok(machines)
+    }
+
+    /// The nodes with a directory in `STATE/machines`, sorted.
+    pub fn nodes_on_disk(&self) -> Vec<String> {
+        system::subdirectories(&self.machines_dir())
+    }
+
+    /// Every node of the lab (`Machines::known_nodes`): the topology's, in its order,
+    /// then those of `on_disk` that the topology does not name (any more).
+    pub fn known_nodes(&self, on_disk: Vec<String>) -> Vec<String> {
+        let mut nodes: Vec<String> = self.nodes.iter().map(|node| node.name.clone()).collect();
+        for node in on_disk {
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+        }
+        nodes
     }
 }
 
@@ -152,6 +227,19 @@ pub struct Leftover {
     pub reason: String,
 }
 
+impl Requirement {
+    /// A program the backend runs, found on the PATH, from the Debian package
+    /// `package`; `why` says what the backend uses it for.
+    pub fn program(program: &str, why: &str, package: &str) -> Requirement {
+        Requirement {
+            what: format!("{program} ({why})"),
+            met: system::program_exists(program),
+            package: Some(package.to_string()),
+            fix: format!("apt-get install {package}"),
+        }
+    }
+}
+
 impl Leftover {
     pub fn new(object: impl Into<String>, reason: impl Into<String>) -> Leftover {
         Leftover { object: object.into(), reason: reason.into() }
@@ -167,10 +255,20 @@ impl fmt::Display for Leftover {
 /// Why a machine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
-    #[error("the {backend} backend is not available in this build; set backend = \"nspawn\" in [machines]")]
-    Unsupported { backend: Backend },
+    #[error(
+        "the libvirt backend is not built into this `lab`: build it with `--features libvirt` \
+         (e.g. `cargo lab-libvirt up`, which is `cargo run --package lab --features libvirt -- up`; \
+         it needs the Debian packages libvirt-dev and pkg-config), or use another backend"
+    )]
+    LibvirtNotBuilt,
     #[error("state dir {} holds lab {lab}; run `lab destroy` or set LAB_DIR", .state_dir.display())]
     StateDirTaken { state_dir: PathBuf, lab: String },
+    #[error(
+        "lab {lab} in {} runs on the {recorded} backend, not {requested}; use `--backend {recorded}` \
+         (or `lab destroy` it first)",
+        .state_dir.display()
+    )]
+    OtherBackend { state_dir: PathBuf, lab: String, recorded: String, requested: Backend },
     #[error("recorded topology {}: {message}", .path.display())]
     Record { path: PathBuf, message: String },
     #[error("node image {key}: {message}")]
@@ -222,13 +320,24 @@ pub trait Machines: Send + Sync {
     /// Removes every machine, their disks and runtime files, and the lab network.
     /// Returns what could not be removed (empty when everything went).
     fn destroy(&self) -> Vec<Leftover>;
+
+    /// How many times slower than the host itself these machines run: the
+    /// factor for every timeout that waits on a node (booting, readiness checks).
+    fn time_scale(&self) -> u32 {
+        1
+    }
 }
 
 /// The backend the topology asks for.
 pub fn for_lab(backend: Backend, spec: LabSpec) -> Result<Box<dyn Machines>, MachineError> {
     match backend {
         Backend::Nspawn => Ok(Box::new(nspawn::Nspawn::new(spec))),
-        Backend::Libvirt | Backend::Vagrant => Err(MachineError::Unsupported { backend }),
+        #[cfg(feature = "libvirt")]
+        Backend::Libvirt => Ok(Box::new(libvirt::Libvirt::new(spec))),
+        #[cfg(not(feature = "libvirt"))]
+        Backend::Libvirt => Err(MachineError::LibvirtNotBuilt),
+        // Vagrant drives libvirt through its own plugin and virsh: no feature needed.
+        Backend::Vagrant => Ok(Box::new(vagrant::Vagrant::new(spec))),
     }
 }
 
@@ -246,10 +355,19 @@ pub fn recorded_topology(state_dir: &Path) -> Result<Option<Topology>, MachineEr
         .map_err(|error| MachineError::Record { path, message: error.to_string() })
 }
 
-/// Refuses when `state_dir` holds a lab other than `topology`'s. Writes nothing.
+/// Refuses when `state_dir` holds a lab other than `topology`'s, or the same lab on
+/// another backend (its machines are that backend's). Writes nothing.
 pub fn check_state_dir(state_dir: &Path, topology: &Topology) -> Result<(), MachineError> {
-    match recorded_lab_name(&state_dir.join(TOPOLOGY_RECORD))? {
-        Some(lab) if lab != topology.name => Err(MachineError::StateDirTaken { state_dir: state_dir.to_owned(), lab }),
+    match recorded_lab(&state_dir.join(TOPOLOGY_RECORD))? {
+        Some((lab, _)) if lab != topology.name => {
+            Err(MachineError::StateDirTaken { state_dir: state_dir.to_owned(), lab })
+        }
+        Some((lab, recorded)) if recorded != topology.machines.backend.to_string() => Err(MachineError::OtherBackend {
+            state_dir: state_dir.to_owned(),
+            lab,
+            recorded,
+            requested: topology.machines.backend,
+        }),
         _ => Ok(()),
     }
 }
@@ -268,9 +386,26 @@ pub fn claim_state_dir(state_dir: &Path, topology: &Topology) -> Result<(), Mach
         .map_err(|error| record_error(error.to_string()))
 }
 
-/// The lab name in a topology record, read leniently: a record written by another
-/// version of the lab may no longer validate, but its name still says whose it is.
-fn recorded_lab_name(path: &Path) -> Result<Option<String>, MachineError> {
+/// The image a node's disk was made from, as `record` names it (a path on one line);
+/// where there is no record yet, `current`, recorded now. A node keeps that image for
+/// good: its disk only makes sense on top of it. The error is a message for the
+/// caller's context.
+fn disk_image(record: &Path, current: &Path) -> Result<PathBuf, String> {
+    match fs::read_to_string(record) {
+        Ok(recorded) => Ok(PathBuf::from(recorded.trim())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            system::write_atomically(record, format!("{}\n", current.display()).as_bytes(), 0o644)
+                .map_err(|error| format!("cannot write {}: {error}", record.display()))?;
+            Ok(current.to_owned())
+        }
+        Err(error) => Err(format!("cannot read {}: {error}", record.display())),
+    }
+}
+
+/// The lab name and backend in a topology record, read leniently: a record written
+/// by another version of the lab may no longer validate, but its name still says
+/// whose it is.
+fn recorded_lab(path: &Path) -> Result<Option<(String, String)>, MachineError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -279,8 +414,14 @@ fn recorded_lab_name(path: &Path) -> Result<Option<String>, MachineError> {
     let table: toml::Table = text
         .parse()
         .map_err(|error: toml::de::Error| MachineError::Record { path: path.to_owned(), message: error.to_string() })?;
+    let backend = table
+        .get("machines")
+        .and_then(|machines| machines.get("backend"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or("nspawn")
+        .to_string();
     match table.get("name").and_then(toml::Value::as_str) {
-        Some(name) => Ok(Some(name.to_string())),
+        Some(name) => Ok(Some((name.to_string(), backend))),
         None => {
             Err(MachineError::Record { path: path.to_owned(), message: "it names no lab (`name` is missing)".into() })
         }
@@ -325,6 +466,18 @@ roles = ["etcd", "master", "lb", "worker"]
             error.to_string(),
             format!("state dir {} holds lab one; run `lab destroy` or set LAB_DIR", state.path().display())
         );
+
+        let mut on_vms = topology("one");
+        on_vms.machines.backend = Backend::Libvirt;
+        let error = check_state_dir(state.path(), &on_vms).expect_err("the same lab on another backend");
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "lab one in {} runs on the nspawn backend, not libvirt; use `--backend nspawn` \
+                 (or `lab destroy` it first)",
+                state.path().display()
+            )
+        );
     }
 
     #[test]
@@ -332,14 +485,33 @@ roles = ["etcd", "master", "lb", "worker"]
         let spec = LabSpec::from_topology(&topology("tiny"), Path::new("/state"), Path::new("/cache"));
         assert_eq!(spec.bridge, "lab-tiny");
         assert_eq!(spec.gateway.to_string(), "10.249.0.1/24");
-        assert_eq!(spec.nodes, vec![NodeSpec { name: "solo".into(), address: Ipv4Addr::new(10, 249, 0, 11) }]);
+        assert_eq!(
+            spec.nodes,
+            vec![NodeSpec {
+                name: "solo".into(),
+                address: Ipv4Addr::new(10, 249, 0, 11),
+                size: MachineSize::CONTROLLER
+            }]
+        );
         assert_eq!(spec.machines_dir(), Path::new("/state/machines"));
     }
 
+    #[cfg(not(feature = "libvirt"))]
     #[test]
-    fn other_backends_are_refused_with_the_fix() {
+    fn without_the_feature_libvirt_is_refused_with_the_build_command() {
         let spec = LabSpec::from_topology(&topology("tiny"), Path::new("/state"), Path::new("/cache"));
         let error = for_lab(Backend::Libvirt, spec).err().expect("libvirt is not built");
-        assert!(error.to_string().contains("backend = \"nspawn\""), "{error}");
+        assert!(error.to_string().contains("--features libvirt"), "{error}");
+    }
+
+    #[test]
+    fn machine_sizes_follow_roles_unless_the_topology_sets_them() {
+        let mut lab = topology("tiny");
+        lab.nodes[0].roles = vec![Role::Worker];
+        assert_eq!(NodeSpec::of(&lab.nodes[0]).size, MachineSize::WORKER);
+        lab.nodes[0].roles = vec![Role::Etcd];
+        assert_eq!(NodeSpec::of(&lab.nodes[0]).size, MachineSize::CONTROLLER);
+        lab.nodes[0].resources = Some(crate::topology::Resources { cpus: Some(4), memory_mib: None });
+        assert_eq!(NodeSpec::of(&lab.nodes[0]).size, MachineSize { cpus: 4, memory_mib: 3072 });
     }
 }

@@ -37,6 +37,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::hostnet;
+use super::node_config::{self, When};
 use super::system::{self, CommandFailure};
 use super::{
     LabSpec, Leftover, MachineError, MachineState, Machines, NodeImage, NodeSpec, Requirement, StartOutcome,
@@ -48,16 +49,6 @@ use crate::topology::Backend;
 /// How long a node may take to power off after SIGTERM before it is killed. A
 /// clean shutdown takes about two seconds; kubelet and containerd add a few more.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The node's systemd waits at most this long for a unit, or for the processes left
-/// at the end of a power-off, before it kills them. Its default of 90 s outlasts
-/// `STOP_TIMEOUT`: a pod's process that runs as PID 1 of its container ignores
-/// SIGTERM, so every worker with pods would be killed instead of powered off.
-const SYSTEMD_MANAGER_SETTINGS: &str = "# Written by the k8s lab's machines layer.
-# Power off in seconds: pods' processes ignore SIGTERM, and nothing here needs 90 s.
-[Manager]
-DefaultTimeoutStopSec=10s
-";
 
 /// How a node is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -433,33 +424,22 @@ impl Nspawn {
     /// from: the overlay's upper layer only makes sense on top of that exact lower
     /// layer, so a newer image serves only new nodes.
     fn lower_layer(&self, node: &str, paths: &NodePaths, image: &NodeImage) -> Result<PathBuf, MachineError> {
-        match fs::read_to_string(&paths.image) {
-            Ok(recorded) => {
-                let recorded = PathBuf::from(recorded.trim());
-                if recorded == image.root || recorded.is_dir() {
-                    if recorded != image.root {
-                        tracing::info!(node, image = %recorded.display(), "node keeps the image its disk was made from");
-                    }
-                    return Ok(recorded);
-                }
-                Err(self.node_error(
-                    node,
-                    format!(
-                        "its disk was made from the image {}, which is no longer in the cache; \
-                         `lab destroy` and `lab up` make new machines from the current image",
-                        recorded.display()
-                    ),
-                ))
+        let recorded =
+            super::disk_image(&paths.image, &image.root).map_err(|message| self.node_error(node, message))?;
+        if recorded == image.root || recorded.is_dir() {
+            if recorded != image.root {
+                tracing::info!(node, image = %recorded.display(), "node keeps the image its disk was made from");
             }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                system::write_atomically(&paths.image, format!("{}\n", image.root.display()).as_bytes(), 0o644)
-                    .map_err(|error| {
-                        self.node_error(node, format!("cannot write {}: {error}", paths.image.display()))
-                    })?;
-                Ok(image.root.clone())
-            }
-            Err(error) => Err(self.node_error(node, format!("cannot read {}: {error}", paths.image.display()))),
+            return Ok(recorded);
         }
+        Err(self.node_error(
+            node,
+            format!(
+                "its disk was made from the image {}, which is no longer in the cache; \
+                 `lab destroy` and `lab up` make new machines from the current image",
+                recorded.display()
+            ),
+        ))
     }
 
     /// Starts nspawn for `node` in its own session and cgroups, and waits until it
@@ -593,11 +573,12 @@ impl Nspawn {
         Ok(StopOutcome::Stopped)
     }
 
-    /// Writes what makes a node itself into its mounted disk: hostname, static
-    /// address, machine ID, SSH host keys and the lab's key for root. Identity that
-    /// must stay stable (machine ID, host keys, /etc/hosts, which the hosts stage
-    /// owns afterwards) is written only when the node's own layer lacks it; hostname
-    /// and address are the machines layer's and rewritten on every start.
+    /// Writes what makes a node itself into its mounted disk: the files of
+    /// `node_config::node_files` (hostname, static address, the lab's key for root,
+    /// /etc/hosts), a machine ID and SSH host keys. Identity that must stay stable
+    /// (machine ID, host keys, /etc/hosts, which the hosts stage owns afterwards) is
+    /// written only when the node's own layer lacks it; hostname and address are the
+    /// machines layer's and rewritten on every start.
     fn configure(&self, node: &NodeSpec, paths: &NodePaths, authorized_key: &str) -> Result<(), MachineError> {
         let name = &node.name;
         let root = &paths.root;
@@ -612,18 +593,24 @@ impl Nspawn {
             system::write_atomically(&path, content.as_bytes(), mode).map_err(|error| io(&path, error))
         };
 
-        write("etc/hostname", 0o644, &format!("{name}\n"))?;
-        write("etc/systemd/system.conf.d/90-k8s-lab.conf", 0o644, SYSTEMD_MANAGER_SETTINGS)?;
-        write("etc/systemd/network/10-host0.network", 0o644, &network_file(node, self.spec.gateway.prefix_len()))?;
-        if !paths.upper.join("etc/hosts").exists() {
-            write(
-                "etc/hosts",
-                0o644,
-                &format!(
-                    "127.0.0.1\tlocalhost\n{}\t{name}\n::1\t\tlocalhost ip6-localhost ip6-loopback\n",
-                    node.address
-                ),
-            )?;
+        let ssh_dir = root.join("root/.ssh");
+        fs::create_dir_all(&ssh_dir).map_err(|error| io(&ssh_dir, error))?;
+        fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).map_err(|error| io(&ssh_dir, error))?;
+        for file in node_config::node_files(node, self.spec.gateway.prefix_len(), authorized_key) {
+            match file.when {
+                When::EveryStart => write(file.path, file.mode, &file.content)?,
+                When::FirstBoot => {
+                    if !paths.upper.join(file.path).exists() {
+                        write(file.path, file.mode, &file.content)?;
+                    }
+                }
+                When::AppendLines => {
+                    let existing = fs::read_to_string(root.join(file.path)).unwrap_or_default();
+                    if let Some(merged) = node_config::append_missing_lines(&existing, &file.content) {
+                        write(file.path, file.mode, &merged)?;
+                    }
+                }
+            }
         }
         let machine_id = fs::read_to_string(root.join("etc/machine-id")).unwrap_or_default();
         if machine_id.trim().is_empty() {
@@ -632,26 +619,9 @@ impl Nspawn {
             write("etc/machine-id", 0o444, &format!("{}\n", uuid.trim().replace('-', "")))?;
         }
         if !root.join("etc/ssh/ssh_host_ed25519_key").exists() {
-            fs::create_dir_all(root.join("etc/ssh")).map_err(|error| io(&root.join("etc/ssh"), error))?;
-            system::run(Command::new("ssh-keygen").args(["-q", "-A", "-f"]).arg(root))
-                .map_err(|failure| self.node_error(name, failure.to_string()))?;
-            rename_host_key_comments(&root.join("etc/ssh"), name).map_err(|error| io(&root.join("etc/ssh"), error))?;
+            node_config::make_host_keys(root, name).map_err(|message| self.node_error(name, message))?;
         }
-        let ssh_dir = root.join("root/.ssh");
-        fs::create_dir_all(&ssh_dir).map_err(|error| io(&ssh_dir, error))?;
-        fs::set_permissions(&ssh_dir, fs::Permissions::from_mode(0o700)).map_err(|error| io(&ssh_dir, error))?;
-        // The lab's key must be there; keys a learner added stay.
-        let existing = fs::read_to_string(root.join("root/.ssh/authorized_keys")).unwrap_or_default();
-        if existing.lines().any(|line| line.trim() == authorized_key.trim()) {
-            return Ok(());
-        }
-        let mut keys = existing;
-        if !keys.is_empty() && !keys.ends_with('\n') {
-            keys.push('\n');
-        }
-        keys.push_str(authorized_key.trim());
-        keys.push('\n');
-        write("root/.ssh/authorized_keys", 0o600, &keys)
+        Ok(())
     }
 
     /// Stops one node and removes its disk and runtime files.
@@ -671,20 +641,6 @@ impl Nspawn {
             leftovers.push(Leftover::new(format!("disk {}", directory.display()), message));
         }
         leftovers
-    }
-
-    /// Nodes with a directory in `STATE/machines`.
-    fn nodes_on_disk(&self) -> Vec<String> {
-        let Ok(entries) = fs::read_dir(self.spec.machines_dir()) else {
-            return Vec::new();
-        };
-        let mut nodes: Vec<String> = entries
-            .filter_map(Result::ok)
-            .filter(|entry| entry.path().is_dir())
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .collect();
-        nodes.sort();
-        nodes
     }
 
     /// Processes of this lab's machines that are still alive (by command line, so a
@@ -726,14 +682,8 @@ impl Machines for Nspawn {
                 programs.push(("kill", "stops nodes", "procps"));
             }
         }
-        for (program, why, package) in programs {
-            requirements.push(Requirement {
-                what: format!("{program} ({why})"),
-                met: system::program_exists(program),
-                package: Some(package.to_string()),
-                fix: format!("apt-get install {package}"),
-            });
-        }
+        requirements
+            .extend(programs.into_iter().map(|(program, why, package)| Requirement::program(program, why, package)));
         let overlay = fs::read_to_string("/proc/filesystems").is_ok_and(|text| text.contains("\toverlay"));
         requirements.push(Requirement {
             what: "overlay filesystem (node disks on the shared image)".into(),
@@ -789,12 +739,7 @@ impl Machines for Nspawn {
         }
         let paths = self.paths(name);
         let created = !paths.upper.exists();
-        let machines = self.spec.machines_dir();
-        fs::create_dir_all(&machines)
-            .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", machines.display())))?;
-        // Node disks hold private keys: only root may look inside.
-        fs::set_permissions(&machines, fs::Permissions::from_mode(0o700))
-            .map_err(|error| self.node_error(name, format!("cannot restrict {}: {error}", machines.display())))?;
+        self.spec.create_machines_dir().map_err(|message| self.node_error(name, message))?;
         fs::create_dir_all(&paths.dir)
             .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", paths.dir.display())))?;
         let lower = self.lower_layer(name, &paths, image)?;
@@ -832,13 +777,7 @@ impl Machines for Nspawn {
     }
 
     fn known_nodes(&self) -> Vec<String> {
-        let mut nodes: Vec<String> = self.spec.nodes.iter().map(|node| node.name.clone()).collect();
-        for node in self.nodes_on_disk() {
-            if !nodes.contains(&node) {
-                nodes.push(node);
-            }
-        }
-        nodes
+        self.spec.known_nodes(self.spec.nodes_on_disk())
     }
 
     fn console_log(&self, node: &str) -> Option<PathBuf> {
@@ -880,35 +819,6 @@ impl Machines for Nspawn {
         leftovers.extend(hostnet::teardown(&self.spec.bridge, &hostnet::owner_tag(&self.spec.state_dir)));
         leftovers
     }
-}
-
-/// The node's systemd-networkd file: its static address on `host0` (nspawn's name
-/// for the node end of the link), and nothing learned from the network: no
-/// link-local addresses and no router advertisements, so the node has no route
-/// but its own subnet until the stages add the pod routes.
-fn network_file(node: &NodeSpec, prefix: u8) -> String {
-    format!(
-        "# Written by the lab's machines layer: the node's static address on the lab bridge.\n\
-         [Match]\nName=host0\n\n[Network]\nAddress={}/{prefix}\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
-        node.address
-    )
-}
-
-/// ssh-keygen -A comments each host key with the host's `root@HOSTNAME`; the keys
-/// belong to the node, so they should say so.
-fn rename_host_key_comments(ssh_dir: &Path, node: &str) -> std::io::Result<()> {
-    for entry in fs::read_dir(ssh_dir)?.filter_map(Result::ok) {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        if !(file_name.starts_with("ssh_host_") && file_name.ends_with(".pub")) {
-            continue;
-        }
-        let text = fs::read_to_string(entry.path())?;
-        let mut words: Vec<&str> = text.split_whitespace().take(2).collect();
-        let comment = format!("root@{node}");
-        words.push(&comment);
-        fs::write(entry.path(), format!("{}\n", words.join(" ")))?;
-    }
-    Ok(())
 }
 
 /// The last `lines` lines of a console log, joined for an error message.
@@ -988,7 +898,7 @@ fn remove_cgroup_tree(cgroup: &Path) -> Result<(), String> {
     }
 }
 
-fn running_as_root() -> Requirement {
+pub(super) fn running_as_root() -> Requirement {
     // The effective UID is the second number of the `Uid:` line.
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let effective = status
@@ -1040,7 +950,8 @@ mod tests {
                 cache_dir: PathBuf::from("/cache"),
                 bridge: "lab-k8s".into(),
                 gateway: "10.240.0.1/24".parse().unwrap(),
-                nodes: vec![NodeSpec { name: "master1".into(), address: Ipv4Addr::new(10, 240, 0, 11) }],
+                acceleration: crate::topology::Acceleration::Auto,
+                nodes: vec![NodeSpec::new("master1", Ipv4Addr::new(10, 240, 0, 11))],
             },
             supervisor,
         )
@@ -1120,30 +1031,6 @@ mod tests {
         let mut shell = vec!["sh".to_string(), "-c".to_string()];
         shell.extend(arguments.iter().cloned());
         assert!(!nspawn.is_node_process(&shell, "master1"));
-    }
-
-    #[test]
-    fn the_network_file_gives_a_static_address_and_nothing_else() {
-        let node = NodeSpec { name: "worker1".into(), address: Ipv4Addr::new(10, 240, 0, 21) };
-        let text = network_file(&node, 24);
-        assert!(text.contains("[Match]\nName=host0\n"));
-        assert!(text.contains("Address=10.240.0.21/24\n"));
-        assert!(text.contains("LinkLocalAddressing=no\n"));
-        assert!(text.contains("IPv6AcceptRA=no\n"));
-        assert!(!text.contains("Gateway"), "a node has no default route: {text}");
-    }
-
-    #[test]
-    fn host_key_comments_name_the_node() {
-        let scratch = tempfile::tempdir().expect("temporary directory");
-        fs::write(scratch.path().join("ssh_host_ed25519_key.pub"), "ssh-ed25519 AAAAC3 root@buildhost\n").unwrap();
-        fs::write(scratch.path().join("ssh_host_ed25519_key"), "private").unwrap();
-        rename_host_key_comments(scratch.path(), "master1").expect("rename");
-        assert_eq!(
-            fs::read_to_string(scratch.path().join("ssh_host_ed25519_key.pub")).unwrap(),
-            "ssh-ed25519 AAAAC3 root@master1\n"
-        );
-        assert_eq!(fs::read_to_string(scratch.path().join("ssh_host_ed25519_key")).unwrap(), "private");
     }
 
     #[test]

@@ -192,6 +192,20 @@ pub fn unmount_and_remove_tree(path: &Path) -> Result<(), String> {
     remove_tree(path)
 }
 
+/// The names of the directories in `dir`, sorted; none when it cannot be read.
+pub fn subdirectories(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Whether process `pid` exists and has not exited. A zombie (exited, not yet
 /// reaped by its parent) counts as gone: it holds no resources but its PID.
 pub fn process_alive(pid: u32) -> bool {

@@ -393,12 +393,8 @@ fn reverse_zone(range: Ipv4Net) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use super::*;
-    use crate::artifacts::Artifacts;
-    use crate::plan::PlanInputs;
-    use crate::stages::etcd::tests::{bundle, file, stage_for, topology};
+    use crate::stages::etcd::tests::{file, stage_for, stage_for_topology, topology};
 
     const MANIFEST: &str = "/etc/kubernetes/manifests-lab/kube-dns.yaml";
 
@@ -480,11 +476,7 @@ mod tests {
     fn coredns_keeps_the_service_and_serves_the_reverse_zone() {
         let mut topology = topology("lab.toml");
         topology.addons.dns = DnsAddon::Coredns;
-        let bundle = bundle(&topology);
-        let artifacts = Artifacts::expected(&topology, Path::new("/cache"));
-        let inputs =
-            PlanInputs { topology: &topology, pki: &bundle, artifacts: &artifacts, state_dir: PathBuf::from("/state") };
-        let stage = plan(&Context::new(&inputs));
+        let stage = stage_for_topology(&topology, plan);
         let manifest = file(&stage, "master1", MANIFEST);
         assert!(manifest.contains("image: k8s.gcr.io/coredns:1.7.0"));
         assert!(manifest.contains("kubernetes cluster.local 0.32.10.in-addr.arpa {"));

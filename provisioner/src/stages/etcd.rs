@@ -155,11 +155,15 @@ pub(super) mod tests {
 
     /// Runs one stage's `plan` for a repository topology.
     pub fn stage_for(file: &str, plan: fn(&Context<'_>) -> StagePlan) -> StagePlan {
-        let topology = topology(file);
-        let bundle = bundle(&topology);
-        let artifacts = Artifacts::expected(&topology, Path::new("/cache"));
-        let inputs =
-            PlanInputs { topology: &topology, pki: &bundle, artifacts: &artifacts, state_dir: PathBuf::from("/state") };
+        stage_for_topology(&topology(file), plan)
+    }
+
+    /// Runs one stage's `plan` for `topology`, with dummy certificates and the
+    /// artifacts of a cache in `/cache`.
+    pub fn stage_for_topology(topology: &Topology, plan: fn(&Context<'_>) -> StagePlan) -> StagePlan {
+        let bundle = bundle(topology);
+        let artifacts = Artifacts::expected(topology, Path::new("/cache"));
+        let inputs = PlanInputs { topology, pki: &bundle, artifacts: &artifacts, state_dir: PathBuf::from("/state") };
         plan(&Context::new(&inputs))
     }
 

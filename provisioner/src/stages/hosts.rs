@@ -17,7 +17,8 @@
 //! - Sysctls: IP forwarding (a node routes pod and service traffic) and
 //!   `bridge-nf-call-iptables` (so that traffic between two pods on the same bridge
 //!   still passes kube-proxy's iptables rules; without it a pod that reaches a Service
-//!   whose endpoint sits on the same node gets the reply from the wrong address).
+//!   whose endpoint sits on the same node gets the reply from the wrong address). A
+//!   virtual machine loads br_netfilter for it; a container has the host's kernel's.
 //! - Swap off, as the kubelet expects. In a container the swap belongs to the host's
 //!   kernel, so the stage leaves it alone there (and the kubelet is told to tolerate it).
 //! - The Kubernetes binaries each role runs, built by the artifacts step, in
@@ -59,6 +60,14 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         actions.commands.push(CommandSpec {
             description: format!("set the running hostname to {}", node.name),
             script: format!("[ \"$(hostname)\" = {name} ] || hostname {name}", name = node.name),
+            when: RunWhen::Always,
+        });
+        // A virtual machine runs its own kernel, which loads br_netfilter only when
+        // asked (a container shares the host's, where the preflight loaded it). Every
+        // run, so a VM that was powered off and started again has it too.
+        actions.commands.push(CommandSpec {
+            description: "load br_netfilter (virtual machines only)".to_string(),
+            script: "systemd-detect-virt --container --quiet || modprobe br_netfilter".to_string(),
             when: RunWhen::Always,
         });
         // Only the lab's own file: `sysctl --system` would also replay every packaged

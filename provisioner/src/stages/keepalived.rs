@@ -25,7 +25,10 @@
 //!   The firewall stage limits VRRP to the lab's nodes.
 //! - A check script asks HAProxy's loopback monitor URL every two seconds; when it
 //!   fails twice, keepalived enters FAULT state and releases the VIP to a node whose
-//!   HAProxy works.
+//!   HAProxy works. The check may take a while (curl 5 s, the script 10 s) before it
+//!   counts as failed: a VM under software emulation can need seconds just to start
+//!   curl, and a lone `lb` node in FAULT takes the API away. A dead HAProxy refuses
+//!   the connection at once, so failover is no slower for it.
 
 use crate::paths;
 use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
@@ -78,9 +81,9 @@ global_defs {{
 
 # Healthy while HAProxy answers its loopback monitor URL.
 vrrp_script haproxy_alive {{
-    script \"/usr/bin/curl --silent --fail --max-time 1 --output /dev/null {monitor_url}\"
+    script \"/usr/bin/curl --silent --fail --max-time 5 --output /dev/null {monitor_url}\"
     interval 2
-    timeout 2
+    timeout 10
     fall 2
     rise 2
 }}
@@ -146,7 +149,7 @@ vrrp_instance kube_apiserver {{
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, stage_for};
+    use crate::stages::etcd::tests::{file, stage_for, stage_for_topology};
 
     const CONFIG: &str = "/etc/keepalived/keepalived.conf";
 
@@ -224,15 +227,7 @@ mod tests {
                 ..template.clone()
             })
             .collect();
-        let bundle = crate::stages::etcd::tests::bundle(&topology);
-        let artifacts = crate::artifacts::Artifacts::expected(&topology, std::path::Path::new("/cache"));
-        let inputs = crate::plan::PlanInputs {
-            topology: &topology,
-            pki: &bundle,
-            artifacts: &artifacts,
-            state_dir: "/state".into(),
-        };
-        let stage = plan(&Context::new(&inputs));
+        let stage = stage_for_topology(&topology, plan);
         let mut priorities: Vec<u32> = stage
             .nodes
             .iter()

@@ -17,8 +17,8 @@ use std::net::Ipv4Addr;
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
-use crate::stages::{service_unit, ServiceUnit};
-use crate::topology::Role;
+use crate::stages::{service_unit, LeaderElection, ServiceUnit};
+use crate::topology::{Role, Topology};
 
 /// The unit this stage writes and starts on every master.
 pub const UNIT: &str = "kube-controller-manager.service";
@@ -32,6 +32,19 @@ const INSECURE_PORT: u16 = 10252;
 
 /// How long the controller manager may take to start serving health checks.
 const READY_TIMEOUT_SECS: u64 = 60;
+
+/// The leader election flags that differ from Kubernetes' defaults.
+fn leader_election_flags(topology: &Topology) -> Vec<String> {
+    LeaderElection::for_topology(topology)
+        .map(|timing| {
+            vec![
+                format!("--leader-elect-lease-duration={}s", timing.lease_duration),
+                format!("--leader-elect-renew-deadline={}s", timing.renew_deadline),
+                format!("--leader-elect-retry-period={}s", timing.retry_period),
+            ]
+        })
+        .unwrap_or_default()
+}
 
 pub fn plan(context: &Context<'_>) -> StagePlan {
     let mut stage = StagePlan::new(
@@ -52,7 +65,7 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
     let ca_key = paths::kubernetes_pki(pki_files::CA_KEY);
     let service_account_private = paths::kubernetes_pki(pki_files::SERVICE_ACCOUNT_PRIVATE_KEY);
 
-    let flags = vec![
+    let mut flags = vec![
         // Health and metrics on loopback only: nothing outside the master needs them.
         "--bind-address=127.0.0.1".to_string(),
         format!("--secure-port={SECURE_PORT}"),
@@ -74,6 +87,9 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         format!("--authentication-kubeconfig={kubeconfig_path}"),
         format!("--authorization-kubeconfig={kubeconfig_path}"),
         "--leader-elect=true".to_string(),
+    ];
+    flags.extend(leader_election_flags(topology));
+    flags.extend([
         // Put into every service account's token secret so pods can verify the apiserver.
         format!("--root-ca-file={ca}"),
         format!("--service-account-private-key-file={service_account_private}"),
@@ -82,7 +98,7 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         // what it needs instead of everything the controller manager may do.
         "--use-service-account-credentials=true".to_string(),
         "--v=2".to_string(),
-    ];
+    ]);
     let unit_path = paths::unit(UNIT);
 
     for master in topology.nodes_with(Role::Master) {
@@ -132,7 +148,8 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
 mod tests {
     use super::*;
     use crate::plan::Content;
-    use crate::stages::etcd::tests::{file, flag, stage_for};
+    use crate::stages::etcd::tests::{file, flag, stage_for, stage_for_topology};
+    use crate::topology::{Acceleration, Backend};
 
     const UNIT_PATH: &str = "/etc/systemd/system/kube-controller-manager.service";
 
@@ -148,6 +165,23 @@ mod tests {
         assert_eq!(flag(unit, "allocate-node-cidrs"), "false");
         assert_eq!(flag(unit, "service-cluster-ip-range"), "10.32.0.0/24");
         assert_eq!(flag(unit, "cluster-signing-key-file"), "/etc/kubernetes/pki/ca-key.pem");
+    }
+
+    #[test]
+    fn leader_election_gets_more_time_where_machines_may_be_emulated() {
+        let unit = |backend: Backend, acceleration: Acceleration| {
+            let mut topology = crate::stages::etcd::tests::topology("examples/minimal.toml");
+            topology.machines.backend = backend;
+            topology.machines.acceleration = acceleration;
+            file(&stage_for_topology(&topology, plan), "master1", UNIT_PATH).to_string()
+        };
+        let nspawn = unit(Backend::Nspawn, Acceleration::Auto);
+        assert!(!nspawn.contains("--leader-elect-lease-duration"), "Kubernetes' defaults: {nspawn}");
+        let emulated = unit(Backend::Libvirt, Acceleration::Auto);
+        assert_eq!(flag(&emulated, "leader-elect-lease-duration"), "60s");
+        assert_eq!(flag(&emulated, "leader-elect-renew-deadline"), "40s");
+        assert_eq!(flag(&emulated, "leader-elect-retry-period"), "5s");
+        assert!(!unit(Backend::Libvirt, Acceleration::Kvm).contains("--leader-elect-lease-duration"));
     }
 
     #[test]

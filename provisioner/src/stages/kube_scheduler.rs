@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
-use crate::stages::{service_unit, ServiceUnit};
+use crate::stages::{service_unit, LeaderElection, ServiceUnit};
 use crate::topology::Role;
 
 /// The unit this stage writes and starts on every master.
@@ -47,6 +47,14 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
     // With a configuration file, the plain HTTP health and metrics listeners are set
     // here rather than with the deprecated `--address`/`--port` flags. Both default to
     // every address; the lab keeps them on loopback.
+    let leader_election = LeaderElection::for_topology(topology)
+        .map(|timing| {
+            format!(
+                "  leaseDuration: {}s\n  renewDeadline: {}s\n  retryPeriod: {}s\n",
+                timing.lease_duration, timing.renew_deadline, timing.retry_period
+            )
+        })
+        .unwrap_or_default();
     let config = format!(
         "# Written by the k8s lab; `lab up` overwrites local changes.
 apiVersion: kubescheduler.config.k8s.io/v1beta1
@@ -55,7 +63,7 @@ clientConnection:
   kubeconfig: {kubeconfig_path}
 leaderElection:
   leaderElect: true
-healthzBindAddress: 127.0.0.1:{INSECURE_PORT}
+{leader_election}healthzBindAddress: 127.0.0.1:{INSECURE_PORT}
 metricsBindAddress: 127.0.0.1:{INSECURE_PORT}
 "
     );

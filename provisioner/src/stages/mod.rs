@@ -41,6 +41,32 @@ pub fn plan_all(context: &Context<'_>) -> Vec<StagePlan> {
     ]
 }
 
+/// The leader election timing of the controller manager and the scheduler, in
+/// seconds: how long a leader's lease lasts, how long the leader keeps trying to renew
+/// it, and how often the others try to take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderElection {
+    pub lease_duration: u32,
+    pub renew_deadline: u32,
+    pub retry_period: u32,
+}
+
+impl LeaderElection {
+    /// Kubernetes' defaults (15 s, 10 s, 2 s) where the machines run at the host's
+    /// speed, which the plan leaves unwritten; 60 s, 40 s and 5 s where they may run
+    /// under software emulation. A renewal is one API request, a loaded apiserver in a
+    /// TCG guest can take longer than 10 s to answer it, and a leader that misses its
+    /// deadline exits: the controller manager would restart again and again, loading
+    /// the apiserver further, and never get its work done.
+    pub fn for_topology(topology: &crate::topology::Topology) -> Option<LeaderElection> {
+        topology.machines.may_be_emulated().then_some(LeaderElection {
+            lease_duration: 60,
+            renew_deadline: 40,
+            retry_period: 5,
+        })
+    }
+}
+
 /// What differs between the lab's daemon units; everything else is shared.
 pub struct ServiceUnit<'a> {
     pub description: &'a str,

@@ -453,12 +453,8 @@ spec:
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use super::*;
-    use crate::artifacts::Artifacts;
-    use crate::plan::PlanInputs;
-    use crate::stages::etcd::tests::{bundle, file, stage_for, topology};
+    use crate::stages::etcd::tests::{file, stage_for, stage_for_topology, topology};
 
     fn cni_subnet(stage: &StagePlan, node: &str) -> String {
         let config: serde_json::Value =
@@ -470,11 +466,7 @@ mod tests {
     fn stage_with(kind: PodNetwork) -> StagePlan {
         let mut topology = topology("lab.toml");
         topology.network.pod_network = kind;
-        let bundle = bundle(&topology);
-        let artifacts = Artifacts::expected(&topology, Path::new("/cache"));
-        let inputs =
-            PlanInputs { topology: &topology, pki: &bundle, artifacts: &artifacts, state_dir: PathBuf::from("/state") };
-        plan(&Context::new(&inputs))
+        stage_for_topology(&topology, plan)
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests that need host tools: a private containerd
-//! that lives only as long as the test, and the checks that decide whether to skip.
+//! that lives only as long as the test, and the checks that decide whether to skip;
+//! `lab`, a lab of one node on a real machine backend.
 
 #![allow(dead_code)] // Each test binary uses its own subset of these helpers.
+
+pub mod lab;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
