@@ -29,8 +29,8 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::artifacts::build;
-use crate::machines::Requirement;
-use crate::topology::{DnsAddon, Problem, Topology};
+use crate::machines::{NodeSpec, Requirement};
+use crate::topology::{Backend, DnsAddon, Problem, Topology};
 
 /// The node image, the Kubernetes build and the container images in the cache.
 pub const CACHE_BYTES: u64 = 4 << 30;
@@ -160,7 +160,8 @@ pub fn run(topology: &Topology, state_dir: &Path, cache_dir: &Path, requirements
     let mut findings: Vec<Finding> = requirements.iter().map(Finding::from_requirement).collect();
     let nodes = topology.nodes.len() as u64;
     findings.extend(disk_findings(state_dir, cache_dir, nodes));
-    findings.push(memory_finding(available_memory(), nodes));
+    let (memory_needed, memory_basis) = memory_need(topology);
+    findings.push(memory_finding(available_memory(), memory_needed, &memory_basis));
     findings.push(bridge_netfilter_finding());
     findings.extend(route_findings(topology));
     Report { findings }
@@ -403,25 +404,35 @@ fn unknown_disk(check: &str, place: &str, error: &str) -> Finding {
     )
 }
 
+/// How much memory the nodes want, and how that adds up: a container uses about
+/// 1 GiB, a VM takes its whole size from the host.
+fn memory_need(topology: &Topology) -> (u64, String) {
+    let nodes = topology.nodes.len() as u64;
+    if topology.machines.backend == Backend::Nspawn {
+        return (nodes * NODE_MEMORY_BYTES, format!("{} per node x {nodes}", gib(NODE_MEMORY_BYTES)));
+    }
+    let sizes: Vec<u64> =
+        topology.nodes.iter().map(|node| u64::from(NodeSpec::of(node).size.memory_mib) << 20).collect();
+    let sum: Vec<String> = sizes.iter().map(|&size| gib(size)).collect();
+    (sizes.iter().sum(), format!("the VMs' memory, {}", sum.join(" + ")))
+}
+
 /// Memory is only a warning: nodes do not reserve it, and a small topology or an
 /// idle cluster may get by with less.
-fn memory_finding(available: Option<u64>, nodes: u64) -> Finding {
+fn memory_finding(available: Option<u64>, need: u64, basis: &str) -> Finding {
     const CHECK: &str = "free memory";
-    let need = nodes * NODE_MEMORY_BYTES;
     match available {
         None => Finding::problem(CHECK, Status::Warn, "cannot read MemAvailable from /proc/meminfo", "check `free -h`"),
-        Some(available) if available >= need => Finding::ok(
-            CHECK,
-            format!("{} available, need about {} ({} per node x {nodes})", gib(available), gib(need), gib(NODE_MEMORY_BYTES)),
-        ),
+        Some(available) if available >= need => {
+            Finding::ok(CHECK, format!("{} available, need about {} ({basis})", gib(available), gib(need)))
+        }
         Some(available) => Finding::problem(
             CHECK,
             Status::Warn,
             format!(
-                "{} available, the lab wants about {} ({} per node x {nodes}); nodes may be killed when memory runs out",
+                "{} available, the lab wants about {} ({basis}); nodes may be killed when memory runs out",
                 gib(available),
-                gib(need),
-                gib(NODE_MEMORY_BYTES)
+                gib(need)
             ),
             "use a topology with fewer nodes (examples/minimal.toml) or free memory",
         ),
@@ -888,9 +899,20 @@ mod tests {
 
     #[test]
     fn little_memory_is_a_warning() {
-        assert_eq!(memory_finding(Some(8 << 30), 5).status, Status::Ok);
-        assert_eq!(memory_finding(Some(2 << 30), 5).status, Status::Warn);
-        assert_eq!(memory_finding(None, 5).status, Status::Warn);
+        assert_eq!(memory_finding(Some(8 << 30), 5 << 30, "1.0 GiB per node x 5").status, Status::Ok);
+        assert_eq!(memory_finding(Some(2 << 30), 5 << 30, "1.0 GiB per node x 5").status, Status::Warn);
+        assert_eq!(memory_finding(None, 5 << 30, "1.0 GiB per node x 5").status, Status::Warn);
+    }
+
+    #[test]
+    fn vms_need_their_whole_size_and_containers_about_a_gibibyte() {
+        let mut topology =
+            Topology::parse(include_str!("../../examples/minimal.toml"), Path::new("examples/minimal.toml"))
+                .expect("examples/minimal.toml")
+                .topology;
+        assert_eq!(memory_need(&topology), (2 << 30, "1.0 GiB per node x 2".to_string()));
+        topology.machines.backend = Backend::Libvirt;
+        assert_eq!(memory_need(&topology), (5 << 30, "the VMs' memory, 3.0 GiB + 2.0 GiB".to_string()));
     }
 
     fn lab_topology() -> Topology {

@@ -144,12 +144,17 @@ impl Nspawn {
     /// deletes both.
     fn remove_stale_link(&self, node: &str) -> Result<(), MachineError> {
         let Some(link) = self.host_link_name(node) else { return Ok(()) };
-        if !Path::new("/sys/class/net").join(&link).exists() {
+        let link_exists = || Path::new("/sys/class/net").join(&link).exists();
+        if !link_exists() {
             return Ok(());
         }
-        system::run_program("ip", ["link", "delete", &link])
-            .map(|_| ())
-            .map_err(|failure| self.node_error(node, format!("cannot remove the stale link {link}: {failure}")))
+        match system::run_program("ip", ["link", "delete", &link]) {
+            Ok(_) => Ok(()),
+            // The kernel may finish tearing the namespace down, and the link with it,
+            // between the check above and `ip link delete`: gone is what we wanted.
+            Err(_) if !link_exists() => Ok(()),
+            Err(failure) => Err(self.node_error(node, format!("cannot remove the stale link {link}: {failure}"))),
+        }
     }
 
     /// The transient unit of a node on a systemd host.
