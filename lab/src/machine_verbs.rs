@@ -29,8 +29,8 @@ const SSH_TIMEOUT: Duration = Duration::from_secs(180);
 /// died is noticed between attempts instead of after the whole timeout.
 const SSH_ATTEMPT: Duration = Duration::from_secs(5);
 
-/// How often a node that does not answer SSH yet gets a progress line.
-const SSH_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// How often a slow start, or a node that does not answer SSH yet, gets a progress line.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Prints progress lines `[  12.3s] text` on stderr, timed from the verb's start.
 struct Progress {
@@ -173,6 +173,7 @@ fn start_nodes(
     key: &KeyPair,
     progress: &Progress,
 ) -> Result<(), Failure> {
+    let started = Instant::now();
     let errors: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = nodes
             .iter()
@@ -190,6 +191,18 @@ fn start_nodes(
                 })
             })
             .collect();
+        // A VM backend may take minutes to start its machines (Vagrant uploads its
+        // box first): a long start is never silent.
+        let mut next_report = started + PROGRESS_EVERY;
+        while handles.iter().any(|handle| !handle.is_finished()) {
+            std::thread::sleep(Duration::from_millis(200));
+            if Instant::now() >= next_report {
+                let starting = handles.iter().filter(|handle| !handle.is_finished()).count();
+                let doing = backend.activity().map(|line| format!("; {line}")).unwrap_or_default();
+                progress.say(&format!("machines: starting {starting} nodes ({}){doing}", seconds(started)));
+                next_report += PROGRESS_EVERY;
+            }
+        }
         handles
             .into_iter()
             .filter_map(|handle| match handle.join() {
@@ -215,7 +228,7 @@ fn wait_for_ssh(backend: &dyn Machines, nodes: &[NodeSpec], key: &KeyPair, progr
             .map(|node| {
                 scope.spawn(move || -> Result<(), String> {
                     let step = Instant::now();
-                    let mut next_report = step + SSH_PROGRESS_EVERY;
+                    let mut next_report = step + PROGRESS_EVERY;
                     loop {
                         // A VM under software emulation takes half a minute or more to
                         // boot: say how far it got, from its console.
@@ -226,7 +239,7 @@ fn wait_for_ssh(backend: &dyn Machines, nodes: &[NodeSpec], key: &KeyPair, progr
                                 .map(|line| format!("; console: {line}"))
                                 .unwrap_or_default();
                             progress.say(&format!("{}: waiting for SSH ({}){seen}", node.name, seconds(step)));
-                            next_report += SSH_PROGRESS_EVERY;
+                            next_report += PROGRESS_EVERY;
                         }
                         match ssh::wait_until_reachable(&node.name, node.address, key, SSH_ATTEMPT) {
                             Ok(_) => {

@@ -317,6 +317,12 @@ pub trait Machines: Send + Sync {
     /// The node's console output of its current or last boot, when the backend keeps one.
     fn console_log(&self, node: &str) -> Option<PathBuf>;
 
+    /// What the backend is doing right now, in one line, for the progress reports of
+    /// a long start; `None` where it has nothing to add to "starting".
+    fn activity(&self) -> Option<String> {
+        None
+    }
+
     /// Removes every machine, their disks and runtime files, and the lab network.
     /// Returns what could not be removed (empty when everything went).
     fn destroy(&self) -> Vec<Leftover>;

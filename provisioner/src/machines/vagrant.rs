@@ -63,6 +63,10 @@ const LIBVIRT_DNSMASQ_DIR: &str = "/var/lib/libvirt/dnsmasq";
 /// How many lines of Vagrant's output an error message carries.
 const LOG_TAIL_LINES: usize = 15;
 
+/// How much of the end of Vagrant's log a progress report reads: enough for the last
+/// line even behind a run of redrawn upload progress.
+const ACTIVITY_TAIL_BYTES: u64 = 16 * 1024;
+
 pub struct Vagrant {
     spec: LabSpec,
     /// The result of the one `vagrant up` that starts every node at once, per node.
@@ -848,6 +852,12 @@ impl Machines for Vagrant {
         Some(self.console_path(node)).filter(|path| path.exists())
     }
 
+    /// `vagrant up` makes every machine in one run of several minutes under TCG (the
+    /// box upload alone takes minutes): its latest line of output says how far it got.
+    fn activity(&self) -> Option<String> {
+        last_output_line(&file_tail(&self.log_path(), ACTIVITY_TAIL_BYTES)?)
+    }
+
     fn time_scale(&self) -> u32 {
         vm_image::time_scale(self.spec.acceleration, &self.accelerator_record())
     }
@@ -1035,6 +1045,22 @@ pub fn output_tail(text: &str, lines: usize) -> String {
         .filter(|line| !line.is_empty() && !line.contains("Progress:") && !line.starts_with("from /"))
         .collect();
     kept[kept.len().saturating_sub(lines)..].join(" | ")
+}
+
+/// Vagrant's latest line of output, the upload progress it redraws in place
+/// ("Progress: 42%") included.
+pub fn last_output_line(text: &str) -> Option<String> {
+    text.split(['\n', '\r']).map(|line| line.replace("\u{1b}[K", "").trim().to_string()).rfind(|line| !line.is_empty())
+}
+
+/// The last `bytes` bytes of a file, as text.
+fn file_tail(path: &Path, bytes: u64) -> Option<String> {
+    let mut file = fs::File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(bytes))).ok()?;
+    let mut raw = Vec::new();
+    file.read_to_end(&mut raw).ok()?;
+    Some(String::from_utf8_lossy(&raw).into_owned())
 }
 
 /// A disk's virtual size in whole GiB, rounded up, as a box's metadata gives it.
@@ -1270,5 +1296,23 @@ mod tests {
         let text = "==> master1: Uploading base box image\n\rProgress: 1%\rProgress: 100%\u{1b}[K\n\
                     ==> master1: Starting domain.\nan error happened\n\tfrom /usr/share/x.rb:1:in `call'\n";
         assert_eq!(output_tail(text, 2), "==> master1: Starting domain. | an error happened");
+    }
+
+    #[test]
+    fn progress_reports_read_the_last_line_even_during_an_upload() {
+        let scratch = tempfile::tempdir().expect("temporary directory");
+        let log = scratch.path().join("vagrant.log");
+        let upload = "\rProgress: 42%\u{1b}[K".repeat(5000);
+        fs::write(&log, format!("$ vagrant up\n==> worker1: Uploading base box image as volume\n{upload}")).unwrap();
+        let tail = file_tail(&log, ACTIVITY_TAIL_BYTES).expect("the log");
+        assert!(tail.len() as u64 <= ACTIVITY_TAIL_BYTES);
+        assert_eq!(last_output_line(&tail).as_deref(), Some("Progress: 42%"));
+        fs::write(
+            &log,
+            format!("==> worker1: Uploading base box image as volume\n{upload}\n==> worker1: Starting domain.\n"),
+        )
+        .unwrap();
+        let tail = file_tail(&log, ACTIVITY_TAIL_BYTES).unwrap();
+        assert_eq!(last_output_line(&tail).as_deref(), Some("==> worker1: Starting domain."));
     }
 }
