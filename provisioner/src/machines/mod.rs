@@ -261,8 +261,13 @@ pub enum MachineError {
          it needs the Debian packages libvirt-dev and pkg-config), or use another backend"
     )]
     LibvirtNotBuilt,
-    #[error("state dir {} holds lab {lab}; run `lab destroy` or set LAB_DIR", .state_dir.display())]
-    StateDirTaken { state_dir: PathBuf, lab: String },
+    #[error(
+        "state dir {} holds lab {lab}, not {requested}; to work on {lab}, pass its topology \
+         (`--topology {}` is the copy `lab up` recorded), else run `lab destroy` or set LAB_DIR",
+        .state_dir.display(),
+        .state_dir.join(TOPOLOGY_RECORD).display()
+    )]
+    StateDirTaken { state_dir: PathBuf, lab: String, requested: String },
     #[error(
         "lab {lab} in {} runs on the {recorded} backend, not {requested}; use `--backend {recorded}` \
          (or `lab destroy` it first)",
@@ -366,7 +371,7 @@ pub fn recorded_topology(state_dir: &Path) -> Result<Option<Topology>, MachineEr
 pub fn check_state_dir(state_dir: &Path, topology: &Topology) -> Result<(), MachineError> {
     match recorded_lab(&state_dir.join(TOPOLOGY_RECORD))? {
         Some((lab, _)) if lab != topology.name => {
-            Err(MachineError::StateDirTaken { state_dir: state_dir.to_owned(), lab })
+            Err(MachineError::StateDirTaken { state_dir: state_dir.to_owned(), lab, requested: topology.name.clone() })
         }
         Some((lab, recorded)) if recorded != topology.machines.backend.to_string() => Err(MachineError::OtherBackend {
             state_dir: state_dir.to_owned(),
@@ -470,7 +475,12 @@ roles = ["etcd", "master", "lb", "worker"]
         let error = claim_state_dir(state.path(), &topology("two")).expect_err("another lab must be refused");
         assert_eq!(
             error.to_string(),
-            format!("state dir {} holds lab one; run `lab destroy` or set LAB_DIR", state.path().display())
+            format!(
+                "state dir {} holds lab one, not two; to work on one, pass its topology (`--topology {}` is \
+                 the copy `lab up` recorded), else run `lab destroy` or set LAB_DIR",
+                state.path().display(),
+                state.path().join(TOPOLOGY_RECORD).display()
+            )
         );
 
         let mut on_vms = topology("one");

@@ -178,9 +178,9 @@ mod tests {
         let nspawn = unit(Backend::Nspawn, Acceleration::Auto);
         assert!(!nspawn.contains("--leader-elect-lease-duration"), "Kubernetes' defaults: {nspawn}");
         let emulated = unit(Backend::Libvirt, Acceleration::Auto);
-        assert_eq!(flag(&emulated, "leader-elect-lease-duration"), "60s");
-        assert_eq!(flag(&emulated, "leader-elect-renew-deadline"), "40s");
-        assert_eq!(flag(&emulated, "leader-elect-retry-period"), "5s");
+        assert_eq!(flag(&emulated, "leader-elect-lease-duration"), "120s");
+        assert_eq!(flag(&emulated, "leader-elect-renew-deadline"), "90s");
+        assert_eq!(flag(&emulated, "leader-elect-retry-period"), "10s");
         assert!(!unit(Backend::Libvirt, Acceleration::Kvm).contains("--leader-elect-lease-duration"));
     }
 

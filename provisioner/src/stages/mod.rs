@@ -53,16 +53,18 @@ pub struct LeaderElection {
 
 impl LeaderElection {
     /// Kubernetes' defaults (15 s, 10 s, 2 s) where the machines run at the host's
-    /// speed, which the plan leaves unwritten; 60 s, 40 s and 5 s where they may run
+    /// speed, which the plan leaves unwritten; 120 s, 90 s and 10 s where they may run
     /// under software emulation. A renewal is one API request, a loaded apiserver in a
     /// TCG guest can take longer than 10 s to answer it, and a leader that misses its
     /// deadline exits: the controller manager would restart again and again, loading
-    /// the apiserver further, and never get its work done.
+    /// the apiserver further, and never get its work done. A 40 s deadline was not
+    /// enough: a TCG controller under the lab's own readiness checks stalled its
+    /// apiserver for over 40 s, and both leaders exited at once.
     pub fn for_topology(topology: &crate::topology::Topology) -> Option<LeaderElection> {
         topology.machines.may_be_emulated().then_some(LeaderElection {
-            lease_duration: 60,
-            renew_deadline: 40,
-            retry_period: 5,
+            lease_duration: 120,
+            renew_deadline: 90,
+            retry_period: 10,
         })
     }
 }
