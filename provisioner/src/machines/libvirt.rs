@@ -364,11 +364,8 @@ impl Machines for Libvirt {
         hostnet::check_ranges_free(&self.spec.bridge, self.spec.gateway, routes)?;
         let session = self.connect()?;
         let created = self.ensure_libvirt_network(&session)?;
-        let mut report =
-            hostnet::ensure(&self.spec.bridge, &hostnet::owner_tag(&self.spec.state_dir), self.spec.gateway, routes)?;
+        let mut report = self.spec.ensure_host_network(routes)?;
         report.bridge_created = created;
-        let addresses: Vec<_> = self.spec.nodes.iter().map(|node| node.address).collect();
-        hostnet::verify_on_bridge(&self.spec.bridge, &addresses)?;
         Ok(report)
     }
 

@@ -126,6 +126,16 @@ impl LabSpec {
         self.state_dir.join("machines")
     }
 
+    /// Makes the lab bridge (tagged with this state directory) and routes every lab
+    /// range onto it, then proves that every node's address goes there: every node is
+    /// reached by its address on the bridge, whatever kind of machine it is.
+    pub fn ensure_host_network(&self, routes: &[HostRoute]) -> Result<hostnet::NetworkReport, MachineError> {
+        let report = hostnet::ensure(&self.bridge, &hostnet::owner_tag(&self.state_dir), self.gateway, routes)?;
+        let addresses: Vec<_> = self.nodes.iter().map(|node| node.address).collect();
+        hostnet::verify_on_bridge(&self.bridge, &addresses)?;
+        Ok(report)
+    }
+
     /// Makes `STATE/machines` and lets only root into it: the node directories hold
     /// the nodes' private keys. The error is a message for the caller's context.
     pub fn create_machines_dir(&self) -> Result<PathBuf, String> {

@@ -714,12 +714,7 @@ impl Machines for Nspawn {
     }
 
     fn ensure_network(&self, routes: &[HostRoute]) -> Result<hostnet::NetworkReport, MachineError> {
-        let report =
-            hostnet::ensure(&self.spec.bridge, &hostnet::owner_tag(&self.spec.state_dir), self.spec.gateway, routes)?;
-        // Every node is reached by its address on the bridge: prove they all go there.
-        let addresses: Vec<_> = self.spec.nodes.iter().map(|node| node.address).collect();
-        hostnet::verify_on_bridge(&self.spec.bridge, &addresses)?;
-        Ok(report)
+        self.spec.ensure_host_network(routes)
     }
 
     fn create_or_start(

@@ -803,8 +803,7 @@ impl Machines for Vagrant {
         fs::create_dir_all(LIBVIRT_DNSMASQ_DIR)
             .map_err(|error| MachineError::Host { message: format!("cannot create {LIBVIRT_DNSMASQ_DIR}: {error}") })?;
         let created = self.ensure_libvirt_network()?;
-        let mut report =
-            hostnet::ensure(&self.spec.bridge, &hostnet::owner_tag(&self.spec.state_dir), self.spec.gateway, routes)?;
+        let mut report = self.spec.ensure_host_network(routes)?;
         report.bridge_created = created;
         Ok(report)
     }
