@@ -38,7 +38,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
 use provisioner::host::{Host, HostError, Output};
@@ -313,6 +313,72 @@ impl Lab {
         let session = Arc::new(SshHost::connect(node, address, &self.ssh_key, self.patience(SSH_CONNECT_TIMEOUT))?);
         sessions.insert(node.to_string(), Arc::clone(&session));
         Ok(session)
+    }
+}
+
+/// Where the suite records when its drills broke the lab on purpose, so that checks of a
+/// healthy lab (etcd elected no leader, say) can leave those windows out.
+const DRILLS_LOG: &str = "drills.log";
+
+/// A drill in progress: from `Lab::drill` until dropped, the lab is broken on purpose.
+pub struct Drill {
+    name: String,
+    started: SystemTime,
+    log: PathBuf,
+}
+
+impl Drop for Drill {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        let seconds = |time: SystemTime| time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let line = format!("{:.3} {:.3} {}\n", seconds(self.started), seconds(SystemTime::now()), self.name);
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut file| file.write_all(line.as_bytes()));
+        if let Err(error) = written {
+            eprintln!("cannot record the drill {} in {}: {error}", self.name, self.log.display());
+        }
+    }
+}
+
+/// When a drill broke the lab: seconds since the epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrillWindow {
+    pub started: f64,
+    pub ended: f64,
+    pub name: String,
+}
+
+impl Lab {
+    /// Marks the start of a drill named `name`; the returned guard records its window in
+    /// the lab's state directory when dropped.
+    pub fn drill(&self, name: &str) -> Drill {
+        Drill { name: name.to_string(), started: SystemTime::now(), log: self.status.state_dir.join(DRILLS_LOG) }
+    }
+
+    /// Every drill window recorded for this lab, oldest first.
+    pub fn drill_windows(&self) -> Vec<DrillWindow> {
+        let text = std::fs::read_to_string(self.status.state_dir.join(DRILLS_LOG)).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let mut words = line.splitn(3, ' ');
+                Some(DrillWindow {
+                    started: words.next()?.parse().ok()?,
+                    ended: words.next()?.parse().ok()?,
+                    name: words.next()?.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// When the last `lab up` finished (it writes `STATE/timings.json` last).
+    pub fn converged_at(&self) -> SystemTime {
+        let timings = self.status.state_dir.join("timings.json");
+        std::fs::metadata(&timings)
+            .and_then(|metadata| metadata.modified())
+            .unwrap_or_else(|error| panic!("cannot tell when `lab up` finished ({}: {error})", timings.display()))
     }
 }
 

@@ -2,15 +2,20 @@
 //! HAProxy on every master behind one keepalived virtual IP, and one active controller
 //! manager and scheduler chosen by leader election.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use conformance::{lab, Identity};
+use conformance::{eventually, lab, ready_pods, web_deployment, Identity, TestNamespace, WEB_LABEL};
 use futures::future::join_all;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Endpoints, Service};
+use kube::api::PostParams;
 use kube::Api;
+use provisioner::artifacts::images;
 use provisioner::paths::NODE_INTERFACE;
 use provisioner::pki::names;
 use provisioner::topology::Role;
+use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -117,4 +122,67 @@ fn check_leader_lease(component: &str) {
         now_ms - renewed_ms
     );
     eprintln!("{component} leader: {holder_node} (renewed {} ms ago)", now_ms - renewed_ms);
+}
+
+/// How long the endpoints controller may take to list a ready pod behind a new Service.
+const ENDPOINTS_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a test pod may take to be scheduled, started and ready.
+const POD_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A Service created now, in front of a pod that is already ready, gets an Endpoints object
+/// with that pod's address within 5 s: the controller manager's endpoints controller (on
+/// whichever master leads) is alive and watching. Prints how long it took.
+///
+/// Turn it red: stop the controller manager on every master (`cargo lab ssh masterN --
+/// systemctl stop kube-controller-manager`); the Service's Endpoints never appear.
+#[test]
+fn a_new_service_gets_its_endpoints_within_seconds() {
+    let lab = lab();
+    let client = lab.kube();
+    lab.block_on(async {
+        let namespace = TestNamespace::create(&client, "endpoints").await;
+        Api::<Deployment>::namespaced(client.clone(), namespace.name())
+            .create(&PostParams::default(), &web_deployment(1, false))
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the test app: {error}"));
+        let pods = ready_pods(&client, namespace.name(), WEB_LABEL, 1, POD_READY_TIMEOUT).await;
+        let pod_ip = pods[0].status.as_ref().and_then(|status| status.pod_ip.clone()).expect("a ready pod has an IP");
+
+        let (label_key, label_value) = WEB_LABEL.split_once('=').expect("KEY=VALUE");
+        let service: Service = serde_json::from_value(json!({
+            "metadata": { "name": "web" },
+            "spec": {
+                "selector": { label_key: label_value },
+                "ports": [{ "name": "http", "protocol": "TCP", "port": 80, "targetPort": images::WEB_PORT }],
+            },
+        }))
+        .expect("a valid Service");
+        let created = Instant::now();
+        Api::<Service>::namespaced(client.clone(), namespace.name())
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the Service: {error}"));
+        let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace.name());
+        eventually(&format!("the Endpoints of Service web list {pod_ip}"), ENDPOINTS_DEADLINE, || async {
+            let found = endpoints.get_opt("web").await.map_err(|error| error.to_string())?;
+            let addresses: Vec<String> = found
+                .and_then(|endpoints| endpoints.subsets)
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|subset| subset.addresses.unwrap_or_default())
+                .map(|address| address.ip)
+                .collect();
+            if addresses.contains(&pod_ip) {
+                Ok(())
+            } else {
+                Err(format!("addresses {addresses:?}"))
+            }
+        })
+        .await;
+        println!(
+            "the Endpoints of a new Service listed its ready pod {:.1?} after the Service was created",
+            created.elapsed()
+        );
+        namespace.delete().await;
+    });
 }

@@ -165,3 +165,76 @@ fn clients_without_a_certificate_are_refused() {
         assert!(reply.is_err(), "{} answered a client without a certificate: {reply:?}", node.name);
     }
 }
+
+/// How long after a drill ended an election still counts as the drill's: a member that was
+/// stopped catches up, and a leader that was stopped is replaced within two election
+/// timeouts.
+const DRILL_AFTERMATH: Duration = Duration::from_secs(15);
+
+/// etcd elects a leader only when one is really gone: since the last `lab up` finished, no
+/// member saw a new leader outside the failover drills (and their aftermath). Each election
+/// fails every watch the apiservers hold; a lab whose members elect again and again under
+/// load stops delivering events to the controllers. Elections are read from the members'
+/// journals (`elected leader ... at term N`, one term per election).
+///
+/// nextest runs this check after every read-only test and before the drills
+/// (.config/nextest.toml), so it judges the lab while the suite loaded it.
+///
+/// Turn it red: force an election on a healthy lab by moving the leadership
+/// (`cargo lab ssh master1 -- etcdctl ... move-leader ID`), or run the lab with etcd's
+/// default timing (`--heartbeat-interval=100 --election-timeout=1000`) on a loaded host.
+#[test]
+fn etcd_elected_no_leader_outside_the_failover_drills() {
+    let lab = lab();
+    let since = lab.converged_at().duration_since(std::time::UNIX_EPOCH).expect("after the epoch").as_secs_f64();
+    let drills = lab.drill_windows();
+    let aftermath = lab.patience(DRILL_AFTERMATH).as_secs_f64();
+    let in_a_drill = |time: f64| drills.iter().any(|drill| drill.started <= time && time <= drill.ended + aftermath);
+
+    // The first time any member saw each term's leader.
+    let mut elections: std::collections::BTreeMap<u64, (f64, String)> = std::collections::BTreeMap::new();
+    for member in lab.nodes_with(Role::Etcd) {
+        let journal = lab.sh(
+            &member.name,
+            &format!(
+                "journalctl --no-pager --output=short-unix --unit {unit} --since @{since:.0} | grep 'elected leader' || true",
+                unit = provisioner::stages::etcd::UNIT
+            ),
+        );
+        for line in journal.lines() {
+            let Some(time) = line.split_whitespace().next().and_then(|word| word.parse::<f64>().ok()) else {
+                continue;
+            };
+            let Some(term) = line
+                .split("at term ")
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let entry = elections.entry(term).or_insert((time, member.name.clone()));
+            if time < entry.0 {
+                *entry = (time, member.name.clone());
+            }
+        }
+    }
+    let unexplained: Vec<String> = elections
+        .iter()
+        .filter(|(_, (time, _))| *time >= since && !in_a_drill(*time))
+        .map(|(term, (time, member))| {
+            format!("term {term}: {member} saw a new leader {:.0} s after `lab up` finished", time - since)
+        })
+        .collect();
+    println!(
+        "etcd elections since `lab up` finished: {} ({} during or right after {} recorded drills)",
+        elections.len(),
+        elections.len() - unexplained.len(),
+        drills.len()
+    );
+    assert!(
+        unexplained.is_empty(),
+        "etcd elected a leader with no drill running; its members' journals say why (`cargo lab logs NODE --unit etcd.service`):\n{}",
+        unexplained.join("\n")
+    );
+}

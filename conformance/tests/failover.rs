@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conformance::{flag, lab, HttpsClient, Identity, TestNamespace};
+use conformance::{flag, lab, Drill, HttpsClient, Identity, TestNamespace};
 use provisioner::paths::NODE_INTERFACE;
 use provisioner::pki::names;
 use provisioner::stages::{etcd, keepalived, kube_apiserver};
@@ -36,11 +36,15 @@ struct StoppedUnit {
     unit: &'static str,
     ready: Box<dyn Fn() -> Result<(), String>>,
     restored: bool,
+    /// Records the drill's window when the unit is back (declared last: dropped last).
+    _drill: Drill,
 }
 
 impl StoppedUnit {
     fn stop(node: &str, unit: &'static str, ready: impl Fn() -> Result<(), String> + 'static) -> StoppedUnit {
-        let stopped = StoppedUnit { node: node.to_string(), unit, ready: Box::new(ready), restored: false };
+        let drill = lab().drill(&format!("{unit} stopped on {node}"));
+        let stopped =
+            StoppedUnit { node: node.to_string(), unit, ready: Box::new(ready), restored: false, _drill: drill };
         lab().sh(node, &format!("systemctl stop {unit}"));
         stopped
     }

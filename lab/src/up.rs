@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use provisioner::executor::{ExecError, Executor, Progress, StageReport};
 use provisioner::host::Host;
 use provisioner::plan::{Plan, Stage};
+use provisioner::readiness;
 use provisioner::ssh::{self, SshHost};
 
 use crate::{doctor, machine_verbs, verbs, Exit, Failure, Paths};
@@ -59,11 +60,43 @@ pub fn up(paths: &Paths, until: Until) -> Result<(), Failure> {
     let hosts = connect_all(&plan, &key)?;
     let executor = Executor::new(hosts.iter().map(|host| host as &dyn Host)).with_timeout_scale(time_scale);
 
+    // The stages this run goes through.
+    let stages = match until {
+        Until::Stage(last) => {
+            let count = plan.stages.iter().position(|stage| stage.stage == last).map_or(plan.stages.len(), |i| i + 1);
+            &plan.stages[..count]
+        }
+        _ => &plan.stages[..],
+    };
+
+    // One query per node says which stages are converged where. A lab that matches
+    // its whole plan only has its checks run, all nodes at once.
+    let survey = executor.survey(stages).map_err(|error| Failure { exit: Exit::Failure, error: error.into() })?;
+    if survey.covers(stages) {
+        progress_line("every node matches the plan: running the checks");
+        let display = StageProgress::checks();
+        match executor.check_all(stages, &display) {
+            Ok(reports) => {
+                display.finish_all(&reports);
+                if until == Until::Everything {
+                    prove_ready(&plan, time_scale)?;
+                }
+                print_summary(paths, &reports, started.elapsed());
+                write_timings(paths, &reports, started.elapsed())?;
+                return Ok(());
+            }
+            Err(error) => {
+                display.fail();
+                progress_line(&format!("a check failed on a lab that matched its plan ({error}); running every stage"));
+            }
+        }
+    }
+
     let mut reports: Vec<StageReport> = Vec::new();
-    let total = plan.stages.len();
-    for (index, stage) in plan.stages.iter().enumerate() {
+    let total = stages.len();
+    for (index, stage) in stages.iter().enumerate() {
         let display = StageProgress::new(index + 1, total, stage.stage);
-        let result = executor.run_stage(stage, &display);
+        let result = executor.run_stage_surveyed(stage, &survey, &display);
         match result {
             Ok(report) => {
                 display.finish(&report);
@@ -80,13 +113,32 @@ pub fn up(paths: &Paths, until: Until) -> Result<(), Failure> {
                 return Err(Failure { exit: Exit::Failure, error: anyhow::anyhow!(message) });
             }
         }
-        if until == Until::Stage(stage.stage) {
-            break;
-        }
+    }
+    if until == Until::Everything {
+        prove_ready(&plan, time_scale)?;
     }
     print_summary(paths, &reports, started.elapsed());
     write_timings(paths, &reports, started.elapsed())?;
     Ok(())
+}
+
+/// The host-side proof that the finished lab serves and keeps serving
+/// (`provisioner::readiness`).
+fn prove_ready(plan: &Plan, time_scale: u32) -> Result<(), Failure> {
+    let label = format!("{:<30}", "[ready]");
+    eprintln!("{label} started: Services and cluster DNS from the host, {} times in a row", readiness::STREAK);
+    match readiness::wait_until_steady(&plan.network, time_scale) {
+        Ok(steady) => {
+            eprintln!(
+                "{label} done in {:>5.1} s: {} rounds, {} failed before the streak",
+                steady.elapsed.as_secs_f64(),
+                steady.rounds,
+                steady.failures
+            );
+            Ok(())
+        }
+        Err(error) => Err(Failure { exit: Exit::Failure, error: error.into() }),
+    }
 }
 
 /// One SSH session per node, opened in parallel.
@@ -111,7 +163,15 @@ struct StageProgress {
 
 impl StageProgress {
     fn new(number: usize, total: usize, stage: Stage) -> Self {
-        let label = format!("[{number:>2}/{total}] {:<24}", stage.name());
+        StageProgress::labelled(format!("[{number:>2}/{total}] {:<24}", stage.name()))
+    }
+
+    /// The converged lab's checks of every stage, shown as one step.
+    fn checks() -> Self {
+        StageProgress::labelled(format!("{:<30}", "[checks]"))
+    }
+
+    fn labelled(label: String) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
@@ -125,6 +185,19 @@ impl StageProgress {
             eprintln!("{label} started");
         }
         StageProgress { bar, label, started: Instant::now() }
+    }
+
+    /// Ends the display of the converged lab's checks.
+    fn finish_all(&self, reports: &[StageReport]) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "{} done in {:>5.1} s: the checks of {} stages passed, nothing changed",
+            self.label,
+            self.started.elapsed().as_secs_f64(),
+            reports.len()
+        );
     }
 
     fn finish(&self, report: &StageReport) {

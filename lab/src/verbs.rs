@@ -64,13 +64,11 @@ fn summary(plan: &Plan) -> String {
     let _ = writeln!(out, "  service range {}", network.service_cidr);
     let _ = writeln!(out, "  cluster DNS   {} ({})", network.cluster_dns_ip, network.cluster_domain);
     for route in &network.host_routes {
-        match route.via {
-            Some(via) => {
-                let _ = writeln!(out, "  host route    {} via {via}", route.destination);
-            }
-            None => {
-                let _ = writeln!(out, "  host route    {} on the bridge", route.destination);
-            }
+        if route.via.is_empty() {
+            let _ = writeln!(out, "  host route    {} on the bridge", route.destination);
+        } else {
+            let hops = route.via.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+            let _ = writeln!(out, "  host route    {} via {hops}", route.destination);
         }
     }
     let _ = writeln!(out, "\nnodes");

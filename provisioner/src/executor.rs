@@ -9,8 +9,16 @@
 //!    is not running;
 //! 5. retries each readiness check until it passes or its timeout runs out.
 //!
-//! A converged node therefore costs one query, the `Always` commands, one unit
-//! command per unit and the checks, and reports zero changes.
+//! Once a stage has passed its checks on a node, the executor records there
+//! (`APPLIED_DIR/STAGE`) a digest of what the stage planned for the node and the
+//! `stat` signature (size, inode, change time, mode, owner) of each file it wrote.
+//! `survey` asks every node, in one command, for those records, the files' current
+//! signatures, the pending markers and whether the units run. A stage whose digest
+//! matches, whose files were not touched since (a hand edit changes the change time)
+//! and whose units are active is converged on that node: `run_stage_surveyed` skips
+//! its files, commands and units and only runs its checks, and when the whole plan is
+//! converged `check_all` runs every check of every node at once. A no-op `lab up`
+//! therefore costs one query per node and the checks.
 //!
 //! A run can be interrupted between writing a file and restarting the unit that
 //! reads it; the next run would then find the file up to date and never restart the
@@ -100,6 +108,11 @@ impl Progress for Silent {
     fn step(&self, _stage: Stage, _node: &str, _step: &str) {}
 }
 
+/// The pause between two attempts of a readiness check on machines at the host's
+/// speed: most checks pass within a second or two of their unit's start, and every
+/// stage waits for its slowest check, so a long pause adds up over fifteen stages.
+const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Runs stages against connected hosts.
 pub struct Executor<'a> {
     hosts: BTreeMap<String, &'a dyn Host>,
@@ -117,14 +130,16 @@ impl<'a> Executor<'a> {
         Executor {
             hosts: hosts.into_iter().map(|host| (host.name().to_string(), host)).collect(),
             digests: DigestCache::default(),
-            check_interval: Duration::from_secs(1),
+            check_interval: CHECK_INTERVAL,
             timeout_scale: 1,
         }
     }
 
-    /// Multiplies every readiness check's timeout by `scale` (at least 1).
+    /// Multiplies every readiness check's timeout, and the pause between its attempts,
+    /// by `scale` (at least 1).
     pub fn with_timeout_scale(mut self, scale: u32) -> Self {
         self.timeout_scale = scale.max(1);
+        self.check_interval = CHECK_INTERVAL * self.timeout_scale;
         self
     }
 
@@ -136,6 +151,17 @@ impl<'a> Executor<'a> {
 
     /// Runs one stage: host-side files first, then every node in parallel.
     pub fn run_stage(&self, stage: &StagePlan, progress: &dyn Progress) -> Result<StageReport, ExecError> {
+        self.run_stage_surveyed(stage, &Survey::default(), progress)
+    }
+
+    /// Like `run_stage`, but a node on which `survey` found the stage converged only
+    /// runs the stage's checks.
+    pub fn run_stage_surveyed(
+        &self,
+        stage: &StagePlan,
+        survey: &Survey,
+        progress: &dyn Progress,
+    ) -> Result<StageReport, ExecError> {
         let started = Instant::now();
         let mut changed_local_files = Vec::new();
         for file in &stage.local_files {
@@ -153,7 +179,16 @@ impl<'a> Executor<'a> {
             let handles: Vec<_> = stage
                 .nodes
                 .iter()
-                .map(|actions| scope.spawn(move || self.run_on_node(stage.stage, actions, progress)))
+                .map(|actions| {
+                    let converged = survey.is_converged(stage.stage, &actions.node);
+                    scope.spawn(move || {
+                        if converged {
+                            self.check_node(stage.stage, actions, progress)
+                        } else {
+                            self.run_on_node(stage.stage, actions, progress)
+                        }
+                    })
+                })
                 .collect();
             outcomes = handles.into_iter().map(|handle| handle.join().expect("node worker panicked")).collect();
         });
@@ -277,7 +312,157 @@ impl<'a> Executor<'a> {
             progress.step(stage, node, &format!("waiting: {}", check.description));
             self.wait_for(host, stage, check, actions)?;
         }
+
+        // 6. The record that lets the next run skip this stage here.
+        let digest = self.stage_digest(actions).map_err(host_error)?;
+        self.run_command(host, stage, "record what the stage applied", &record_script(stage, actions, &digest))?;
         Ok(report)
+    }
+
+    /// A converged node: only the stage's checks, which report no change.
+    fn check_node(
+        &self,
+        stage: Stage,
+        actions: &NodeActions,
+        progress: &dyn Progress,
+    ) -> Result<NodeReport, ExecError> {
+        let node = actions.node.as_str();
+        let host = *self.hosts.get(node).ok_or_else(|| ExecError::UnknownNode { stage, node: node.to_string() })?;
+        for check in &actions.checks {
+            progress.step(stage, node, &format!("checking: {}", check.description));
+            self.wait_for(host, stage, check, actions)?;
+        }
+        Ok(NodeReport { node: node.to_string(), ..NodeReport::default() })
+    }
+
+    /// Asks every node, in one command each and all nodes in parallel, which of
+    /// `stages` are converged there (see the module's documentation).
+    pub fn survey(&self, stages: &[StagePlan]) -> Result<Survey, ExecError> {
+        let mut by_node: BTreeMap<&str, Vec<(Stage, &NodeActions)>> = BTreeMap::new();
+        for stage in stages {
+            for actions in &stage.nodes {
+                by_node.entry(actions.node.as_str()).or_default().push((stage.stage, actions));
+            }
+        }
+        let first_stage = stages.first().map(|stage| stage.stage).unwrap_or(Stage::Hosts);
+        let mut outcomes: Vec<Result<Vec<(Stage, String)>, ExecError>> = Vec::new();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = by_node
+                .iter()
+                .map(|(node, planned)| {
+                    scope.spawn(move || -> Result<Vec<(Stage, String)>, ExecError> {
+                        let host = *self
+                            .hosts
+                            .get(*node)
+                            .ok_or_else(|| ExecError::UnknownNode { stage: first_stage, node: node.to_string() })?;
+                        let output = host
+                            .run(&survey_script(planned))
+                            .map_err(|source| ExecError::Host { stage: first_stage, source })?;
+                        let found = parse_survey(&output.stdout);
+                        let mut converged = Vec::new();
+                        for (stage, actions) in planned {
+                            let digest = self
+                                .stage_digest(actions)
+                                .map_err(|source| ExecError::Host { stage: *stage, source })?;
+                            if found.get(stage).is_some_and(|state| state.is_converged(actions, &digest)) {
+                                converged.push((*stage, node.to_string()));
+                            }
+                        }
+                        Ok(converged)
+                    })
+                })
+                .collect();
+            outcomes = handles.into_iter().map(|handle| handle.join().expect("survey worker panicked")).collect();
+        });
+        let mut survey = Survey::default();
+        for outcome in outcomes {
+            survey.converged.extend(outcome?);
+        }
+        Ok(survey)
+    }
+
+    /// Runs every check of `stages` on every node, the nodes in parallel and each
+    /// node's checks in stage order: the whole work of `lab up` on a converged lab.
+    pub fn check_all(&self, stages: &[StagePlan], progress: &dyn Progress) -> Result<Vec<StageReport>, ExecError> {
+        let mut by_node: BTreeMap<&str, Vec<(Stage, &NodeActions)>> = BTreeMap::new();
+        for stage in stages {
+            for actions in &stage.nodes {
+                by_node.entry(actions.node.as_str()).or_default().push((stage.stage, actions));
+            }
+        }
+        let timings: Mutex<BTreeMap<Stage, Duration>> = Mutex::new(BTreeMap::new());
+        let mut outcomes: Vec<Result<(), ExecError>> = Vec::new();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = by_node
+                .values()
+                .map(|planned| {
+                    let timings = &timings;
+                    scope.spawn(move || -> Result<(), ExecError> {
+                        for (stage, actions) in planned {
+                            let started = Instant::now();
+                            self.check_node(*stage, actions, progress)?;
+                            let mut timings = timings.lock().expect("timings lock");
+                            let longest = timings.entry(*stage).or_default();
+                            *longest = (*longest).max(started.elapsed());
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            outcomes = handles.into_iter().map(|handle| handle.join().expect("check worker panicked")).collect();
+        });
+        outcomes.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let timings = timings.into_inner().expect("timings lock");
+        Ok(stages
+            .iter()
+            .map(|stage| StageReport {
+                stage: stage.stage,
+                nodes: stage
+                    .nodes
+                    .iter()
+                    .map(|actions| NodeReport { node: actions.node.clone(), ..NodeReport::default() })
+                    .collect(),
+                changed_local_files: Vec::new(),
+                elapsed: timings.get(&stage.stage).copied().unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// What the stage plans for one node, as one digest: every file's path, mode,
+    /// owner and content, every unit and every command. An artifact counts by its
+    /// local path, size and modification time, so no large file is read for it.
+    fn stage_digest(&self, actions: &NodeActions) -> Result<String, HostError> {
+        let mut hasher = Sha256::new();
+        let mut field = |text: &str| {
+            hasher.update(text.len().to_le_bytes());
+            hasher.update(text.as_bytes());
+        };
+        for file in &actions.files {
+            field(&file.path);
+            field(&format!("{:o} {}", file.mode, file.owner));
+            match &file.content {
+                Content::Text(text) | Content::Secret(text) => field(&hex::encode(Sha256::digest(text.as_bytes()))),
+                Content::Artifact { path } => {
+                    let metadata = std::fs::metadata(path)
+                        .map_err(|e| HostError::Local { path: path.display().to_string(), message: e.to_string() })?;
+                    let modified = metadata
+                        .modified()
+                        .ok()
+                        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                        .unwrap_or_default();
+                    field(&format!("{} {} {}", path.display(), metadata.len(), modified.as_nanos()));
+                }
+            }
+        }
+        for unit in &actions.units {
+            field(&unit.name);
+            field(&unit.restart_when_changed.join(" "));
+        }
+        for command in &actions.commands {
+            field(&command.script);
+            field(&format!("{:?}", command.when));
+        }
+        Ok(hex::encode(hasher.finalize()))
     }
 
     fn run_command(&self, host: &dyn Host, stage: Stage, description: &str, script: &str) -> Result<(), ExecError> {
@@ -406,6 +591,129 @@ fn query_file_state(host: &dyn Host, stage: Stage, files: &[FileSpec]) -> Result
         state.insert(path.to_string(), FileState { sha256: sha256.to_string(), mode, owner: owner.to_string() });
     }
     Ok(NodeFiles { files: state, pending })
+}
+
+/// Where a node keeps, per stage, what the stage last applied there.
+pub const APPLIED_DIR: &str = "/var/lib/k8s-lab/applied";
+
+/// Marks the survey so fakes can answer it.
+pub const SURVEY_QUERY: &str = "# lab: survey\n";
+
+/// The `stat` format of a file's signature: changes whenever the file is written,
+/// replaced, or has its mode or owner changed.
+const SIGNATURE_FORMAT: &str = "%n %s %i %Z %a %U";
+
+/// Which stages are converged on which nodes, from `Executor::survey`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Survey {
+    converged: BTreeSet<(Stage, String)>,
+}
+
+impl Survey {
+    pub fn is_converged(&self, stage: Stage, node: &str) -> bool {
+        self.converged.contains(&(stage, node.to_string()))
+    }
+
+    /// Whether every node of every one of `stages` is converged.
+    pub fn covers(&self, stages: &[StagePlan]) -> bool {
+        stages.iter().all(|stage| stage.nodes.iter().all(|actions| self.is_converged(stage.stage, &actions.node)))
+    }
+}
+
+/// What a node reported of one stage.
+#[derive(Debug, Default)]
+struct StageState {
+    pending: bool,
+    digest: Option<String>,
+    /// Signatures recorded when the stage last passed, by path.
+    recorded: HashMap<String, String>,
+    /// Signatures now, by path.
+    current: HashMap<String, String>,
+    inactive_units: Vec<String>,
+}
+
+impl StageState {
+    fn is_converged(&self, actions: &NodeActions, digest: &str) -> bool {
+        !self.pending
+            && self.digest.as_deref() == Some(digest)
+            && self.inactive_units.is_empty()
+            && actions.files.iter().all(|file| {
+                let recorded = self.recorded.get(&file.path);
+                recorded.is_some() && recorded == self.current.get(&file.path)
+            })
+    }
+}
+
+/// The command that records, after a stage passed on a node, its digest and the
+/// signature of each of its files.
+fn record_script(stage: Stage, actions: &NodeActions, digest: &str) -> String {
+    let record = format!("{APPLIED_DIR}/{}", stage.name());
+    let mut script = format!("mkdir -p {APPLIED_DIR} && {{ echo 'digest {digest}'; ");
+    if !actions.files.is_empty() {
+        script.push_str(&format!("stat -c 'file {SIGNATURE_FORMAT}' --"));
+        for file in &actions.files {
+            script.push(' ');
+            script.push_str(&shell_quote(&file.path));
+        }
+        script.push_str("; ");
+    }
+    script.push_str(&format!("}} > {record}.tmp && mv -f {record}.tmp {record}"));
+    script
+}
+
+/// The one command per node that `Executor::survey` runs: for each stage, its
+/// pending marker, its record, its files' signatures now and its units that do not
+/// run.
+fn survey_script(planned: &[(Stage, &NodeActions)]) -> String {
+    let mut script = String::from(SURVEY_QUERY);
+    for (stage, actions) in planned {
+        let name = stage.name();
+        script.push_str(&format!(
+            "echo 'stage {name}'; [ -e {PENDING_DIR}/{name} ] && echo {PENDING_LINE}; cat {APPLIED_DIR}/{name} 2>/dev/null; "
+        ));
+        if !actions.files.is_empty() {
+            script.push_str(&format!("stat -c 'now {SIGNATURE_FORMAT}' --"));
+            for file in &actions.files {
+                script.push(' ');
+                script.push_str(&shell_quote(&file.path));
+            }
+            script.push_str(" 2>/dev/null; ");
+        }
+        for unit in &actions.units {
+            script.push_str(&format!(
+                "systemctl is-active --quiet {unit} || echo 'inactive {unit}'; ",
+                unit = shell_quote(&unit.name)
+            ));
+        }
+    }
+    script.push_str("true");
+    script
+}
+
+fn parse_survey(stdout: &str) -> HashMap<Stage, StageState> {
+    let mut stages: HashMap<Stage, StageState> = HashMap::new();
+    let mut current: Option<Stage> = None;
+    for line in stdout.lines() {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if word == "stage" {
+            current = Stage::from_name(rest);
+            continue;
+        }
+        let Some(stage) = current else { continue };
+        let state = stages.entry(stage).or_default();
+        match word {
+            PENDING_LINE => state.pending = true,
+            "digest" => state.digest = Some(rest.to_string()),
+            "file" | "now" => {
+                let (path, signature) = rest.split_once(' ').unwrap_or((rest, ""));
+                let map = if word == "file" { &mut state.recorded } else { &mut state.current };
+                map.insert(path.to_string(), signature.to_string());
+            }
+            "inactive" => state.inactive_units.push(rest.to_string()),
+            _ => {}
+        }
+    }
+    stages
 }
 
 /// Quotes a string for `sh`.

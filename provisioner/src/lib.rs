@@ -9,6 +9,7 @@ pub mod paths;
 pub mod pki;
 pub mod plan;
 pub mod preflight;
+pub mod readiness;
 pub mod render;
 pub mod ssh;
 pub mod stages;

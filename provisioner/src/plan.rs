@@ -122,8 +122,11 @@ pub struct NetworkPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostRoute {
     pub destination: Ipv4Net,
-    /// Next hop on the bridge; `None` for a range that is on-link (the node subnet).
-    pub via: Option<Ipv4Addr>,
+    /// Next hops on the bridge: none for a range that is on-link (the node subnet),
+    /// one for a worker's pod range, several for the service range (a multipath
+    /// route: the kernel spreads flows over them and skips a node that stopped
+    /// answering ARP).
+    pub via: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -318,16 +321,22 @@ pub fn build(inputs: &PlanInputs<'_>) -> Plan {
     let network = &topology.network;
 
     let mut host_routes = vec![
-        HostRoute { destination: network.node_subnet, via: None },
-        // The service range has no owner node: any node running kube-proxy answers
-        // for it, so the host sends it to the first worker.
+        HostRoute { destination: network.node_subnet, via: Vec::new() },
+        // The service range has no owner node: every node running kube-proxy answers
+        // for it. Routing it over all of them keeps Services reachable from the host
+        // when one node is stopped or its kube-proxy is rebuilding its rules.
         HostRoute {
             destination: network.service_cidr,
-            via: topology.nodes_with(Role::Worker).next().map(|node| node.address),
+            via: topology
+                .nodes
+                .iter()
+                .filter(|node| stages::kube_proxy::runs_on(node))
+                .map(|node| node.address)
+                .collect(),
         },
     ];
     for node in topology.nodes_with(Role::Worker) {
-        host_routes.push(HostRoute { destination: context.pod_cidrs[&node.name], via: Some(node.address) });
+        host_routes.push(HostRoute { destination: context.pod_cidrs[&node.name], via: vec![node.address] });
     }
 
     let nodes = topology

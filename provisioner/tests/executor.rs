@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use provisioner::executor::{file_state_script, ExecError, Executor, Silent, FILE_STATE_QUERY, PENDING_DIR};
+use provisioner::executor::{
+    file_state_script, ExecError, Executor, Silent, APPLIED_DIR, FILE_STATE_QUERY, PENDING_DIR, SURVEY_QUERY,
+};
 use provisioner::host::{Call, Host, Output, RecordingHost};
 use provisioner::plan::{CheckSpec, CommandSpec, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
 use sha2::{Digest, Sha256};
@@ -65,7 +67,12 @@ fn fresh_node_gets_files_reload_commands_restart_and_check_in_order() {
     );
     assert_eq!(calls[8], Call::Run(format!("rm -f {PENDING_DIR}/etcd")));
     assert_eq!(calls[9], Call::Run("etcdctl endpoint health".into()));
-    assert_eq!(calls.len(), 10);
+    assert!(
+        matches!(&calls[10], Call::Run(script) if script.starts_with(&format!("mkdir -p {APPLIED_DIR} && {{ echo 'digest "))),
+        "a stage that passed is recorded: {:?}",
+        calls[10]
+    );
+    assert_eq!(calls.len(), 11);
     assert_eq!(report.changed_files(), 2);
     assert_eq!(report.changed_units(), 1);
 }
@@ -152,4 +159,82 @@ fn a_stage_for_an_unknown_node_is_an_error_naming_it() {
     let host = RecordingHost::new("worker9");
     let error = Executor::new([&host as &dyn Host]).run_stage(&etcd_like_stage(), &Silent).unwrap_err();
     assert_eq!(error.to_string(), "stage etcd on master1: no machine named master1 is connected");
+}
+
+/// The digest a first run records for `etcd_like_stage` on master1.
+fn recorded_digest() -> String {
+    let host = RecordingHost::new("master1");
+    Executor::new([&host as &dyn Host]).run_stage(&etcd_like_stage(), &Silent).expect("stage runs");
+    host.calls()
+        .iter()
+        .find_map(|call| match call {
+            Call::Run(script) => script.split("echo 'digest ").nth(1).map(|rest| rest[..64].to_string()),
+            _ => None,
+        })
+        .expect("the run recorded its digest")
+}
+
+/// What a node answers to the survey for `etcd_like_stage`, with `now` as the signature
+/// of the unit file today and `inactive` units.
+fn survey_answer(digest: &str, unit_now: &str, inactive: &[&str]) -> Output {
+    let mut stdout = format!(
+        "stage etcd\ndigest {digest}\nfile {UNIT} 40 11 1700000000 644 root\nfile {CONFIG} 18 12 1700000000 600 root\n\
+         now {UNIT} {unit_now}\nnow {CONFIG} 18 12 1700000000 600 root\n"
+    );
+    for unit in inactive {
+        stdout.push_str(&format!("inactive {unit}\n"));
+    }
+    Output { status: 0, stdout, stderr: String::new() }
+}
+
+#[test]
+fn a_surveyed_converged_node_only_runs_the_checks() {
+    let digest = recorded_digest();
+    let host = RecordingHost::new("master1");
+    host.reply(SURVEY_QUERY, survey_answer(&digest, "40 11 1700000000 644 root", &[]));
+    let executor = Executor::new([&host as &dyn Host]);
+    let stage = etcd_like_stage();
+
+    let survey = executor.survey(std::slice::from_ref(&stage)).expect("survey runs");
+    assert!(survey.covers(std::slice::from_ref(&stage)));
+    let report = executor.run_stage_surveyed(&stage, &survey, &Silent).expect("stage runs");
+
+    let calls = host.calls();
+    assert!(matches!(&calls[0], Call::Run(script) if script.starts_with(SURVEY_QUERY)));
+    assert_eq!(calls[1..], [Call::Run("etcdctl endpoint health".into())], "only the check runs");
+    assert_eq!((report.changed_files(), report.changed_units()), (0, 0));
+}
+
+#[test]
+fn a_hand_edited_file_or_a_stopped_unit_makes_the_stage_run_again() {
+    let digest = recorded_digest();
+    let stage = etcd_like_stage();
+    for answer in [
+        // The unit file was written after the record: another size, inode and time.
+        survey_answer(&digest, "52 99 1700000500 644 root", &[]),
+        survey_answer(&digest, "40 11 1700000000 644 root", &["etcd.service"]),
+        // The plan changed since the record.
+        survey_answer(&"0".repeat(64), "40 11 1700000000 644 root", &[]),
+    ] {
+        let host = RecordingHost::new("master1");
+        host.reply(SURVEY_QUERY, answer);
+        let executor = Executor::new([&host as &dyn Host]);
+        let survey = executor.survey(std::slice::from_ref(&stage)).expect("survey runs");
+        assert!(!survey.is_converged(Stage::Etcd, "master1"));
+        executor.run_stage_surveyed(&stage, &survey, &Silent).expect("stage runs");
+        assert!(
+            host.calls().iter().any(|call| matches!(call, Call::Run(script) if script.starts_with(FILE_STATE_QUERY))),
+            "the stage compares its files again"
+        );
+    }
+}
+
+#[test]
+fn check_all_runs_every_check_and_nothing_else() {
+    let host = RecordingHost::new("master1");
+    let stages = [etcd_like_stage()];
+    let reports = Executor::new([&host as &dyn Host]).check_all(&stages, &Silent).expect("checks pass");
+    assert_eq!(host.calls(), [Call::Run("etcdctl endpoint health".into())]);
+    assert_eq!(reports.len(), 1);
+    assert_eq!((reports[0].changed_files(), reports[0].changed_units()), (0, 0));
 }

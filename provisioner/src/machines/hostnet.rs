@@ -104,7 +104,7 @@ pub fn ensure(
     let mut probes: Vec<Ipv4Addr> = Vec::new();
     for route in routes {
         probes.extend(probe_address(route.destination, gateway.addr()));
-        probes.extend(route.via);
+        probes.extend(route.via.iter().copied());
     }
     verify_on_bridge(bridge, &probes)?;
     Ok(report)
@@ -172,32 +172,24 @@ fn converge_routes(
     let on_link = gateway.trunc();
     for route in routes {
         let destination = route.destination.to_string();
-        match route.via {
-            Some(via) => {
-                if !on_link.contains(&via) {
-                    return Err(network_error(format!(
-                        "route {destination} via {via}: the next hop is not in the bridge's subnet {on_link}"
-                    )));
-                }
-                // `onlink` lets the route exist while no node is attached yet (the
-                // bridge has no carrier then); traffic still goes to the bridge.
-                system::run_program(
-                    "ip",
-                    ["route", "replace", &destination, "via", &via.to_string(), "dev", bridge, "onlink"],
-                )
-                .map_err(from_command)?;
-                report.routes.push(format!("{destination} via {via} dev {bridge}"));
-            }
-            None => {
-                // The kernel made this route when the gateway address was added;
-                // only a range other than the bridge's own subnet needs adding.
-                if route.destination.trunc() != on_link {
-                    system::run_program("ip", ["route", "replace", &destination, "dev", bridge])
-                        .map_err(from_command)?;
-                }
-                report.routes.push(format!("{destination} dev {bridge} (on-link)"));
-            }
+        if let Some(via) = route.via.iter().find(|via| !on_link.contains(*via)) {
+            return Err(network_error(format!(
+                "route {destination} via {via}: the next hop is not in the bridge's subnet {on_link}"
+            )));
         }
+        if let Some(arguments) = route_arguments(bridge, on_link, route) {
+            let mut command = vec!["route", "replace"];
+            command.extend(arguments.iter().map(String::as_str));
+            system::run_program("ip", command).map_err(from_command)?;
+        }
+        let hops = route.via.iter().map(ToString::to_string).collect::<Vec<_>>();
+        report.routes.push(match hops.len() {
+            0 => format!("{destination} dev {bridge} (on-link)"),
+            _ => format!("{destination} via {} dev {bridge}", hops.join(", ")),
+        });
+    }
+    if routes.iter().any(|route| route.via.len() > 1) {
+        skip_dead_next_hops()?;
     }
     let planned: Vec<Ipv4Net> = routes.iter().map(|route| route.destination.trunc()).collect();
     for (destination, line) in bridge_routes(bridge).map_err(from_command)? {
@@ -207,6 +199,49 @@ fn converge_routes(
         }
     }
     Ok(())
+}
+
+/// The arguments of `ip route replace` that install `route` on `bridge`. `None` for
+/// the bridge's own subnet (`on_link`): the kernel routed it when the gateway address
+/// was added.
+///
+/// `onlink` lets a route exist while no node is attached yet (the bridge has no
+/// carrier then); traffic still goes to the bridge.
+fn route_arguments(bridge: &str, on_link: Ipv4Net, route: &HostRoute) -> Option<Vec<String>> {
+    let destination = route.destination.to_string();
+    let hop = |via: &Ipv4Addr| ["via".to_string(), via.to_string(), "dev".into(), bridge.into(), "onlink".into()];
+    match route.via.as_slice() {
+        [] if route.destination.trunc() == on_link => None,
+        [] => Some(vec![destination, "dev".into(), bridge.into()]),
+        [via] => Some([vec![destination], hop(via).to_vec()].concat()),
+        hops => {
+            let mut arguments = vec![destination];
+            for via in hops {
+                arguments.push("nexthop".into());
+                arguments.extend(hop(via));
+            }
+            Some(arguments)
+        }
+    }
+}
+
+/// Where the kernel decides whether a multipath route may use a next hop whose
+/// neighbour entry failed.
+const MULTIPATH_USE_NEIGH: &str = "/proc/sys/net/ipv4/fib_multipath_use_neigh";
+
+/// A multipath route over nodes on one bridge never loses a next hop by itself: the
+/// bridge stays up when a node stops. With this switch on, the kernel skips a next
+/// hop whose ARP entry has failed, so a stopped node's share of new flows goes to the
+/// others. It only changes how multipath routes choose, and the lab's are the only
+/// multipath routes on a host that runs it.
+fn skip_dead_next_hops() -> Result<(), MachineError> {
+    match fs::read_to_string(MULTIPATH_USE_NEIGH) {
+        Ok(value) if value.trim() == "1" => Ok(()),
+        Ok(_) => fs::write(MULTIPATH_USE_NEIGH, "1")
+            .map_err(|error| network_error(format!("cannot write {MULTIPATH_USE_NEIGH}: {error}"))),
+        // A kernel without multipath routing refused the route already.
+        Err(error) => Err(network_error(format!("cannot read {MULTIPATH_USE_NEIGH}: {error}"))),
+    }
 }
 
 /// The IPv4 routes that leave by `bridge` (main table), with each one's text.
@@ -364,6 +399,30 @@ mod tests {
         let parsed: Vec<String> =
             parse_route_destinations(listing).into_iter().map(|(net, _)| net.to_string()).collect();
         assert_eq!(parsed, ["10.200.0.0/24", "10.240.0.0/24", "10.240.0.100/32"]);
+    }
+
+    #[test]
+    fn routes_become_ip_route_arguments_with_every_next_hop() {
+        let on_link: Ipv4Net = "10.240.0.0/24".parse().unwrap();
+        let route = |destination: &str, via: &[&str]| HostRoute {
+            destination: destination.parse().unwrap(),
+            via: via.iter().map(|hop| hop.parse().unwrap()).collect(),
+        };
+        assert_eq!(route_arguments("lab-k8s", on_link, &route("10.240.0.0/24", &[])), None);
+        assert_eq!(
+            route_arguments("lab-k8s", on_link, &route("10.240.0.100/32", &[])).unwrap().join(" "),
+            "10.240.0.100/32 dev lab-k8s"
+        );
+        assert_eq!(
+            route_arguments("lab-k8s", on_link, &route("10.200.0.0/24", &["10.240.0.21"])).unwrap().join(" "),
+            "10.200.0.0/24 via 10.240.0.21 dev lab-k8s onlink"
+        );
+        assert_eq!(
+            route_arguments("lab-k8s", on_link, &route("10.32.0.0/24", &["10.240.0.11", "10.240.0.21"]))
+                .unwrap()
+                .join(" "),
+            "10.32.0.0/24 nexthop via 10.240.0.11 dev lab-k8s onlink nexthop via 10.240.0.21 dev lab-k8s onlink"
+        );
     }
 
     #[test]

@@ -16,6 +16,20 @@
 //! own certificates in place; this stage writes the unit that starts the member, and
 //! checks that it answers as healthy, which also proves the cluster has quorum.
 //!
+//! The handbook leaves etcd's raft timing at its defaults: a leader sends a heartbeat
+//! every 100 ms and a follower that hears none for 1 s calls an election. Those
+//! defaults assume members on their own machines. The lab's members share a small
+//! host with every other node (on this project's 2-core machines, eight nodes and the
+//! conformance suite), where a member can be off the CPU, or waiting for its disk, for
+//! longer than a second; each such stall cost an election, and each election failed
+//! every watch the apiservers had open ("etcdserver: no leader"). So the lab gives
+//! the members more slack (`EtcdTiming`): heartbeats every 250 ms and elections after
+//! 2.5 s of silence, five times that where the machines may be emulated, and
+//! pre-vote, so a member that was starved and comes back asks before it disrupts a
+//! healthy leader. The price: a leader that really dies is replaced after 2.5 to 5 s
+//! (etcd randomises each follower's timeout between one and two election timeouts)
+//! instead of 1 to 2 s.
+//!
 //! Debian's etcd-server package ships its own `etcd.service` (a single local member
 //! running as user `etcd`); the lab's unit of the same name in /etc/systemd/system takes
 //! precedence over it. It runs etcd as root because the PKI stage makes the keys
@@ -36,6 +50,21 @@ pub const UNIT: &str = "etcd.service";
 /// How long a member may take to find its peers and report healthy.
 const READY_TIMEOUT_SECS: u64 = 120;
 
+/// etcd's raft timing, in milliseconds (see the module's prose for why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EtcdTiming {
+    pub heartbeat_interval_ms: u32,
+    pub election_timeout_ms: u32,
+}
+
+impl EtcdTiming {
+    pub fn for_topology(topology: &crate::topology::Topology) -> EtcdTiming {
+        // etcd's guidance: the election timeout at least ten heartbeats.
+        let scale = if topology.machines.may_be_emulated() { 5 } else { 1 };
+        EtcdTiming { heartbeat_interval_ms: 250 * scale, election_timeout_ms: 2500 * scale }
+    }
+}
+
 pub fn plan(context: &Context<'_>) -> StagePlan {
     let mut stage = StagePlan::new(Stage::Etcd, "Handbook 000 section 4: static etcd cluster with mutual TLS");
     let topology = context.topology;
@@ -53,6 +82,7 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
     let peer_cert = paths::etcd_pki(pki_files::ETCD_PEER_CERT);
     let peer_key = paths::etcd_pki(pki_files::ETCD_PEER_KEY);
 
+    let timing = EtcdTiming::for_topology(topology);
     for member in topology.nodes_with(Role::Etcd) {
         let address = member.address;
         let flags = vec![
@@ -70,6 +100,9 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             "--initial-cluster-state=new".to_string(),
             // A token unique to the lab, so members of two labs can never join each other.
             format!("--initial-cluster-token={}", topology.name),
+            format!("--heartbeat-interval={}", timing.heartbeat_interval_ms),
+            format!("--election-timeout={}", timing.election_timeout_ms),
+            "--pre-vote=true".to_string(),
             "--client-cert-auth=true".to_string(),
             format!("--trusted-ca-file={ca}"),
             format!("--cert-file={server_cert}"),
@@ -214,6 +247,19 @@ pub(super) mod tests {
         assert_eq!(flag(unit, "cert-file"), "/etc/etcd/pki/server.pem");
         assert_eq!(flag(unit, "peer-key-file"), "/etc/etcd/pki/peer-key.pem");
         assert!(unit.contains("Type=notify\n") && unit.contains("Restart=on-failure\n"));
+    }
+
+    #[test]
+    fn raft_timing_leaves_room_for_a_loaded_host_and_more_for_emulation() {
+        let stage = stage_for("lab.toml", plan);
+        let unit = file(&stage, "master1", "/etc/systemd/system/etcd.service");
+        assert_eq!(flag(unit, "heartbeat-interval"), "250");
+        assert_eq!(flag(unit, "election-timeout"), "2500");
+        assert_eq!(flag(unit, "pre-vote"), "true");
+        let mut emulated = topology("examples/minimal.toml");
+        emulated.machines.backend = crate::topology::Backend::Libvirt;
+        let timing = EtcdTiming::for_topology(&emulated);
+        assert_eq!((timing.heartbeat_interval_ms, timing.election_timeout_ms), (1250, 12500));
     }
 
     #[test]

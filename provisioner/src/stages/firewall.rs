@@ -234,6 +234,23 @@ pub fn port_table_markdown(network: &Network) -> String {
     table
 }
 
+/// kube-proxy's drop-in that makes it start after firewalld has loaded its rules.
+const KUBE_PROXY_DROP_IN: &str = "/etc/systemd/system/kube-proxy.service.d/after-firewalld.conf";
+
+fn kube_proxy_drop_in() -> String {
+    format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+# firewalld flushes kube-proxy's iptables rules when it starts: see the firewall stage.
+[Unit]
+After={UNIT}
+
+[Service]
+ExecStartPre=/bin/sh -c 'systemctl is-enabled --quiet {UNIT} || exit 0; \
+  for second in $(seq 60); do firewall-cmd --state >/dev/null 2>&1 && exit 0; sleep 1; done'
+"
+    )
+}
+
 /// Where the firewall stage's connection-tracking setting lives.
 const CONNTRACK_SYSCTL: &str = "/etc/sysctl.d/91-k8s-lab-conntrack.conf";
 
@@ -287,31 +304,40 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             when: RunWhen::FilesChanged,
         });
         actions.units.push(UnitSpec { name: UNIT.to_string(), restart_when_changed: vec![CONFIG.to_string()] });
-        if kube_proxy::runs_on(node) {
-            // Starting or reloading firewalld flushes every iptables table, kube-proxy's
-            // Service and NodePort rules with them; kube-proxy would notice only at its
-            // next periodic check, up to half a minute later. Restarting it right after
-            // firewalld has its rules in place makes `lab up` end with Services working.
-            let firewall_files = actions.files.iter().map(|file| file.path.clone()).collect();
-            actions.units.push(UnitSpec { name: kube_proxy::UNIT.to_string(), restart_when_changed: firewall_files });
-            // Proof that the rules are back: the cluster DNS answers through its
-            // Service address from this node.
-            actions.checks.push(CheckSpec {
-                description: format!("Services work on {} with the firewall on", node.name),
-                script: format!(
-                    "dig +short +time=1 +tries=1 @{dns} kubernetes.default.svc.{domain} | grep -qx {kubernetes}",
-                    dns = network.cluster_dns,
-                    domain = network.cluster_domain,
-                    kubernetes = crate::topology::first_service_ip(network.service_cidr),
-                ),
-                timeout_secs: 90,
-            });
-        }
         actions.checks.push(CheckSpec {
             description: format!("firewalld on {} runs with the {ZONE} zone", node.name),
             script: check,
             timeout_secs: 30,
         });
+        if kube_proxy::runs_on(node) {
+            // Starting or reloading firewalld 1.3 flushes every iptables table,
+            // kube-proxy's Service and NodePort rules with them, and kube-proxy only
+            // notices at its next periodic check, up to 30 s later. firewalld reports
+            // its unit started as soon as it owns its D-Bus name, before it loads (and
+            // flushes) anything, so ordering the units is not enough: kube-proxy's
+            // drop-in waits until firewalld says it is running, and kube-proxy is
+            // restarted after firewalld here and whenever the node boots.
+            actions.files.push(FileSpec::text(KUBE_PROXY_DROP_IN, 0o644, kube_proxy_drop_in()));
+            let firewall_files = actions.files.iter().map(|file| file.path.clone()).collect();
+            actions.units.push(UnitSpec { name: kube_proxy::UNIT.to_string(), restart_when_changed: firewall_files });
+            // Proof that the rules are back and stay back: kube-proxy's canary chain,
+            // which a flush removes, exists, and the cluster DNS answers through its
+            // Service address from this node three times in a row.
+            let query = format!(
+                "dig +short +time=1 +tries=1 @{dns} kubernetes.default.svc.{domain} | grep -qx {kubernetes}",
+                dns = network.cluster_dns,
+                domain = network.cluster_domain,
+                kubernetes = crate::topology::first_service_ip(network.service_cidr),
+            );
+            actions.checks.push(CheckSpec {
+                description: format!("Services work on {} with the firewall on", node.name),
+                script: format!(
+                    "for attempt in 1 2 3; do iptables -w 5 -t nat -nL KUBE-PROXY-CANARY >/dev/null 2>&1 && {query} \
+                     || exit 1; sleep 0.5; done"
+                ),
+                timeout_secs: 90,
+            });
+        }
     }
     stage
 }
