@@ -228,6 +228,14 @@ struct RawRoute {
     gateway: Option<String>,
     dev: Option<String>,
     table: Option<String>,
+    /// A multipath route names its devices here instead of in `dev`.
+    #[serde(default)]
+    nexthops: Vec<RawNextHop>,
+}
+
+#[derive(Deserialize)]
+struct RawNextHop {
+    dev: Option<String>,
 }
 
 /// Parses the JSON of `ip -4 -j route show table all`. `default` is 0.0.0.0/0 and
@@ -252,11 +260,17 @@ pub fn parse_ip_routes(json: &str) -> Result<Vec<HostRouteEntry>, RouteListError
             }
             None => None,
         };
+        // A multipath route is on a device when every next hop is (the lab's service
+        // range over all its kube-proxy nodes, say).
+        let device = route.dev.or_else(|| {
+            let first = route.nexthops.first()?.dev.clone()?;
+            route.nexthops.iter().all(|hop| hop.dev.as_ref() == Some(&first)).then_some(first)
+        });
         routes.push(HostRouteEntry {
             destination,
             kind: route.kind.unwrap_or_else(|| "unicast".into()),
             gateway,
-            device: route.dev,
+            device,
             table: route.table.unwrap_or_else(|| "main".into()),
         });
     }
@@ -866,6 +880,10 @@ mod tests {
             {"type":"local","dst":"192.0.2.2","dev":"eth0","table":"local","protocol":"kernel","scope":"host",
              "prefsrc":"192.0.2.2","flags":[]},
             {"type":"blackhole","dst":"10.9.0.0/16","flags":[]},
+            {"dst":"10.32.0.0/24","flags":[],"nexthops":[{"gateway":"10.240.0.11","dev":"lab-k8s","weight":1},
+             {"gateway":"10.240.0.21","dev":"lab-k8s","weight":1}]},
+            {"dst":"10.33.0.0/24","flags":[],"nexthops":[{"gateway":"10.240.0.11","dev":"lab-k8s"},
+             {"gateway":"192.0.2.9","dev":"eth0"}]},
             {"dst":"fe80::/64","dev":"eth0","flags":[]}
         ]"#;
         let routes = parse_ip_routes(json).expect("parse");
@@ -877,6 +895,8 @@ mod tests {
                 "192.0.2.0/24 dev eth0 table main",
                 "local 192.0.2.2/32 dev eth0 table local",
                 "blackhole 10.9.0.0/16 table main",
+                "10.32.0.0/24 dev lab-k8s table main",
+                "10.33.0.0/24 table main",
             ]
         );
         assert!(parse_ip_routes(r#"[{"dst":"10.0.0.300/8"}]"#).is_err());
