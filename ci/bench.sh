@@ -32,10 +32,11 @@ record() { # NAME SECONDS OK
 # Runs a step, logs it to target/bench/NAME-RUN.log and records its time.
 time_step() {
   local name=$1 run=$2; shift 2
-  local log="$out/${name// /-}-$run.log" started=$SECONDS status=ok
+  local log="$out/${name// /-}-$run.log" started=$EPOCHREALTIME status=ok elapsed
   "$@" >"$log" 2>&1 || status=failed
-  record "$name" "$((SECONDS - started))" "$status"
-  printf '%-24s run %d: %4d s %s\n' "$name" "$run" "$((SECONDS - started))" "$status" >&2
+  elapsed=$(awk -v a="$started" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+  record "$name" "$elapsed" "$status"
+  printf '%-24s run %d: %6.1f s %s\n' "$name" "$run" "$elapsed" "$status" >&2
 }
 
 # The cluster DNS from the host: 10 queries a second for 60 s, each allowed 1 s. Sends
@@ -76,17 +77,17 @@ time_step "up (after down)" 1 cargo "$lab" "$@" up
 time_step "destroy" 1 cargo "$lab" "$@" destroy
 
 # min, median (the middle value; the lower middle for an even count) and max.
-stats() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ v[NR] = $1 } END { printf "%d %d %d %d", NR, v[1], v[int((NR + 1) / 2)], v[NR] }'; }
+stats() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { printf "%d %.1f %.1f %.1f", NR, v[1], v[int((NR + 1) / 2)], v[NR] }'; }
 
 date=$(date -u +%Y-%m-%d)
 printf '\n%s, %s cores, %s runs, lab arguments: %s\n' "$date" "$(nproc)" "$runs" "${*:-(default lab)}"
-printf '| %-22s | %4s | %6s | %6s | %6s | %8s |\n' step runs min median max failures
-printf '|%s|\n' "------------------------|------|--------|--------|--------|----------"
+printf '| %-22s | %4s | %8s | %8s | %8s | %8s |\n' step runs min median max failures
+printf '|%s|\n' "------------------------|------|----------|----------|----------|----------"
 json="{\"date\":\"$date\",\"cores\":$(nproc),\"arguments\":\"$*\",\"steps\":["
 first=1
 for name in "up (fresh lab)" "up (no-op re-run)" "conformance" "down" "up (after down)" "destroy"; do
   read -r count min median max <<<"$(stats "${seconds[$name]:-}")"
-  printf '| %-22s | %4d | %4d s | %4d s | %4d s | %8d |\n' "$name" "$count" "$min" "$median" "$max" "${failures[$name]:-0}"
+  printf '| %-22s | %4d | %6.1f s | %6.1f s | %6.1f s | %8d |\n' "$name" "$count" "$min" "$median" "$max" "${failures[$name]:-0}"
   [ $first = 1 ] || json+=","
   first=0
   json+="{\"step\":\"$name\",\"runs\":$count,\"min_s\":$min,\"median_s\":$median,\"max_s\":$max,\"failures\":${failures[$name]:-0}}"

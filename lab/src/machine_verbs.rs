@@ -403,6 +403,9 @@ pub fn status(paths: &Paths, json: bool) -> Result<(), Failure> {
     for node in &topology.nodes {
         states.push(backend.status(&node.name)?);
     }
+    let memory: Vec<Option<u64>> = topology.nodes.iter().map(|node| backend.memory_bytes(&node.name)).collect();
+    // The lab's total only when every node's is known.
+    let lab_memory: Option<u64> = memory.iter().copied().sum();
     let network = &topology.network;
     let api_server_url = format!("https://{}:{}", network.vip, network.api_port);
     let kubeconfig = paths.state_dir.join("admin.kubeconfig");
@@ -412,8 +415,15 @@ pub fn status(paths: &Paths, json: bool) -> Result<(), Failure> {
             .nodes
             .iter()
             .zip(&states)
-            .map(|(node, state)| {
-                json!({ "name": node.name, "address": node.address, "roles": node.roles, "state": state })
+            .zip(&memory)
+            .map(|((node, state), memory)| {
+                json!({
+                    "name": node.name,
+                    "address": node.address,
+                    "roles": node.roles,
+                    "state": state,
+                    "memory_bytes": memory,
+                })
             })
             .collect();
         let document = json!({
@@ -433,6 +443,7 @@ pub fn status(paths: &Paths, json: bool) -> Result<(), Failure> {
             "ssh_key": ssh_key,
             "ssh_user": "root",
             "time_scale": backend.time_scale(),
+            "memory_bytes": lab_memory,
         });
         return print_stdout(&serde_json::to_string_pretty(&document).context("serialize the status")?);
     }
@@ -449,6 +460,9 @@ pub fn status(paths: &Paths, json: bool) -> Result<(), Failure> {
     for (node, state) in topology.nodes.iter().zip(&states) {
         let roles = node.roles.iter().map(Role::to_string).collect::<Vec<_>>().join(",");
         let _ = writeln!(text, "  {:<10} {:<15} {:<8} {roles}", node.name, node.address, state.to_string());
+    }
+    if let Some(bytes) = lab_memory {
+        let _ = writeln!(text, "memory      {:.2} GiB (the nodes' working sets)", bytes as f64 / (1u64 << 30) as f64);
     }
     let _ = writeln!(text, "api server  {api_server_url}");
     let _ = writeln!(text, "kubeconfig  {}", kubeconfig.display());

@@ -347,6 +347,27 @@ pub trait Machines: Send + Sync {
     fn time_scale(&self) -> u32 {
         1
     }
+
+    /// The memory `node` uses now, in bytes: its working set (what it could not give
+    /// back without swapping), or `None` where the backend cannot tell.
+    fn memory_bytes(&self, _node: &str) -> Option<u64> {
+        None
+    }
+}
+
+/// A cgroup's working set in bytes, as kubelet reckons it: the memory charged to the
+/// cgroup less the file cache it could drop at once (`total_inactive_file` in cgroup
+/// v1's `memory.stat`, `inactive_file` in v2's). `usage` is `memory.usage_in_bytes`
+/// (v1) or `memory.current` (v2).
+pub fn working_set(usage: &str, stat: &str) -> Option<u64> {
+    let usage: u64 = usage.trim().parse().ok()?;
+    let inactive = stat
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(key, _)| *key == "total_inactive_file" || *key == "inactive_file")
+        .and_then(|(_, value)| value.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    Some(usage.saturating_sub(inactive))
 }
 
 /// The backend the topology asks for.
@@ -452,6 +473,15 @@ fn recorded_lab(path: &Path) -> Result<Option<(String, String)>, MachineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_working_set_leaves_out_the_inactive_file_cache() {
+        let v1 = "cache 600\nrss 300\ntotal_cache 600\ntotal_inactive_file 250\n";
+        assert_eq!(working_set("1000\n", v1), Some(750));
+        assert_eq!(working_set("1000", "anon 400\nfile 600\ninactive_file 100\n"), Some(900));
+        assert_eq!(working_set("100", "total_inactive_file 250\n"), Some(0));
+        assert_eq!(working_set("max", ""), None);
+    }
 
     fn topology(name: &str) -> Topology {
         let text = format!(

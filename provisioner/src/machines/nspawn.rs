@@ -769,6 +769,16 @@ impl Machines for Nspawn {
         self.halt(node, Halt::PowerOff)
     }
 
+    fn memory_bytes(&self, node: &str) -> Option<u64> {
+        // The node's cgroup in the memory controller's hierarchy (cgroup v1), or in the
+        // unified one (cgroup v2), whichever the host has.
+        self.node_cgroups(node).ok()?.into_iter().find_map(|cgroup| {
+            let read = |name: &str| fs::read_to_string(cgroup.join(name)).ok();
+            let usage = read("memory.usage_in_bytes").or_else(|| read("memory.current"))?;
+            super::working_set(&usage, &read("memory.stat")?)
+        })
+    }
+
     fn status(&self, node: &str) -> Result<MachineState, MachineError> {
         if self.is_running(node) {
             return Ok(MachineState::Running);

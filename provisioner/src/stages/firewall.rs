@@ -33,9 +33,14 @@
 //! How the two rule sets coexist: Debian 12's `iptables` is iptables-nft, so kube-proxy's
 //! and the pod network's rules live in nftables tables named `ip nat` and `ip filter`,
 //! while firewalld 1.3 (FirewallBackend=nftables) keeps its rules in its own table
-//! `inet firewalld` and never flushes the others, not even on reload. A packet must
-//! be accepted by every table whose chains it passes, which the zones above ensure for
-//! pod, node and Service traffic.
+//! `inet firewalld`. A packet must be accepted by every table whose chains it passes,
+//! which the zones above ensure for pod, node and Service traffic. But Debian 12's
+//! firewalld 1.3.3 still flushes every iptables table (its "direct" backends) whenever
+//! it starts or reloads; firewalld learned to skip that flush when no direct rules
+//! exist only in later releases. Each start therefore wipes kube-proxy's rules, and
+//! kube-proxy notices only at its next periodic check, up to 30 s later. So kube-proxy
+//! must start after firewalld has finished loading, which its drop-in below ensures,
+//! and the stage's check proves that kube-proxy's rules exist after the last flush.
 //!
 //! /etc/firewalld/firewalld.conf is Debian's default with one change, `DefaultZone`.
 
@@ -320,9 +325,8 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             timeout_secs: 30,
         });
         if kube_proxy::runs_on(node) {
-            // Starting or reloading firewalld 1.3 flushes every iptables table,
-            // kube-proxy's Service and NodePort rules with them, and kube-proxy only
-            // notices at its next periodic check, up to 30 s later. firewalld reports
+            // Starting or reloading firewalld flushes every iptables table (see the
+            // module's documentation), kube-proxy's rules with them. firewalld reports
             // its unit started as soon as it owns its D-Bus name, before it loads (and
             // flushes) anything, so ordering the units is not enough: kube-proxy's
             // drop-in waits until firewalld says it is running, and kube-proxy is
