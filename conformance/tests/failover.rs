@@ -11,11 +11,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use conformance::{flag, lab, Drill, HttpsClient, Identity, TestNamespace};
+use conformance::{
+    eventually, flag, lab, ready_pods, web_deployment, Drill, HttpsClient, Identity, TestNamespace, WEB_LABEL,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Service};
+use kube::api::PostParams;
+use kube::Api;
+use provisioner::artifacts::images;
 use provisioner::paths::NODE_INTERFACE;
 use provisioner::pki::names;
 use provisioner::stages::{etcd, keepalived, kube_apiserver};
 use provisioner::topology::Role;
+use serde_json::json;
 
 /// One failover at a time, also under `cargo test`, which runs a binary's tests in threads.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -377,4 +385,125 @@ fn the_api_keeps_answering_when_the_first_etcd_member_stops() {
         assert!(summary.answering_at_the_end, "reads through {name} failed at the end: {summary}");
         assert!(summary.longest_outage <= LONGEST_OUTAGE, "reads through {name} saw too long an outage: {summary}");
     }
+}
+
+/// How long etcd stays without quorum in the quorum drill: longer than three election
+/// timeouts (3 x 2.5 s), after which etcd cancels every watch with "no leader", the event
+/// that Kubernetes 1.20's apiserver is known to recover from badly (kubernetes#97294).
+const QUORUM_LOSS: Duration = Duration::from_secs(10);
+/// How long writes may take to work again once the members are back.
+const WRITES_RESUME: Duration = Duration::from_secs(30);
+/// How long a new Service may take to get its Endpoints, once writes work again.
+const ENDPOINTS_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Stops two of the three etcd members for 10 s: writes through the API must fail (etcd
+/// has no quorum), work again within 30 s of the members' start, and the cluster's watches
+/// must have recovered: a Service created afterwards gets its Endpoints (the controller
+/// manager's informers, fed by the apiservers' watch caches, which etcd's "no leader"
+/// ended) within 10 s. Prints how long writes took to resume and the Endpoints to appear.
+///
+/// Turn it red: stop all three members (`cargo lab ssh masterN -- systemctl stop etcd` on
+/// the one the test leaves running, while it runs), so that writes never resume.
+#[test]
+fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
+    if !lab().applies("an etcd quorum loss", Role::Etcd, 3) {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lab = lab();
+    let client = lab.kube();
+    // A ready pod to put a Service in front of, made while the lab is whole.
+    let namespace = lab.block_on(async {
+        let namespace = TestNamespace::create(&client, "quorum-loss").await;
+        Api::<Deployment>::namespaced(client.clone(), namespace.name())
+            .create(&PostParams::default(), &web_deployment(1, false))
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the test app: {error}"));
+        ready_pods(&client, namespace.name(), WEB_LABEL, 1, Duration::from_secs(60)).await;
+        namespace
+    });
+    let members = lab.nodes_with(Role::Etcd);
+    let etcd_health = |member: &provisioner::topology::Node| {
+        let health = format!("https://{}:{}/health", member.address, etcd::CLIENT_PORT);
+        move || {
+            let client = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), REQUEST_TIMEOUT);
+            match lab.block_on(client.get(&health)) {
+                Ok(reply) if reply.status == 200 && reply.body.contains(r#""health":"true""#) => Ok(()),
+                Ok(reply) => Err(reply.body),
+                Err(error) => Err(error.to_string()),
+            }
+        }
+    };
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace.name());
+    let write = |name: &str| {
+        let configmap: ConfigMap =
+            serde_json::from_value(json!({ "metadata": { "name": name } })).expect("a valid ConfigMap");
+        let create = configmaps.create(&PostParams::default(), &configmap);
+        lab.block_on(tokio::time::timeout(lab.patience(Duration::from_secs(15)), create))
+    };
+
+    let mut stopped: Vec<StoppedUnit> =
+        members[1..].iter().map(|member| StoppedUnit::stop(&member.name, etcd::UNIT, etcd_health(member))).collect();
+    let lost_at = Instant::now();
+    let during = write("during-the-loss");
+    assert!(
+        !matches!(during, Ok(Ok(_))),
+        "a write succeeded while two of three etcd members were stopped: etcd kept no quorum rule"
+    );
+    std::thread::sleep(lab.patience(QUORUM_LOSS).saturating_sub(lost_at.elapsed()));
+    for unit in &mut stopped {
+        lab.sh(&unit.node, &format!("systemctl start --no-block {}", unit.unit));
+    }
+    let started = Instant::now();
+    let mut attempt = 0;
+    let resumed_after = loop {
+        attempt += 1;
+        if matches!(write(&format!("after-the-loss-{attempt}")), Ok(Ok(_))) {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < lab.patience(WRITES_RESUME),
+            "writes did not resume within {WRITES_RESUME:?} of the etcd members' start"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for mut unit in stopped {
+        unit.restore().unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    let endpoints_after = lab.block_on(async {
+        let (label_key, label_value) = WEB_LABEL.split_once('=').expect("KEY=VALUE");
+        let service: Service = serde_json::from_value(json!({
+            "metadata": { "name": "web" },
+            "spec": { "selector": { label_key: label_value }, "ports": [{ "port": 80, "targetPort": images::WEB_PORT }] },
+        }))
+        .expect("a valid Service");
+        let created = Instant::now();
+        Api::<Service>::namespaced(client.clone(), namespace.name())
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the Service: {error}"));
+        let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace.name());
+        eventually("the new Service's Endpoints list its ready pod", ENDPOINTS_DEADLINE, || async {
+            let found = endpoints.get_opt("web").await.map_err(|error| error.to_string())?;
+            let ready = found
+                .and_then(|endpoints| endpoints.subsets)
+                .unwrap_or_default()
+                .iter()
+                .any(|subset| subset.addresses.as_ref().is_some_and(|addresses| !addresses.is_empty()));
+            if ready {
+                Ok(())
+            } else {
+                Err("no ready address".to_string())
+            }
+        })
+        .await;
+        created.elapsed()
+    });
+    lab.block_on(namespace.delete());
+    println!(
+        "etcd without quorum for {:.1?}: writes failed meanwhile and resumed {resumed_after:.1?} after the members' start; \
+         a new Service had its Endpoints {endpoints_after:.1?} after its creation",
+        lab.patience(QUORUM_LOSS)
+    );
 }

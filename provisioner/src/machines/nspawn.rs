@@ -20,7 +20,8 @@
 //! characters), so two labs can both have a `master1`. nspawn names the host end of
 //! a node's network link `vb-` and the machine name; when that is longer than an
 //! interface name may be (machine names over 12 characters) nspawn shortens it with
-//! a hash. The node's hostname is always its plain node name.
+//! a hash and gives the link the long name as its alternative name. The node's
+//! hostname is always its plain node name.
 //!
 //! The nspawn options are the ones the shared notes found necessary for kubelet:
 //! all capabilities, the mount, keyring and bpf system calls, and no registration
@@ -132,9 +133,11 @@ impl Nspawn {
     }
 
     /// The host end of the node's network link, as nspawn names it: `vb-` and the
-    /// machine name, or `None` where nspawn would shorten it with a hash.
-    fn host_link_name(&self, node: &str) -> Option<String> {
-        Some(format!("vb-{}", self.machine_name(node))).filter(|name| name.len() <= 15)
+    /// machine name. Where that is longer than an interface name may be, nspawn
+    /// shortens the name with a hash and keeps this one as the link's alternative
+    /// name, by which `ip` finds it all the same.
+    fn host_link_name(&self, node: &str) -> String {
+        format!("vb-{}", self.machine_name(node))
     }
 
     /// Deletes the host end of a link that a killed machine left behind. The kernel
@@ -143,12 +146,12 @@ impl Nspawn {
     /// machine dies at once with "File exists". Deleting one end of a veth pair
     /// deletes both.
     fn remove_stale_link(&self, node: &str) -> Result<(), MachineError> {
-        let Some(link) = self.host_link_name(node) else { return Ok(()) };
-        let link_exists = || Path::new("/sys/class/net").join(&link).exists();
+        let link = self.host_link_name(node);
+        let link_exists = || system::run_program("ip", ["link", "show", "dev", &link]).is_ok();
         if !link_exists() {
             return Ok(());
         }
-        match system::run_program("ip", ["link", "delete", &link]) {
+        match system::run_program("ip", ["link", "delete", "dev", &link]) {
             Ok(_) => Ok(()),
             // The kernel may finish tearing the namespace down, and the link with it,
             // between the check above and `ip link delete`: gone is what we wanted.
