@@ -438,8 +438,11 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
     let write = |name: &str| {
         let configmap: ConfigMap =
             serde_json::from_value(json!({ "metadata": { "name": name } })).expect("a valid ConfigMap");
-        let create = configmaps.create(&PostParams::default(), &configmap);
-        lab.block_on(tokio::time::timeout(lab.patience(Duration::from_secs(15)), create))
+        let params = PostParams::default();
+        lab.block_on(tokio::time::timeout(
+            lab.patience(Duration::from_secs(15)),
+            configmaps.create(&params, &configmap),
+        ))
     };
 
     let mut stopped: Vec<StoppedUnit> =
