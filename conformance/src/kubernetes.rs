@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Api;
@@ -218,4 +218,49 @@ pub async fn kubectl(args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&output.stderr).trim()
         ))
     }
+}
+
+/// Creates the Service `web` in `namespace` in front of the pods labelled `WEB_LABEL`
+/// and waits until its Endpoints list `pod_ip` as ready, within `deadline` (stretched by
+/// the lab's patience). Returns how long that took from the Service's creation: the
+/// controller manager's endpoints controller, fed by watches through the apiservers, at
+/// work.
+pub async fn web_service_endpoints(
+    client: &kube::Client,
+    namespace: &str,
+    pod_ip: &str,
+    deadline: Duration,
+) -> Duration {
+    let (label_key, label_value) = WEB_LABEL.split_once('=').expect("KEY=VALUE");
+    let service: Service = serde_json::from_value(json!({
+        "metadata": { "name": "web" },
+        "spec": {
+            "selector": { label_key: label_value },
+            "ports": [{ "name": "http", "protocol": "TCP", "port": 80, "targetPort": images::WEB_PORT }],
+        },
+    }))
+    .expect("a valid Service");
+    let created = Instant::now();
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap_or_else(|error| panic!("cannot create the Service: {error}"));
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
+    eventually(&format!("the Endpoints of Service web list {pod_ip}"), deadline, || async {
+        let found = endpoints.get_opt("web").await.map_err(|error| error.to_string())?;
+        let addresses: Vec<String> = found
+            .and_then(|endpoints| endpoints.subsets)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|subset| subset.addresses.unwrap_or_default())
+            .map(|address| address.ip)
+            .collect();
+        if addresses.iter().any(|address| address == pod_ip) {
+            Ok(())
+        } else {
+            Err(format!("addresses {addresses:?}"))
+        }
+    })
+    .await;
+    created.elapsed()
 }

@@ -48,7 +48,9 @@ use provisioner::topology::{Node, Role, Topology};
 use serde::Deserialize;
 
 pub use https::{HttpsClient, HttpsError, Identity, Reply};
-pub use kubernetes::{eventually, kubectl, ready_pods, web_deployment, TestNamespace, WEB_LABEL};
+pub use kubernetes::{
+    eventually, kubectl, ready_pods, web_deployment, web_service_endpoints, TestNamespace, WEB_LABEL,
+};
 pub use net::{PortState, Targets, UnsafeTarget};
 pub use resolver::{ClusterResolver, Lookup, RecordType, Transport};
 

@@ -2,20 +2,17 @@
 //! HAProxy on every master behind one keepalived virtual IP, and one active controller
 //! manager and scheduler chosen by leader election.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use conformance::{eventually, lab, ready_pods, web_deployment, Identity, TestNamespace, WEB_LABEL};
+use conformance::{lab, ready_pods, web_deployment, web_service_endpoints, Identity, TestNamespace, WEB_LABEL};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::api::PostParams;
 use kube::Api;
-use provisioner::artifacts::images;
 use provisioner::paths::NODE_INTERFACE;
 use provisioner::pki::names;
 use provisioner::topology::Role;
-use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -148,41 +145,8 @@ fn a_new_service_gets_its_endpoints_within_seconds() {
         let pods = ready_pods(&client, namespace.name(), WEB_LABEL, 1, POD_READY_TIMEOUT).await;
         let pod_ip = pods[0].status.as_ref().and_then(|status| status.pod_ip.clone()).expect("a ready pod has an IP");
 
-        let (label_key, label_value) = WEB_LABEL.split_once('=').expect("KEY=VALUE");
-        let service: Service = serde_json::from_value(json!({
-            "metadata": { "name": "web" },
-            "spec": {
-                "selector": { label_key: label_value },
-                "ports": [{ "name": "http", "protocol": "TCP", "port": 80, "targetPort": images::WEB_PORT }],
-            },
-        }))
-        .expect("a valid Service");
-        let created = Instant::now();
-        Api::<Service>::namespaced(client.clone(), namespace.name())
-            .create(&PostParams::default(), &service)
-            .await
-            .unwrap_or_else(|error| panic!("cannot create the Service: {error}"));
-        let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace.name());
-        eventually(&format!("the Endpoints of Service web list {pod_ip}"), ENDPOINTS_DEADLINE, || async {
-            let found = endpoints.get_opt("web").await.map_err(|error| error.to_string())?;
-            let addresses: Vec<String> = found
-                .and_then(|endpoints| endpoints.subsets)
-                .unwrap_or_default()
-                .into_iter()
-                .flat_map(|subset| subset.addresses.unwrap_or_default())
-                .map(|address| address.ip)
-                .collect();
-            if addresses.contains(&pod_ip) {
-                Ok(())
-            } else {
-                Err(format!("addresses {addresses:?}"))
-            }
-        })
-        .await;
-        println!(
-            "the Endpoints of a new Service listed its ready pod {:.1?} after the Service was created",
-            created.elapsed()
-        );
+        let took = web_service_endpoints(&client, namespace.name(), &pod_ip, ENDPOINTS_DEADLINE).await;
+        println!("the Endpoints of a new Service listed its ready pod {took:.1?} after the Service was created");
         namespace.delete().await;
     });
 }

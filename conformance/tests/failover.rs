@@ -15,10 +15,9 @@ use conformance::{
     eventually, flag, lab, ready_pods, web_deployment, Drill, HttpsClient, Identity, TestNamespace, WEB_LABEL,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::PostParams;
 use kube::Api;
-use provisioner::artifacts::images;
 use provisioner::paths::NODE_INTERFACE;
 use provisioner::pki::names;
 use provisioner::stages::{etcd, keepalived, kube_apiserver};
@@ -413,14 +412,15 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
     let lab = lab();
     let client = lab.kube();
     // A ready pod to put a Service in front of, made while the lab is whole.
-    let namespace = lab.block_on(async {
+    let (namespace, pod_ip) = lab.block_on(async {
         let namespace = TestNamespace::create(&client, "quorum-loss").await;
         Api::<Deployment>::namespaced(client.clone(), namespace.name())
             .create(&PostParams::default(), &web_deployment(1, false))
             .await
             .unwrap_or_else(|error| panic!("cannot create the test app: {error}"));
-        ready_pods(&client, namespace.name(), WEB_LABEL, 1, Duration::from_secs(60)).await;
-        namespace
+        let pods = ready_pods(&client, namespace.name(), WEB_LABEL, 1, Duration::from_secs(60)).await;
+        let pod_ip = pods[0].status.as_ref().and_then(|status| status.pod_ip.clone()).expect("a ready pod has an IP");
+        (namespace, pod_ip)
     });
     let members = lab.nodes_with(Role::Etcd);
     let etcd_health = |member: &provisioner::topology::Node| {
@@ -474,35 +474,7 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
         unit.restore().unwrap_or_else(|error| panic!("{error}"));
     }
 
-    let endpoints_after = lab.block_on(async {
-        let (label_key, label_value) = WEB_LABEL.split_once('=').expect("KEY=VALUE");
-        let service: Service = serde_json::from_value(json!({
-            "metadata": { "name": "web" },
-            "spec": { "selector": { label_key: label_value }, "ports": [{ "port": 80, "targetPort": images::WEB_PORT }] },
-        }))
-        .expect("a valid Service");
-        let created = Instant::now();
-        Api::<Service>::namespaced(client.clone(), namespace.name())
-            .create(&PostParams::default(), &service)
-            .await
-            .unwrap_or_else(|error| panic!("cannot create the Service: {error}"));
-        let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace.name());
-        eventually("the new Service's Endpoints list its ready pod", ENDPOINTS_DEADLINE, || async {
-            let found = endpoints.get_opt("web").await.map_err(|error| error.to_string())?;
-            let ready = found
-                .and_then(|endpoints| endpoints.subsets)
-                .unwrap_or_default()
-                .iter()
-                .any(|subset| subset.addresses.as_ref().is_some_and(|addresses| !addresses.is_empty()));
-            if ready {
-                Ok(())
-            } else {
-                Err("no ready address".to_string())
-            }
-        })
-        .await;
-        created.elapsed()
-    });
+    let endpoints_after = lab.block_on(web_service_endpoints(&client, namespace.name(), &pod_ip, ENDPOINTS_DEADLINE));
     lab.block_on(namespace.delete());
     println!(
         "etcd without quorum for {:.1?}: writes failed meanwhile and resumed {resumed_after:.1?} after the members' start; \

@@ -644,20 +644,21 @@ impl StageState {
     }
 }
 
+/// The command that prints `LABEL PATH SIGNATURE` for each of `files` that exists.
+fn signatures(label: &str, files: &[FileSpec]) -> String {
+    let paths: Vec<String> = files.iter().map(|file| shell_quote(&file.path)).collect();
+    format!("stat -c '{label} {SIGNATURE_FORMAT}' -- {} 2>/dev/null", paths.join(" "))
+}
+
 /// The command that records, after a stage passed on a node, its digest and the
 /// signature of each of its files.
 fn record_script(stage: Stage, actions: &NodeActions, digest: &str) -> String {
     let record = format!("{APPLIED_DIR}/{}", stage.name());
     let mut script = format!("mkdir -p {APPLIED_DIR} && {{ echo 'digest {digest}'; ");
     if !actions.files.is_empty() {
-        script.push_str(&format!("stat -c 'file {SIGNATURE_FORMAT}' --"));
-        for file in &actions.files {
-            script.push(' ');
-            script.push_str(&shell_quote(&file.path));
-        }
         // A file that is gone is left out of the record, so the next survey finds the
         // stage unconverged instead of this run failing.
-        script.push_str(" 2>/dev/null || true; ");
+        script.push_str(&format!("{} || true; ", signatures("file", &actions.files)));
     }
     script.push_str(&format!("}} > {record}.tmp && mv -f {record}.tmp {record}"));
     script
@@ -674,12 +675,7 @@ fn survey_script(planned: &[(Stage, &NodeActions)]) -> String {
             "echo 'stage {name}'; [ -e {PENDING_DIR}/{name} ] && echo {PENDING_LINE}; cat {APPLIED_DIR}/{name} 2>/dev/null; "
         ));
         if !actions.files.is_empty() {
-            script.push_str(&format!("stat -c 'now {SIGNATURE_FORMAT}' --"));
-            for file in &actions.files {
-                script.push(' ');
-                script.push_str(&shell_quote(&file.path));
-            }
-            script.push_str(" 2>/dev/null; ");
+            script.push_str(&format!("{}; ", signatures("now", &actions.files)));
         }
         for unit in &actions.units {
             script.push_str(&format!(

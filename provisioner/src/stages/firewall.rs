@@ -256,6 +256,24 @@ ExecStartPre=/bin/sh -c 'systemctl is-enabled --quiet {UNIT} || exit 0; \
     )
 }
 
+/// An nftables table that only makes the node track connections, loaded before
+/// firewalld starts. A node without kube-proxy (a separate etcd member) tracks no
+/// connections until firewalld loads its rules. But while firewalld starts, it drops
+/// every packet that does not belong to a tracked, established connection, and on a
+/// loaded host its start takes seconds: an etcd member's streams to its peers, never
+/// tracked, went silent for longer than an election timeout, the leader stepped down
+/// and every apiserver watch failed with it. A `ct state` match in the node's own
+/// namespace makes the kernel track from then on, and a second of heartbeats in both
+/// directions makes those streams established before firewalld starts. The table
+/// accepts everything and stays; reloading it replaces it.
+const TRACK_OPEN_CONNECTIONS: &str = "table inet k8s_lab_conntrack
+delete table inet k8s_lab_conntrack
+table inet k8s_lab_conntrack {
+  chain prerouting { type filter hook prerouting priority -300; policy accept; ct state invalid counter; }
+  chain output { type filter hook output priority -300; policy accept; ct state invalid counter; }
+}
+";
+
 /// Where the firewall stage's connection-tracking setting lives.
 const CONNTRACK_SYSCTL: &str = "/etc/sysctl.d/91-k8s-lab-conntrack.conf";
 
@@ -284,7 +302,9 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         // Before firewalld starts, so the connections that are open now survive it.
         actions.commands.push(CommandSpec {
             description: "let connection tracking adopt open connections".to_string(),
-            script: format!("sysctl -q -p {CONNTRACK_SYSCTL}"),
+            script: format!(
+                "sysctl -q -p {CONNTRACK_SYSCTL} && nft -f - <<'EOF'\n{TRACK_OPEN_CONNECTIONS}EOF\nsleep 1"
+            ),
             when: RunWhen::FilesChanged,
         });
         actions.files.push(FileSpec::text(CONFIG, 0o644, firewalld_conf()));
