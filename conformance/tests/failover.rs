@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use conformance::{
-    eventually, flag, lab, ready_pods, web_deployment, Drill, HttpsClient, Identity, TestNamespace, WEB_LABEL,
+    flag, lab, ready_pods, web_deployment, web_service_endpoints, Drill, HttpsClient, Identity, TestNamespace,
+    WEB_LABEL,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
