@@ -439,11 +439,11 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
     let write = |name: &str| {
         let configmap: ConfigMap =
             serde_json::from_value(json!({ "metadata": { "name": name } })).expect("a valid ConfigMap");
-        let params = PostParams::default();
-        lab.block_on(tokio::time::timeout(
-            lab.patience(Duration::from_secs(15)),
-            configmaps.create(&params, &configmap),
-        ))
+        // The timer needs the runtime's reactor: made inside the future, not before it.
+        lab.block_on(async {
+            let params = PostParams::default();
+            tokio::time::timeout(lab.patience(Duration::from_secs(15)), configmaps.create(&params, &configmap)).await
+        })
     };
 
     let mut stopped: Vec<StoppedUnit> =
