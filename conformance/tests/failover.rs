@@ -393,14 +393,18 @@ fn the_api_keeps_answering_when_the_first_etcd_member_stops() {
 const QUORUM_LOSS: Duration = Duration::from_secs(10);
 /// How long writes may take to work again once the members are back.
 const WRITES_RESUME: Duration = Duration::from_secs(30);
-/// How long a new Service may take to get its Endpoints, once writes work again.
-const ENDPOINTS_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a new Service may take to get its Endpoints once writes work again. The
+/// controller manager cannot renew its lease while etcd has no quorum; past its renew
+/// deadline (10 s) it exits, systemd starts it again 5 s later, and it waits for the old
+/// lease to expire (15 s) before its controllers start and sync: about 30 s in all, as in
+/// any cluster. A watch that never recovers keeps the Endpoints away for good.
+const ENDPOINTS_DEADLINE: Duration = Duration::from_secs(40);
 
 /// Stops two of the three etcd members for 10 s: writes through the API must fail (etcd
 /// has no quorum), work again within 30 s of the members' start, and the cluster's watches
 /// must have recovered: a Service created afterwards gets its Endpoints (the controller
 /// manager's informers, fed by the apiservers' watch caches, which etcd's "no leader"
-/// ended) within 10 s. Prints how long writes took to resume and the Endpoints to appear.
+/// ended) within 40 s. Prints how long writes took to resume and the Endpoints to appear.
 ///
 /// Turn it red: stop all three members (`cargo lab ssh masterN -- systemctl stop etcd` on
 /// the one the test leaves running, while it runs), so that writes never resume.
