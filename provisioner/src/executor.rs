@@ -203,7 +203,7 @@ impl<'a> Executor<'a> {
         progress: &dyn Progress,
     ) -> Result<NodeReport, ExecError> {
         let node = actions.node.as_str();
-        let host = *self.hosts.get(node).ok_or_else(|| ExecError::UnknownNode { stage, node: node.to_string() })?;
+        let host = self.host(stage, node)?;
         let host_error = |source| ExecError::Host { stage, source };
         let mut report = NodeReport { node: node.to_string(), ..NodeReport::default() };
 
@@ -319,6 +319,11 @@ impl<'a> Executor<'a> {
         Ok(report)
     }
 
+    /// The connected host called `node`; `stage` is what the error names.
+    fn host(&self, stage: Stage, node: &str) -> Result<&'a dyn Host, ExecError> {
+        self.hosts.get(node).copied().ok_or_else(|| ExecError::UnknownNode { stage, node: node.to_string() })
+    }
+
     /// A converged node: only the stage's checks, which report no change.
     fn check_node(
         &self,
@@ -327,7 +332,7 @@ impl<'a> Executor<'a> {
         progress: &dyn Progress,
     ) -> Result<NodeReport, ExecError> {
         let node = actions.node.as_str();
-        let host = *self.hosts.get(node).ok_or_else(|| ExecError::UnknownNode { stage, node: node.to_string() })?;
+        let host = self.host(stage, node)?;
         for check in &actions.checks {
             progress.step(stage, node, &format!("checking: {}", check.description));
             self.wait_for(host, stage, check, actions)?;
@@ -338,12 +343,7 @@ impl<'a> Executor<'a> {
     /// Asks every node, in one command each and all nodes in parallel, which of
     /// `stages` are converged there (see the module's documentation).
     pub fn survey(&self, stages: &[StagePlan]) -> Result<Survey, ExecError> {
-        let mut by_node: BTreeMap<&str, Vec<(Stage, &NodeActions)>> = BTreeMap::new();
-        for stage in stages {
-            for actions in &stage.nodes {
-                by_node.entry(actions.node.as_str()).or_default().push((stage.stage, actions));
-            }
-        }
+        let by_node = by_node(stages);
         let first_stage = stages.first().map(|stage| stage.stage).unwrap_or(Stage::Hosts);
         let mut outcomes: Vec<Result<Vec<(Stage, String)>, ExecError>> = Vec::new();
         std::thread::scope(|scope| {
@@ -351,10 +351,7 @@ impl<'a> Executor<'a> {
                 .iter()
                 .map(|(node, planned)| {
                     scope.spawn(move || -> Result<Vec<(Stage, String)>, ExecError> {
-                        let host = *self
-                            .hosts
-                            .get(*node)
-                            .ok_or_else(|| ExecError::UnknownNode { stage: first_stage, node: node.to_string() })?;
+                        let host = self.host(first_stage, node)?;
                         let output = host
                             .run(&survey_script(planned))
                             .map_err(|source| ExecError::Host { stage: first_stage, source })?;
@@ -384,12 +381,7 @@ impl<'a> Executor<'a> {
     /// Runs every check of `stages` on every node, the nodes in parallel and each
     /// node's checks in stage order: the whole work of `lab up` on a converged lab.
     pub fn check_all(&self, stages: &[StagePlan], progress: &dyn Progress) -> Result<Vec<StageReport>, ExecError> {
-        let mut by_node: BTreeMap<&str, Vec<(Stage, &NodeActions)>> = BTreeMap::new();
-        for stage in stages {
-            for actions in &stage.nodes {
-                by_node.entry(actions.node.as_str()).or_default().push((stage.stage, actions));
-            }
-        }
+        let by_node = by_node(stages);
         let timings: Mutex<BTreeMap<Stage, Duration>> = Mutex::new(BTreeMap::new());
         let mut outcomes: Vec<Result<(), ExecError>> = Vec::new();
         std::thread::scope(|scope| {
@@ -642,6 +634,17 @@ impl StageState {
                 recorded.is_some() && recorded == self.current.get(&file.path)
             })
     }
+}
+
+/// Each node's part of every one of `stages`, in stage order.
+fn by_node(stages: &[StagePlan]) -> BTreeMap<&str, Vec<(Stage, &NodeActions)>> {
+    let mut by_node: BTreeMap<&str, Vec<(Stage, &NodeActions)>> = BTreeMap::new();
+    for stage in stages {
+        for actions in &stage.nodes {
+            by_node.entry(actions.node.as_str()).or_default().push((stage.stage, actions));
+        }
+    }
+    by_node
 }
 
 /// The command that prints `LABEL PATH SIGNATURE` for each of `files` that exists.
