@@ -130,8 +130,9 @@ const POD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// with that pod's address within 5 s: the controller manager's endpoints controller (on
 /// whichever master leads) is alive and watching. Prints how long it took.
 ///
-/// Turn it red: stop the controller manager on every master (`cargo lab ssh masterN --
-/// systemctl stop kube-controller-manager`); the Service's Endpoints never appear.
+/// Turn it red: run the controller manager without its endpoints controllers (on every
+/// master, `--controllers=*,-endpoint,-endpointslice` in its unit, then `systemctl
+/// daemon-reload` and a restart); `cargo lab up` writes the unit back.
 #[test]
 fn a_new_service_gets_its_endpoints_within_seconds() {
     let lab = lab();
