@@ -376,7 +376,7 @@ pub fn destroy(paths: &Paths) -> Result<(), Failure> {
     let mut leftovers = backend.destroy();
     progress.say(&format!("lab {}: machines, disks, bridge and routes removed", topology.name));
     if leftovers.is_empty() {
-        match machines::system::remove_tree(&paths.state_dir) {
+        match provisioner::system::remove_tree(&paths.state_dir) {
             Ok(()) => progress.say(&format!("state directory {} removed", paths.state_dir.display())),
             Err(message) => leftovers
                 .push(machines::Leftover::new(format!("state directory {}", paths.state_dir.display()), message)),

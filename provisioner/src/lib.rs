@@ -13,4 +13,5 @@ pub mod readiness;
 pub mod render;
 pub mod ssh;
 pub mod stages;
+pub mod system;
 pub mod topology;

@@ -760,7 +760,7 @@ pub fn install_missing(findings: &[Finding]) -> Result<Vec<String>, PreflightErr
     if unsafe { libc::geteuid() } != 0 {
         return Err(PreflightError::NotRoot { packages: names.join(" "), command: install });
     }
-    if !crate::machines::system::program_exists("apt-get") {
+    if !crate::system::program_exists("apt-get") {
         return Err(PreflightError::NoApt { packages: names.join(" ") });
     }
     eprintln!("installing {} with apt-get", names.join(" "));

@@ -77,7 +77,7 @@ fn a_node_boots_answers_ssh_survives_a_restart_and_leaves_nothing_when_destroyed
     // `lab down` and `lab up`: the disk survives, the node comes back.
     lab.stop("stopped");
     let root = lab.state.path().join("machines").join(NODE).join("root");
-    assert!(!machines::system::is_mount_point(&root).expect("mount table"), "a stopped node's disk is unmounted");
+    assert!(!provisioner::system::is_mount_point(&root).expect("mount table"), "a stopped node's disk is unmounted");
     let host = lab.start(false, BOOT_TIMEOUT);
     assert_eq!(
         host.read_file("/root/lab-test.txt").expect("read after restart").as_deref(),
@@ -99,7 +99,7 @@ fn assert_nothing_left(bridge: &str, ports: &[String], state: &Path) {
     for needle in [bridge, "10.249.0.", "10.248.", "10.247.0."] {
         assert!(!routes.contains(needle), "a route of the lab is left ({needle}):\n{routes}");
     }
-    let mounts = machines::system::mounts_under(state).expect("mount table");
+    let mounts = provisioner::system::mounts_under(state).expect("mount table");
     assert!(mounts.is_empty(), "mounts left under the state dir: {mounts:?}");
     assert!(!state.join("machines").exists(), "the machines' state is left");
     let cgroups: Vec<PathBuf> = fs::read_dir("/sys/fs/cgroup")

@@ -17,9 +17,9 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use sha2::Digest as _;
 
-use super::system::{self, CommandFailure};
 use super::{Leftover, MachineError};
 use crate::plan::HostRoute;
+use crate::system::{self, CommandFailure};
 
 /// Linux limits interface names to 15 bytes (IFNAMSIZ minus the terminating NUL).
 const INTERFACE_NAME_MAX: usize = 15;

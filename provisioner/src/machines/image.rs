@@ -24,8 +24,8 @@ use std::time::Instant;
 
 use sha2::{Digest as _, Sha256};
 
-use super::system;
 use super::{MachineError, NodeImage};
+use crate::system;
 
 /// The Debian release every node runs.
 pub const RELEASE: &str = "bookworm";

@@ -38,13 +38,13 @@ use virt::error::ErrorNumber;
 use virt::network::Network;
 
 use super::hostnet;
-use super::system;
 use super::vm_image::{self, Accelerator, VmImage};
 use super::{
     LabSpec, Leftover, MachineError, MachineSize, MachineState, Machines, NodeImage, NodeSpec, Requirement,
     StartOutcome, StopOutcome,
 };
 use crate::plan::HostRoute;
+use crate::system;
 use crate::topology::Backend;
 
 /// The system instance of libvirt's QEMU driver (root's VMs, bridges and taps).
@@ -349,7 +349,7 @@ impl Machines for Libvirt {
     }
 
     fn requirements(&self) -> Vec<Requirement> {
-        let mut requirements = vec![super::nspawn::running_as_root()];
+        let mut requirements = vec![Requirement::root()];
         requirements.extend(vm_image::host_requirements());
         requirements
     }

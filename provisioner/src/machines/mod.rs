@@ -21,11 +21,13 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::plan::HostRoute;
+use crate::system;
 use crate::topology::{Acceleration, Backend, Node, Role, Topology};
 
 pub mod hostnet;
@@ -34,7 +36,6 @@ pub mod image;
 pub mod libvirt;
 pub mod node_config;
 pub mod nspawn;
-pub mod system;
 pub mod vagrant;
 pub mod vm_image;
 
@@ -238,6 +239,16 @@ pub struct Leftover {
 }
 
 impl Requirement {
+    /// Root: the backends make machines, bridges, routes and mounts.
+    pub fn root() -> Requirement {
+        Requirement {
+            what: "root (machines, bridges, routes and mounts need it)".into(),
+            met: system::running_as_root(),
+            package: None,
+            fix: "run as root, e.g. `sudo -E cargo lab up`".into(),
+        }
+    }
+
     /// A program the backend runs, found on the PATH, from the Debian package
     /// `package`; `why` says what the backend uses it for.
     pub fn program(program: &str, why: &str, package: &str) -> Requirement {
@@ -320,8 +331,38 @@ pub trait Machines: Send + Sync {
         authorized_key: &str,
     ) -> Result<StartOutcome, MachineError>;
 
+    /// Makes every node of `nodes` exist and run (`create_or_start`), all at once,
+    /// and calls `done` for each node as it finishes. Returns every node's outcome in
+    /// the order of `nodes`, failures included: one node's failure stops no other.
+    fn start_all(
+        &self,
+        nodes: &[NodeSpec],
+        image: &NodeImage,
+        authorized_key: &str,
+        done: &(dyn Fn(&str, &Result<StartOutcome, MachineError>, Duration) + Sync),
+    ) -> NodeOutcomes<StartOutcome> {
+        for_each_node(
+            nodes.iter().map(|node| node.name.as_str()),
+            |name| {
+                let node = nodes.iter().find(|node| node.name == name).expect("a node of `nodes`");
+                self.create_or_start(node, image, authorized_key)
+            },
+            done,
+        )
+    }
+
     /// Shuts `node` down, keeping its disk.
     fn stop(&self, node: &str) -> Result<StopOutcome, MachineError>;
+
+    /// Shuts every node of `nodes` down (`stop`), all at once, calling `done` for each
+    /// as it finishes; every node's outcome in the order of `nodes`.
+    fn stop_all(
+        &self,
+        nodes: &[String],
+        done: &(dyn Fn(&str, &Result<StopOutcome, MachineError>, Duration) + Sync),
+    ) -> NodeOutcomes<StopOutcome> {
+        for_each_node(nodes.iter().map(String::as_str), |name| self.stop(name), done)
+    }
 
     fn status(&self, node: &str) -> Result<MachineState, MachineError>;
 
@@ -353,6 +394,41 @@ pub trait Machines: Send + Sync {
     fn memory_bytes(&self, _node: &str) -> Option<u64> {
         None
     }
+}
+
+/// Every node's outcome of a lab-wide operation, by node name, in the order asked.
+pub type NodeOutcomes<T> = Vec<(String, Result<T, MachineError>)>;
+
+/// Runs `operation` for every node in a thread of its own and calls `done` with
+/// each outcome and how long it took as soon as it is known.
+fn for_each_node<'a, T: Send>(
+    nodes: impl Iterator<Item = &'a str>,
+    operation: impl Fn(&str) -> Result<T, MachineError> + Sync,
+    done: &(dyn Fn(&str, &Result<T, MachineError>, Duration) + Sync),
+) -> NodeOutcomes<T> {
+    let operation = &operation;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = nodes
+            .map(|name| {
+                let handle = scope.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let outcome = operation(name);
+                    done(name, &outcome, started.elapsed());
+                    outcome
+                });
+                (name, handle)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, handle)| {
+                let outcome = handle.join().unwrap_or_else(|_| {
+                    Err(MachineError::Node { node: name.to_string(), message: "its operation panicked".into() })
+                });
+                (name.to_string(), outcome)
+            })
+            .collect()
+    })
 }
 
 /// A cgroup's working set in bytes, as kubelet reckons it: the memory charged to the

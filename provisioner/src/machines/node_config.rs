@@ -12,8 +12,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use super::system;
 use super::NodeSpec;
+use crate::system;
 
 /// When a backend writes a file into the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,12 +39,12 @@ use std::time::{Duration, Instant};
 
 use super::hostnet;
 use super::node_config::{self, When};
-use super::system::{self, CommandFailure};
 use super::{
     LabSpec, Leftover, MachineError, MachineState, Machines, NodeImage, NodeSpec, Requirement, StartOutcome,
     StopOutcome,
 };
 use crate::plan::HostRoute;
+use crate::system::{self, CommandFailure};
 use crate::topology::Backend;
 
 /// How long a node may take to power off after SIGTERM before it is killed. A
@@ -673,7 +673,7 @@ impl Machines for Nspawn {
     }
 
     fn requirements(&self) -> Vec<Requirement> {
-        let mut requirements = vec![running_as_root()];
+        let mut requirements = vec![Requirement::root()];
         let mut programs = vec![
             ("systemd-nspawn", "runs the nodes", "systemd-container"),
             ("mmdebstrap", "builds the node image", "mmdebstrap"),
@@ -908,21 +908,6 @@ fn remove_cgroup_tree(cgroup: &Path) -> Result<(), String> {
                 });
             }
         }
-    }
-}
-
-pub(super) fn running_as_root() -> Requirement {
-    // The effective UID is the second number of the `Uid:` line.
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_string));
-    Requirement {
-        what: "root (machines, bridges, routes and mounts need it)".into(),
-        met: effective.as_deref() == Some("0"),
-        package: None,
-        fix: "run as root, e.g. `sudo -E cargo lab up`".into(),
     }
 }
 

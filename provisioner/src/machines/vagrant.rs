@@ -40,13 +40,13 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use super::hostnet;
-use super::system;
 use super::vm_image::{self, Accelerator, VmImage};
 use super::{
     LabSpec, Leftover, MachineError, MachineState, Machines, NodeImage, NodeSpec, Requirement, StartOutcome,
     StopOutcome,
 };
 use crate::plan::HostRoute;
+use crate::system;
 use crate::topology::{Backend, Topology};
 
 /// The system instance of libvirt, where vagrant-libvirt makes root's machines.
@@ -757,7 +757,7 @@ impl Machines for Vagrant {
     }
 
     fn requirements(&self) -> Vec<Requirement> {
-        let mut requirements = vec![super::nspawn::running_as_root()];
+        let mut requirements = vec![Requirement::root()];
         requirements.extend(vm_image::host_requirements());
         let vagrant = Requirement::program("vagrant", "makes the machines from the Vagrantfile", "vagrant");
         // Debian's package installs the plugin system-wide; `vagrant plugin list`

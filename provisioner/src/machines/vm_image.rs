@@ -32,8 +32,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::node_config::{self, When};
 use super::nspawn::Supervisor;
-use super::system;
 use super::{MachineError, NodeImage, NodeSpec, Requirement};
+use crate::system;
 use crate::topology::Acceleration;
 
 /// The kernel command line of every lab VM:

@@ -25,7 +25,7 @@ pub fn not_root() -> Option<String> {
 pub fn missing_program(programs: &[&str]) -> Option<String> {
     programs
         .iter()
-        .find(|program| !machines::system::program_exists(program))
+        .find(|program| !provisioner::system::program_exists(program))
         .map(|program| format!("`{program}` is not installed (`lab doctor` installs it)"))
 }
 

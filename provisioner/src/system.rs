@@ -1,4 +1,4 @@
-//! The host-side tools the machine backends drive: running a program and saying
+//! The host-side tools the machine backends, the preflight and the artifact builds drive: running a program and saying
 //! exactly what failed, the mount table, processes by PID, and removing a directory
 //! tree without ever descending into something mounted inside it.
 //!
@@ -27,6 +27,17 @@ impl std::fmt::Display for CommandFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "`{}` failed: {}", self.command, self.message)
     }
+}
+
+/// Whether this process runs with an effective UID of 0.
+pub fn running_as_root() -> bool {
+    // The effective UID is the second number of the `Uid:` line.
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_string));
+    effective.as_deref() == Some("0")
 }
 
 /// The command line of `command`, for messages.
