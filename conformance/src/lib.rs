@@ -42,10 +42,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
 use provisioner::host::{Host, HostError, Output};
+use provisioner::lab::{LabStatus, NodeStatus};
+use provisioner::machines::MachineState;
 use provisioner::pki::Store;
 use provisioner::ssh::{KeyPair, SshHost};
+use provisioner::state_dir::StateDir;
 use provisioner::topology::{Node, Role, Topology};
-use serde::Deserialize;
 
 pub use https::{HttpsClient, HttpsError, Identity, Reply};
 pub use kubernetes::{
@@ -56,43 +58,6 @@ pub use resolver::{ClusterResolver, Lookup, RecordType, Transport};
 
 /// How long an SSH connection to a running node may take to come up.
 const SSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The lab's public state, as `cargo lab status --json` prints it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Status {
-    pub lab: String,
-    pub backend: String,
-    pub state_dir: PathBuf,
-    pub bridge: String,
-    pub gateway: Ipv4Addr,
-    pub nodes: Vec<NodeStatus>,
-    pub vip: Ipv4Addr,
-    pub api_server_url: String,
-    pub pod_cidr: Ipv4Net,
-    pub service_cidr: Ipv4Net,
-    pub cluster_dns_ip: Ipv4Addr,
-    pub cluster_domain: String,
-    pub kubeconfig: PathBuf,
-    pub ssh_key: PathBuf,
-    /// How many times slower than the host the lab's machines run (1 unless emulated).
-    #[serde(default = "host_speed")]
-    pub time_scale: u32,
-}
-
-/// The time scale of a lab whose status does not say: machines at the host's speed.
-fn host_speed() -> u32 {
-    1
-}
-
-/// One node in `Status`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct NodeStatus {
-    pub name: String,
-    pub address: Ipv4Addr,
-    pub roles: Vec<Role>,
-    /// The machine's state: `running` when it is up.
-    pub state: String,
-}
 
 /// Why the suite cannot run against a lab. Its message is the one line every test fails with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -105,7 +70,7 @@ pub enum NotReady {
 
 /// The running lab with its clients. One per test binary, from [`lab()`].
 pub struct Lab {
-    pub status: Status,
+    pub status: LabStatus,
     /// The topology the lab was made from (recorded in its state directory): the source of
     /// every expectation (roles, ports, planned pod ranges).
     pub topology: Topology,
@@ -141,7 +106,7 @@ impl Lab {
     fn load() -> Result<Lab, NotReady> {
         let not_running = |reason: String| NotReady::NotRunning { lab_dir: lab_dir_for_messages(), reason };
         let status = read_status().map_err(not_running)?;
-        let down: Vec<&NodeStatus> = status.nodes.iter().filter(|node| node.state != "running").collect();
+        let down: Vec<&NodeStatus> = status.nodes.iter().filter(|node| node.state != MachineState::Running).collect();
         if status.nodes.is_empty() {
             return Err(not_running("its topology has no nodes".to_string()));
         }
@@ -163,7 +128,7 @@ impl Lab {
         let targets = Targets::new(&status.bridge, &topology.network);
         targets.allow(status.vip.into()).map_err(unsafe_target)?;
         targets.allow(status.cluster_dns_ip.into()).map_err(unsafe_target)?;
-        for (_, pod_range) in planned_pod_cidrs(&topology) {
+        for pod_range in status.nodes.iter().filter_map(|node| node.pod_cidr) {
             let first_pod = pod_range.hosts().next().expect("a /24 has hosts");
             targets.allow(first_pod.into()).map_err(unsafe_target)?;
         }
@@ -236,8 +201,13 @@ impl Lab {
     }
 
     /// Each worker's planned /24 of the pod range, by name.
+    /// The lab's state directory, as `lab status` names it.
+    pub fn state(&self) -> StateDir {
+        StateDir::new(&self.status.state_dir)
+    }
+
     pub fn planned_pod_cidrs(&self) -> BTreeMap<String, Ipv4Net> {
-        planned_pod_cidrs(&self.topology)
+        self.status.nodes.iter().filter_map(|node| Some((node.name.clone(), node.pod_cidr?))).collect()
     }
 
     /// The first address of the service range, which the `kubernetes` Service always has.
@@ -318,10 +288,6 @@ impl Lab {
     }
 }
 
-/// Where the suite records when its drills broke the lab on purpose, so that checks of a
-/// healthy lab (etcd elected no leader, say) can leave those windows out.
-const DRILLS_LOG: &str = "drills.log";
-
 /// A drill in progress: from `Lab::drill` until dropped, the lab is broken on purpose.
 pub struct Drill {
     name: String,
@@ -357,12 +323,12 @@ impl Lab {
     /// Marks the start of a drill named `name`; the returned guard records its window in
     /// the lab's state directory when dropped.
     pub fn drill(&self, name: &str) -> Drill {
-        Drill { name: name.to_string(), started: SystemTime::now(), log: self.status.state_dir.join(DRILLS_LOG) }
+        Drill { name: name.to_string(), started: SystemTime::now(), log: self.state().drills_log() }
     }
 
     /// Every drill window recorded for this lab, oldest first.
     pub fn drill_windows(&self) -> Vec<DrillWindow> {
-        let text = std::fs::read_to_string(self.status.state_dir.join(DRILLS_LOG)).unwrap_or_default();
+        let text = std::fs::read_to_string(self.state().drills_log()).unwrap_or_default();
         text.lines()
             .filter_map(|line| {
                 let mut words = line.splitn(3, ' ');
@@ -377,7 +343,7 @@ impl Lab {
 
     /// When the last `lab up` finished (it writes `STATE/timings.json` last).
     pub fn converged_at(&self) -> SystemTime {
-        let timings = self.status.state_dir.join("timings.json");
+        let timings = self.state().timings();
         std::fs::metadata(&timings)
             .and_then(|metadata| metadata.modified())
             .unwrap_or_else(|error| panic!("cannot tell when `lab up` finished ({}: {error})", timings.display()))
@@ -434,7 +400,7 @@ fn lab_alias() -> &'static str {
 }
 
 /// Runs `cargo lab status --json` in the workspace root and parses it.
-fn read_status() -> Result<Status, String> {
+fn read_status() -> Result<LabStatus, String> {
     let output = cargo_lab(&["status", "--json"])
         .output()
         .map_err(|error| format!("cannot run `cargo lab status --json`: {error}"))?;
@@ -455,19 +421,4 @@ fn lab_key(private: &Path) -> Result<KeyPair, String> {
         .trim()
         .to_string();
     Ok(KeyPair { private: private.to_path_buf(), public, public_line })
-}
-
-/// The handbook's pod range plan: the workers, in topology order, get consecutive /24s of
-/// the cluster pod range (worker1 10.200.0.0/24, worker2 10.200.1.0/24). Stated here on its
-/// own, rather than taken from the planner, so that a planner that drifts from it shows red.
-fn planned_pod_cidrs(topology: &Topology) -> BTreeMap<String, Ipv4Net> {
-    let base = u32::from(topology.network.pod_cidr.network());
-    topology
-        .nodes_with(Role::Worker)
-        .enumerate()
-        .map(|(index, node)| {
-            let network = Ipv4Addr::from(base + ((index as u32) << 8));
-            (node.name.clone(), Ipv4Net::new(network, 24).expect("24 is a valid prefix"))
-        })
-        .collect()
 }

@@ -11,9 +11,7 @@ use std::fmt::Write as _;
 
 use anyhow::{anyhow, Context as _};
 use provisioner::artifacts::build;
-use provisioner::machines::{self, LabSpec};
 use provisioner::preflight::{self, Finding, Report, Status};
-use provisioner::topology::Topology;
 use serde::Serialize;
 
 use crate::{Exit, Failure, Paths};
@@ -31,8 +29,8 @@ struct DoctorOutput<'a> {
 /// Checks the host; with `install`, adds the deb-src entry and installs missing
 /// packages first, then checks again.
 pub fn doctor(paths: &Paths, json: bool, install: bool) -> Result<(), Failure> {
-    let topology = crate::verbs::load_topology(paths)?.topology;
-    let check = || host_report(paths, &topology);
+    let lab = paths.lab_from_file()?;
+    let check = || lab.host_report();
     let mut report = check();
     let mut installed = Vec::new();
     let mut added_deb_src = false;
@@ -73,84 +71,6 @@ pub fn doctor(paths: &Paths, json: bool, install: bool) -> Result<(), Failure> {
 /// Whether installing would change something: a missing package or deb-src entry.
 fn fixable(report: &Report) -> bool {
     report.deb_src_missing() || !report.missing_packages().is_empty()
-}
-
-/// The preflight of `lab up`: prints warnings, and stops with every failed check and
-/// its fix before anything is created.
-pub fn preflight(paths: &Paths, topology: &Topology) -> Result<(), Failure> {
-    let report = host_report(paths, topology);
-    for finding in report.findings.iter().filter(|finding| finding.status == Status::Warn) {
-        eprintln!("warning: {}: {}", finding.check, finding.detail);
-    }
-    let failures: Vec<String> = report
-        .failures()
-        .map(|finding| match &finding.fix {
-            Some(fix) => format!("\n  {}: {}\n    fix: {fix}", finding.check, finding.detail),
-            None => format!("\n  {}: {}", finding.check, finding.detail),
-        })
-        .collect();
-    if failures.is_empty() {
-        return Ok(());
-    }
-    Err(Failure {
-        exit: Exit::Failure,
-        error: anyhow!("the host cannot run the lab (nothing was created):{}", failures.concat()),
-    })
-}
-
-/// Every check for this topology: its machine backend's requirements, then the
-/// host-wide ones, then what building the artifacts needs. A backend this build
-/// lacks is itself a failed check.
-pub fn host_report(paths: &Paths, topology: &Topology) -> Report {
-    let spec = LabSpec::from_topology(topology, &paths.state_dir, &paths.cache_dir);
-    let (requirements, backend_problem) = match machines::for_lab(topology.machines.backend, spec) {
-        Ok(backend) => (backend.requirements(), None),
-        // This `lab` lacks the libvirt backend: what building it and running its VMs
-        // needs is checked (and installed) all the same, so that the next build works.
-        Err(error @ machines::MachineError::LibvirtNotBuilt) => {
-            let mut requirements = libvirt_build_requirements();
-            requirements.extend(machines::vm_image::host_requirements());
-            let fix = "cargo run --package lab --features libvirt -- VERB (or `cargo lab-libvirt VERB`)";
-            (requirements, Some((error.to_string(), fix.to_string())))
-        }
-        Err(error) => (
-            Vec::new(),
-            Some((error.to_string(), "set backend = \"nspawn\" in [machines] of the topology file".into())),
-        ),
-    };
-    let mut report = preflight::run(topology, &paths.state_dir, &paths.cache_dir, &requirements);
-    report.findings.extend(preflight::build_findings(topology, &paths.cache_dir));
-    if let Some((problem, fix)) = backend_problem {
-        report.findings.insert(
-            0,
-            Finding {
-                check: format!("machine backend {}", topology.machines.backend),
-                status: Status::Fail,
-                detail: problem,
-                fix: Some(fix),
-                package: None,
-            },
-        );
-    }
-    report
-}
-
-/// What building `lab` with `--features libvirt` needs: the virt crate links
-/// libvirt, found through pkg-config.
-fn libvirt_build_requirements() -> Vec<machines::Requirement> {
-    let libvirt_dev = std::process::Command::new("pkg-config")
-        .args(["--exists", "libvirt"])
-        .status()
-        .is_ok_and(|status| status.success());
-    vec![
-        machines::Requirement::program("pkg-config", "finds libvirt when building the libvirt backend", "pkg-config"),
-        machines::Requirement {
-            what: "libvirt-dev (the libvirt backend links libvirt)".into(),
-            met: libvirt_dev,
-            package: Some("libvirt-dev".into()),
-            fix: "apt-get install libvirt-dev".into(),
-        },
-    ]
 }
 
 /// The readable form: one line per check, the fix indented under each problem.

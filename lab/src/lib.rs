@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Parser, Subcommand};
+use provisioner::lab::{Lab, LabError, LabPaths, Real};
 use provisioner::topology::Backend;
 
 mod doctor;
 mod machine_verbs;
+mod terminal;
 mod up;
 mod verbs;
 
@@ -118,10 +120,11 @@ pub struct Failure {
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(error: E) -> Self {
         let error = error.into();
-        let exit = if error.downcast_ref::<provisioner::topology::TopologyError>().is_some() {
-            Exit::InvalidTopology
-        } else {
-            Exit::Failure
+        let exit = match error.downcast_ref::<LabError>() {
+            Some(lab_error) if lab_error.is_topology() => Exit::InvalidTopology,
+            Some(lab_error) if lab_error.is_usage() => Exit::Usage,
+            _ if error.downcast_ref::<provisioner::topology::TopologyError>().is_some() => Exit::InvalidTopology,
+            _ => Exit::Failure,
         };
         Failure { exit, error }
     }
@@ -170,7 +173,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.verb {
         Verb::Plan { json } => verbs::plan(&paths, json),
         Verb::Render { dir } => verbs::render(&paths, &dir),
-        Verb::Up { until } => up::up(&paths, up::Until::parse(until.as_deref())?),
+        Verb::Up { until } => up::up(&paths, up::parse_until(until.as_deref())?),
         Verb::Down => machine_verbs::down(&paths),
         Verb::Destroy => machine_verbs::destroy(&paths),
         Verb::Status { json } => machine_verbs::status(&paths, json),
@@ -208,6 +211,37 @@ impl Paths {
             backend: None,
         }
     }
+}
+
+impl Paths {
+    fn lab_paths(&self) -> LabPaths {
+        LabPaths {
+            topology: self.topology.clone(),
+            state_dir: self.state_dir.clone(),
+            cache_dir: self.cache_dir.clone(),
+        }
+    }
+
+    /// The lab of the topology file (`lab up`, `plan`, `render`), its validation
+    /// warnings printed.
+    pub(crate) fn lab_from_file(&self) -> Result<Lab, Failure> {
+        let lab = Lab::from_file(self.lab_paths(), self.backend, surroundings())?;
+        for warning in lab.warnings() {
+            eprintln!("warning: {}: {warning}", self.topology.display());
+        }
+        Ok(lab)
+    }
+
+    /// The lab this state directory holds (`down`, `destroy`, `status`, `ssh`).
+    pub(crate) fn existing_lab(&self) -> Result<Lab, Failure> {
+        Ok(Lab::existing(self.lab_paths(), self.backend, surroundings())?)
+    }
+}
+
+/// This host; the lab-dns image is built from this workspace's dns/ crate.
+fn surroundings() -> Box<Real> {
+    let workspace_dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent").to_owned();
+    Box::new(Real { workspace_dir })
 }
 
 fn absolute(path: PathBuf) -> PathBuf {

@@ -1,53 +1,22 @@
-//! One function per verb. Each reads the topology, does its work and prints for a
-//! person or, with `--json`, for a script.
+//! The verbs that read the plan: `plan`, `render`, `kubectl` and `logs`. Each asks
+//! the lab of the topology file and prints for a person or, with `--json`, for a script.
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use provisioner::artifacts::Artifacts;
-use provisioner::pki;
-use provisioner::plan::{self, Content, Plan, PlanInputs};
-use provisioner::topology::{Role, Topology, Validated};
+use provisioner::plan::{self, Content, Plan};
+use provisioner::topology::Role;
 
 use crate::{Exit, Failure, Paths};
 
-/// Loads and validates the topology, printing its warnings. `--backend` replaces
-/// its `[machines] backend`.
-pub(crate) fn load_topology(paths: &Paths) -> Result<Validated, Failure> {
-    let mut validated = Topology::load(&paths.topology)?;
-    if let Some(backend) = paths.backend {
-        validated.topology.machines.backend = backend;
-    }
-    for warning in &validated.warnings {
-        eprintln!("warning: {}: {warning}", paths.topology.display());
-    }
-    Ok(validated)
-}
-
-/// The plan for the current topology, with the lab's PKI loaded or issued and the
-/// artifacts where the cache will hold them.
-fn make_plan(paths: &Paths) -> Result<Plan, Failure> {
-    let topology = load_topology(paths)?.topology;
-    let artifacts = Artifacts::expected(&topology, &paths.cache_dir);
-    make_plan_with(paths, &topology, &artifacts)
-}
-
-/// The plan for `topology` with the lab's PKI loaded or issued.
-pub(crate) fn make_plan_with(paths: &Paths, topology: &Topology, artifacts: &Artifacts) -> Result<Plan, Failure> {
-    let specs = pki::specs(topology);
-    let bundle = pki::Store::new(&paths.state_dir)
-        .load_or_issue(&specs)
-        .with_context(|| format!("lab PKI in {}", paths.state_dir.display()))?;
-    Ok(plan::build(&PlanInputs { topology, pki: &bundle, artifacts, state_dir: paths.state_dir.clone() }))
-}
-
 pub fn plan(paths: &Paths, json: bool) -> Result<(), Failure> {
-    let plan = make_plan(paths)?;
+    let lab = paths.lab_from_file()?;
+    let plan = lab.plan()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&plan).context("serialize the plan")?);
         return Ok(());
     }
-    print!("{}", summary(&plan));
+    print!("{}", summary(plan));
     Ok(())
 }
 
@@ -112,8 +81,9 @@ fn summary(plan: &Plan) -> String {
 }
 
 pub fn render(paths: &Paths, dir: &Path) -> Result<(), Failure> {
-    let plan = make_plan(paths)?;
-    let written = provisioner::render::render(&plan, dir)?;
+    let lab = paths.lab_from_file()?;
+    let plan = lab.plan()?;
+    let written = provisioner::render::render(plan, dir)?;
     let secrets = plan
         .stages
         .iter()
@@ -131,10 +101,10 @@ pub fn render(paths: &Paths, dir: &Path) -> Result<(), Failure> {
 
 /// `lab kubectl ARGS`: the lab's own kubectl build with the admin kubeconfig.
 pub fn kubectl(paths: &Paths, args: &[String]) -> Result<(), Failure> {
-    let topology = load_topology(paths)?.topology;
-    let artifacts = Artifacts::expected(&topology, &paths.cache_dir);
+    let lab = paths.lab_from_file()?;
+    let artifacts = lab.artifacts();
     let kubectl = artifacts.binary("kubectl");
-    let kubeconfig = provisioner::stages::admin_kubeconfig::local_path(&paths.state_dir);
+    let kubeconfig = lab.state().admin_kubeconfig();
     for (what, path) in [("kubectl", kubectl), ("admin kubeconfig", kubeconfig.as_path())] {
         if !path.exists() {
             return Err(Failure {
@@ -154,40 +124,22 @@ pub fn kubectl(paths: &Paths, args: &[String]) -> Result<(), Failure> {
 
 /// `lab logs [NODE] [--unit U]`: the journals of the units the plan puts on each node.
 pub fn logs(paths: &Paths, node: Option<&str>, unit: Option<&str>, lines: u32) -> Result<(), Failure> {
-    let plan = make_plan(paths)?;
-    if let Some(name) = node {
-        if !plan.nodes.iter().any(|summary| summary.name == name) {
-            return Err(Failure { exit: Exit::Usage, error: anyhow::anyhow!("no node named {name} in the lab") });
-        }
-    }
-    let key = provisioner::ssh::ensure_keypair(&paths.state_dir).context("the lab's SSH key")?;
-    for summary in plan.nodes.iter().filter(|summary| node.is_none_or(|name| name == summary.name)) {
-        let mut units: Vec<&str> = plan
-            .stages
-            .iter()
-            .flat_map(|stage| &stage.nodes)
-            .filter(|actions| actions.node == summary.name)
-            .flat_map(|actions| actions.units.iter().map(|unit| unit.name.as_str()))
-            .collect();
-        units.dedup();
+    let lab = paths.lab_from_file()?;
+    let key = lab.key_pair()?;
+    for (name, address, mut units) in lab.units_by_node(node)? {
         if let Some(wanted) = unit {
-            units.retain(|name| *name == wanted || name.trim_end_matches(".service") == wanted);
+            units.retain(|name| name == wanted || name.trim_end_matches(".service") == wanted);
         }
         if units.is_empty() {
             continue;
         }
-        let host = provisioner::ssh::SshHost::connect(
-            &summary.name,
-            summary.address,
-            &key,
-            std::time::Duration::from_secs(5),
-        )?;
+        let host = provisioner::ssh::SshHost::connect(&name, address, &key, std::time::Duration::from_secs(5))?;
         let unit_flags: String = units.iter().map(|name| format!(" --unit {name}")).collect();
         let output = provisioner::host::Host::run(
             &host,
             &format!("journalctl --no-pager --output short-precise --lines {lines}{unit_flags}"),
         )?;
-        println!("==> {} ({})", summary.name, units.join(", "));
+        println!("==> {name} ({})", units.join(", "));
         print!("{}{}", output.stdout, output.stderr);
     }
     Ok(())

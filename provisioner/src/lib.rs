@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod executor;
 pub mod host;
+pub mod lab;
 pub mod machines;
 pub mod paths;
 pub mod pki;
@@ -13,5 +14,6 @@ pub mod readiness;
 pub mod render;
 pub mod ssh;
 pub mod stages;
+pub mod state_dir;
 pub mod system;
 pub mod topology;

@@ -322,7 +322,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(state_dir: &Path) -> Self {
-        Store { dir: state_dir.join("pki") }
+        Store { dir: crate::state_dir::StateDir::new(state_dir).pki_dir() }
     }
 
     /// Where the certificate with file stem `stem` lives.

@@ -276,18 +276,24 @@ pub struct Context<'a> {
     pub api_server_url: String,
 }
 
+/// The handbook's pod range plan: the workers, in topology order, get consecutive
+/// /24s of the cluster pod range (worker1 10.200.0.0/24, worker2 10.200.1.0/24).
+pub fn pod_cidrs(topology: &Topology) -> BTreeMap<String, Ipv4Net> {
+    let base = u32::from(topology.network.pod_cidr.network());
+    topology
+        .nodes_with(Role::Worker)
+        .enumerate()
+        .map(|(index, node)| {
+            let network = Ipv4Addr::from(base + ((index as u32) << 8));
+            (node.name.clone(), Ipv4Net::new(network, 24).expect("24 is a valid prefix"))
+        })
+        .collect()
+}
+
 impl<'a> Context<'a> {
     pub fn new(inputs: &PlanInputs<'a>) -> Self {
         let topology = inputs.topology;
-        let base = u32::from(topology.network.pod_cidr.network());
-        let pod_cidrs = topology
-            .nodes_with(Role::Worker)
-            .enumerate()
-            .map(|(index, node)| {
-                let network = Ipv4Addr::from(base + ((index as u32) << 8));
-                (node.name.clone(), Ipv4Net::new(network, 24).expect("24 is a valid prefix"))
-            })
-            .collect();
+        let pod_cidrs = pod_cidrs(topology);
         let api_server_url = format!("https://{}:{}", topology.network.vip, topology.network.api_port);
         Context {
             topology,

@@ -76,14 +76,15 @@ impl KeyPair {
 /// Makes the lab's key pair in `STATE/ssh/id_ed25519{,.pub}` unless it is already
 /// there, and returns it. The directory is 0700 and the private key 0600.
 pub fn ensure_keypair(state_dir: &Path) -> Result<KeyPair, SshError> {
-    let directory = state_dir.join("ssh");
+    let state = crate::state_dir::StateDir::new(state_dir);
+    let directory = state.ssh_dir();
     let io_error =
         |path: &Path, error: io::Error| SshError::Io { path: path.display().to_string(), message: error.to_string() };
     fs::create_dir_all(&directory).map_err(|error| io_error(&directory, error))?;
     fs::set_permissions(&directory, fs::Permissions::from_mode(0o700)).map_err(|error| io_error(&directory, error))?;
 
-    let private = directory.join("id_ed25519");
-    let public = directory.join("id_ed25519.pub");
+    let private = state.ssh_private_key();
+    let public = state.ssh_public_key();
     if !private.exists() || !public.exists() {
         // ssh-keygen refuses to overwrite silently, and a half-made pair (one file
         // without the other) is useless: start from nothing.

@@ -27,6 +27,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::plan::HostRoute;
+use crate::state_dir::StateDir;
 use crate::system;
 use crate::topology::{Acceleration, Backend, Node, Role, Topology};
 
@@ -38,9 +39,6 @@ pub mod node_config;
 pub mod nspawn;
 pub mod vagrant;
 pub mod vm_image;
-
-/// The file in the state directory that names the lab it belongs to.
-pub const TOPOLOGY_RECORD: &str = "topology.toml";
 
 /// One machine to make: the node's name (also its hostname), its address on the
 /// node subnet, and its size where the backend gives machines a size of their own.
@@ -124,7 +122,7 @@ impl LabSpec {
 
     /// `STATE/machines`, where every node's disk and runtime files are.
     pub fn machines_dir(&self) -> PathBuf {
-        self.state_dir.join("machines")
+        StateDir::new(&self.state_dir).machines_dir()
     }
 
     /// Makes the lab bridge (tagged with this state directory) and routes every lab
@@ -177,7 +175,7 @@ pub struct NodeImage {
 }
 
 /// Where a machine is, as `lab status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MachineState {
     /// Booted (or booting): the machine's process is alive.
@@ -286,7 +284,7 @@ pub enum MachineError {
         "state dir {} holds lab {lab}, not {requested}; to work on {lab}, pass its topology \
          (`--topology {}` is the copy `lab up` recorded), else run `lab destroy` or set LAB_DIR",
         .state_dir.display(),
-        .state_dir.join(TOPOLOGY_RECORD).display()
+        StateDir::new(.state_dir).topology_record().display()
     )]
     StateDirTaken { state_dir: PathBuf, lab: String, requested: String },
     #[error(
@@ -339,7 +337,7 @@ pub trait Machines: Send + Sync {
         nodes: &[NodeSpec],
         image: &NodeImage,
         authorized_key: &str,
-        done: &(dyn Fn(&str, &Result<StartOutcome, MachineError>, Duration) + Sync),
+        done: &NodeDone<'_, StartOutcome>,
     ) -> NodeOutcomes<StartOutcome> {
         for_each_node(
             nodes.iter().map(|node| node.name.as_str()),
@@ -359,7 +357,7 @@ pub trait Machines: Send + Sync {
     fn stop_all(
         &self,
         nodes: &[String],
-        done: &(dyn Fn(&str, &Result<StopOutcome, MachineError>, Duration) + Sync),
+        done: &NodeDone<'_, StopOutcome>,
     ) -> NodeOutcomes<StopOutcome> {
         for_each_node(nodes.iter().map(String::as_str), |name| self.stop(name), done)
     }
@@ -396,6 +394,10 @@ pub trait Machines: Send + Sync {
     }
 }
 
+/// Called as each node's part of a lab-wide operation ends: the node, its outcome
+/// and how long it took.
+pub type NodeDone<'a, T> = dyn Fn(&str, &Result<T, MachineError>, Duration) + Sync + 'a;
+
 /// Every node's outcome of a lab-wide operation, by node name, in the order asked.
 pub type NodeOutcomes<T> = Vec<(String, Result<T, MachineError>)>;
 
@@ -404,7 +406,7 @@ pub type NodeOutcomes<T> = Vec<(String, Result<T, MachineError>)>;
 fn for_each_node<'a, T: Send>(
     nodes: impl Iterator<Item = &'a str>,
     operation: impl Fn(&str) -> Result<T, MachineError> + Sync,
-    done: &(dyn Fn(&str, &Result<T, MachineError>, Duration) + Sync),
+    done: &NodeDone<'_, T>,
 ) -> NodeOutcomes<T> {
     let operation = &operation;
     std::thread::scope(|scope| {
@@ -462,7 +464,7 @@ pub fn for_lab(backend: Backend, spec: LabSpec) -> Result<Box<dyn Machines>, Mac
 /// The topology recorded in `state_dir` by the first `lab up`; `None` when the
 /// directory holds no lab.
 pub fn recorded_topology(state_dir: &Path) -> Result<Option<Topology>, MachineError> {
-    let path = state_dir.join(TOPOLOGY_RECORD);
+    let path = StateDir::new(state_dir).topology_record();
     let text = match fs::read_to_string(&path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -476,7 +478,7 @@ pub fn recorded_topology(state_dir: &Path) -> Result<Option<Topology>, MachineEr
 /// Refuses when `state_dir` holds a lab other than `topology`'s, or the same lab on
 /// another backend (its machines are that backend's). Writes nothing.
 pub fn check_state_dir(state_dir: &Path, topology: &Topology) -> Result<(), MachineError> {
-    match recorded_lab(&state_dir.join(TOPOLOGY_RECORD))? {
+    match recorded_lab(&StateDir::new(state_dir).topology_record())? {
         Some((lab, _)) if lab != topology.name => {
             Err(MachineError::StateDirTaken { state_dir: state_dir.to_owned(), lab, requested: topology.name.clone() })
         }
@@ -494,7 +496,7 @@ pub fn check_state_dir(state_dir: &Path, topology: &Topology) -> Result<(), Mach
 /// records the topology (again, so the record follows topology edits of the same lab).
 pub fn claim_state_dir(state_dir: &Path, topology: &Topology) -> Result<(), MachineError> {
     check_state_dir(state_dir, topology)?;
-    let path = state_dir.join(TOPOLOGY_RECORD);
+    let path = StateDir::new(state_dir).topology_record();
     let record_error = |message: String| MachineError::Record { path: path.clone(), message };
     fs::create_dir_all(state_dir).map_err(|error| record_error(format!("cannot create the state dir: {error}")))?;
     let text = toml::to_string_pretty(topology).map_err(|error| record_error(error.to_string()))?;
@@ -595,7 +597,7 @@ roles = ["etcd", "master", "lb", "worker"]
                 "state dir {} holds lab one, not two; to work on one, pass its topology (`--topology {}` is \
                  the copy `lab up` recorded), else run `lab destroy` or set LAB_DIR",
                 state.path().display(),
-                state.path().join(TOPOLOGY_RECORD).display()
+                StateDir::new(state.path()).topology_record().display()
             )
         );
 

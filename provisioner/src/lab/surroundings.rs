@@ -1,0 +1,94 @@
+//! What a `Lab` needs from the world besides its machines: the host's fitness, the
+//! artifacts in the cache, SSH to the nodes and the host-side proof that the
+//! cluster serves. One trait, so that `lab up`'s whole sequence runs in a unit test
+//! with a fake (and the machines backend's fake) instead of a host and a cluster.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::artifacts::build::{self, ArtifactError};
+use crate::host::{Host, HostError};
+use crate::machines::Requirement;
+use crate::plan::NetworkPlan;
+use crate::preflight::{self, Report};
+use crate::readiness::{self, ReadinessError, Steady};
+use crate::ssh::{KeyPair, SshHost};
+use crate::topology::Topology;
+
+/// The lab's surroundings; `Real` is the host this process runs on.
+pub trait Surroundings: Sync {
+    /// Every host check for `topology`: the backend's `requirements`, the host-wide
+    /// checks and what building the artifacts needs.
+    fn preflight(
+        &self,
+        topology: &Topology,
+        state_dir: &Path,
+        cache_dir: &Path,
+        requirements: &[Requirement],
+    ) -> Report;
+
+    /// The Kubernetes binaries and images in the cache, built unless they are there.
+    fn ensure_artifacts(
+        &self,
+        topology: &Topology,
+        cache_dir: &Path,
+        progress: &dyn Fn(&str),
+    ) -> Result<(), ArtifactError>;
+
+    /// A session on a node as root with the lab's key, for the executor: one
+    /// attempt of at most `timeout`.
+    fn connect(
+        &self,
+        node: &str,
+        address: Ipv4Addr,
+        key: &KeyPair,
+        timeout: Duration,
+    ) -> Result<Box<dyn Host>, HostError>;
+
+    /// Waits until the cluster serves Services and DNS to the host, steadily.
+    fn prove_ready(&self, network: &NetworkPlan, time_scale: u32) -> Result<Steady, ReadinessError>;
+}
+
+/// This host: the real preflight, artifact build, SSH and readiness probes.
+pub struct Real {
+    /// The workspace whose `dns/` crate the lab-dns image is built from.
+    pub workspace_dir: std::path::PathBuf,
+}
+
+impl Surroundings for Real {
+    fn preflight(
+        &self,
+        topology: &Topology,
+        state_dir: &Path,
+        cache_dir: &Path,
+        requirements: &[Requirement],
+    ) -> Report {
+        let mut report = preflight::run(topology, state_dir, cache_dir, requirements);
+        report.findings.extend(preflight::build_findings(topology, cache_dir));
+        report
+    }
+
+    fn ensure_artifacts(
+        &self,
+        topology: &Topology,
+        cache_dir: &Path,
+        progress: &dyn Fn(&str),
+    ) -> Result<(), ArtifactError> {
+        build::ensure(topology, cache_dir, &self.workspace_dir, progress).map(|_| ())
+    }
+
+    fn connect(
+        &self,
+        node: &str,
+        address: Ipv4Addr,
+        key: &KeyPair,
+        timeout: Duration,
+    ) -> Result<Box<dyn Host>, HostError> {
+        Ok(Box::new(SshHost::connect(node, address, key, timeout)?))
+    }
+
+    fn prove_ready(&self, network: &NetworkPlan, time_scale: u32) -> Result<Steady, ReadinessError> {
+        readiness::wait_until_steady(network, time_scale)
+    }
+}

@@ -1,0 +1,432 @@
+//! `Lab::up`: preflight, machines, artifacts, then every stage of the plan in
+//! handbook order, and the proof that the cluster serves. Each part is done once:
+//! the topology, the preflight, the PKI and plan, the key pair and one SSH session
+//! per node.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::reporter::Steps;
+use super::{Event, Lab, LabError, Reporter};
+use crate::executor::{Executor, StageReport};
+use crate::host::Host;
+use crate::machines::{self, MachineState, NodeImage, NodeSpec, StartOutcome};
+use crate::plan::{Plan, Stage};
+use crate::preflight::Status;
+use crate::readiness;
+use crate::ssh::KeyPair;
+
+/// How long every node together may take from start to answering SSH. A node
+/// answers in about two seconds; a loaded host may need many times that.
+const SSH_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One connection attempt within `SSH_TIMEOUT`: short, so a node whose machine
+/// died is noticed between attempts instead of after the whole timeout.
+const SSH_ATTEMPT: Duration = Duration::from_secs(5);
+
+/// How often a slow start, or a node that does not answer SSH yet, gets a progress line.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Where `lab up` stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Once every machine answers SSH.
+    Machines,
+    /// After this stage passed its checks.
+    Stage(Stage),
+    /// After the whole plan, and the proof that the cluster serves.
+    Everything,
+}
+
+/// What a finished `lab up` did.
+#[derive(Debug)]
+pub struct UpReport {
+    /// The stages that ran (or, on a lab that matched its plan, were checked).
+    pub stages: Vec<StageReport>,
+    pub elapsed: Duration,
+    pub until: Until,
+}
+
+impl UpReport {
+    pub fn changed_files(&self) -> usize {
+        self.stages.iter().map(StageReport::changed_files).sum()
+    }
+
+    pub fn changed_units(&self) -> usize {
+        self.stages.iter().map(StageReport::changed_units).sum()
+    }
+}
+
+impl Lab {
+    /// Builds the lab up to `until`, converging from whatever state it finds.
+    pub fn up(&self, until: Until, reporter: &dyn Reporter) -> Result<UpReport, LabError> {
+        let started = Instant::now();
+        let say = |text: &str| reporter.report(Event::Progress(text));
+        let machines = self.machines()?;
+        machines::check_state_dir(&self.paths.state_dir, &self.topology)?;
+
+        let step = Instant::now();
+        let report = self.host_report();
+        let warnings: Vec<_> = report.findings.iter().filter(|finding| finding.status == Status::Warn).collect();
+        for finding in &warnings {
+            let fix = finding.fix.as_deref().map(|fix| format!(" (fix: {fix})")).unwrap_or_default();
+            reporter.report(Event::Warning(&format!("{}: {}{fix}", finding.check, finding.detail)));
+        }
+        let failures: Vec<_> = report.failures().cloned().collect();
+        if !failures.is_empty() {
+            return Err(LabError::HostNotReady { failures });
+        }
+        say(&format!(
+            "preflight: the host can run {} nodes ({} checks, {} warnings, {})",
+            machines.backend(),
+            report.findings.len(),
+            warnings.len(),
+            seconds(step)
+        ));
+
+        machines::claim_state_dir(&self.paths.state_dir, &self.topology)?;
+        let plan = self.plan()?;
+        let key = self.key_pair()?;
+        let hosts = self.up_machines(plan, &key, reporter)?;
+        if until == Until::Machines {
+            return Ok(UpReport { stages: Vec::new(), elapsed: started.elapsed(), until });
+        }
+
+        self.surroundings.ensure_artifacts(&self.topology, &self.paths.cache_dir, &say)?;
+        let stages = match until {
+            Until::Stage(last) => {
+                let count =
+                    plan.stages.iter().position(|stage| stage.stage == last).map_or(plan.stages.len(), |i| i + 1);
+                &plan.stages[..count]
+            }
+            _ => &plan.stages[..],
+        };
+        let time_scale = machines.time_scale();
+        let executor = Executor::new(hosts.iter().map(|host| host.as_ref())).with_timeout_scale(time_scale);
+        let bundle = |error: &dyn std::fmt::Display| match self.write_log_bundle(plan, &hosts, error) {
+            Ok(dir) => format!("log bundle: {}", dir.display()),
+            Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
+        };
+
+        // One query per node says which stages are converged where. A lab that
+        // matches its whole plan only has its checks run, all nodes at once, and the
+        // host-side proof alongside them: nothing changes on a converged lab.
+        let survey = executor.survey(stages).map_err(|source| LabError::Stage { bundle: bundle(&source), source: Box::new(source) })?;
+        if survey.covers(stages) {
+            say("every node matches the plan: running the checks");
+            reporter.report(Event::ChecksStarted);
+            let checks_started = Instant::now();
+            let (checked, ready) = std::thread::scope(|scope| {
+                let ready = (until == Until::Everything).then(|| scope.spawn(|| self.prove_ready(plan, reporter)));
+                let checked = executor.check_all(stages, &Steps(reporter));
+                (checked, ready.map(|handle| handle.join().expect("readiness thread panicked")))
+            });
+            match checked {
+                Ok(reports) => {
+                    reporter.report(Event::ChecksDone { stages: reports.len(), elapsed: checks_started.elapsed() });
+                    if let Some(Err(source)) = ready {
+                        return Err(LabError::NotReady { bundle: bundle(&source), source });
+                    }
+                    return self.finish(reports, started, until);
+                }
+                Err(error) => {
+                    reporter.report(Event::ChecksFailed);
+                    say(&format!("a check failed on a lab that matched its plan ({error}); running every stage"));
+                }
+            }
+        }
+
+        let mut reports = Vec::new();
+        let total = stages.len();
+        for (index, stage) in stages.iter().enumerate() {
+            reporter.report(Event::StageStarted { number: index + 1, total, stage: stage.stage });
+            let stage_started = Instant::now();
+            match executor.run_stage_surveyed(stage, &survey, &Steps(reporter)) {
+                Ok(report) => {
+                    reporter.report(Event::StageDone { report: &report });
+                    reports.push(report);
+                }
+                Err(source) => {
+                    reporter.report(Event::StageFailed { stage: stage.stage, elapsed: stage_started.elapsed() });
+                    return Err(LabError::Stage { bundle: bundle(&source), source: Box::new(source) });
+                }
+            }
+        }
+        if until == Until::Everything {
+            if let Err(source) = self.prove_ready(plan, reporter) {
+                return Err(LabError::NotReady { bundle: bundle(&source), source });
+            }
+        }
+        self.finish(reports, started, until)
+    }
+
+    /// Node image, lab network, every node created or started at once, and every
+    /// node answering SSH: one session per node, kept for the stages.
+    fn up_machines(&self, plan: &Plan, key: &KeyPair, reporter: &dyn Reporter) -> Result<Vec<Box<dyn Host>>, LabError> {
+        let say = |text: &str| reporter.report(Event::Progress(text));
+        let machines = self.machines()?;
+        let step = Instant::now();
+        let image = machines.ensure_image(&|line| say(&format!("image: {line}")))?;
+        let verb = if image.from_cache { "used the cached" } else { "built" };
+        say(&format!("image: {verb} {} ({})", image.root.display(), seconds(step)));
+
+        let step = Instant::now();
+        let network = machines.ensure_network(&plan.network.host_routes)?;
+        say(&format!(
+            "network: bridge {} {} with {} ({})",
+            plan.network.bridge,
+            if network.bridge_created { "created" } else { "ready" },
+            plan.network.gateway,
+            seconds(step)
+        ));
+        for route in &network.routes {
+            say(&format!("network: route {route}"));
+        }
+
+        let nodes: Vec<NodeSpec> = self.topology.nodes.iter().map(NodeSpec::of).collect();
+        self.start_nodes(&nodes, &image, key, reporter)?;
+        let hosts = self.wait_for_ssh(&nodes, key, reporter)?;
+        say(&format!("machines: {} nodes answer SSH as root with {}", nodes.len(), key.private.display()));
+        Ok(hosts)
+    }
+
+    /// Creates or starts every node at once; reports every node that failed, not the first.
+    fn start_nodes(
+        &self,
+        nodes: &[NodeSpec],
+        image: &NodeImage,
+        key: &KeyPair,
+        reporter: &dyn Reporter,
+    ) -> Result<(), LabError> {
+        let machines = self.machines()?;
+        let started = Instant::now();
+        let outcomes = std::thread::scope(|scope| {
+            let all = scope.spawn(|| {
+                machines.start_all(nodes, image, &key.public_line, &|node, outcome, took| {
+                    let what = match outcome {
+                        Ok(StartOutcome::AlreadyRunning) => "already running",
+                        Ok(StartOutcome::Started { created: true }) => "created and started",
+                        Ok(StartOutcome::Started { created: false }) => "started",
+                        Err(_) => return,
+                    };
+                    let address = nodes.iter().find(|spec| spec.name == node).map(|spec| spec.address);
+                    let at = address.map(|address| format!(" at {address}")).unwrap_or_default();
+                    reporter.report(Event::Progress(&format!("{node}: {what}{at} ({:.1} s)", took.as_secs_f64())));
+                })
+            });
+            // A VM backend may take minutes to start its machines (Vagrant uploads its
+            // box first): a long start is never silent.
+            let mut next_report = started + PROGRESS_EVERY;
+            while !all.is_finished() {
+                std::thread::sleep(Duration::from_millis(200));
+                if Instant::now() >= next_report {
+                    let doing = machines.activity().map(|line| format!("; {line}")).unwrap_or_default();
+                    reporter.report(Event::Progress(&format!(
+                        "machines: starting {} nodes ({}){doing}",
+                        nodes.len(),
+                        seconds(started)
+                    )));
+                    next_report += PROGRESS_EVERY;
+                }
+            }
+            all.join().expect("starting the nodes panicked")
+        });
+        let errors: Vec<String> =
+            outcomes.into_iter().filter_map(|(_, outcome)| outcome.err().map(|error| error.to_string())).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(LabError::NotStarted { total: nodes.len(), errors })
+        }
+    }
+
+    /// Waits until every node answers SSH with the lab's key, in parallel, and keeps
+    /// each node's session. A node whose machine stopped fails at once with the place
+    /// of its console log.
+    fn wait_for_ssh(
+        &self,
+        nodes: &[NodeSpec],
+        key: &KeyPair,
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<Box<dyn Host>>, LabError> {
+        let machines = self.machines()?;
+        let deadline = Instant::now() + SSH_TIMEOUT * machines.time_scale();
+        let console = |node: &str| machines.console_log(node);
+        let outcomes: Vec<Result<Box<dyn Host>, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|node| {
+                    scope.spawn(move || {
+                        let step = Instant::now();
+                        let mut next_report = step + PROGRESS_EVERY;
+                        loop {
+                            // A VM under software emulation takes half a minute or more
+                            // to boot: say how far it got, from its console.
+                            if Instant::now() >= next_report {
+                                let seen = console(&node.name)
+                                    .and_then(|path| last_console_line(&path))
+                                    .map(|line| format!("; console: {line}"))
+                                    .unwrap_or_default();
+                                reporter.report(Event::Progress(&format!(
+                                    "{}: waiting for SSH ({}){seen}",
+                                    node.name,
+                                    seconds(step)
+                                )));
+                                next_report += PROGRESS_EVERY;
+                            }
+                            match self.surroundings.connect(&node.name, node.address, key, SSH_ATTEMPT) {
+                                Ok(host) => {
+                                    reporter.report(Event::Progress(&format!(
+                                        "{}: answers SSH ({})",
+                                        node.name,
+                                        seconds(step)
+                                    )));
+                                    return Ok(host);
+                                }
+                                Err(error) => {
+                                    let console = console(&node.name)
+                                        .map(|path| format!("; console: {}", path.display()))
+                                        .unwrap_or_default();
+                                    if !matches!(machines.status(&node.name), Ok(MachineState::Running)) {
+                                        return Err(format!(
+                                            "{}: the machine stopped while booting{console}",
+                                            node.name
+                                        ));
+                                    }
+                                    if Instant::now() >= deadline {
+                                        return Err(format!("{error}{console}"));
+                                    }
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|_| Err("waiting for a node panicked".to_string())))
+                .collect()
+        });
+        let mut hosts = Vec::new();
+        let mut errors = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Ok(host) => hosts.push(host),
+                Err(message) => errors.push(message),
+            }
+        }
+        if errors.is_empty() {
+            Ok(hosts)
+        } else {
+            Err(LabError::NoSsh { total: nodes.len(), errors })
+        }
+    }
+
+    /// The host-side proof that the finished lab serves and keeps serving
+    /// (`crate::readiness`).
+    fn prove_ready(&self, plan: &Plan, reporter: &dyn Reporter) -> Result<(), readiness::ReadinessError> {
+        reporter.report(Event::ReadinessStarted { streak: readiness::STREAK });
+        let time_scale = self.machines.as_deref().map_or(1, |machines| machines.time_scale());
+        let steady = self.surroundings.prove_ready(&plan.network, time_scale)?;
+        reporter.report(Event::ReadinessDone { steady: &steady });
+        Ok(())
+    }
+
+    /// Writes `STATE/timings.json` (seconds and changes per stage, for scripts; the
+    /// nightly job keeps it) and returns the run's report.
+    fn finish(&self, stages: Vec<StageReport>, started: Instant, until: Until) -> Result<UpReport, LabError> {
+        let report = UpReport { stages, elapsed: started.elapsed(), until };
+        let stages: Vec<serde_json::Value> = report
+            .stages
+            .iter()
+            .map(|stage| {
+                serde_json::json!({
+                    "stage": stage.stage.name(),
+                    "seconds": stage.elapsed.as_secs_f64(),
+                    "changed_files": stage.changed_files(),
+                    "changed_units": stage.changed_units(),
+                })
+            })
+            .collect();
+        let document = serde_json::json!({ "total_seconds": report.elapsed.as_secs_f64(), "stages": stages });
+        let path = self.state.timings();
+        let text = serde_json::to_string_pretty(&document).expect("JSON values serialize") + "\n";
+        std::fs::write(&path, text).map_err(|source| LabError::Write { path, source })?;
+        Ok(report)
+    }
+
+    /// Every lab unit's journal and the rendered files, per node, under the state
+    /// directory, so a failed run can be read after the machines are gone.
+    fn write_log_bundle(
+        &self,
+        plan: &Plan,
+        hosts: &[Box<dyn Host>],
+        error: &dyn std::fmt::Display,
+    ) -> std::io::Result<PathBuf> {
+        let stamp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let dir = self.state.logs_dir().join(format!("bundle-{stamp}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("error.txt"), error.to_string())?;
+        crate::render::render(plan, &dir.join("rendered")).map_err(std::io::Error::other)?;
+        for host in hosts {
+            let node_dir = dir.join(host.name());
+            std::fs::create_dir_all(&node_dir)?;
+            for unit in super::plan_units(plan, host.name()) {
+                let script =
+                    format!("journalctl --no-pager --lines 500 --unit {unit}; systemctl status --no-pager {unit}");
+                let text = match host.run(&script) {
+                    Ok(output) => output.stdout + &output.stderr,
+                    Err(error) => format!("cannot read the journal: {error}"),
+                };
+                std::fs::write(node_dir.join(format!("{unit}.log")), text)?;
+            }
+        }
+        Ok(dir)
+    }
+}
+
+fn seconds(since: Instant) -> String {
+    format!("{:.1} s", since.elapsed().as_secs_f64())
+}
+
+/// The last line with text in a console log, without terminal control sequences,
+/// shortened for a progress line.
+fn last_console_line(path: &std::path::Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(4096))).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
+    let line = text.lines().rev().map(strip_control).find(|line| !line.trim().is_empty())?;
+    let line = line.trim();
+    Some(match line.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_string(),
+    })
+}
+
+/// `line` without ANSI escape sequences (systemd colours its status lines) and
+/// other control characters.
+fn strip_control(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in @..~
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for next in chars.by_ref() {
+                    if ('@'..='~').contains(&next) {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
