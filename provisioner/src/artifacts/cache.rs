@@ -127,6 +127,12 @@ pub(super) fn remove_dir_if_present(step: &'static str, dir: &Path) -> Result<()
     }
 }
 
+/// An empty directory at `dir`, whatever an earlier, interrupted run left there.
+pub(super) fn empty_dir(step: &'static str, dir: &Path) -> Result<()> {
+    remove_dir_if_present(step, dir)?;
+    create_dir(step, dir)
+}
+
 pub(super) fn rename(step: &'static str, from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(io_error(step, to))
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::build::{ArtifactError, Result};
 use super::cache::{
-    create_dir, install_file, io_error, lab_dns_binary, lab_dns_target_dir, partial_path, pause_binary,
+    create_dir, empty_dir, install_file, io_error, lab_dns_binary, lab_dns_target_dir, partial_path, pause_binary,
     remove_dir_if_present, rename, set_mode, write_atomically,
 };
 use super::commands::{format_elapsed, require, run, run_logged, APT_GET, DPKG_DEB, LDD, MMDEBSTRAP, STRIP};
@@ -303,8 +303,7 @@ fn ensure_busybox(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf> 
     require(STEP, APT_GET)?;
     require(STEP, DPKG_DEB)?;
     let staging = dir.join(".download");
-    remove_dir_if_present(STEP, &staging)?;
-    create_dir(STEP, &staging)?;
+    empty_dir(STEP, &staging)?;
     progress(&format!("downloading Debian's busybox-static package into {}", dir.display()));
     run(STEP, Command::new(APT_GET.command).args(["download", "busybox-static"]).current_dir(&staging))?;
     let deb = fs::read_dir(&staging)

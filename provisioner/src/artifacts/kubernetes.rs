@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use super::build::{ArtifactError, Result};
 use super::cache::{
-    create_dir, install_file, io_error, is_complete, kubernetes_dir, mark_complete, partial_path, pause_binary,
-    remove_dir_if_present, rename, set_mode,
+    create_dir, empty_dir, install_file, io_error, is_complete, kubernetes_dir, mark_complete, partial_path,
+    pause_binary, remove_dir_if_present, rename, set_mode,
 };
 use super::commands::{format_elapsed, require, run, run_logged, APT_GET, DPKG_SOURCE, GCC, GO, JQ, MAKE, RSYNC};
 use super::{Artifacts, KUBERNETES_BINARIES};
@@ -70,8 +70,7 @@ fn ensure_source_tree(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<PathB
     require(STEP, APT_GET)?;
     require(STEP, DPKG_SOURCE)?;
     let staging = src.join(".staging");
-    remove_dir_if_present(STEP, &staging)?;
-    create_dir(STEP, &staging)?;
+    empty_dir(STEP, &staging)?;
     progress(&format!("fetching Debian's kubernetes source package (34 MB) into {}", src.display()));
     let mut command = Command::new(APT_GET.command);
     command.args(["source", "kubernetes"]).current_dir(&staging);
