@@ -2,7 +2,7 @@
 //! the Kubernetes binaries and the container images, all made locally.
 //!
 //! `Artifacts` is the manifest the planner reads: paths only, no I/O. Building and
-//! caching the files it names is the job of `artifacts::build` (machines issue).
+//! caching the files it names is the job of `artifacts::build`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,12 @@ use serde::Serialize;
 use crate::topology::Topology;
 
 pub mod build;
+mod cache;
+mod commands;
+mod image_archives;
+mod kubernetes;
 pub mod oci;
+mod release;
 
 /// The Kubernetes binaries every lab installs.
 pub const KUBERNETES_BINARIES: [&str; 6] =
@@ -80,4 +85,31 @@ impl Artifacts {
 fn archive_stem(reference: &str) -> String {
     let last = reference.rsplit('/').next().unwrap_or(reference);
     last.replace(':', "-")
+}
+
+/// What the build modules' tests share: the default topology and a progress sink.
+#[cfg(test)]
+mod test_support {
+    use std::cell::RefCell;
+    use std::path::Path;
+
+    use crate::topology::Topology;
+
+    pub fn topology() -> Topology {
+        Topology::parse(include_str!("../../../lab.toml"), Path::new("lab.toml")).unwrap().topology
+    }
+
+    /// Collects progress lines for assertions.
+    #[derive(Default)]
+    pub struct Recorder(RefCell<Vec<String>>);
+
+    impl Recorder {
+        pub fn record(&self, line: &str) {
+            self.0.borrow_mut().push(line.to_string());
+        }
+
+        pub fn lines(self) -> Vec<String> {
+            self.0.into_inner()
+        }
+    }
 }

@@ -25,13 +25,8 @@ use std::time::Instant;
 use sha2::{Digest as _, Sha256};
 
 use super::{MachineError, NodeImage};
+use crate::debian::{MIRROR as DEFAULT_MIRROR, RELEASE};
 use crate::system;
-
-/// The Debian release every node runs.
-pub const RELEASE: &str = "bookworm";
-
-/// Where packages come from when the caller does not say.
-pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
 /// Packages on top of Debian's `minbase` variant: systemd as PID 1, SSH, and every
 /// program of the handbook that Debian packages (Kubernetes itself is copied in by
