@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::host::{Host, HostError};
+use crate::host::{shell_quote, Host, HostError};
 use crate::plan::{CheckSpec, Content, FileSpec, NodeActions, RunWhen, Stage, StagePlan};
 
 /// Why a stage failed on a node. Every variant names node and stage.
@@ -717,13 +717,6 @@ fn parse_survey(stdout: &str) -> HashMap<Stage, StageState> {
     stages
 }
 
-/// Quotes a string for `sh`.
-pub fn shell_quote(text: &str) -> String {
-    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-:=+,@".contains(&b)) {
-        return text.to_string();
-    }
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
 
 /// Digests of file contents; artifacts are large, so each local file is hashed once
 /// per run (keyed by path, size and modification time).
@@ -760,8 +753,7 @@ impl DigestCache {
 
 /// Writes a host-side file if its content or mode differs; returns whether it did.
 fn write_local(file: &FileSpec) -> std::io::Result<bool> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt as _;
     let bytes = match &file.content {
         Content::Text(text) | Content::Secret(text) => text.as_bytes(),
         Content::Artifact { .. } => {
@@ -778,14 +770,6 @@ fn write_local(file: &FileSpec) -> std::io::Result<bool> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    // Created with its final mode, then renamed over the old file, so a key is never
-    // readable by others and a reader never sees half a file.
-    let temporary = path.with_extension("lab-tmp");
-    let _ = std::fs::remove_file(&temporary);
-    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).mode(file.mode).open(&temporary)?;
-    out.write_all(bytes)?;
-    out.sync_all()?;
-    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(file.mode))?;
-    std::fs::rename(&temporary, path)?;
+    crate::system::write_atomically(path, bytes, file.mode)?;
     Ok(true)
 }

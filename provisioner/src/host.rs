@@ -55,6 +55,15 @@ pub trait Host: Send + Sync {
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, HostError>;
 }
 
+/// Quotes `text` as one word for a node's `sh`: as it is when it needs no quoting
+/// (paths, names), so that logged commands stay readable; else in single quotes.
+pub fn shell_quote(text: &str) -> String {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-:=+,@".contains(&b)) {
+        return text.to_string();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 /// One recorded call on a `RecordingHost`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
@@ -130,5 +139,18 @@ impl Host for RecordingHost {
     fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, HostError> {
         self.record(Call::Read(path.to_string()));
         Ok(self.files.lock().expect("files lock").get(path).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn shell_quote_leaves_plain_words_and_survives_single_quotes() {
+        assert_eq!(shell_quote("/etc/kubernetes/admin.kubeconfig"), "/etc/kubernetes/admin.kubeconfig");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a b;c"), "'a b;c'");
+        assert_eq!(shell_quote(""), "''");
     }
 }

@@ -11,10 +11,10 @@
 //! generate ECDSA keys but not RSA ones.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions, Permissions};
-use std::io::{ErrorKind, Write};
+use std::fs::{self, Permissions};
+use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::prelude::{Engine, BASE64_STANDARD};
@@ -569,30 +569,10 @@ fn read_secret(path: &Path) -> Result<Option<String>, PkiError> {
     Ok(text)
 }
 
-/// Writes `contents` to `path` through a temporary file in the same directory and a
-/// rename, so a reader sees the old file or the new one, never half of one. The
-/// temporary file is created with `mode` already set, so a private key is never
-/// readable by others, not even for a moment.
+/// Writes a PKI file atomically with its final mode (`crate::system::write_atomically`).
 fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    let file_name = path.file_name().and_then(|name| name.to_str()).unwrap_or("pki");
-    let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    let io_error = |path: &Path, source| PkiError::Io { path: path.to_path_buf(), source };
-    match fs::remove_file(&temporary) {
-        Err(error) if error.kind() != ErrorKind::NotFound => return Err(io_error(&temporary, error)),
-        _ => {}
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temporary)
-        .map_err(|error| io_error(&temporary, error))?;
-    // The umask may have removed bits from `mode` (never added any); set it exactly.
-    file.set_permissions(Permissions::from_mode(mode)).map_err(|error| io_error(&temporary, error))?;
-    file.write_all(contents.as_bytes()).map_err(|error| io_error(&temporary, error))?;
-    file.sync_all().map_err(|error| io_error(&temporary, error))?;
-    drop(file);
-    fs::rename(&temporary, path).map_err(|error| io_error(path, error))
+    crate::system::write_atomically(path, contents.as_bytes(), mode)
+        .map_err(|source| PkiError::Io { path: path.to_path_buf(), source })
 }
 
 /// Issues a fresh bundle in memory (tests, and `lab plan` before any state exists).

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use ssh2::{BlockDirections, Channel, Session};
 
-use crate::host::{Host, HostError, Output};
+use crate::host::{shell_quote, Host, HostError, Output};
 
 /// The user every lab connection logs in as.
 const USER: &str = "root";
@@ -457,20 +457,10 @@ fn copy_stream(input: &mut dyn Read, channel: &mut Channel) -> io::Result<u64> {
     }
 }
 
-/// Quotes `text` as one POSIX shell word.
-pub fn shell_quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', r"'\''"))
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shell_quote_survives_single_quotes() {
-        assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote(""), "''");
-    }
 
     #[test]
     fn key_algorithm_reads_the_length_prefixed_name() {

@@ -283,11 +283,20 @@ pub fn write_atomically(path: &Path, content: &[u8], mode: u32) -> io::Result<()
     use std::os::unix::fs::OpenOptionsExt as _;
     use std::os::unix::fs::PermissionsExt as _;
     let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{file_name}.lab-tmp"));
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&temporary)?;
+    let temporary = path.with_file_name(format!(".{file_name}.{}.lab-tmp", std::process::id()));
+    // A temporary file left by an interrupted run may have another mode: start anew,
+    // so that the file is created with `mode` and a key is never readable by others,
+    // not even for a moment.
+    match fs::remove_file(&temporary) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temporary)?;
+    // The umask may have removed bits from `mode` (never added any); set it exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
     file.write_all(content)?;
     file.sync_all()?;
-    fs::set_permissions(&temporary, fs::Permissions::from_mode(mode))?;
+    drop(file);
     fs::rename(&temporary, path)
 }
 
