@@ -38,11 +38,22 @@ enum Verb {
         /// Stop after this stage (`machines` or a stage name from `lab plan`).
         #[arg(long, value_name = "STAGE")]
         until: Option<String>,
+        /// Progress as JSON lines on stdout, the last one `{"event": "done", ...}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop the machines, keeping disks and state.
-    Down,
+    Down {
+        /// Progress as JSON lines on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove machines, bridge, routes and state (caches stay).
-    Destroy,
+    Destroy {
+        /// Progress as JSON lines on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the lab's nodes and their state.
     Status {
         #[arg(long)]
@@ -173,9 +184,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.verb {
         Verb::Plan { json } => verbs::plan(&paths, json),
         Verb::Render { dir } => verbs::render(&paths, &dir),
-        Verb::Up { until } => up::up(&paths, up::parse_until(until.as_deref())?),
-        Verb::Down => machine_verbs::down(&paths),
-        Verb::Destroy => machine_verbs::destroy(&paths),
+        Verb::Up { until, json } => up::up(&paths, up::parse_until(until.as_deref())?, json),
+        Verb::Down { json } => machine_verbs::down(&paths, json),
+        Verb::Destroy { json } => machine_verbs::destroy(&paths, json),
         Verb::Status { json } => machine_verbs::status(&paths, json),
         Verb::Ssh { node, command } => machine_verbs::ssh(&paths, &node, &command),
         Verb::Kubectl { args } => verbs::kubectl(&paths, &args),

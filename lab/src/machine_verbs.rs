@@ -3,19 +3,19 @@
 
 use anyhow::{anyhow, Context as _};
 
-use crate::terminal::Terminal;
+use crate::terminal;
 use crate::{Failure, Paths};
 
 /// `lab down`: stops every machine, keeping disks, state, bridge and routes.
-pub fn down(paths: &Paths) -> Result<(), Failure> {
-    Ok(paths.existing_lab()?.down(&Terminal::new())?)
+pub fn down(paths: &Paths, json: bool) -> Result<(), Failure> {
+    Ok(paths.existing_lab()?.down(terminal::reporter(json).as_ref())?)
 }
 
 /// `lab destroy`: removes machines, disks, bridge, routes and state; caches stay.
 /// With nothing recorded (an `up` that failed before its first record, or no lab at
 /// all), lab.toml names the bridge and machines such a run may have made.
-pub fn destroy(paths: &Paths) -> Result<(), Failure> {
-    Ok(paths.existing_lab()?.destroy(&Terminal::new())?)
+pub fn destroy(paths: &Paths, json: bool) -> Result<(), Failure> {
+    Ok(paths.existing_lab()?.destroy(terminal::reporter(json).as_ref())?)
 }
 
 /// `lab status [--json]`: every node's state and the lab's addresses and files.

@@ -8,6 +8,15 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use provisioner::lab::{Event, Reporter};
 
+/// The reporter of a verb with or without `--json`.
+pub fn reporter(json: bool) -> Box<dyn Reporter> {
+    if json {
+        Box::new(JsonLines::new())
+    } else {
+        Box::new(Terminal::new())
+    }
+}
+
 /// The terminal side of `provisioner::lab::Reporter`.
 pub struct Terminal {
     started: Instant,
@@ -116,6 +125,69 @@ impl Reporter for Terminal {
                 steady.elapsed.as_secs_f64(),
                 steady.rounds,
                 steady.failures
+            ),
+        }
+    }
+}
+
+/// `--json`: one JSON object per event on stdout, each on its own line, for scripts.
+/// Every object has `event` (its kind) and `seconds` (since the verb started).
+pub struct JsonLines {
+    started: Instant,
+}
+
+impl JsonLines {
+    pub fn new() -> JsonLines {
+        JsonLines { started: Instant::now() }
+    }
+
+    /// Prints `fields` with the event's kind and time; a reader that went away ends
+    /// nothing: the verb goes on (its outcome is in the exit code).
+    pub fn emit(&self, event: &str, mut fields: serde_json::Value) {
+        use std::io::Write as _;
+        fields["event"] = event.into();
+        fields["seconds"] = self.started.elapsed().as_secs_f64().into();
+        let _ = writeln!(std::io::stdout().lock(), "{fields}");
+    }
+}
+
+impl Reporter for JsonLines {
+    fn report(&self, event: Event<'_>) {
+        use serde_json::json;
+        match event {
+            Event::Progress(text) => self.emit("progress", json!({ "text": text })),
+            Event::Warning(text) => self.emit("warning", json!({ "text": text })),
+            Event::StageStarted { number, total, stage } => {
+                self.emit("stage_started", json!({ "stage": stage.name(), "number": number, "total": total }))
+            }
+            Event::Step { stage, node, step } => {
+                self.emit("step", json!({ "stage": stage.name(), "node": node, "step": step }))
+            }
+            Event::StageDone { report } => self.emit(
+                "stage_done",
+                json!({
+                    "stage": report.stage.name(),
+                    "stage_seconds": report.elapsed.as_secs_f64(),
+                    "changed_files": report.changed_files(),
+                    "changed_units": report.changed_units(),
+                }),
+            ),
+            Event::StageFailed { stage, elapsed } => {
+                self.emit("stage_failed", json!({ "stage": stage.name(), "stage_seconds": elapsed.as_secs_f64() }))
+            }
+            Event::ChecksStarted => self.emit("checks_started", json!({})),
+            Event::ChecksDone { stages, elapsed } => {
+                self.emit("checks_done", json!({ "stages": stages, "checks_seconds": elapsed.as_secs_f64() }))
+            }
+            Event::ChecksFailed => self.emit("checks_failed", json!({})),
+            Event::ReadinessStarted { streak } => self.emit("ready_started", json!({ "streak": streak })),
+            Event::ReadinessDone { steady } => self.emit(
+                "ready_done",
+                json!({
+                    "ready_seconds": steady.elapsed.as_secs_f64(),
+                    "rounds": steady.rounds,
+                    "failures": steady.failures,
+                }),
             ),
         }
     }

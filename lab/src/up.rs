@@ -4,7 +4,7 @@
 use provisioner::lab::{Until, UpReport};
 use provisioner::plan::Stage;
 
-use crate::terminal::Terminal;
+use crate::terminal::{JsonLines, Terminal};
 use crate::{Exit, Failure, Paths};
 
 /// `--until`: `machines` or a stage name.
@@ -22,8 +22,21 @@ pub fn parse_until(text: Option<&str>) -> Result<Until, Failure> {
     }
 }
 
-pub fn up(paths: &Paths, until: Until) -> Result<(), Failure> {
+pub fn up(paths: &Paths, until: Until, json: bool) -> Result<(), Failure> {
     let lab = paths.lab_from_file()?;
+    if json {
+        let lines = JsonLines::new();
+        let report = lab.up(until, &lines)?;
+        lines.emit(
+            "done",
+            serde_json::json!({
+                "total_seconds": report.elapsed.as_secs_f64(),
+                "changed_files": report.changed_files(),
+                "changed_units": report.changed_units(),
+            }),
+        );
+        return Ok(());
+    }
     let report = lab.up(until, &Terminal::new())?;
     if until == Until::Machines {
         println!("machines are up ({:.1} s); `lab up` continues with the stages", report.elapsed.as_secs_f64());

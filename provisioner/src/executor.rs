@@ -717,7 +717,6 @@ fn parse_survey(stdout: &str) -> HashMap<Stage, StageState> {
     stages
 }
 
-
 /// Digests of file contents; artifacts are large, so each local file is hashed once
 /// per run (keyed by path, size and modification time).
 #[derive(Default)]

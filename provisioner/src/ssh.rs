@@ -457,7 +457,6 @@ fn copy_stream(input: &mut dyn Read, channel: &mut Channel) -> io::Result<u64> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

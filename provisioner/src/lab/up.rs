@@ -111,7 +111,9 @@ impl Lab {
         // One query per node says which stages are converged where. A lab that
         // matches its whole plan only has its checks run, all nodes at once, and the
         // host-side proof alongside them: nothing changes on a converged lab.
-        let survey = executor.survey(stages).map_err(|source| LabError::Stage { bundle: bundle(&source), source: Box::new(source) })?;
+        let survey = executor
+            .survey(stages)
+            .map_err(|source| LabError::Stage { bundle: bundle(&source), source: Box::new(source) })?;
         if survey.covers(stages) {
             say("every node matches the plan: running the checks");
             reporter.report(Event::ChecksStarted);

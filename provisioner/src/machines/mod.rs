@@ -354,11 +354,7 @@ pub trait Machines: Send + Sync {
 
     /// Shuts every node of `nodes` down (`stop`), all at once, calling `done` for each
     /// as it finishes; every node's outcome in the order of `nodes`.
-    fn stop_all(
-        &self,
-        nodes: &[String],
-        done: &NodeDone<'_, StopOutcome>,
-    ) -> NodeOutcomes<StopOutcome> {
+    fn stop_all(&self, nodes: &[String], done: &NodeDone<'_, StopOutcome>) -> NodeOutcomes<StopOutcome> {
         for_each_node(nodes.iter().map(String::as_str), |name| self.stop(name), done)
     }
 
