@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
+use crate::plan::{CheckSpec, Context, FileSpec, StagePlan, UnitSpec};
 use crate::stages::{service_unit, LeaderElection, ServiceUnit};
 use crate::topology::{Role, Topology};
 
@@ -46,11 +46,7 @@ fn leader_election_flags(topology: &Topology) -> Vec<String> {
         .unwrap_or_default()
 }
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(
-        Stage::KubeControllerManager,
-        "Handbook 000 section 7.2 and 8.4: kube-controller-manager with leader election",
-    );
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
 
     let kubeconfig_path = paths::kubeconfig("kube-controller-manager");
@@ -141,21 +137,20 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             timeout_secs: READY_TIMEOUT_SECS,
         });
     }
-    stage
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::plan::Content;
-    use crate::stages::etcd::tests::{file, flag, stage_for, stage_for_topology};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, flag, stage_for, stage_for_topology, topology};
     use crate::topology::{Acceleration, Backend};
 
     const UNIT_PATH: &str = "/etc/systemd/system/kube-controller-manager.service";
 
     #[test]
     fn elects_a_leader_and_uses_its_own_kubeconfig() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeControllerManager);
         assert_eq!(stage.nodes.len(), 3);
         let unit = file(&stage, "master2", UNIT_PATH);
         assert_eq!(flag(unit, "leader-elect"), "true");
@@ -170,10 +165,10 @@ mod tests {
     #[test]
     fn leader_election_gets_more_time_where_machines_may_be_emulated() {
         let unit = |backend: Backend, acceleration: Acceleration| {
-            let mut topology = crate::stages::etcd::tests::topology("examples/minimal.toml");
+            let mut topology = topology("examples/minimal.toml");
             topology.machines.backend = backend;
             topology.machines.acceleration = acceleration;
-            file(&stage_for_topology(&topology, plan), "master1", UNIT_PATH).to_string()
+            file(&stage_for_topology(&topology, Stage::KubeControllerManager), "master1", UNIT_PATH).to_string()
         };
         let nspawn = unit(Backend::Nspawn, Acceleration::Auto);
         assert!(!nspawn.contains("--leader-elect-lease-duration"), "Kubernetes' defaults: {nspawn}");
@@ -186,7 +181,7 @@ mod tests {
 
     #[test]
     fn kubeconfig_is_secret_and_targets_the_local_apiserver() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeControllerManager);
         let kubeconfig = stage.nodes[0]
             .files
             .iter()
@@ -199,7 +194,7 @@ mod tests {
 
     #[test]
     fn serves_health_on_loopback_only() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeControllerManager);
         let unit = file(&stage, "master1", UNIT_PATH);
         assert_eq!(flag(unit, "bind-address"), "127.0.0.1");
         assert_eq!(flag(unit, "address"), "127.0.0.1");

@@ -22,7 +22,7 @@
 
 use crate::paths;
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
+use crate::plan::{CheckSpec, Context, FileSpec, StagePlan, UnitSpec};
 use crate::stages::{service_unit, ServiceUnit};
 use crate::topology::{Node, Role};
 
@@ -68,8 +68,7 @@ pub fn runs_on(node: &Node) -> bool {
     node.has(Role::Master) || node.has(Role::Worker)
 }
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::KubeProxy, "Handbook 000 section 9: kube-proxy on every worker (and master)");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
 
     let kubeconfig_path = paths::kubeconfig("kube-proxy");
@@ -139,17 +138,17 @@ conntrack:
             timeout_secs: READY_TIMEOUT_SECS,
         });
     }
-    stage
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, flag, stage_for};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, flag, planned_nodes, stage_for};
 
     #[test]
     fn runs_in_iptables_mode_and_leaves_conntrack_alone() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeProxy);
         let config = file(&stage, "worker2", CONFIG);
         assert!(config.contains("mode: iptables\n"));
         assert!(config.contains("clusterCIDR: 10.200.0.0/16\n"));
@@ -163,11 +162,11 @@ mod tests {
 
     #[test]
     fn logs_in_through_the_virtual_ip_as_kube_proxy() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeProxy);
         let kubeconfig = file(&stage, "worker1", "/etc/kubernetes/kube-proxy.kubeconfig");
         assert!(kubeconfig.contains("server: \"https://10.240.0.100:8443\""));
         assert!(kubeconfig.contains("- name: \"system:kube-proxy\""));
-        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        let nodes = planned_nodes(&stage);
         assert_eq!(nodes, ["master1", "master2", "master3", "worker1", "worker2"]);
     }
 }

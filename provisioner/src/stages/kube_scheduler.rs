@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use crate::paths;
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
+use crate::plan::{CheckSpec, Context, FileSpec, StagePlan, UnitSpec};
 use crate::stages::{service_unit, LeaderElection, ServiceUnit};
 use crate::topology::Role;
 
@@ -31,9 +31,7 @@ const INSECURE_PORT: u16 = 10251;
 /// How long the scheduler may take to start serving health checks.
 const READY_TIMEOUT_SECS: u64 = 60;
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage =
-        StagePlan::new(Stage::KubeScheduler, "Handbook 000 section 7.3 and 8.4: kube-scheduler with leader election");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
 
     let kubeconfig_path = paths::kubeconfig("kube-scheduler");
@@ -118,18 +116,17 @@ metricsBindAddress: 127.0.0.1:{INSECURE_PORT}
             timeout_secs: READY_TIMEOUT_SECS,
         });
     }
-    stage
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::plan::Content;
-    use crate::stages::etcd::tests::{file, flag, stage_for};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, flag, stage_for};
 
     #[test]
     fn configuration_elects_a_leader_with_the_scheduler_kubeconfig() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeScheduler);
         assert_eq!(stage.nodes.len(), 3);
         let config = file(&stage, "master3", "/etc/kubernetes/kube-scheduler.yaml");
         assert!(config.contains("apiVersion: kubescheduler.config.k8s.io/v1beta1\n"));
@@ -142,7 +139,7 @@ mod tests {
 
     #[test]
     fn kubeconfig_is_secret_and_targets_the_local_apiserver() {
-        let stage = stage_for("examples/minimal.toml", plan);
+        let stage = stage_for("examples/minimal.toml", Stage::KubeScheduler);
         let kubeconfig = stage.nodes[0]
             .files
             .iter()
