@@ -36,8 +36,8 @@
 //! readable by root only.
 
 use crate::paths::{self, pki_files};
-use crate::plan::{CheckSpec, Context, FileSpec, StagePlan, UnitSpec};
-use crate::stages::{service_unit, ServiceUnit};
+use crate::plan::{CheckSpec, Context, StagePlan};
+use crate::stages::{install_unit, service_unit, ServiceUnit};
 use crate::topology::Role;
 
 /// The port clients (kube-apiserver, etcdctl) use.
@@ -113,7 +113,6 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             // etcd 3.4's default logger is deprecated and says so at every start.
             "--logger=zap".to_string(),
         ];
-        let unit_path = paths::unit(UNIT);
         // `Type=notify`: etcd tells systemd it is ready only once it has joined a cluster
         // with quorum, so `systemctl start` on the first member blocks until enough
         // members run. The executor starts the units of all members in parallel, so
@@ -128,18 +127,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         });
 
         let actions = stage.node(&member.name);
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![
-                unit_path,
-                ca.clone(),
-                server_cert.clone(),
-                server_key.clone(),
-                peer_cert.clone(),
-                peer_key.clone(),
-            ],
-        });
+        install_unit(actions, UNIT, unit, &[&ca, &server_cert, &server_key, &peer_cert, &peer_key]);
         // `endpoint health` reads a key through raft, so it succeeds only when the
         // cluster has a leader and quorum, not merely when this process is up. The
         // server certificate doubles as the client certificate: it carries both usages.

@@ -22,8 +22,8 @@
 use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
-use crate::plan::{CheckSpec, Context, FileSpec, StagePlan, UnitSpec};
-use crate::stages::{service_unit, ServiceUnit};
+use crate::plan::{CheckSpec, Context, StagePlan};
+use crate::stages::{install_unit, kubernetes_unit};
 use crate::topology::Role;
 
 /// The unit this stage writes and starts on every master.
@@ -91,33 +91,25 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             "--endpoint-reconciler-type=lease".to_string(),
             "--v=2".to_string(),
         ];
-        let unit_path = paths::unit(UNIT);
-        let unit = service_unit(&ServiceUnit {
-            description: &format!("Kubernetes API server on {}", master.name),
-            documentation:
-                "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
-            notify: false,
-            command: &format!("{}/kube-apiserver", paths::BIN_DIR),
-            flags: &flags,
-        });
+        let unit = kubernetes_unit("kube-apiserver", &format!("Kubernetes API server on {}", master.name), &flags);
 
         let actions = stage.node(&master.name);
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![
-                unit_path,
-                ca.clone(),
-                serving_cert.clone(),
-                serving_key.clone(),
-                etcd_client_cert.clone(),
-                etcd_client_key.clone(),
-                kubelet_client_cert.clone(),
-                kubelet_client_key.clone(),
-                service_account_public.clone(),
-                service_account_private.clone(),
+        install_unit(
+            actions,
+            UNIT,
+            unit,
+            &[
+                &ca,
+                &serving_cert,
+                &serving_key,
+                &etcd_client_cert,
+                &etcd_client_key,
+                &kubelet_client_cert,
+                &kubelet_client_key,
+                &service_account_public,
+                &service_account_private,
             ],
-        });
+        );
         // With anonymous auth off even /healthz needs a client certificate; any
         // certificate signed by the lab CA will do, because RBAC lets every
         // authenticated user read /healthz. The apiserver's kubelet client certificate

@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, Context, FileSpec, StagePlan, UnitSpec};
-use crate::stages::{service_unit, LeaderElection, ServiceUnit};
+use crate::plan::{Context, FileSpec, StagePlan};
+use crate::stages::{install_unit, kubernetes_unit, loopback_health_checks, LeaderElection};
 use crate::topology::{Role, Topology};
 
 /// The unit this stage writes and starts on every master.
@@ -95,47 +95,24 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         "--use-service-account-credentials=true".to_string(),
         "--v=2".to_string(),
     ]);
-    let unit_path = paths::unit(UNIT);
-
     for master in topology.nodes_with(Role::Master) {
-        let unit = service_unit(&ServiceUnit {
-            description: &format!("Kubernetes controller manager on {}", master.name),
-            documentation:
-                "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/",
-            notify: false,
-            command: &format!("{}/kube-controller-manager", paths::BIN_DIR),
-            flags: &flags,
-        });
+        let unit = kubernetes_unit(
+            "kube-controller-manager",
+            &format!("Kubernetes controller manager on {}", master.name),
+            &flags,
+        );
 
         let actions = stage.node(&master.name);
         // The kubeconfig embeds the controller manager's private key.
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![
-                unit_path.clone(),
-                kubeconfig_path.clone(),
-                ca.clone(),
-                ca_key.clone(),
-                service_account_private.clone(),
-            ],
-        });
-        // /healthz is exempt from authorization by default and anonymous requests are
-        // authenticated as system:anonymous, so no credentials are needed. The serving
-        // certificate is self-signed at startup, hence `--insecure` on loopback.
-        actions.checks.push(CheckSpec {
-            description: format!("kube-controller-manager on {} answers /healthz", master.name),
-            script: format!(
-                "curl --silent --show-error --fail --max-time 5 --insecure https://127.0.0.1:{SECURE_PORT}/healthz"
-            ),
-            timeout_secs: READY_TIMEOUT_SECS,
-        });
-        actions.checks.push(CheckSpec {
-            description: format!("kube-controller-manager on {} answers componentstatuses' probe", master.name),
-            script: format!("curl --silent --show-error --fail --max-time 5 http://127.0.0.1:{INSECURE_PORT}/healthz"),
-            timeout_secs: READY_TIMEOUT_SECS,
-        });
+        install_unit(actions, UNIT, unit, &[&kubeconfig_path, &ca, &ca_key, &service_account_private]);
+        actions.checks.extend(loopback_health_checks(
+            "kube-controller-manager",
+            &master.name,
+            SECURE_PORT,
+            INSECURE_PORT,
+            READY_TIMEOUT_SECS,
+        ));
     }
 }
 

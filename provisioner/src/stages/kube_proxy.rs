@@ -22,8 +22,8 @@
 
 use crate::paths;
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, Context, FileSpec, StagePlan, UnitSpec};
-use crate::stages::{service_unit, ServiceUnit};
+use crate::plan::{CheckSpec, Context, FileSpec, StagePlan};
+use crate::stages::{install_unit, kubernetes_unit};
 use crate::topology::{Node, Role};
 
 /// The unit this stage writes and starts on every worker.
@@ -106,32 +106,21 @@ conntrack:
             address = node.address,
             pod_cidr = topology.network.pod_cidr,
         );
-        let unit_path = paths::unit(UNIT);
-        let unit = service_unit(&ServiceUnit {
-            description: &format!("Kubernetes kube-proxy on {}", node.name),
-            documentation: "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-proxy/",
-            notify: false,
-            command: &format!("{}/kube-proxy", paths::BIN_DIR),
-            flags: &[format!("--config={CONFIG}"), "--v=2".to_string()],
-        });
+        let unit = kubernetes_unit(
+            "kube-proxy",
+            &format!("Kubernetes kube-proxy on {}", node.name),
+            &[format!("--config={CONFIG}"), "--v=2".to_string()],
+        );
 
         let actions = stage.node(&node.name);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config));
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![unit_path, CONFIG.to_string(), kubeconfig_path.clone()],
-        });
+        install_unit(actions, UNIT, unit, &[CONFIG, &kubeconfig_path]);
         // A process on the node sending to a Service address needs a route for it
         // before kube-proxy's rules can rewrite the destination to a pod. Nodes here
         // have no default route (nothing may leave the lab), so the service range
         // gets its own route onto the node interface.
-        let route_unit_path = paths::unit(SERVICE_ROUTE_UNIT);
-        actions.files.push(FileSpec::text(&route_unit_path, 0o644, service_route_unit(topology.network.service_cidr)));
-        actions
-            .units
-            .push(UnitSpec { name: SERVICE_ROUTE_UNIT.to_string(), restart_when_changed: vec![route_unit_path] });
+        install_unit(actions, SERVICE_ROUTE_UNIT, service_route_unit(topology.network.service_cidr), &[]);
         actions.checks.push(CheckSpec {
             description: format!("kube-proxy on {} answers /healthz", node.name),
             script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),

@@ -45,8 +45,8 @@
 
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan, UnitSpec};
-use crate::stages::{container_runtime, pod_network};
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
+use crate::stages::{container_runtime, install_unit, pod_network};
 use crate::topology::{Node, PodNetwork, Role};
 
 /// The unit this stage writes and starts on every worker.
@@ -84,31 +84,12 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             &format!("system:node:{}", worker.name),
             context.pki.get(&names::kubelet(&worker.name)),
         );
-        let prep_unit_path = paths::unit(PREP_UNIT);
-        let unit_path = paths::unit(UNIT);
-
         let actions = stage.node(&worker.name);
         actions.files.push(FileSpec::text(PREP_SCRIPT, 0o755, prep_script(&cgroup_root)));
-        actions.files.push(FileSpec::text(&prep_unit_path, 0o644, prep_unit()));
+        install_unit(actions, PREP_UNIT, prep_unit(), &[PREP_SCRIPT]);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config(context, worker, &cgroup_root)));
         actions.files.push(FileSpec::secret(&kubeconfig_path, kubeconfig));
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit(worker, &kubeconfig_path)));
-
-        actions.units.push(UnitSpec {
-            name: PREP_UNIT.to_string(),
-            restart_when_changed: vec![prep_unit_path, PREP_SCRIPT.to_string()],
-        });
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![
-                unit_path,
-                CONFIG.to_string(),
-                kubeconfig_path.clone(),
-                ca.clone(),
-                cert.clone(),
-                key.clone(),
-            ],
-        });
+        install_unit(actions, UNIT, unit(worker, &kubeconfig_path), &[CONFIG, &kubeconfig_path, &ca, &cert, &key]);
         actions.checks.push(CheckSpec {
             description: format!("kubelet on {} answers /healthz", worker.name),
             script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),

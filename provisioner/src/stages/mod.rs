@@ -6,7 +6,8 @@
 //! sections and plan functions all come from it. Adding a chapter takes a module here,
 //! a variant in `plan::Stage` and a row in `REGISTRY`, at the same position.
 
-use crate::plan::{Context, Stage, StagePlan};
+use crate::paths;
+use crate::plan::{CheckSpec, Context, FileSpec, NodeActions, Stage, StagePlan, UnitSpec};
 
 pub mod admin_kubeconfig;
 pub mod container_runtime;
@@ -235,6 +236,60 @@ WantedBy=multi-user.target
         description = unit.description,
         documentation = unit.documentation,
     )
+}
+
+/// The unit of one of the Kubernetes daemons from the lab's binaries, documented by its
+/// command-line reference for the lab's Kubernetes version.
+pub fn kubernetes_unit(component: &str, description: &str, flags: &[String]) -> String {
+    service_unit(&ServiceUnit {
+        description,
+        documentation: &format!(
+            "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/{component}/"
+        ),
+        notify: false,
+        command: &format!("{}/{component}", paths::BIN_DIR),
+        flags,
+    })
+}
+
+/// Puts the systemd unit `name` on the node and asks for it enabled and running,
+/// restarted whenever its unit file or one of `inputs` (certificates, configuration
+/// files, kubeconfigs it reads) changes.
+pub fn install_unit(actions: &mut NodeActions, name: &str, content: String, inputs: &[&str]) {
+    let unit_path = paths::unit(name);
+    let mut restart_when_changed = vec![unit_path.clone()];
+    restart_when_changed.extend(inputs.iter().map(|input| input.to_string()));
+    actions.files.push(FileSpec::text(unit_path, 0o644, content));
+    actions.units.push(UnitSpec { name: name.to_string(), restart_when_changed });
+}
+
+/// The readiness checks of a control plane component that elects a leader (the
+/// controller manager and the scheduler) on one master: its HTTPS port answers
+/// /healthz, and so does the plain HTTP port that `kubectl get componentstatuses`
+/// probes. /healthz is exempt from authorization by default and anonymous requests are
+/// authenticated as system:anonymous, so no credentials are needed. The serving
+/// certificate is self-signed at startup, hence `--insecure` on loopback.
+pub fn loopback_health_checks(
+    component: &str,
+    node: &str,
+    secure_port: u16,
+    insecure_port: u16,
+    timeout_secs: u64,
+) -> [CheckSpec; 2] {
+    [
+        CheckSpec {
+            description: format!("{component} on {node} answers /healthz"),
+            script: format!(
+                "curl --silent --show-error --fail --max-time 5 --insecure https://127.0.0.1:{secure_port}/healthz"
+            ),
+            timeout_secs,
+        },
+        CheckSpec {
+            description: format!("{component} on {node} answers componentstatuses' probe"),
+            script: format!("curl --silent --show-error --fail --max-time 5 http://127.0.0.1:{insecure_port}/healthz"),
+            timeout_secs,
+        },
+    ]
 }
 
 #[cfg(test)]

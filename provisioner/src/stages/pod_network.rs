@@ -43,7 +43,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::paths;
-use crate::plan::{CheckSpec, Context, FileSpec, NodeActions, StagePlan, UnitSpec};
+use crate::plan::{CheckSpec, Context, FileSpec, NodeActions, StagePlan};
+use crate::stages::install_unit;
 use crate::topology::{Node, PodNetwork, Role};
 
 /// The oneshot unit that installs routes (and, in vxlan mode, the tunnel) at boot.
@@ -273,9 +274,7 @@ RestartSec=3
 WantedBy=multi-user.target
 ",
     );
-    let path = paths::unit(name);
-    actions.files.push(FileSpec::text(&path, 0o644, unit));
-    actions.units.push(UnitSpec { name: name.to_string(), restart_when_changed: vec![path] });
+    install_unit(actions, name, unit, &[]);
 }
 
 /// flannel's CNI configuration: its plugin reads the node's /24 from
