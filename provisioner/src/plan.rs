@@ -18,7 +18,9 @@ use crate::pki::{Bundle, CertificateSpec};
 use crate::stages;
 use crate::topology::{Role, Topology};
 
-/// The handbook's chapters, in the order `lab up` runs them.
+/// The handbook's chapters, in the order `lab up` runs them. Each has one row, at the
+/// same position, in `stages::REGISTRY`, which gives its name, handbook section and
+/// plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
@@ -40,43 +42,25 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 15] = [
-        Stage::Hosts,
-        Stage::Pki,
-        Stage::Etcd,
-        Stage::AdminKubeconfig,
-        Stage::PodNetwork,
-        Stage::KubeApiserver,
-        Stage::KubeControllerManager,
-        Stage::KubeScheduler,
-        Stage::LoadBalancer,
-        Stage::Keepalived,
-        Stage::ContainerRuntime,
-        Stage::Kubelet,
-        Stage::KubeProxy,
-        Stage::DnsAddon,
-        Stage::Firewall,
-    ];
+    /// Every stage, in the registry's (and so the handbook's) order.
+    pub const ALL: [Stage; stages::REGISTRY.len()] = {
+        let mut all = [Stage::Hosts; stages::REGISTRY.len()];
+        let mut index = 0;
+        while index < all.len() {
+            all[index] = stages::REGISTRY[index].stage;
+            index += 1;
+        }
+        all
+    };
 
     /// The kebab-case name used on the command line (`--until kube-apiserver`).
     pub fn name(self) -> &'static str {
-        match self {
-            Stage::Hosts => "hosts",
-            Stage::Pki => "pki",
-            Stage::Etcd => "etcd",
-            Stage::AdminKubeconfig => "admin-kubeconfig",
-            Stage::PodNetwork => "pod-network",
-            Stage::KubeApiserver => "kube-apiserver",
-            Stage::KubeControllerManager => "kube-controller-manager",
-            Stage::KubeScheduler => "kube-scheduler",
-            Stage::LoadBalancer => "load-balancer",
-            Stage::Keepalived => "keepalived",
-            Stage::ContainerRuntime => "container-runtime",
-            Stage::Kubelet => "kubelet",
-            Stage::KubeProxy => "kube-proxy",
-            Stage::DnsAddon => "dns-addon",
-            Stage::Firewall => "firewall",
-        }
+        stages::entry(self).name
+    }
+
+    /// The handbook chapter and section this stage follows.
+    pub fn handbook_section(self) -> &'static str {
+        stages::entry(self).handbook_section
     }
 
     pub fn from_name(name: &str) -> Option<Stage> {
@@ -379,4 +363,251 @@ pub fn build(inputs: &PlanInputs<'_>) -> Plan {
 /// The host bridge's name: interface names are at most 15 bytes.
 pub fn bridge_name(lab: &str) -> String {
     format!("lab-{lab}")
+}
+
+#[cfg(test)]
+mod tests {
+    //! The guard of the module's invariant: the planner's source never names a module
+    //! that reaches the machines, the network or the file system.
+
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    /// What the planner must not use: the host-side modules and the standard library's
+    /// processes, files, sockets and threads.
+    const FORBIDDEN: [&str; 9] = [
+        "crate::machines",
+        "crate::ssh",
+        "crate::executor",
+        "crate::system",
+        "crate::host",
+        "std::process",
+        "std::fs",
+        "std::net::TcpStream",
+        "std::thread",
+    ];
+
+    /// The planner's source files with their module paths: this file and every stage
+    /// module.
+    fn planner_sources() -> Vec<(PathBuf, String)> {
+        let source_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut sources = vec![(source_dir.join("plan.rs"), "crate::plan".to_string())];
+        let stages_dir = source_dir.join("stages");
+        for entry in std::fs::read_dir(&stages_dir).expect("stages directory is readable") {
+            let path = entry.expect("stages directory entry").path();
+            let Some(stem) = path.file_stem().and_then(|stem| stem.to_str()) else { continue };
+            if path.extension().is_some_and(|extension| extension == "rs") {
+                let module = if stem == "mod" { "crate::stages".to_string() } else { format!("crate::stages::{stem}") };
+                sources.push((path.clone(), module));
+            }
+        }
+        sources.sort();
+        sources
+    }
+
+    /// The part of a source file that is built outside tests: everything before a
+    /// trailing `#[cfg(test)] mod tests` block, which must be the file's last item so
+    /// that no code hides after it.
+    fn non_test_code<'a>(source: &'a str, file: &Path) -> &'a str {
+        let Some(start) = source.find("\n#[cfg(test)]\nmod tests {\n") else { return source };
+        let block = &source[start + 1..];
+        let last_item =
+            block.lines().skip(2).filter(|line| !line.is_empty() && !line.starts_with(' ')).collect::<Vec<_>>();
+        assert_eq!(last_item, ["}"], "{}: the test module must be the last item", file.display());
+        &source[..start]
+    }
+
+    /// `source` without `//` comments, which may name anything.
+    fn without_comments(source: &str) -> String {
+        source.lines().map(|line| line.split("//").next().unwrap_or_default()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The paths a `use` tree names: `std::{fs, net::TcpStream as Socket}` names
+    /// `std::fs` and `std::net::TcpStream`. Each comes with the name it binds.
+    fn expand_use_tree(tree: &str) -> Vec<(String, String)> {
+        let tree = tree.trim();
+        let Some(open) = tree.find('{') else {
+            let (path, alias) = match tree.split_once(" as ") {
+                Some((path, alias)) => (path.trim(), alias.trim()),
+                None => (tree, tree.rsplit("::").next().unwrap_or(tree)),
+            };
+            return vec![(path.to_string(), alias.to_string())];
+        };
+        let close = tree.rfind('}').expect("a use group is closed");
+        let prefix = tree[..open].trim_end_matches("::");
+        let mut depth = 0;
+        let mut parts = Vec::new();
+        let mut part_start = open + 1;
+        for (offset, character) in tree[open + 1..close].char_indices() {
+            let index = open + 1 + offset;
+            match character {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push(&tree[part_start..index]);
+                    part_start = index + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&tree[part_start..close]);
+        parts
+            .into_iter()
+            .filter(|part| !part.trim().is_empty())
+            .flat_map(expand_use_tree)
+            .map(|(path, alias)| match path.as_str() {
+                "self" => (prefix.to_string(), prefix.rsplit("::").next().unwrap_or(prefix).to_string()),
+                _ => (format!("{prefix}::{path}"), alias),
+            })
+            .collect()
+    }
+
+    /// `path` made absolute: `self::` and `super::` resolved from `module`, a leading
+    /// `::` dropped.
+    fn absolute(path: &str, module: &str) -> String {
+        let mut path = path.trim_start_matches("::");
+        let mut base = module.to_string();
+        let mut relative = false;
+        loop {
+            if let Some(rest) = path.strip_prefix("super::") {
+                base = base.rsplit_once("::").map(|(parent, _)| parent.to_string()).unwrap_or_default();
+                path = rest;
+                relative = true;
+            } else if let Some(rest) = path.strip_prefix("self::") {
+                path = rest;
+                relative = true;
+            } else {
+                break;
+            }
+        }
+        if relative {
+            format!("{base}::{path}")
+        } else {
+            path.to_string()
+        }
+    }
+
+    /// Every absolute path the code names: each `use` declaration, and each `a::b`
+    /// path written inline, its first segment resolved through the `use`s.
+    fn named_paths(code: &str, module: &str) -> Vec<String> {
+        let mut imported = BTreeMap::new();
+        let mut paths = Vec::new();
+        for declaration in use_declarations(code) {
+            for (path, alias) in expand_use_tree(&declaration) {
+                let path = absolute(&path, module);
+                imported.insert(alias, path.clone());
+                paths.push(path);
+            }
+        }
+        for inline in inline_paths(code) {
+            let (first, tail) = inline.split_once("::").expect("an inline path has two segments");
+            match imported.get(first) {
+                Some(full) => paths.push(format!("{full}::{tail}")),
+                None => paths.push(absolute(&inline, module)),
+            }
+        }
+        paths
+    }
+
+    /// The trees of the code's `use` declarations (`std::{fs, thread}` for
+    /// `pub(crate) use std::{fs, thread};`), each starting a line and possibly spanning
+    /// several.
+    fn use_declarations(code: &str) -> Vec<String> {
+        let mut declarations = Vec::new();
+        let mut open: Option<String> = None;
+        for line in code.lines() {
+            let line = line.trim();
+            let tree = match open.take() {
+                Some(mut tree) => {
+                    tree.push_str(line);
+                    tree
+                }
+                None => {
+                    let unqualified = match line.strip_prefix("pub") {
+                        Some(rest) if rest.starts_with('(') => rest.split_once(')').map_or(rest, |(_, rest)| rest),
+                        Some(rest) => rest,
+                        None => line,
+                    };
+                    match unqualified.trim_start().strip_prefix("use ") {
+                        Some(tree) => tree.to_string(),
+                        None => continue,
+                    }
+                }
+            };
+            match tree.split_once(';') {
+                Some((tree, _)) => declarations.push(tree.to_string()),
+                None => open = Some(tree),
+            }
+        }
+        declarations
+    }
+
+    /// Every `a::b::c` path in the code, outside `use` declarations or in them.
+    fn inline_paths(code: &str) -> Vec<String> {
+        let is_path_char = |character: char| character.is_alphanumeric() || character == '_' || character == ':';
+        code.split(|character: char| !is_path_char(character))
+            .map(|token| token.trim_matches(':'))
+            .filter(|token| token.contains("::"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The forbidden paths `source` names, as `(path, forbidden prefix)`.
+    fn forbidden_uses(source: &str, module: &str, file: &Path) -> Vec<(String, &'static str)> {
+        let code = without_comments(non_test_code(source, file));
+        let mut found: Vec<(String, &'static str)> = named_paths(&code, module)
+            .into_iter()
+            .filter_map(|path| {
+                let forbidden = FORBIDDEN
+                    .into_iter()
+                    .find(|forbidden| path == *forbidden || path.starts_with(&format!("{forbidden}::")))?;
+                Some((path, forbidden))
+            })
+            .collect();
+        found.dedup();
+        found
+    }
+
+    #[test]
+    fn planner_and_stages_never_reach_io() {
+        let mut violations = Vec::new();
+        for (file, module) in planner_sources() {
+            let source = std::fs::read_to_string(&file).expect("source file is readable");
+            for (path, forbidden) in forbidden_uses(&source, &module, &file) {
+                violations.push(format!("{}: uses `{path}` ({forbidden} does I/O)", file.display()));
+            }
+        }
+        assert!(
+            violations.is_empty(),
+            "the planner must stay pure (see provisioner/src/plan.rs):\n{}",
+            violations.join("\n")
+        );
+    }
+
+    #[test]
+    fn guard_sees_imports_in_every_form() {
+        let file = Path::new("stages/example.rs");
+        let module = "crate::stages::example";
+        let found = |source: &str| -> Vec<String> {
+            forbidden_uses(source, module, file).into_iter().map(|(path, _)| path).collect()
+        };
+        assert_eq!(found("use std::fs;\n"), ["std::fs"]);
+        assert_eq!(found("use std::{collections::BTreeMap, net::{Ipv4Addr, TcpStream}};\n"), ["std::net::TcpStream"]);
+        assert_eq!(found("use crate::{plan, ssh::Session as Remote};\n"), ["crate::ssh::Session"]);
+        assert_eq!(found("use super::super::executor;\n"), ["crate::executor"]);
+        assert_eq!(found("pub(crate) use crate::machines::Backend;\n"), ["crate::machines::Backend"]);
+        assert_eq!(found("fn f() { std::thread::sleep(d); }\n"), ["std::thread::sleep"]);
+        assert_eq!(found("use std::process;\nfn f() { process::Command::new(\"ls\"); }\n").len(), 2);
+        assert_eq!(found("use std::net;\nfn f() { net::TcpStream::connect(a); }\n"), ["std::net::TcpStream::connect"]);
+        assert_eq!(found("fn f() { let _ = ::std::fs::read(p); }\n"), ["std::fs::read"]);
+    }
+
+    #[test]
+    fn guard_lets_pure_code_and_tests_through() {
+        let file = Path::new("stages/example.rs");
+        let found = |source: &str| forbidden_uses(source, "crate::stages::example", file);
+        assert!(found("use std::net::Ipv4Addr;\nuse crate::hosts_file;\nuse crate::topology::Role;\n").is_empty());
+        assert!(found("// std::fs would be wrong here.\nfn f() {} // so would crate::ssh\n").is_empty());
+        assert!(found("fn f() {}\n\n#[cfg(test)]\nmod tests {\n    use std::fs;\n}\n").is_empty());
+    }
 }

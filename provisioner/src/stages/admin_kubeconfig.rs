@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::paths;
 use crate::pki::{self, names};
-use crate::plan::{Context, FileSpec, Stage, StagePlan};
+use crate::plan::{Context, FileSpec, StagePlan};
 use crate::topology::Role;
 
 /// The user name the kubeconfig gives the admin credentials.
@@ -22,8 +22,7 @@ pub fn local_path(state_dir: &Path) -> PathBuf {
     state_dir.join("admin.kubeconfig")
 }
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::AdminKubeconfig, "Handbook 000 section 5: kubectl and the admin kubeconfig");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let kubeconfig = pki::kubeconfig(
         &context.topology.name,
         &context.api_server_url,
@@ -38,5 +37,4 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         actions.files.push(FileSpec::secret(paths::ADMIN_KUBECONFIG, &kubeconfig));
         actions.files.push(FileSpec::secret(paths::ROOT_KUBECONFIG, &kubeconfig));
     }
-    stage
 }

@@ -28,7 +28,7 @@
 
 use crate::artifacts::{images, ImageArchive};
 use crate::paths;
-use crate::plan::{CheckSpec, CommandSpec, Content, Context, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
+use crate::plan::{CheckSpec, CommandSpec, Content, Context, FileSpec, RunWhen, StagePlan, UnitSpec};
 use crate::topology::Role;
 
 /// containerd's configuration file (Debian's containerd.service reads it).
@@ -40,11 +40,7 @@ pub const SOCKET: &str = "/run/containerd/containerd.sock";
 /// containerd's namespace for images and containers of the CRI plugin.
 const CRI_NAMESPACE: &str = "k8s.io";
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(
-        Stage::ContainerRuntime,
-        "Handbook 000 section 9: container runtime (docker in the handbook, containerd here)",
-    );
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let config = config();
 
     for worker in context.topology.nodes_with(Role::Worker) {
@@ -80,7 +76,6 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             timeout_secs: 30,
         });
     }
-    stage
 }
 
 /// Where an image archive is copied to on a worker.
@@ -126,11 +121,12 @@ version = 2
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, stage_for};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, planned_nodes, stage_for};
 
     #[test]
     fn config_names_the_imported_pause_image_and_the_nspawn_fix() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::ContainerRuntime);
         let config = file(&stage, "worker1", CONFIG);
         assert!(config.contains("sandbox_image = \"registry.k8s.io/pause:3.2\"\n"));
         assert!(config.contains("restrict_oom_score_adj = true\n"));
@@ -141,8 +137,8 @@ mod tests {
 
     #[test]
     fn every_image_is_copied_and_imported_on_workers_only() {
-        let stage = stage_for("lab.toml", plan);
-        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        let stage = stage_for("lab.toml", Stage::ContainerRuntime);
+        let nodes = planned_nodes(&stage);
         assert_eq!(nodes, ["worker1", "worker2"]);
         let actions = &stage.nodes[0];
         let archives: Vec<&str> = actions

@@ -31,7 +31,7 @@ use ipnet::Ipv4Net;
 
 use crate::artifacts::images;
 use crate::paths;
-use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, Stage, StagePlan};
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
 use crate::topology::{DnsAddon, Network, Role};
 
 /// Name of the Deployment, the Service and the ServiceAccount, and the value of the
@@ -54,9 +54,8 @@ pub fn manifest_path() -> String {
     format!("{}/{NAME}.yaml", paths::MANIFESTS_DIR)
 }
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::DnsAddon, "Handbook 000 section 10: cluster DNS addon (kube-dns)");
-    let Some(first_master) = context.topology.nodes_with(Role::Master).next() else { return stage };
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
+    let Some(first_master) = context.topology.nodes_with(Role::Master).next() else { return };
     let network = &context.topology.network;
     let kubectl = format!("{}/kubectl --kubeconfig {}", paths::BIN_DIR, paths::ADMIN_KUBECONFIG);
 
@@ -81,7 +80,6 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         ),
         timeout_secs: READY_TIMEOUT_SECS,
     });
-    stage
 }
 
 /// The objects both servers share: service account, role binding, Service.
@@ -394,13 +392,14 @@ fn reverse_zone(range: Ipv4Net) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, stage_for, stage_for_topology, topology};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, stage_for, stage_for_topology, topology};
 
     const MANIFEST: &str = "/etc/kubernetes/manifests-lab/kube-dns.yaml";
 
     #[test]
     fn service_sits_at_the_cluster_dns_address_with_named_ports() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::DnsAddon);
         let manifest = file(&stage, "master1", MANIFEST);
         let service = manifest.split("---\n").find(|document| document.contains("kind: Service\n")).unwrap();
         assert!(service.contains("  clusterIP: 10.32.0.10\n"));
@@ -411,7 +410,7 @@ mod tests {
 
     #[test]
     fn lab_dns_runs_two_local_replicas_with_least_privilege() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::DnsAddon);
         let manifest = file(&stage, "master1", MANIFEST);
         assert!(manifest.contains("  replicas: 2\n"));
         assert!(manifest.contains("        image: k8s-lab.local/lab-dns:1\n        # Built"));
@@ -428,7 +427,7 @@ mod tests {
 
     #[test]
     fn lab_dns_arguments_and_probes_match_the_server() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::DnsAddon);
         let manifest = file(&stage, "master1", MANIFEST);
         let args: Vec<&str> = manifest
             .lines()
@@ -460,7 +459,7 @@ mod tests {
 
     #[test]
     fn applied_and_checked_from_the_first_master_only() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::DnsAddon);
         assert_eq!(stage.nodes.len(), 1);
         let actions = &stage.nodes[0];
         assert_eq!(actions.node, "master1");
@@ -476,7 +475,7 @@ mod tests {
     fn coredns_keeps_the_service_and_serves_the_reverse_zone() {
         let mut topology = topology("lab.toml");
         topology.addons.dns = DnsAddon::Coredns;
-        let stage = stage_for_topology(&topology, plan);
+        let stage = stage_for_topology(&topology, Stage::DnsAddon);
         let manifest = file(&stage, "master1", MANIFEST);
         assert!(manifest.contains("image: k8s.gcr.io/coredns:1.7.0"));
         assert!(manifest.contains("kubernetes cluster.local 0.32.10.in-addr.arpa {"));

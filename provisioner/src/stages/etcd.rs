@@ -36,8 +36,8 @@
 //! readable by root only.
 
 use crate::paths::{self, pki_files};
-use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
-use crate::stages::{service_unit, ServiceUnit};
+use crate::plan::{CheckSpec, Context, StagePlan};
+use crate::stages::{install_unit, service_unit, ServiceUnit};
 use crate::topology::Role;
 
 /// The port clients (kube-apiserver, etcdctl) use.
@@ -65,8 +65,7 @@ impl EtcdTiming {
     }
 }
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::Etcd, "Handbook 000 section 4: static etcd cluster with mutual TLS");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
 
     // Every member gets the same member list: `NAME=https://ADDRESS:2380,...`.
@@ -114,7 +113,6 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             // etcd 3.4's default logger is deprecated and says so at every start.
             "--logger=zap".to_string(),
         ];
-        let unit_path = paths::unit(UNIT);
         // `Type=notify`: etcd tells systemd it is ready only once it has joined a cluster
         // with quorum, so `systemctl start` on the first member blocks until enough
         // members run. The executor starts the units of all members in parallel, so
@@ -129,18 +127,7 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         });
 
         let actions = stage.node(&member.name);
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![
-                unit_path,
-                ca.clone(),
-                server_cert.clone(),
-                server_key.clone(),
-                peer_cert.clone(),
-                peer_key.clone(),
-            ],
-        });
+        install_unit(actions, UNIT, unit, &[&ca, &server_cert, &server_key, &peer_cert, &peer_key]);
         // `endpoint health` reads a key through raft, so it succeeds only when the
         // cluster has a leader and quorum, not merely when this process is up. The
         // server certificate doubles as the client certificate: it carries both usages.
@@ -154,75 +141,18 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             timeout_secs: READY_TIMEOUT_SECS,
         });
     }
-    stage
 }
 
 #[cfg(test)]
-pub(super) mod tests {
-    use std::collections::BTreeMap;
-    use std::path::{Path, PathBuf};
-
+mod tests {
     use super::*;
-    use crate::artifacts::Artifacts;
-    use crate::pki::{Bundle, Issued};
-    use crate::plan::{PlanInputs, StagePlan};
-    use crate::topology::Topology;
-
-    /// A topology from the repository (`lab.toml` or one under `examples/`).
-    pub fn topology(file: &str) -> Topology {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file);
-        Topology::load(&path).expect("repository topology is valid").topology
-    }
-
-    /// Placeholder PEM text: these stages only place paths and names, never parse keys.
-    fn dummy(name: &str) -> Issued {
-        Issued { cert_pem: format!("CERT {name}\n"), key_pem: format!("KEY {name}\n") }
-    }
-
-    /// A bundle with a dummy certificate under every name the topology's PKI issues.
-    pub fn bundle(topology: &Topology) -> Bundle {
-        let certificates: BTreeMap<String, Issued> =
-            crate::pki::specs(topology).into_iter().map(|spec| (spec.name.clone(), dummy(&spec.name))).collect();
-        Bundle { ca: dummy("ca"), certificates, service_account: dummy("service-account") }
-    }
-
-    /// Runs one stage's `plan` for a repository topology.
-    pub fn stage_for(file: &str, plan: fn(&Context<'_>) -> StagePlan) -> StagePlan {
-        stage_for_topology(&topology(file), plan)
-    }
-
-    /// Runs one stage's `plan` for `topology`, with dummy certificates and the
-    /// artifacts of a cache in `/cache`.
-    pub fn stage_for_topology(topology: &Topology, plan: fn(&Context<'_>) -> StagePlan) -> StagePlan {
-        let bundle = bundle(topology);
-        let artifacts = Artifacts::expected(topology, Path::new("/cache"));
-        let inputs = PlanInputs { topology, pki: &bundle, artifacts: &artifacts, state_dir: PathBuf::from("/state") };
-        plan(&Context::new(&inputs))
-    }
-
-    /// The text of the file at `path` on `node`.
-    pub fn file<'a>(stage: &'a StagePlan, node: &str, path: &str) -> &'a str {
-        let actions = stage.nodes.iter().find(|actions| actions.node == node).expect("node is in the stage");
-        let file = actions.files.iter().find(|file| file.path == path).expect("file is planned");
-        match &file.content {
-            crate::plan::Content::Text(text) | crate::plan::Content::Secret(text) => text,
-            crate::plan::Content::Artifact { .. } => panic!("{path} is an artifact"),
-        }
-    }
-
-    /// The value of `--flag=` in a unit's ExecStart.
-    pub fn flag<'a>(unit: &'a str, flag: &str) -> &'a str {
-        let prefix = format!("--{flag}=");
-        unit.lines()
-            .map(|line| line.trim().trim_end_matches(" \\"))
-            .find_map(|line| line.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("unit has no --{flag}"))
-    }
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, flag, planned_nodes, stage_for, topology};
 
     #[test]
     fn every_member_lists_all_three_members() {
-        let stage = stage_for("lab.toml", plan);
-        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        let stage = stage_for("lab.toml", Stage::Etcd);
+        let nodes = planned_nodes(&stage);
         assert_eq!(nodes, ["master1", "master2", "master3"]);
         for node in nodes {
             let unit = file(&stage, node, "/etc/systemd/system/etcd.service");
@@ -237,7 +167,7 @@ pub(super) mod tests {
 
     #[test]
     fn member_listens_on_its_own_address_with_mutual_tls() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Etcd);
         let unit = file(&stage, "master2", "/etc/systemd/system/etcd.service");
         assert_eq!(flag(unit, "listen-client-urls"), "https://10.240.0.12:2379,https://127.0.0.1:2379");
         assert_eq!(flag(unit, "advertise-client-urls"), "https://10.240.0.12:2379");
@@ -251,7 +181,7 @@ pub(super) mod tests {
 
     #[test]
     fn raft_timing_leaves_room_for_a_loaded_host_and_more_for_emulation() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Etcd);
         let unit = file(&stage, "master1", "/etc/systemd/system/etcd.service");
         assert_eq!(flag(unit, "heartbeat-interval"), "250");
         assert_eq!(flag(unit, "election-timeout"), "2500");
@@ -264,7 +194,7 @@ pub(super) mod tests {
 
     #[test]
     fn unit_restarts_when_its_certificates_change() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Etcd);
         let unit = &stage.nodes[0].units[0];
         assert_eq!(unit.name, "etcd.service");
         for path in ["/etc/systemd/system/etcd.service", "/etc/etcd/pki/ca.pem", "/etc/etcd/pki/peer-key.pem"] {
@@ -274,14 +204,14 @@ pub(super) mod tests {
 
     #[test]
     fn separate_etcd_tier_runs_etcd_only_on_etcd_nodes() {
-        let stage = stage_for("examples/separate-etcd.toml", plan);
-        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        let stage = stage_for("examples/separate-etcd.toml", Stage::Etcd);
+        let nodes = planned_nodes(&stage);
         assert_eq!(nodes, ["etcd1", "etcd2", "etcd3"]);
     }
 
     #[test]
     fn single_member_lists_only_itself() {
-        let stage = stage_for("examples/minimal.toml", plan);
+        let stage = stage_for("examples/minimal.toml", Stage::Etcd);
         let unit = file(&stage, "master1", "/etc/systemd/system/etcd.service");
         assert_eq!(flag(unit, "initial-cluster"), "master1=https://10.242.0.11:2380");
     }

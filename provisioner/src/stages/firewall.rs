@@ -49,7 +49,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan, UnitSpec};
 use crate::stages::{etcd, kube_proxy, kubelet, pod_network};
 use crate::topology::{Network, Node, PodNetwork, Role};
 
@@ -289,8 +289,7 @@ const CONNTRACK_SETTINGS: &str = "# Written by the k8s lab; `lab up` overwrites 
 net.netfilter.nf_conntrack_tcp_be_liberal = 1
 ";
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::Firewall, "Handbook 000 section 10.1: enable the firewall (firewalld)");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let network = &context.topology.network;
     let zone_path = format!("/etc/firewalld/zones/{ZONE}.xml");
     let trusted_path = "/etc/firewalld/zones/trusted.xml".to_string();
@@ -373,7 +372,6 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             });
         }
     }
-    stage
 }
 
 /// The node interface's zone with exactly the openings of this node's roles.
@@ -468,7 +466,8 @@ RFC3964_IPv4=yes
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, stage_for, topology};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{actions_on, file, stage_for, topology};
 
     fn openings(node: &str) -> Vec<String> {
         let topology = topology("lab.toml");
@@ -479,7 +478,7 @@ mod tests {
     #[test]
     fn workers_open_kubelet_and_node_ports_but_not_etcd() {
         assert_eq!(openings("worker1"), ["22/tcp", "10250/tcp", "30000-32767/tcp", "30000-32767/udp", "10256/tcp"]);
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Firewall);
         let zone = file(&stage, "worker1", "/etc/firewalld/zones/k8s-lab.xml");
         assert!(zone.contains(r#"<port port="10250" protocol="tcp"/>"#));
         assert!(zone.contains(r#"<port port="30000-32767" protocol="udp"/>"#));
@@ -503,7 +502,7 @@ mod tests {
                 "10256/tcp"
             ]
         );
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Firewall);
         let zone = file(&stage, "master1", "/etc/firewalld/zones/k8s-lab.xml");
         assert!(zone.contains(r#"<protocol value="vrrp"/>"#));
         assert!(!zone.contains("10250"));
@@ -514,11 +513,11 @@ mod tests {
 
     #[test]
     fn pods_are_trusted_on_workers_only() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Firewall);
         let trusted = file(&stage, "worker2", "/etc/firewalld/zones/trusted.xml");
         assert!(trusted.contains(r#"<source address="10.200.0.0/16"/>"#));
         assert!(trusted.contains(r#"<interface name="cni0"/>"#));
-        let master = stage.nodes.iter().find(|actions| actions.node == "master1").unwrap();
+        let master = actions_on(&stage, "master1");
         assert!(master.files.iter().all(|file| !file.path.ends_with("trusted.xml")));
         assert!(file(&stage, "worker2", "/etc/firewalld/firewalld.conf").contains("\nDefaultZone=k8s-lab\n"));
     }

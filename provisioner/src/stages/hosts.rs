@@ -29,7 +29,7 @@ use std::fmt::Write as _;
 
 use crate::artifacts::Artifacts;
 use crate::paths;
-use crate::plan::{CheckSpec, CommandSpec, Content, Context, FileSpec, RunWhen, Stage, StagePlan};
+use crate::plan::{CheckSpec, CommandSpec, Content, Context, FileSpec, RunWhen, StagePlan};
 use crate::topology::{first_service_ip, Node, Role, Topology};
 
 /// The handbook's environment file, for learners.
@@ -43,8 +43,7 @@ const MASTER_BINARIES: [&str; 5] =
 /// Binaries a worker runs.
 const WORKER_BINARIES: [&str; 3] = ["kubelet", "kube-proxy", "kubectl"];
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::Hosts, "Handbook 000 sections 1 and 2: env.sh and /etc/hosts");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
     let hosts = etc_hosts(topology);
 
@@ -93,7 +92,6 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             timeout_secs: 5,
         });
     }
-    stage
 }
 
 /// /etc/hosts: loopback as Debian writes it, then every node with its aliases.
@@ -199,10 +197,11 @@ fn binaries(artifacts: &Artifacts, node: &Node) -> Vec<FileSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, stage_for};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{actions_on, file, stage_for};
 
     fn installed(stage: &StagePlan, node: &str) -> Vec<String> {
-        let actions = stage.nodes.iter().find(|actions| actions.node == node).expect("node is in the stage");
+        let actions = actions_on(stage, node);
         actions
             .files
             .iter()
@@ -213,7 +212,7 @@ mod tests {
 
     #[test]
     fn hosts_file_lists_every_node_with_its_aliases() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Hosts);
         for node in ["master1", "worker2"] {
             let hosts = file(&stage, node, "/etc/hosts");
             assert!(hosts.contains("10.240.0.11\tmaster1 etcd3\n"), "{hosts}");
@@ -228,7 +227,7 @@ mod tests {
 
     #[test]
     fn workers_get_no_control_plane_binaries() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Hosts);
         assert_eq!(
             installed(&stage, "worker1"),
             ["/usr/local/bin/kubelet", "/usr/local/bin/kube-proxy", "/usr/local/bin/kubectl"]
@@ -247,13 +246,13 @@ mod tests {
 
     #[test]
     fn etcd_only_nodes_get_no_kubernetes_binaries() {
-        let stage = stage_for("examples/separate-etcd.toml", plan);
+        let stage = stage_for("examples/separate-etcd.toml", Stage::Hosts);
         assert!(installed(&stage, "etcd1").is_empty());
     }
 
     #[test]
     fn env_sh_carries_the_labs_addresses() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Hosts);
         let env = file(&stage, "worker2", ENV_FILE);
         assert!(env.contains("export NODE_IP=10.240.0.22\n"));
         assert!(env.contains("export KUBE_APISERVER=https://10.240.0.100:8443\n"));
@@ -266,7 +265,7 @@ mod tests {
 
     #[test]
     fn sysctls_are_applied_only_from_the_labs_file() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Hosts);
         let actions = &stage.nodes[0];
         let sysctl = actions.commands.iter().find(|command| command.script.starts_with("sysctl")).unwrap();
         assert_eq!(sysctl.script, "sysctl -e -q -p /etc/sysctl.d/90-k8s-lab.conf");

@@ -31,7 +31,7 @@
 //!   the connection at once, so failover is no slower for it.
 
 use crate::paths;
-use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan, UnitSpec};
 use crate::stages::load_balancer;
 use crate::topology::Role;
 
@@ -49,8 +49,7 @@ const PRIORITY_STEP: u32 = 10;
 const VIP_TIMEOUT_SECS: u64 = 60;
 const ACTIVE_TIMEOUT_SECS: u64 = 30;
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::Keepalived, "Handbook 000 section 8.2: keepalived and the virtual IP");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
     let network = &topology.network;
     let balancers: Vec<_> = topology.nodes_with(Role::Lb).collect();
@@ -143,13 +142,13 @@ vrrp_instance kube_apiserver {{
             timeout_secs: VIP_TIMEOUT_SECS,
         });
     }
-    stage
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, stage_for, stage_for_topology};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, stage_for, stage_for_topology, topology};
 
     const CONFIG: &str = "/etc/keepalived/keepalived.conf";
 
@@ -164,7 +163,7 @@ mod tests {
 
     #[test]
     fn priorities_are_distinct_and_descending() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Keepalived);
         let priorities: Vec<&str> = ["master1", "master2", "master3"]
             .iter()
             .map(|node| setting(file(&stage, node, CONFIG), "priority"))
@@ -180,7 +179,7 @@ mod tests {
 
     #[test]
     fn every_node_floats_the_same_single_vip() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Keepalived);
         for node in ["master1", "master2", "master3"] {
             let config = file(&stage, node, CONFIG);
             let block = config.split("virtual_ipaddress {\n").nth(1).expect("has a VIP block");
@@ -191,7 +190,7 @@ mod tests {
 
     #[test]
     fn peers_are_the_other_balancers() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Keepalived);
         let config = file(&stage, "master2", CONFIG);
         assert_eq!(setting(config, "unicast_src_ip"), "10.240.0.12");
         assert!(config.contains("    unicast_peer {\n        10.240.0.11\n        10.240.0.13\n    }\n"), "{config}");
@@ -199,7 +198,7 @@ mod tests {
 
     #[test]
     fn single_balancer_has_no_peers() {
-        let stage = stage_for("examples/minimal.toml", plan);
+        let stage = stage_for("examples/minimal.toml", Stage::Keepalived);
         let config = file(&stage, "master1", CONFIG);
         assert!(!config.contains("unicast"), "{config}");
         assert_eq!(setting(config, "priority"), "150");
@@ -207,7 +206,7 @@ mod tests {
 
     #[test]
     fn tracks_haproxy_and_checks_the_vip_once() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Keepalived);
         let config = file(&stage, "master3", CONFIG);
         assert!(config.contains(load_balancer::MONITOR_URL));
         assert!(config.contains("    track_script {\n        haproxy_alive\n    }\n"));
@@ -218,7 +217,7 @@ mod tests {
 
     #[test]
     fn many_balancers_still_get_distinct_priorities() {
-        let mut topology = crate::stages::etcd::tests::topology("lab.toml");
+        let mut topology = topology("lab.toml");
         let template = topology.nodes[0].clone();
         topology.nodes = (0..40u8)
             .map(|index| crate::topology::Node {
@@ -227,7 +226,7 @@ mod tests {
                 ..template.clone()
             })
             .collect();
-        let stage = stage_for_topology(&topology, plan);
+        let stage = stage_for_topology(&topology, Stage::Keepalived);
         let mut priorities: Vec<u32> = stage
             .nodes
             .iter()

@@ -22,8 +22,8 @@
 use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
-use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
-use crate::stages::{service_unit, ServiceUnit};
+use crate::plan::{CheckSpec, Context, StagePlan};
+use crate::stages::{install_unit, kubernetes_unit};
 use crate::topology::Role;
 
 /// The unit this stage writes and starts on every master.
@@ -37,9 +37,7 @@ const READY_TIMEOUT_SECS: u64 = 120;
 const ADMISSION_PLUGINS: &str =
     "NamespaceLifecycle,NodeRestriction,LimitRanger,ServiceAccount,DefaultStorageClass,ResourceQuota";
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage =
-        StagePlan::new(Stage::KubeApiserver, "Handbook 000 section 7.1 and 8.3: kube-apiserver on every master");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
     let network = &topology.network;
 
@@ -93,33 +91,25 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             "--endpoint-reconciler-type=lease".to_string(),
             "--v=2".to_string(),
         ];
-        let unit_path = paths::unit(UNIT);
-        let unit = service_unit(&ServiceUnit {
-            description: &format!("Kubernetes API server on {}", master.name),
-            documentation:
-                "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-apiserver/",
-            notify: false,
-            command: &format!("{}/kube-apiserver", paths::BIN_DIR),
-            flags: &flags,
-        });
+        let unit = kubernetes_unit("kube-apiserver", &format!("Kubernetes API server on {}", master.name), &flags);
 
         let actions = stage.node(&master.name);
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![
-                unit_path,
-                ca.clone(),
-                serving_cert.clone(),
-                serving_key.clone(),
-                etcd_client_cert.clone(),
-                etcd_client_key.clone(),
-                kubelet_client_cert.clone(),
-                kubelet_client_key.clone(),
-                service_account_public.clone(),
-                service_account_private.clone(),
+        install_unit(
+            actions,
+            UNIT,
+            unit,
+            &[
+                &ca,
+                &serving_cert,
+                &serving_key,
+                &etcd_client_cert,
+                &etcd_client_key,
+                &kubelet_client_cert,
+                &kubelet_client_key,
+                &service_account_public,
+                &service_account_private,
             ],
-        });
+        );
         // With anonymous auth off even /healthz needs a client certificate; any
         // certificate signed by the lab CA will do, because RBAC lets every
         // authenticated user read /healthz. The apiserver's kubelet client certificate
@@ -134,27 +124,26 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             timeout_secs: READY_TIMEOUT_SECS,
         });
     }
-    stage
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::stages::etcd::tests::{file, flag, stage_for, topology};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, flag, planned_nodes, stage_for, topology};
 
     const UNIT_PATH: &str = "/etc/systemd/system/kube-apiserver.service";
 
     #[test]
     fn runs_on_every_master_advertising_its_own_address() {
-        let stage = stage_for("lab.toml", plan);
-        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        let stage = stage_for("lab.toml", Stage::KubeApiserver);
+        let nodes = planned_nodes(&stage);
         assert_eq!(nodes, ["master1", "master2", "master3"]);
         assert_eq!(flag(file(&stage, "master3", UNIT_PATH), "advertise-address"), "10.240.0.13");
     }
 
     #[test]
     fn is_secure_by_default() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeApiserver);
         let unit = file(&stage, "master1", UNIT_PATH);
         assert_eq!(flag(unit, "anonymous-auth"), "false");
         assert_eq!(flag(unit, "authorization-mode"), "Node,RBAC");
@@ -165,7 +154,7 @@ mod tests {
 
     #[test]
     fn talks_to_all_three_etcd_members_over_tls() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeApiserver);
         let unit = file(&stage, "master2", UNIT_PATH);
         assert_eq!(
             flag(unit, "etcd-servers"),
@@ -177,7 +166,7 @@ mod tests {
 
     #[test]
     fn uses_the_topology_ranges() {
-        let stage = stage_for("examples/minimal.toml", plan);
+        let stage = stage_for("examples/minimal.toml", Stage::KubeApiserver);
         let unit = file(&stage, "master1", UNIT_PATH);
         assert_eq!(flag(unit, "service-cluster-ip-range"), "10.34.0.0/24");
         assert_eq!(flag(unit, "service-node-port-range"), "30000-32767");
@@ -187,7 +176,7 @@ mod tests {
 
     #[test]
     fn separate_etcd_tier_is_reached_from_the_masters() {
-        let stage = stage_for("examples/separate-etcd.toml", plan);
+        let stage = stage_for("examples/separate-etcd.toml", Stage::KubeApiserver);
         let unit = file(&stage, "master1", UNIT_PATH);
         assert_eq!(
             flag(unit, "etcd-servers"),

@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
-use crate::stages::{service_unit, LeaderElection, ServiceUnit};
+use crate::plan::{Context, FileSpec, StagePlan};
+use crate::stages::{install_unit, kubernetes_unit, loopback_health_checks, LeaderElection};
 use crate::topology::{Role, Topology};
 
 /// The unit this stage writes and starts on every master.
@@ -46,11 +46,7 @@ fn leader_election_flags(topology: &Topology) -> Vec<String> {
         .unwrap_or_default()
 }
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(
-        Stage::KubeControllerManager,
-        "Handbook 000 section 7.2 and 8.4: kube-controller-manager with leader election",
-    );
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
 
     let kubeconfig_path = paths::kubeconfig("kube-controller-manager");
@@ -99,63 +95,39 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         "--use-service-account-credentials=true".to_string(),
         "--v=2".to_string(),
     ]);
-    let unit_path = paths::unit(UNIT);
-
     for master in topology.nodes_with(Role::Master) {
-        let unit = service_unit(&ServiceUnit {
-            description: &format!("Kubernetes controller manager on {}", master.name),
-            documentation:
-                "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-controller-manager/",
-            notify: false,
-            command: &format!("{}/kube-controller-manager", paths::BIN_DIR),
-            flags: &flags,
-        });
+        let unit = kubernetes_unit(
+            "kube-controller-manager",
+            &format!("Kubernetes controller manager on {}", master.name),
+            &flags,
+        );
 
         let actions = stage.node(&master.name);
         // The kubeconfig embeds the controller manager's private key.
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![
-                unit_path.clone(),
-                kubeconfig_path.clone(),
-                ca.clone(),
-                ca_key.clone(),
-                service_account_private.clone(),
-            ],
-        });
-        // /healthz is exempt from authorization by default and anonymous requests are
-        // authenticated as system:anonymous, so no credentials are needed. The serving
-        // certificate is self-signed at startup, hence `--insecure` on loopback.
-        actions.checks.push(CheckSpec {
-            description: format!("kube-controller-manager on {} answers /healthz", master.name),
-            script: format!(
-                "curl --silent --show-error --fail --max-time 5 --insecure https://127.0.0.1:{SECURE_PORT}/healthz"
-            ),
-            timeout_secs: READY_TIMEOUT_SECS,
-        });
-        actions.checks.push(CheckSpec {
-            description: format!("kube-controller-manager on {} answers componentstatuses' probe", master.name),
-            script: format!("curl --silent --show-error --fail --max-time 5 http://127.0.0.1:{INSECURE_PORT}/healthz"),
-            timeout_secs: READY_TIMEOUT_SECS,
-        });
+        install_unit(actions, UNIT, unit, &[&kubeconfig_path, &ca, &ca_key, &service_account_private]);
+        actions.checks.extend(loopback_health_checks(
+            "kube-controller-manager",
+            &master.name,
+            SECURE_PORT,
+            INSECURE_PORT,
+            READY_TIMEOUT_SECS,
+        ));
     }
-    stage
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::plan::Content;
-    use crate::stages::etcd::tests::{file, flag, stage_for, stage_for_topology};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, flag, stage_for, stage_for_topology, topology};
     use crate::topology::{Acceleration, Backend};
 
     const UNIT_PATH: &str = "/etc/systemd/system/kube-controller-manager.service";
 
     #[test]
     fn elects_a_leader_and_uses_its_own_kubeconfig() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeControllerManager);
         assert_eq!(stage.nodes.len(), 3);
         let unit = file(&stage, "master2", UNIT_PATH);
         assert_eq!(flag(unit, "leader-elect"), "true");
@@ -170,10 +142,10 @@ mod tests {
     #[test]
     fn leader_election_gets_more_time_where_machines_may_be_emulated() {
         let unit = |backend: Backend, acceleration: Acceleration| {
-            let mut topology = crate::stages::etcd::tests::topology("examples/minimal.toml");
+            let mut topology = topology("examples/minimal.toml");
             topology.machines.backend = backend;
             topology.machines.acceleration = acceleration;
-            file(&stage_for_topology(&topology, plan), "master1", UNIT_PATH).to_string()
+            file(&stage_for_topology(&topology, Stage::KubeControllerManager), "master1", UNIT_PATH).to_string()
         };
         let nspawn = unit(Backend::Nspawn, Acceleration::Auto);
         assert!(!nspawn.contains("--leader-elect-lease-duration"), "Kubernetes' defaults: {nspawn}");
@@ -186,7 +158,7 @@ mod tests {
 
     #[test]
     fn kubeconfig_is_secret_and_targets_the_local_apiserver() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeControllerManager);
         let kubeconfig = stage.nodes[0]
             .files
             .iter()
@@ -199,7 +171,7 @@ mod tests {
 
     #[test]
     fn serves_health_on_loopback_only() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeControllerManager);
         let unit = file(&stage, "master1", UNIT_PATH);
         assert_eq!(flag(unit, "bind-address"), "127.0.0.1");
         assert_eq!(flag(unit, "address"), "127.0.0.1");

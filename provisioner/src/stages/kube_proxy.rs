@@ -22,8 +22,8 @@
 
 use crate::paths;
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
-use crate::stages::{service_unit, ServiceUnit};
+use crate::plan::{CheckSpec, Context, FileSpec, StagePlan};
+use crate::stages::{install_unit, kubernetes_unit};
 use crate::topology::{Node, Role};
 
 /// The unit this stage writes and starts on every worker.
@@ -68,8 +68,7 @@ pub fn runs_on(node: &Node) -> bool {
     node.has(Role::Master) || node.has(Role::Worker)
 }
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::KubeProxy, "Handbook 000 section 9: kube-proxy on every worker (and master)");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
 
     let kubeconfig_path = paths::kubeconfig("kube-proxy");
@@ -107,49 +106,38 @@ conntrack:
             address = node.address,
             pod_cidr = topology.network.pod_cidr,
         );
-        let unit_path = paths::unit(UNIT);
-        let unit = service_unit(&ServiceUnit {
-            description: &format!("Kubernetes kube-proxy on {}", node.name),
-            documentation: "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-proxy/",
-            notify: false,
-            command: &format!("{}/kube-proxy", paths::BIN_DIR),
-            flags: &[format!("--config={CONFIG}"), "--v=2".to_string()],
-        });
+        let unit = kubernetes_unit(
+            "kube-proxy",
+            &format!("Kubernetes kube-proxy on {}", node.name),
+            &[format!("--config={CONFIG}"), "--v=2".to_string()],
+        );
 
         let actions = stage.node(&node.name);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config));
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![unit_path, CONFIG.to_string(), kubeconfig_path.clone()],
-        });
+        install_unit(actions, UNIT, unit, &[CONFIG, &kubeconfig_path]);
         // A process on the node sending to a Service address needs a route for it
         // before kube-proxy's rules can rewrite the destination to a pod. Nodes here
         // have no default route (nothing may leave the lab), so the service range
         // gets its own route onto the node interface.
-        let route_unit_path = paths::unit(SERVICE_ROUTE_UNIT);
-        actions.files.push(FileSpec::text(&route_unit_path, 0o644, service_route_unit(topology.network.service_cidr)));
-        actions
-            .units
-            .push(UnitSpec { name: SERVICE_ROUTE_UNIT.to_string(), restart_when_changed: vec![route_unit_path] });
+        install_unit(actions, SERVICE_ROUTE_UNIT, service_route_unit(topology.network.service_cidr), &[]);
         actions.checks.push(CheckSpec {
             description: format!("kube-proxy on {} answers /healthz", node.name),
             script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),
             timeout_secs: READY_TIMEOUT_SECS,
         });
     }
-    stage
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, flag, stage_for};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, flag, planned_nodes, stage_for};
 
     #[test]
     fn runs_in_iptables_mode_and_leaves_conntrack_alone() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeProxy);
         let config = file(&stage, "worker2", CONFIG);
         assert!(config.contains("mode: iptables\n"));
         assert!(config.contains("clusterCIDR: 10.200.0.0/16\n"));
@@ -163,11 +151,11 @@ mod tests {
 
     #[test]
     fn logs_in_through_the_virtual_ip_as_kube_proxy() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeProxy);
         let kubeconfig = file(&stage, "worker1", "/etc/kubernetes/kube-proxy.kubeconfig");
         assert!(kubeconfig.contains("server: \"https://10.240.0.100:8443\""));
         assert!(kubeconfig.contains("- name: \"system:kube-proxy\""));
-        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        let nodes = planned_nodes(&stage);
         assert_eq!(nodes, ["master1", "master2", "master3", "worker1", "worker2"]);
     }
 }

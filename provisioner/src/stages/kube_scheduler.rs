@@ -14,8 +14,8 @@ use std::net::Ipv4Addr;
 
 use crate::paths;
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, Context, FileSpec, Stage, StagePlan, UnitSpec};
-use crate::stages::{service_unit, LeaderElection, ServiceUnit};
+use crate::plan::{Context, FileSpec, StagePlan};
+use crate::stages::{install_unit, kubernetes_unit, loopback_health_checks, LeaderElection};
 use crate::topology::Role;
 
 /// The unit this stage writes and starts on every master.
@@ -31,9 +31,7 @@ const INSECURE_PORT: u16 = 10251;
 /// How long the scheduler may take to start serving health checks.
 const READY_TIMEOUT_SECS: u64 = 60;
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage =
-        StagePlan::new(Stage::KubeScheduler, "Handbook 000 section 7.3 and 8.4: kube-scheduler with leader election");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
 
     let kubeconfig_path = paths::kubeconfig("kube-scheduler");
@@ -77,59 +75,33 @@ metricsBindAddress: 127.0.0.1:{INSECURE_PORT}
         format!("--secure-port={SECURE_PORT}"),
         "--v=2".to_string(),
     ];
-    let unit_path = paths::unit(UNIT);
-
     for master in topology.nodes_with(Role::Master) {
-        let unit = service_unit(&ServiceUnit {
-            description: &format!("Kubernetes scheduler on {}", master.name),
-            documentation:
-                "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/kube-scheduler/",
-            notify: false,
-            command: &format!("{}/kube-scheduler", paths::BIN_DIR),
-            flags: &flags,
-        });
+        let unit = kubernetes_unit("kube-scheduler", &format!("Kubernetes scheduler on {}", master.name), &flags);
 
         let actions = stage.node(&master.name);
         // The kubeconfig embeds the scheduler's private key.
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
         actions.files.push(FileSpec::text(paths::KUBE_SCHEDULER_CONFIG, 0o644, &config));
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit));
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![
-                unit_path.clone(),
-                paths::KUBE_SCHEDULER_CONFIG.to_string(),
-                kubeconfig_path.clone(),
-            ],
-        });
-        // /healthz is exempt from authorization by default and anonymous requests are
-        // authenticated as system:anonymous, so no credentials are needed. The serving
-        // certificate is self-signed at startup, hence `--insecure` on loopback.
-        actions.checks.push(CheckSpec {
-            description: format!("kube-scheduler on {} answers /healthz", master.name),
-            script: format!(
-                "curl --silent --show-error --fail --max-time 5 --insecure https://127.0.0.1:{SECURE_PORT}/healthz"
-            ),
-            timeout_secs: READY_TIMEOUT_SECS,
-        });
-        actions.checks.push(CheckSpec {
-            description: format!("kube-scheduler on {} answers componentstatuses' probe", master.name),
-            script: format!("curl --silent --show-error --fail --max-time 5 http://127.0.0.1:{INSECURE_PORT}/healthz"),
-            timeout_secs: READY_TIMEOUT_SECS,
-        });
+        install_unit(actions, UNIT, unit, &[paths::KUBE_SCHEDULER_CONFIG, &kubeconfig_path]);
+        actions.checks.extend(loopback_health_checks(
+            "kube-scheduler",
+            &master.name,
+            SECURE_PORT,
+            INSECURE_PORT,
+            READY_TIMEOUT_SECS,
+        ));
     }
-    stage
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::plan::Content;
-    use crate::stages::etcd::tests::{file, flag, stage_for};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, flag, stage_for};
 
     #[test]
     fn configuration_elects_a_leader_with_the_scheduler_kubeconfig() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::KubeScheduler);
         assert_eq!(stage.nodes.len(), 3);
         let config = file(&stage, "master3", "/etc/kubernetes/kube-scheduler.yaml");
         assert!(config.contains("apiVersion: kubescheduler.config.k8s.io/v1beta1\n"));
@@ -142,7 +114,7 @@ mod tests {
 
     #[test]
     fn kubeconfig_is_secret_and_targets_the_local_apiserver() {
-        let stage = stage_for("examples/minimal.toml", plan);
+        let stage = stage_for("examples/minimal.toml", Stage::KubeScheduler);
         let kubeconfig = stage.nodes[0]
             .files
             .iter()

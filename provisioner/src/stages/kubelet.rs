@@ -45,8 +45,8 @@
 
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
-use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
-use crate::stages::{container_runtime, pod_network};
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
+use crate::stages::{container_runtime, install_unit, pod_network};
 use crate::topology::{Node, PodNetwork, Role};
 
 /// The unit this stage writes and starts on every worker.
@@ -67,8 +67,7 @@ const READY_TIMEOUT_SECS: u64 = 120;
 /// How long the first master waits for a worker to register its Node.
 const REGISTRATION_TIMEOUT_SECS: u64 = 120;
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::Kubelet, "Handbook 000 section 9.1: kubelet on every worker");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
 
     let ca = paths::kubernetes_pki(pki_files::CA_CERT);
@@ -85,31 +84,12 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             &format!("system:node:{}", worker.name),
             context.pki.get(&names::kubelet(&worker.name)),
         );
-        let prep_unit_path = paths::unit(PREP_UNIT);
-        let unit_path = paths::unit(UNIT);
-
         let actions = stage.node(&worker.name);
         actions.files.push(FileSpec::text(PREP_SCRIPT, 0o755, prep_script(&cgroup_root)));
-        actions.files.push(FileSpec::text(&prep_unit_path, 0o644, prep_unit()));
+        install_unit(actions, PREP_UNIT, prep_unit(), &[PREP_SCRIPT]);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config(context, worker, &cgroup_root)));
         actions.files.push(FileSpec::secret(&kubeconfig_path, kubeconfig));
-        actions.files.push(FileSpec::text(&unit_path, 0o644, unit(worker, &kubeconfig_path)));
-
-        actions.units.push(UnitSpec {
-            name: PREP_UNIT.to_string(),
-            restart_when_changed: vec![prep_unit_path, PREP_SCRIPT.to_string()],
-        });
-        actions.units.push(UnitSpec {
-            name: UNIT.to_string(),
-            restart_when_changed: vec![
-                unit_path,
-                CONFIG.to_string(),
-                kubeconfig_path.clone(),
-                ca.clone(),
-                cert.clone(),
-                key.clone(),
-            ],
-        });
+        install_unit(actions, UNIT, unit(worker, &kubeconfig_path), &[CONFIG, &kubeconfig_path, &ca, &cert, &key]);
         actions.checks.push(CheckSpec {
             description: format!("kubelet on {} answers /healthz", worker.name),
             script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),
@@ -147,7 +127,6 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
         }
         stage.node(&first_master.name).commands.extend(commands);
     }
-    stage
 }
 
 /// The KubeletConfiguration (kubelet.config.k8s.io/v1beta1, as read by 1.20).
@@ -318,11 +297,12 @@ fi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, flag, stage_for};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{actions_on, file, flag, stage_for};
 
     #[test]
     fn kubelet_api_is_authenticated_and_authorized_by_the_apiserver() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Kubelet);
         let config = file(&stage, "worker1", CONFIG);
         assert!(config.contains("authentication:\n  anonymous:\n    enabled: false\n"));
         assert!(config.contains("  webhook:\n    enabled: true\n"));
@@ -335,7 +315,7 @@ mod tests {
 
     #[test]
     fn config_carries_the_nodes_network_and_its_own_cgroup_root() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Kubelet);
         let config = file(&stage, "worker2", CONFIG);
         assert!(config.contains("clusterDNS:\n- 10.32.0.10\n"));
         assert!(config.contains("clusterDomain: cluster.local\n"));
@@ -347,7 +327,7 @@ mod tests {
 
     #[test]
     fn kubelet_registers_through_the_virtual_ip_as_its_node() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::Kubelet);
         let kubeconfig = file(&stage, "worker1", "/etc/kubernetes/kubelet.kubeconfig");
         assert!(kubeconfig.contains("server: \"https://10.240.0.100:8443\""), "{kubeconfig}");
         assert!(kubeconfig.contains("- name: \"system:node:worker1\""));
@@ -360,8 +340,8 @@ mod tests {
 
     #[test]
     fn first_master_records_every_workers_pod_range() {
-        let stage = stage_for("lab.toml", plan);
-        let master = stage.nodes.iter().find(|actions| actions.node == "master1").expect("master1 acts");
+        let stage = stage_for("lab.toml", Stage::Kubelet);
+        let master = actions_on(&stage, "master1");
         assert_eq!(master.commands.len(), 2);
         assert!(master.commands[1].script.contains(
             "patch node worker2 --type merge -p '{\"spec\":{\"podCIDR\":\"10.200.1.0/24\",\"podCIDRs\":[\"10.200.1.0/24\"]}}'"

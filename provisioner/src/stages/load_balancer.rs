@@ -17,7 +17,7 @@
 use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
-use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan, UnitSpec};
 use crate::topology::Role;
 
 /// Debian's unit for HAProxy, which reads `paths::HAPROXY_CONFIG`.
@@ -30,8 +30,7 @@ const MONITOR_PATH: &str = "/healthz";
 /// How long HAProxy may take to (re)start and find a healthy apiserver.
 const READY_TIMEOUT_SECS: u64 = 60;
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::LoadBalancer, "Handbook 000 section 8.1.1: HAProxy on every master");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
     let network = &topology.network;
 
@@ -121,18 +120,18 @@ frontend monitor
             timeout_secs: READY_TIMEOUT_SECS,
         });
     }
-    stage
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, stage_for};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{file, planned_nodes, stage_for};
 
     #[test]
     fn balances_over_all_three_masters() {
-        let stage = stage_for("lab.toml", plan);
-        let nodes: Vec<&str> = stage.nodes.iter().map(|actions| actions.node.as_str()).collect();
+        let stage = stage_for("lab.toml", Stage::LoadBalancer);
+        let nodes = planned_nodes(&stage);
         assert_eq!(nodes, ["master1", "master2", "master3"]);
         let config = file(&stage, "master2", "/etc/haproxy/haproxy.cfg");
         for server in ["master1 10.240.0.11:6443", "master2 10.240.0.12:6443", "master3 10.240.0.13:6443"] {
@@ -145,7 +144,7 @@ mod tests {
 
     #[test]
     fn monitor_endpoint_is_on_loopback_only() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::LoadBalancer);
         let config = file(&stage, "master1", "/etc/haproxy/haproxy.cfg");
         assert!(config.contains("    bind 127.0.0.1:9000\n    monitor-uri /healthz\n"));
         assert_eq!(MONITOR_URL, format!("http://{MONITOR_BIND}{MONITOR_PATH}"));
@@ -153,7 +152,7 @@ mod tests {
 
     #[test]
     fn restarts_haproxy_when_its_configuration_changes() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::LoadBalancer);
         let unit = &stage.nodes[0].units[0];
         assert_eq!(unit.name, "haproxy.service");
         assert_eq!(unit.restart_when_changed, ["/etc/haproxy/haproxy.cfg"]);
@@ -161,7 +160,7 @@ mod tests {
 
     #[test]
     fn separate_etcd_tier_is_not_a_backend() {
-        let stage = stage_for("examples/separate-etcd.toml", plan);
+        let stage = stage_for("examples/separate-etcd.toml", Stage::LoadBalancer);
         let config = file(&stage, "master1", "/etc/haproxy/haproxy.cfg");
         assert_eq!(config.matches("    server ").count(), 3);
         assert!(!config.contains("etcd"));

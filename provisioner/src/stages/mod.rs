@@ -1,8 +1,13 @@
 //! One module per handbook chapter, in the order `lab up` runs them. Each module's
-//! `plan` reads the shared `Context` and returns that chapter's files, units,
+//! `plan` reads the shared `Context` and fills in that chapter's files, units,
 //! commands and readiness checks per node. Pure: no module here does I/O.
+//!
+//! `REGISTRY` is the one list of chapters: their order, command-line names, handbook
+//! sections and plan functions all come from it. Adding a chapter takes a module here,
+//! a variant in `plan::Stage` and a row in `REGISTRY`, at the same position.
 
-use crate::plan::{Context, StagePlan};
+use crate::paths;
+use crate::plan::{CheckSpec, Context, FileSpec, NodeActions, Stage, StagePlan, UnitSpec};
 
 pub mod admin_kubeconfig;
 pub mod container_runtime;
@@ -19,26 +24,143 @@ pub mod kubelet;
 pub mod load_balancer;
 pub mod pki;
 pub mod pod_network;
+#[cfg(test)]
+mod test_support;
+
+/// One handbook chapter as `lab up` knows it.
+pub struct StageEntry {
+    pub stage: Stage,
+    /// The kebab-case name used on the command line (`--until kube-apiserver`); the
+    /// same as the stage's serde name.
+    pub name: &'static str,
+    /// Which handbook section the stage follows, shown by `lab plan`.
+    pub handbook_section: &'static str,
+    /// Fills in the stage's plan, which starts out empty.
+    pub plan: fn(&Context<'_>, &mut StagePlan),
+}
+
+/// Every stage, in handbook order, which is the order `lab up` runs them and the order
+/// of `Stage`'s variants.
+pub static REGISTRY: [StageEntry; 15] = [
+    StageEntry {
+        stage: Stage::Hosts,
+        name: "hosts",
+        handbook_section: "Handbook 000 sections 1 and 2: env.sh and /etc/hosts",
+        plan: hosts::plan,
+    },
+    StageEntry {
+        stage: Stage::Pki,
+        name: "pki",
+        handbook_section: "Handbook 000 section 3: certificates (CFSSL in the handbook, rcgen here)",
+        plan: pki::plan,
+    },
+    StageEntry {
+        stage: Stage::Etcd,
+        name: "etcd",
+        handbook_section: "Handbook 000 section 4: static etcd cluster with mutual TLS",
+        plan: etcd::plan,
+    },
+    StageEntry {
+        stage: Stage::AdminKubeconfig,
+        name: "admin-kubeconfig",
+        handbook_section: "Handbook 000 section 5: kubectl and the admin kubeconfig",
+        plan: admin_kubeconfig::plan,
+    },
+    StageEntry {
+        stage: Stage::PodNetwork,
+        name: "pod-network",
+        handbook_section: "Handbook 000 section 6: pod network (flannel in the handbook)",
+        plan: pod_network::plan,
+    },
+    StageEntry {
+        stage: Stage::KubeApiserver,
+        name: "kube-apiserver",
+        handbook_section: "Handbook 000 section 7.1 and 8.3: kube-apiserver on every master",
+        plan: kube_apiserver::plan,
+    },
+    StageEntry {
+        stage: Stage::KubeControllerManager,
+        name: "kube-controller-manager",
+        handbook_section: "Handbook 000 section 7.2 and 8.4: kube-controller-manager with leader election",
+        plan: kube_controller_manager::plan,
+    },
+    StageEntry {
+        stage: Stage::KubeScheduler,
+        name: "kube-scheduler",
+        handbook_section: "Handbook 000 section 7.3 and 8.4: kube-scheduler with leader election",
+        plan: kube_scheduler::plan,
+    },
+    StageEntry {
+        stage: Stage::LoadBalancer,
+        name: "load-balancer",
+        handbook_section: "Handbook 000 section 8.1.1: HAProxy on every master",
+        plan: load_balancer::plan,
+    },
+    StageEntry {
+        stage: Stage::Keepalived,
+        name: "keepalived",
+        handbook_section: "Handbook 000 section 8.2: keepalived and the virtual IP",
+        plan: keepalived::plan,
+    },
+    StageEntry {
+        stage: Stage::ContainerRuntime,
+        name: "container-runtime",
+        handbook_section: "Handbook 000 section 9: container runtime (docker in the handbook, containerd here)",
+        plan: container_runtime::plan,
+    },
+    StageEntry {
+        stage: Stage::Kubelet,
+        name: "kubelet",
+        handbook_section: "Handbook 000 section 9.1: kubelet on every worker",
+        plan: kubelet::plan,
+    },
+    StageEntry {
+        stage: Stage::KubeProxy,
+        name: "kube-proxy",
+        handbook_section: "Handbook 000 section 9: kube-proxy on every worker (and master)",
+        plan: kube_proxy::plan,
+    },
+    StageEntry {
+        stage: Stage::DnsAddon,
+        name: "dns-addon",
+        handbook_section: "Handbook 000 section 10: cluster DNS addon (kube-dns)",
+        plan: dns_addon::plan,
+    },
+    StageEntry {
+        stage: Stage::Firewall,
+        name: "firewall",
+        handbook_section: "Handbook 000 section 10.1: enable the firewall (firewalld)",
+        plan: firewall::plan,
+    },
+];
+
+// `Stage::name` and friends find a stage's row by its position, so a row out of place
+// must not build. (That every variant has a row is checked by `tests::registry_*`: a
+// constant cannot list an enum's variants.)
+const _: () = {
+    let mut index = 0;
+    while index < REGISTRY.len() {
+        assert!(REGISTRY[index].stage as usize == index, "REGISTRY rows must follow the order of Stage's variants");
+        index += 1;
+    }
+};
+
+/// The registry's row for `stage`.
+pub fn entry(stage: Stage) -> &'static StageEntry {
+    &REGISTRY[stage as usize]
+}
+
+/// One stage's plan.
+pub fn plan_stage(stage: Stage, context: &Context<'_>) -> StagePlan {
+    let entry = entry(stage);
+    let mut plan = StagePlan::new(stage, entry.handbook_section);
+    (entry.plan)(context, &mut plan);
+    plan
+}
 
 /// Every stage's plan, in handbook order.
 pub fn plan_all(context: &Context<'_>) -> Vec<StagePlan> {
-    vec![
-        hosts::plan(context),
-        pki::plan(context),
-        etcd::plan(context),
-        admin_kubeconfig::plan(context),
-        pod_network::plan(context),
-        kube_apiserver::plan(context),
-        kube_controller_manager::plan(context),
-        kube_scheduler::plan(context),
-        load_balancer::plan(context),
-        keepalived::plan(context),
-        container_runtime::plan(context),
-        kubelet::plan(context),
-        kube_proxy::plan(context),
-        dns_addon::plan(context),
-        firewall::plan(context),
-    ]
+    REGISTRY.iter().map(|entry| plan_stage(entry.stage, context)).collect()
 }
 
 /// The leader election timing of the controller manager and the scheduler, in
@@ -114,4 +236,167 @@ WantedBy=multi-user.target
         description = unit.description,
         documentation = unit.documentation,
     )
+}
+
+/// The unit of one of the Kubernetes daemons from the lab's binaries, documented by its
+/// command-line reference for the lab's Kubernetes version.
+pub fn kubernetes_unit(component: &str, description: &str, flags: &[String]) -> String {
+    service_unit(&ServiceUnit {
+        description,
+        documentation: &format!(
+            "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/{component}/"
+        ),
+        notify: false,
+        command: &format!("{}/{component}", paths::BIN_DIR),
+        flags,
+    })
+}
+
+/// Puts the systemd unit `name` on the node and asks for it enabled and running,
+/// restarted whenever its unit file or one of `inputs` (certificates, configuration
+/// files, kubeconfigs it reads) changes.
+pub fn install_unit(actions: &mut NodeActions, name: &str, content: String, inputs: &[&str]) {
+    let unit_path = paths::unit(name);
+    let mut restart_when_changed = vec![unit_path.clone()];
+    restart_when_changed.extend(inputs.iter().map(|input| input.to_string()));
+    actions.files.push(FileSpec::text(unit_path, 0o644, content));
+    actions.units.push(UnitSpec { name: name.to_string(), restart_when_changed });
+}
+
+/// The readiness checks of a control plane component that elects a leader (the
+/// controller manager and the scheduler) on one master: its HTTPS port answers
+/// /healthz, and so does the plain HTTP port that `kubectl get componentstatuses`
+/// probes. /healthz is exempt from authorization by default and anonymous requests are
+/// authenticated as system:anonymous, so no credentials are needed. The serving
+/// certificate is self-signed at startup, hence `--insecure` on loopback.
+pub fn loopback_health_checks(
+    component: &str,
+    node: &str,
+    secure_port: u16,
+    insecure_port: u16,
+    timeout_secs: u64,
+) -> [CheckSpec; 2] {
+    [
+        CheckSpec {
+            description: format!("{component} on {node} answers /healthz"),
+            script: format!(
+                "curl --silent --show-error --fail --max-time 5 --insecure https://127.0.0.1:{secure_port}/healthz"
+            ),
+            timeout_secs,
+        },
+        CheckSpec {
+            description: format!("{component} on {node} answers componentstatuses' probe"),
+            script: format!("curl --silent --show-error --fail --max-time 5 http://127.0.0.1:{insecure_port}/healthz"),
+            timeout_secs,
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+    use std::path::Path;
+
+    use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+    use super::*;
+
+    /// `Stage`'s variants in declaration order, under their serde names: serde's derive
+    /// hands exactly that list to `deserialize_enum`, where this deserializer keeps it.
+    fn stage_variant_names() -> &'static [&'static str] {
+        struct VariantRecorder<'a>(&'a mut &'static [&'static str]);
+
+        /// The only outcome of deserializing from a `VariantRecorder`.
+        #[derive(Debug)]
+        struct Recorded;
+
+        impl fmt::Display for Recorded {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("variant names recorded")
+            }
+        }
+
+        impl std::error::Error for Recorded {}
+
+        impl de::Error for Recorded {
+            fn custom<T: fmt::Display>(_message: T) -> Self {
+                Recorded
+            }
+        }
+
+        impl<'de> Deserializer<'de> for VariantRecorder<'_> {
+            type Error = Recorded;
+
+            fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Recorded> {
+                Err(Recorded)
+            }
+
+            fn deserialize_enum<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                variants: &'static [&'static str],
+                _visitor: V,
+            ) -> Result<V::Value, Recorded> {
+                *self.0 = variants;
+                Err(Recorded)
+            }
+
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+                option unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
+                ignored_any
+            }
+        }
+
+        let mut names: &'static [&'static str] = &[];
+        let _ = Stage::deserialize(VariantRecorder(&mut names));
+        names
+    }
+
+    #[test]
+    fn registry_has_one_row_per_variant_in_variant_order() {
+        let variants = stage_variant_names();
+        assert!(!variants.is_empty(), "serde passed no variant names");
+        let rows: Vec<&str> = REGISTRY.iter().map(|entry| entry.name).collect();
+        assert_eq!(rows, variants, "REGISTRY must list every Stage variant once, in order, under its serde name");
+        assert_eq!(Stage::ALL.map(Stage::name), variants);
+    }
+
+    #[test]
+    fn every_stage_is_found_by_its_name() {
+        for stage in Stage::ALL {
+            assert_eq!(Stage::from_name(stage.name()), Some(stage));
+            assert_eq!(stage.to_string(), stage.name());
+        }
+        assert_eq!(Stage::from_name("kube_apiserver"), None);
+    }
+
+    /// The registry's handbook section and the first line of the stage module's
+    /// documentation name the same sections of the same handbook.
+    #[test]
+    fn handbook_sections_agree_with_the_stage_modules() {
+        fn sections(text: &str) -> &str {
+            let after = text.strip_prefix("Handbook 000 ").unwrap_or_else(|| panic!("{text:?} names no handbook"));
+            let numbers = after.split(':').next().expect("split yields one part");
+            numbers.trim_start_matches("sections ").trim_start_matches("section ")
+        }
+        for entry in &REGISTRY {
+            let module = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("src/stages")
+                .join(format!("{}.rs", entry.name.replace('-', "_")));
+            let source =
+                std::fs::read_to_string(&module).unwrap_or_else(|error| panic!("{}: {error}", module.display()));
+            let first_line = source.lines().next().unwrap_or_default().trim_start_matches("//! ");
+            assert_eq!(sections(entry.handbook_section), sections(first_line), "{}", module.display());
+            assert_eq!(entry.stage.handbook_section(), entry.handbook_section);
+        }
+    }
+
+    #[test]
+    fn every_stage_plan_carries_its_stage_and_handbook_section() {
+        for stage in Stage::ALL {
+            let plan = test_support::stage_for("lab.toml", stage);
+            assert_eq!((plan.stage, plan.chapter), (stage, stage.handbook_section()));
+        }
+    }
 }

@@ -19,12 +19,10 @@
 
 use crate::paths::{self, pki_files};
 use crate::pki::{names, Issued};
-use crate::plan::{Context, FileSpec, NodeActions, Stage, StagePlan};
+use crate::plan::{Context, FileSpec, NodeActions, StagePlan};
 use crate::topology::Role;
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage =
-        StagePlan::new(Stage::Pki, "Handbook 000 section 3: certificates (CFSSL in the handbook, rcgen here)");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let pki = context.pki;
 
     for node in &context.topology.nodes {
@@ -88,7 +86,6 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
             );
         }
     }
-    stage
 }
 
 /// A certificate (or public key) file: readable by everyone, like CFSSL's output.

@@ -43,7 +43,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::paths;
-use crate::plan::{CheckSpec, Context, FileSpec, NodeActions, Stage, StagePlan, UnitSpec};
+use crate::plan::{CheckSpec, Context, FileSpec, NodeActions, StagePlan};
+use crate::stages::install_unit;
 use crate::topology::{Node, PodNetwork, Role};
 
 /// The oneshot unit that installs routes (and, in vxlan mode, the tunnel) at boot.
@@ -70,8 +71,7 @@ pub fn flannel_manifest_path() -> String {
     format!("{}/flannel.yaml", paths::MANIFESTS_DIR)
 }
 
-pub fn plan(context: &Context<'_>) -> StagePlan {
-    let mut stage = StagePlan::new(Stage::PodNetwork, "Handbook 000 section 6: pod network (flannel in the handbook)");
+pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
     let kind = topology.network.pod_network;
     let workers: Vec<Worker> = topology
@@ -114,7 +114,6 @@ pub fn plan(context: &Context<'_>) -> StagePlan {
     }
     // A stage lists only the nodes it touches; etcd-only nodes get nothing here.
     stage.nodes.retain(|actions| !actions.files.is_empty());
-    stage
 }
 
 /// A worker and its share of the pod range.
@@ -275,9 +274,7 @@ RestartSec=3
 WantedBy=multi-user.target
 ",
     );
-    let path = paths::unit(name);
-    actions.files.push(FileSpec::text(&path, 0o644, unit));
-    actions.units.push(UnitSpec { name: name.to_string(), restart_when_changed: vec![path] });
+    install_unit(actions, name, unit, &[]);
 }
 
 /// flannel's CNI configuration: its plugin reads the node's /24 from
@@ -454,7 +451,8 @@ spec:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stages::etcd::tests::{file, stage_for, stage_for_topology, topology};
+    use crate::plan::Stage;
+    use crate::stages::test_support::{actions_on, file, stage_for, stage_for_topology, topology};
 
     fn cni_subnet(stage: &StagePlan, node: &str) -> String {
         let config: serde_json::Value =
@@ -466,12 +464,12 @@ mod tests {
     fn stage_with(kind: PodNetwork) -> StagePlan {
         let mut topology = topology("lab.toml");
         topology.network.pod_network = kind;
-        stage_for_topology(&topology, plan)
+        stage_for_topology(&topology, Stage::PodNetwork)
     }
 
     #[test]
     fn each_workers_cni_subnet_is_its_planned_pod_cidr() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::PodNetwork);
         assert_eq!(cni_subnet(&stage, "worker1"), "10.200.0.0/24");
         assert_eq!(cni_subnet(&stage, "worker2"), "10.200.1.0/24");
         let config: serde_json::Value =
@@ -482,7 +480,7 @@ mod tests {
 
     #[test]
     fn workers_route_the_other_workers_and_masters_route_all() {
-        let stage = stage_for("lab.toml", plan);
+        let stage = stage_for("lab.toml", Stage::PodNetwork);
         let unit = |node| file(&stage, node, "/etc/systemd/system/lab-pod-routes.service");
         assert!(unit("worker1").contains("ExecStart=ip route replace 10.200.1.0/24 via 10.240.0.22\n"));
         assert!(!unit("worker1").contains("10.200.0.0/24"), "a worker has no route to its own range");
@@ -494,14 +492,14 @@ mod tests {
 
     #[test]
     fn etcd_only_nodes_are_not_part_of_the_pod_network() {
-        let stage = stage_for("examples/separate-etcd.toml", plan);
+        let stage = stage_for("examples/separate-etcd.toml", Stage::PodNetwork);
         assert!(stage.nodes.iter().all(|actions| !actions.node.starts_with("etcd")));
     }
 
     #[test]
     fn single_worker_needs_no_routes_of_its_own() {
-        let stage = stage_for("examples/minimal.toml", plan);
-        let worker = stage.nodes.iter().find(|actions| actions.node == "worker1").unwrap();
+        let stage = stage_for("examples/minimal.toml", Stage::PodNetwork);
+        let worker = actions_on(&stage, "worker1");
         assert!(worker.units.iter().all(|unit| unit.name != ROUTES_UNIT));
         assert!(file(&stage, "master1", "/etc/systemd/system/lab-pod-routes.service")
             .contains("ExecStart=ip route replace 10.202.0.0/24 via 10.242.0.21\n"));
@@ -537,7 +535,7 @@ mod tests {
         let manifest = file(&stage, "master1", "/etc/kubernetes/manifests-lab/flannel.yaml");
         assert!(manifest.contains("\"Network\": \"10.200.0.0/16\""));
         assert!(manifest.contains("--iface=host0"));
-        let master2 = stage.nodes.iter().find(|actions| actions.node == "master2").unwrap();
+        let master2 = actions_on(&stage, "master2");
         assert!(master2.files.iter().all(|file| !file.path.ends_with("flannel.yaml")));
     }
 }
