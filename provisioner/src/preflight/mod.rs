@@ -14,6 +14,11 @@
 //! the Debian packages of the offline Kubernetes build, a deb-src entry for
 //! `apt-get source kubernetes`, and cargo for the lab-dns server. A cache that
 //! already holds the Kubernetes binaries makes the build's packages unnecessary.
+//!
+//! The host-wide checks are in `host_checks`, the build's in `build_checks`, and
+//! the fixes (apt-get and the deb-src entry) in `install`. Nothing here prints:
+//! the CLI prints the report, and the fixes tell the caller's `say` what they are
+//! about to do.
 
 use std::fmt;
 use std::path::Path;

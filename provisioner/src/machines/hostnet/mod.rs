@@ -9,6 +9,11 @@
 //!
 //! Everything is idempotent: `ensure` converges a missing, half-made or stale
 //! bridge to the plan, and `teardown` removes whatever of it is there.
+//!
+//! Each step acts on the host through a `System` (the `_with` functions), so its
+//! decisions are tested against `RecordingSystem` without root; the functions
+//! without the suffix act on this machine. The host's routing table and the lab's
+//! route arguments are read and written in `routes`.
 
 use std::fs;
 use std::net::Ipv4Addr;
