@@ -35,11 +35,14 @@ pub fn doctor(paths: &Paths, json: bool, install: bool) -> Result<(), Failure> {
     let mut installed = Vec::new();
     let mut added_deb_src = false;
     if install && fixable(&report) {
+        // Progress goes to stderr, with apt's own output, so that `--json` keeps
+        // stdout for the JSON.
+        let say = |line: &str| eprintln!("{line}");
         if report.deb_src_missing() {
-            preflight::add_deb_src_entry()?;
+            preflight::add_deb_src_entry(&say)?;
             added_deb_src = true;
         }
-        installed = preflight::install_missing(&report.findings)?;
+        installed = preflight::install_missing(&report.findings, &say)?;
         report = check();
     }
 

@@ -2,16 +2,22 @@
 //! exactly what failed, the mount table, processes by PID, and removing a directory
 //! tree without ever descending into something mounted inside it.
 //!
+//! `System` is the seam of the host network and the preflight, as `host::Host` is
+//! for nodes: `LocalSystem` acts on this machine through the functions below, and
+//! `RecordingSystem` records calls and answers from a script, for unit tests.
+//!
 //! Everything here shells out to the standard Debian tools (`ip`, `mount`, `kill`)
 //! rather than calling the kernel directly: the commands are the ones a learner
 //! would type, and their error messages are the ones the host's documentation
 //! explains.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A program that ran and failed, or could not be started at all.
@@ -300,6 +306,188 @@ pub fn write_atomically(path: &Path, content: &[u8], mode: u32) -> io::Result<()
     fs::rename(&temporary, path)
 }
 
+/// What the host network and the preflight need from the machine this process runs
+/// on, so that their decisions can be tested without root against `RecordingSystem`.
+pub trait System: Send + Sync {
+    /// Runs `program` with `args` to completion (as `run_program` does) and returns its
+    /// standard output.
+    fn run(&self, program: &str, args: &[&str]) -> Result<String, CommandFailure>;
+
+    /// Whether anything (file or directory) is at `path`.
+    fn exists(&self, path: &Path) -> bool;
+
+    fn read_file(&self, path: &Path) -> io::Result<String>;
+
+    /// Writes `content` into the existing file at `path`. Kernel settings under
+    /// /proc/sys take only this: a file cannot be created or renamed there.
+    fn write_in_place(&self, path: &Path, content: &[u8]) -> io::Result<()>;
+
+    /// Writes `content` to `path` as `write_atomically` does.
+    fn write_atomically(&self, path: &Path, content: &[u8], mode: u32) -> io::Result<()>;
+}
+
+/// The machine this process runs on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalSystem;
+
+impl System for LocalSystem {
+    fn run(&self, program: &str, args: &[&str]) -> Result<String, CommandFailure> {
+        run_program(program, args)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<String> {
+        fs::read_to_string(path)
+    }
+
+    fn write_in_place(&self, path: &Path, content: &[u8]) -> io::Result<()> {
+        fs::write(path, content)
+    }
+
+    fn write_atomically(&self, path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+        write_atomically(path, content, mode)
+    }
+}
+
+/// One recorded call on a `RecordingSystem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemCall {
+    /// A command line, as `command_line` writes it.
+    Run(String),
+    Exists(PathBuf),
+    Read(PathBuf),
+    Write {
+        path: PathBuf,
+        content: Vec<u8>,
+    },
+}
+
+/// A fake `System` that records every call and answers from a script.
+///
+/// A command is answered by the first registered reply whose prefix its command line
+/// starts with; an unmatched command succeeds with no output. Files exist when they
+/// were seeded or written, and a path exists when a file is at or below it (so a
+/// seeded `/sys/class/net/br0/ifalias` makes `/sys/class/net/br0` exist).
+#[derive(Default)]
+pub struct RecordingSystem {
+    calls: Mutex<Vec<SystemCall>>,
+    replies: Mutex<Vec<(String, Result<String, String>)>>,
+    removals: Mutex<Vec<(String, PathBuf)>>,
+    files: Mutex<BTreeMap<PathBuf, Vec<u8>>>,
+}
+
+impl RecordingSystem {
+    pub fn new() -> Self {
+        RecordingSystem::default()
+    }
+
+    /// Answers commands starting with `prefix` with `stdout`.
+    pub fn reply(&self, prefix: &str, stdout: &str) {
+        self.replies.lock().expect("replies lock").push((prefix.to_string(), Ok(stdout.to_string())));
+    }
+
+    /// Fails commands starting with `prefix`, with `message` as their error.
+    pub fn fail(&self, prefix: &str, message: &str) {
+        self.replies.lock().expect("replies lock").push((prefix.to_string(), Err(message.to_string())));
+    }
+
+    /// Makes `path` and everything below it vanish when a command starting with
+    /// `prefix` succeeds, as `ip link del` removes an interface's /sys entries.
+    pub fn remove_when_run(&self, prefix: &str, path: &str) {
+        self.removals.lock().expect("removals lock").push((prefix.to_string(), PathBuf::from(path)));
+    }
+
+    /// Pretends `path` already holds `content`.
+    pub fn seed_file(&self, path: &str, content: &str) {
+        self.files.lock().expect("files lock").insert(PathBuf::from(path), content.as_bytes().to_vec());
+    }
+
+    /// Every call made so far, in order.
+    pub fn calls(&self) -> Vec<SystemCall> {
+        self.calls.lock().expect("calls lock").clone()
+    }
+
+    /// The command lines run so far, in order.
+    pub fn commands(&self) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter_map(|call| match call {
+                SystemCall::Run(line) => Some(line),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The content of the file at `path`, when one was seeded or written.
+    pub fn file(&self, path: &str) -> Option<Vec<u8>> {
+        self.files.lock().expect("files lock").get(Path::new(path)).cloned()
+    }
+
+    fn record(&self, call: SystemCall) {
+        self.calls.lock().expect("calls lock").push(call);
+    }
+}
+
+impl System for RecordingSystem {
+    fn run(&self, program: &str, args: &[&str]) -> Result<String, CommandFailure> {
+        let line = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
+        self.record(SystemCall::Run(line.clone()));
+        let reply = self
+            .replies
+            .lock()
+            .expect("replies lock")
+            .iter()
+            .find(|(prefix, _)| line.starts_with(prefix.as_str()))
+            .map(|(_, reply)| reply.clone())
+            .unwrap_or_else(|| Ok(String::new()));
+        match reply {
+            Ok(stdout) => {
+                let removals = self.removals.lock().expect("removals lock");
+                let mut files = self.files.lock().expect("files lock");
+                for (_, gone) in removals.iter().filter(|(prefix, _)| line.starts_with(prefix.as_str())) {
+                    files.retain(|path, _| !path.starts_with(gone));
+                }
+                Ok(stdout)
+            }
+            Err(message) => Err(CommandFailure { command: line, message }),
+        }
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.record(SystemCall::Exists(path.to_path_buf()));
+        self.files.lock().expect("files lock").keys().any(|file| file.starts_with(path))
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<String> {
+        self.record(SystemCall::Read(path.to_path_buf()));
+        match self.files.lock().expect("files lock").get(path) {
+            Some(content) => Ok(String::from_utf8_lossy(content).into_owned()),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", path.display()))),
+        }
+    }
+
+    fn write_in_place(&self, path: &Path, content: &[u8]) -> io::Result<()> {
+        self.record(SystemCall::Write { path: path.to_path_buf(), content: content.to_vec() });
+        let mut files = self.files.lock().expect("files lock");
+        match files.get_mut(path) {
+            Some(existing) => {
+                *existing = content.to_vec();
+                Ok(())
+            }
+            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("{} does not exist", path.display()))),
+        }
+    }
+
+    fn write_atomically(&self, path: &Path, content: &[u8], _mode: u32) -> io::Result<()> {
+        self.record(SystemCall::Write { path: path.to_path_buf(), content: content.to_vec() });
+        self.files.lock().expect("files lock").insert(path.to_path_buf(), content.to_vec());
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +538,27 @@ mod tests {
         // refuse before touching anything.
         let error = remove_tree(Path::new("/proc")).expect_err("must refuse");
         assert!(error.contains("still mounted"), "{error}");
+    }
+
+    #[test]
+    fn the_recording_system_answers_from_its_script_and_records_every_call() {
+        let system = RecordingSystem::new();
+        system.reply("ip link show", "7: br0: <BROADCAST>");
+        system.fail("ip link del", "Operation not permitted");
+        system.seed_file("/sys/class/net/br0/ifalias", "owner\n");
+        system.remove_when_run("ip link set", "/sys/class/net/br0");
+        assert_eq!(system.run("ip", &["link", "show", "br0"]).expect("scripted"), "7: br0: <BROADCAST>");
+        assert_eq!(system.run("true", &[]).expect("unscripted"), "");
+        let failure = system.run("ip", &["link", "del", "br0"]).expect_err("scripted failure");
+        assert_eq!(failure.to_string(), "`ip link del br0` failed: Operation not permitted");
+        assert!(system.exists(Path::new("/sys/class/net/br0")), "a file below makes the directory exist");
+        assert_eq!(system.read_file(Path::new("/sys/class/net/br0/ifalias")).expect("seeded"), "owner\n");
+        system.run("ip", &["link", "set", "br0", "down"]).expect("unscripted");
+        assert!(!system.exists(Path::new("/sys/class/net/br0")));
+        assert!(system.write_in_place(Path::new("/proc/sys/missing"), b"1").is_err(), "no file to write into");
+        system.write_atomically(Path::new("/etc/new"), b"x", 0o644).expect("write");
+        assert_eq!(system.file("/etc/new").as_deref(), Some(&b"x"[..]));
+        assert_eq!(system.commands(), ["ip link show br0", "true", "ip link del br0", "ip link set br0 down"]);
+        assert_eq!(system.calls().len(), 9, "four commands, two existence checks, a read and two writes");
     }
 }
