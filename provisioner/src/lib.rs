@@ -14,4 +14,5 @@ pub mod render;
 pub mod ssh;
 pub mod stages;
 pub mod system;
+pub mod text;
 pub mod topology;

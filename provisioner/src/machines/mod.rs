@@ -34,6 +34,7 @@ pub mod hostnet;
 pub mod image;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
+pub mod libvirt_host;
 pub mod node_config;
 pub mod nspawn;
 pub mod vagrant;
@@ -43,19 +44,22 @@ pub mod vm_image;
 pub const TOPOLOGY_RECORD: &str = "topology.toml";
 
 /// One machine to make: the node's name (also its hostname), its address on the
-/// node subnet, and its size where the backend gives machines a size of their own.
+/// node subnet, its roles, and its size where the backend gives machines a size of
+/// their own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     pub name: String,
     pub address: Ipv4Addr,
+    /// The topology's roles of the node; Vagrant passes them to the Vagrantfile.
+    pub roles: Vec<Role>,
     /// What a VM gets; nspawn nodes share the host's CPUs and memory and ignore it.
     pub size: MachineSize,
 }
 
 impl NodeSpec {
-    /// A node of the default worker size.
+    /// A worker node of the default worker size.
     pub fn new(name: &str, address: Ipv4Addr) -> NodeSpec {
-        NodeSpec { name: name.to_string(), address, size: MachineSize::WORKER }
+        NodeSpec { name: name.to_string(), address, roles: vec![Role::Worker], size: MachineSize::WORKER }
     }
 
     /// The machine for a topology node: its `[node.resources]`, else the default size
@@ -67,6 +71,7 @@ impl NodeSpec {
         NodeSpec {
             name: node.name.clone(),
             address: node.address,
+            roles: node.roles.clone(),
             size: MachineSize {
                 cpus: resources.and_then(|resources| resources.cpus).unwrap_or(default.cpus),
                 memory_mib: resources.and_then(|resources| resources.memory_mib).unwrap_or(default.memory_mib),
@@ -105,6 +110,9 @@ pub struct LabSpec {
     pub gateway: Ipv4Net,
     /// VM backends only: KVM, software emulation, or whichever works.
     pub acceleration: Acceleration,
+    /// Vagrant only: the public box the machines are made from (the topology's
+    /// `vagrant_box`); `None` for the lab's own box, made from the node image.
+    pub vagrant_box: Option<String>,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -118,6 +126,7 @@ impl LabSpec {
             bridge: crate::plan::bridge_name(&topology.name),
             gateway: Ipv4Net::new(network.gateway, network.node_subnet.prefix_len()).expect("prefix of a valid net"),
             acceleration: topology.machines.acceleration,
+            vagrant_box: topology.machines.vagrant_box.clone(),
             nodes: topology.nodes.iter().map(NodeSpec::of).collect(),
         }
     }
@@ -339,7 +348,7 @@ pub trait Machines: Send + Sync {
         nodes: &[NodeSpec],
         image: &NodeImage,
         authorized_key: &str,
-        done: &(dyn Fn(&str, &Result<StartOutcome, MachineError>, Duration) + Sync),
+        done: &NodeDone<'_, StartOutcome>,
     ) -> NodeOutcomes<StartOutcome> {
         for_each_node(
             nodes.iter().map(|node| node.name.as_str()),
@@ -356,11 +365,7 @@ pub trait Machines: Send + Sync {
 
     /// Shuts every node of `nodes` down (`stop`), all at once, calling `done` for each
     /// as it finishes; every node's outcome in the order of `nodes`.
-    fn stop_all(
-        &self,
-        nodes: &[String],
-        done: &(dyn Fn(&str, &Result<StopOutcome, MachineError>, Duration) + Sync),
-    ) -> NodeOutcomes<StopOutcome> {
+    fn stop_all(&self, nodes: &[String], done: &NodeDone<'_, StopOutcome>) -> NodeOutcomes<StopOutcome> {
         for_each_node(nodes.iter().map(String::as_str), |name| self.stop(name), done)
     }
 
@@ -396,6 +401,10 @@ pub trait Machines: Send + Sync {
     }
 }
 
+/// What a lab-wide operation calls as each node is done: the node's name, its
+/// outcome, and how long it took.
+pub type NodeDone<'a, T> = dyn Fn(&str, &Result<T, MachineError>, Duration) + Sync + 'a;
+
 /// Every node's outcome of a lab-wide operation, by node name, in the order asked.
 pub type NodeOutcomes<T> = Vec<(String, Result<T, MachineError>)>;
 
@@ -404,7 +413,7 @@ pub type NodeOutcomes<T> = Vec<(String, Result<T, MachineError>)>;
 fn for_each_node<'a, T: Send>(
     nodes: impl Iterator<Item = &'a str>,
     operation: impl Fn(&str) -> Result<T, MachineError> + Sync,
-    done: &(dyn Fn(&str, &Result<T, MachineError>, Duration) + Sync),
+    done: &NodeDone<'_, T>,
 ) -> NodeOutcomes<T> {
     let operation = &operation;
     std::thread::scope(|scope| {
@@ -622,6 +631,7 @@ roles = ["etcd", "master", "lb", "worker"]
             vec![NodeSpec {
                 name: "solo".into(),
                 address: Ipv4Addr::new(10, 249, 0, 11),
+                roles: vec![Role::Etcd, Role::Master, Role::Lb, Role::Worker],
                 size: MachineSize::CONTROLLER
             }]
         );
