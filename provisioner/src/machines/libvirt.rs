@@ -24,7 +24,8 @@
 //! (`lab-LAB`) and holds the topology's gateway address; the lab's routes onto it
 //! are the same `hostnet` adds for nspawn. Where no service manager runs libvirt
 //! (this project's machines), the backend starts `virtlogd` and `libvirtd` itself,
-//! but never while libvirt would then start a forwarding network of its own.
+//! but never while libvirt would then start a forwarding network of its own. The
+//! network's XML and the daemons' start are the Vagrant backend's too (`libvirt_host`).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -4,8 +4,10 @@
 //! takes them away again. `Machines` is what every backend offers: `nspawn`
 //! (systemd-nspawn containers booting a Debian image with systemd as PID 1, no KVM
 //! needed) and, built with the `libvirt` feature, `libvirt` (QEMU VMs booting the
-//! same image, `vm_image`, on an isolated libvirt network). What makes a machine one
-//! particular node is the same for all of them (`node_config`).
+//! same image, `vm_image`, on an isolated libvirt network), and `vagrant` (the same
+//! VMs made by Vagrant with vagrant-libvirt). What both VM backends need of the
+//! host's libvirt is `libvirt_host`, built without the feature. What makes a machine
+//! one particular node is the same for all of them (`node_config`).
 //!
 //! Every operation converges: `create_or_start` finishes whatever an interrupted run
 //! left half made, `stop` keeps the disks, and `destroy` removes everything the lab

@@ -28,6 +28,10 @@
 //! with machined (which a host without systemd does not run). The cgroup
 //! hierarchies are *not* bound into the node: the node gets its own cgroups below
 //! `lab-LAB/NODE`, and the image's `lab-api-rw` unit makes them writable at boot.
+//!
+//! The parts: `process` starts, finds and stops a node's nspawn (as a unit or a
+//! supervised process), and `cgroups` makes and removes the node's cgroups where the
+//! lab supervises it.
 
 mod cgroups;
 mod process;
