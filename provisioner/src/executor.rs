@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 use crate::host::{shell_quote, Host, HostError};
 use crate::plan::{CheckSpec, Content, FileSpec, NodeActions, RunWhen, Stage, StagePlan};
+use crate::text::tail;
 
 /// Why a stage failed on a node. Every variant names node and stage.
 #[derive(Debug, thiserror::Error)]
@@ -514,11 +515,6 @@ fn journal(host: &dyn Host, units: &[String]) -> String {
         }
     }
     out
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The state of a file on a node that decides whether it must be written.

@@ -17,4 +17,5 @@ pub mod ssh;
 pub mod stages;
 pub mod state_dir;
 pub mod system;
+pub mod text;
 pub mod topology;

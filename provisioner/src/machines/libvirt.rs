@@ -24,20 +24,21 @@
 //! (`lab-LAB`) and holds the topology's gateway address; the lab's routes onto it
 //! are the same `hostnet` adds for nspawn. Where no service manager runs libvirt
 //! (this project's machines), the backend starts `virtlogd` and `libvirtd` itself,
-//! but never while libvirt would then start a forwarding network of its own.
+//! but never while libvirt would then start a forwarding network of its own. The
+//! network's XML and the daemons' start are the Vagrant backend's too (`libvirt_host`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::error::ErrorNumber;
 use virt::network::Network;
 
 use super::hostnet;
+use super::libvirt_host::{self, xml_escape, URI};
 use super::vm_image::{self, Accelerator, VmImage};
 use super::{
     LabSpec, Leftover, MachineError, MachineSize, MachineState, Machines, NodeImage, NodeSpec, Requirement,
@@ -46,9 +47,6 @@ use super::{
 use crate::plan::HostRoute;
 use crate::system;
 use crate::topology::Backend;
-
-/// The system instance of libvirt's QEMU driver (root's VMs, bridges and taps).
-const URI: &str = "qemu:///system";
 
 /// The XML namespace of the lab's `<metadata>` element in domains and networks.
 pub const METADATA_NAMESPACE: &str = "urn:k8s-lab:libvirt:1";
@@ -135,7 +133,7 @@ impl Libvirt {
     }
 
     fn connect(&self) -> Result<Session, MachineError> {
-        vm_image::ensure_libvirtd()?;
+        libvirt_host::ensure_libvirtd()?;
         Connect::open(Some(URI))
             .map(Session)
             .map_err(|error| MachineError::Host { message: format!("cannot connect to libvirt at {URI}: {error}") })
@@ -215,8 +213,6 @@ impl Libvirt {
     fn ensure_libvirt_network(&self, session: &Session) -> Result<bool, MachineError> {
         let name = self.network_name();
         let network_error = |message: String| MachineError::Network { message };
-        let expected_ip =
-            format!("<ip address='{}' prefix='{}'", self.spec.gateway.addr(), self.spec.gateway.prefix_len());
         match Network::lookup_by_name(&session.0, &name) {
             Ok(network) => {
                 let xml = network.get_xml_desc(0).map_err(|error| network_error(format!("libvirt: {error}")))?;
@@ -226,7 +222,7 @@ impl Libvirt {
                     )));
                 }
                 let active = network.is_active().map_err(|error| network_error(format!("libvirt: {error}")))?;
-                if active && xml.contains(&expected_ip) && !xml.contains("<forward") {
+                if active && libvirt_host::isolated_with_gateway(&xml, self.spec.gateway) {
                     return Ok(false);
                 }
                 // Stopped, or made for another gateway (the topology changed):
@@ -251,7 +247,7 @@ impl Libvirt {
                 self.spec.bridge
             )));
         }
-        let xml = network_xml(&name, &self.spec.bridge, self.spec.gateway, &self.metadata(None));
+        let xml = libvirt_host::network_xml(&name, &self.spec.bridge, self.spec.gateway, &self.metadata(None));
         Network::create_xml(&session.0, &xml)
             .map_err(|error| network_error(format!("cannot start the libvirt network {name}: {error}")))?;
         Ok(true)
@@ -513,19 +509,14 @@ impl Libvirt {
     }
 }
 
-/// Escapes text for XML content and attribute values.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
-}
-
 /// The lab's `<metadata>` element: lab, node (domains only) and state directory.
 pub fn metadata_xml(lab: &str, node: Option<&str>, state_dir: &Path) -> String {
-    let node = node.map(|node| format!("<lab:node>{}</lab:node>", escape(node))).unwrap_or_default();
+    let node = node.map(|node| format!("<lab:node>{}</lab:node>", xml_escape(node))).unwrap_or_default();
     format!(
         "<metadata><lab:machine xmlns:lab=\"{METADATA_NAMESPACE}\"><lab:lab>{}</lab:lab>{node}\
          <lab:state-dir>{}</lab:state-dir></lab:machine></metadata>",
-        escape(lab),
-        escape(&state_dir.to_string_lossy())
+        xml_escape(lab),
+        xml_escape(&state_dir.to_string_lossy())
     )
 }
 
@@ -533,21 +524,8 @@ pub fn metadata_xml(lab: &str, node: Option<&str>, state_dir: &Path) -> String {
 /// `state_dir`.
 pub fn owned_by(xml: &str, lab: &str, state_dir: &Path) -> bool {
     xml.contains(METADATA_NAMESPACE)
-        && xml.contains(&format!("<lab:lab>{}</lab:lab>", escape(lab)))
-        && xml.contains(&format!("<lab:state-dir>{}</lab:state-dir>", escape(&state_dir.to_string_lossy())))
-}
-
-/// The lab's network: isolated (no `<forward>`: libvirt neither routes nor NATs
-/// it), the host's address on the bridge, no DHCP, no DNS, no IPv6.
-pub fn network_xml(name: &str, bridge: &str, gateway: Ipv4Net, metadata: &str) -> String {
-    format!(
-        "<network>\n  <name>{}</name>\n  {metadata}\n  <bridge name='{}' stp='off' delay='0'/>\n  \
-         <dns enable='no'/>\n  <ip address='{}' prefix='{}'/>\n</network>\n",
-        escape(name),
-        escape(bridge),
-        gateway.addr(),
-        gateway.prefix_len()
-    )
+        && xml.contains(&format!("<lab:lab>{}</lab:lab>", xml_escape(lab)))
+        && xml.contains(&format!("<lab:state-dir>{}</lab:state-dir>", xml_escape(&state_dir.to_string_lossy())))
 }
 
 /// Everything a lab domain is made of.
@@ -578,7 +556,7 @@ pub struct DomainConfig<'a> {
 ///   TLS of every component want randomness early, and a VM has few other sources.
 /// - No memory balloon, no graphics, no USB: nothing the lab uses.
 pub fn domain_xml(config: &DomainConfig) -> String {
-    let path = |path: &Path| escape(&path.to_string_lossy());
+    let path = |path: &Path| xml_escape(&path.to_string_lossy());
     let cpu = match config.accelerator {
         Accelerator::Kvm => "<cpu mode='host-passthrough'/>".to_string(),
         Accelerator::Tcg => {
@@ -631,17 +609,17 @@ pub fn domain_xml(config: &DomainConfig) -> String {
 </domain>
 "#,
         domain_type = config.accelerator.domain_type(),
-        name = escape(config.name),
+        name = xml_escape(config.name),
         metadata = config.metadata,
         memory = config.size.memory_mib,
         cpus = config.size.cpus,
         kernel = path(config.kernel),
         initrd = path(config.initrd),
-        command_line = escape(config.command_line),
+        command_line = xml_escape(config.command_line),
         disk = path(config.disk),
         config_disk = path(config.config_disk),
-        mac = escape(config.mac),
-        network = escape(config.network),
+        mac = xml_escape(config.mac),
+        network = xml_escape(config.network),
         console = path(config.console),
     )
 }
@@ -658,6 +636,7 @@ mod tests {
             bridge: "lab-vmmin".into(),
             gateway: "10.243.0.1/24".parse().unwrap(),
             acceleration: crate::topology::Acceleration::Auto,
+            vagrant_box: None,
             nodes: vec![NodeSpec::new("master1", std::net::Ipv4Addr::new(10, 243, 0, 11))],
         })
     }
@@ -704,18 +683,6 @@ mod tests {
         let other_lab = metadata_xml("vmmax", Some("master1"), Path::new("/srv/lab & co"));
         assert!(!libvirt.owns(&other_lab));
         assert!(!libvirt.owns("<domain><name>lab-vmmin-master1</name></domain>"), "a name alone is no tag");
-    }
-
-    #[test]
-    fn the_network_is_isolated_with_the_gateway_and_no_dhcp_or_dns() {
-        let xml = network_xml("lab-vmmin-net", "lab-vmmin", "10.243.0.1/24".parse().unwrap(), "<metadata/>");
-        assert!(!xml.contains("<forward"), "an isolated network has no forward element: {xml}");
-        assert!(!xml.contains("<dhcp"), "{xml}");
-        assert!(xml.contains("<dns enable='no'/>"), "{xml}");
-        assert!(xml.contains("<bridge name='lab-vmmin' stp='off' delay='0'/>"), "{xml}");
-        assert!(xml.contains("<ip address='10.243.0.1' prefix='24'/>"), "{xml}");
-        assert!(xml.contains("<name>lab-vmmin-net</name>"), "{xml}");
-        assert!(xml.contains("<metadata/>"), "{xml}");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! takes them away again. `Machines` is what every backend offers: `nspawn`
 //! (systemd-nspawn containers booting a Debian image with systemd as PID 1, no KVM
 //! needed) and, built with the `libvirt` feature, `libvirt` (QEMU VMs booting the
-//! same image, `vm_image`, on an isolated libvirt network). What makes a machine one
-//! particular node is the same for all of them (`node_config`).
+//! same image, `vm_image`, on an isolated libvirt network), and `vagrant` (the same
+//! VMs made by Vagrant with vagrant-libvirt). What both VM backends need of the
+//! host's libvirt is `libvirt_host`, built without the feature. What makes a machine
+//! one particular node is the same for all of them (`node_config`).
 //!
 //! Every operation converges: `create_or_start` finishes whatever an interrupted run
 //! left half made, `stop` keeps the disks, and `destroy` removes everything the lab
@@ -35,25 +37,29 @@ pub mod hostnet;
 pub mod image;
 #[cfg(feature = "libvirt")]
 pub mod libvirt;
+pub mod libvirt_host;
 pub mod node_config;
 pub mod nspawn;
 pub mod vagrant;
 pub mod vm_image;
 
 /// One machine to make: the node's name (also its hostname), its address on the
-/// node subnet, and its size where the backend gives machines a size of their own.
+/// node subnet, its roles, and its size where the backend gives machines a size of
+/// their own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
     pub name: String,
     pub address: Ipv4Addr,
+    /// The topology's roles of the node; Vagrant passes them to the Vagrantfile.
+    pub roles: Vec<Role>,
     /// What a VM gets; nspawn nodes share the host's CPUs and memory and ignore it.
     pub size: MachineSize,
 }
 
 impl NodeSpec {
-    /// A node of the default worker size.
+    /// A worker node of the default worker size.
     pub fn new(name: &str, address: Ipv4Addr) -> NodeSpec {
-        NodeSpec { name: name.to_string(), address, size: MachineSize::WORKER }
+        NodeSpec { name: name.to_string(), address, roles: vec![Role::Worker], size: MachineSize::WORKER }
     }
 
     /// The machine for a topology node: its `[node.resources]`, else the default size
@@ -65,6 +71,7 @@ impl NodeSpec {
         NodeSpec {
             name: node.name.clone(),
             address: node.address,
+            roles: node.roles.clone(),
             size: MachineSize {
                 cpus: resources.and_then(|resources| resources.cpus).unwrap_or(default.cpus),
                 memory_mib: resources.and_then(|resources| resources.memory_mib).unwrap_or(default.memory_mib),
@@ -103,6 +110,9 @@ pub struct LabSpec {
     pub gateway: Ipv4Net,
     /// VM backends only: KVM, software emulation, or whichever works.
     pub acceleration: Acceleration,
+    /// Vagrant only: the public box the machines are made from (the topology's
+    /// `vagrant_box`); `None` for the lab's own box, made from the node image.
+    pub vagrant_box: Option<String>,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -116,6 +126,7 @@ impl LabSpec {
             bridge: crate::plan::bridge_name(&topology.name),
             gateway: Ipv4Net::new(network.gateway, network.node_subnet.prefix_len()).expect("prefix of a valid net"),
             acceleration: topology.machines.acceleration,
+            vagrant_box: topology.machines.vagrant_box.clone(),
             nodes: topology.nodes.iter().map(NodeSpec::of).collect(),
         }
     }
@@ -620,6 +631,7 @@ roles = ["etcd", "master", "lb", "worker"]
             vec![NodeSpec {
                 name: "solo".into(),
                 address: Ipv4Addr::new(10, 249, 0, 11),
+                roles: vec![Role::Etcd, Role::Master, Role::Lb, Role::Worker],
                 size: MachineSize::CONTROLLER
             }]
         );

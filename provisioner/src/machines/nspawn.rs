@@ -28,14 +28,21 @@
 //! with machined (which a host without systemd does not run). The cgroup
 //! hierarchies are *not* bound into the node: the node gets its own cgroups below
 //! `lab-LAB/NODE`, and the image's `lab-api-rw` unit makes them writable at boot.
+//!
+//! The parts: `process` starts, finds and stops a node's nspawn (as a unit or a
+//! supervised process), and `cgroups` makes and removes the node's cgroups where the
+//! lab supervises it.
+
+mod cgroups;
+mod process;
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+
+use self::cgroups::remove_cgroup_tree;
 
 use super::hostnet;
 use super::node_config::{self, When};
@@ -47,10 +54,6 @@ use crate::plan::HostRoute;
 use crate::system::{self, CommandFailure};
 use crate::topology::Backend;
 
-/// How long a node may take to power off after SIGTERM before it is killed. A
-/// clean shutdown takes about two seconds; kubelet and containerd add a few more.
-const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// How a node is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Halt {
@@ -60,20 +63,6 @@ enum Halt {
     /// needs to shut down cleanly.
     Kill,
 }
-
-/// How long a launched nspawn may take to record its PID and be running.
-const LAUNCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The shell that starts nspawn when the lab supervises it: it writes its own PID
-/// into the node's cgroup in every hierarchy and into the PID file, then becomes
-/// nspawn (same PID), so everything nspawn starts is in the node's cgroups from the
-/// first instruction. Arguments: PID_FILE CGROUP_PROCS... -- COMMAND...
-const LAUNCH_SCRIPT: &str = r#"pid_file=$1; shift
-while [ "$1" != -- ]; do echo $$ > "$1" || { echo "lab: cannot join cgroup $1" >&2; exit 125; }; shift; done
-shift
-echo $$ > "$pid_file.tmp" && mv -f "$pid_file.tmp" "$pid_file" || exit 125
-exec "$@"
-"#;
 
 /// Who keeps the machines' processes running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,181 +213,6 @@ impl Nspawn {
         arguments
     }
 
-    /// The `systemd-run` command that starts `node` as a transient unit.
-    fn systemd_run_command(&self, node: &NodeSpec, paths: &NodePaths) -> Command {
-        let mut command = Command::new("systemd-run");
-        command
-            .arg(format!("--unit={}", self.unit_name(&node.name)))
-            .arg(format!("--description=k8s lab {}: node {}", self.spec.lab, node.name))
-            // Notify: the unit is started when nspawn says the container is.
-            .arg("--service-type=notify")
-            // A failed unit is forgotten, so the next start can reuse the name.
-            .arg("--collect")
-            // nspawn manages the node's cgroups below the unit's own.
-            .arg("--property=Delegate=yes")
-            // SIGTERM to nspawn alone (it powers the node off), SIGKILL to all at the end.
-            .arg("--property=KillMode=mixed")
-            .arg(format!("--property=TimeoutStopSec={}", STOP_TIMEOUT.as_secs()))
-            .arg("--property=TasksMax=16384")
-            .arg(format!("--property=StandardOutput=append:{}", paths.console.display()))
-            .arg(format!("--property=StandardError=append:{}", paths.console.display()))
-            .arg("systemd-nspawn")
-            .args(self.nspawn_arguments(node, paths));
-        command
-    }
-
-    /// Whether `arguments` (a process's command line) are this node's nspawn.
-    fn is_node_process(&self, arguments: &[String], node: &str) -> bool {
-        let paths = self.paths(node);
-        let machine = format!("--machine={}", self.machine_name(node));
-        let directory = format!("--directory={}", paths.root.display());
-        arguments.first().is_some_and(|program| program.rsplit('/').next() == Some("systemd-nspawn"))
-            && arguments.contains(&machine)
-            && arguments.contains(&directory)
-    }
-
-    /// The PID of the node's running nspawn when the lab supervises it: the PID
-    /// file's, if that process is the node's, else any process that is (a lost or
-    /// stale PID file must not make a running machine look stopped).
-    fn running_pid(&self, node: &str) -> Option<u32> {
-        let recorded = fs::read_to_string(self.paths(node).pid).ok().and_then(|text| text.trim().parse::<u32>().ok());
-        let is_node = |pid: u32| {
-            system::process_alive(pid)
-                && system::process_arguments(pid).is_some_and(|arguments| self.is_node_process(&arguments, node))
-        };
-        if let Some(pid) = recorded.filter(|pid| is_node(*pid)) {
-            return Some(pid);
-        }
-        all_pids().into_iter().find(|pid| is_node(*pid))
-    }
-
-    fn unit_active(&self, node: &str) -> bool {
-        // `is-active` prints the state and exits 0 only for active units; activating
-        // and deactivating units are running machines too.
-        let output = Command::new("systemctl").args(["is-active", &self.unit_name(node)]).stdin(Stdio::null()).output();
-        output.is_ok_and(|output| {
-            let state = String::from_utf8_lossy(&output.stdout).trim().to_string();
-            matches!(state.as_str(), "active" | "activating" | "deactivating" | "reloading")
-        })
-    }
-
-    /// The main PID of the node's unit, when it has one.
-    fn unit_main_pid(&self, node: &str) -> Option<u32> {
-        let output = system::run_program("systemctl", ["show", "--property=MainPID", "--value", &self.unit_name(node)]);
-        output.ok()?.trim().parse::<u32>().ok().filter(|pid| *pid != 0)
-    }
-
-    fn is_running(&self, node: &str) -> bool {
-        match self.supervisor {
-            // The unit name is the lab's and the node's; the process must also be
-            // this state directory's node, not a same-named lab's from elsewhere.
-            Supervisor::SystemdUnits => {
-                self.unit_active(node)
-                    && self
-                        .unit_main_pid(node)
-                        .and_then(system::process_arguments)
-                        .is_some_and(|arguments| self.is_node_process(&arguments, node))
-            }
-            Supervisor::Processes => self.running_pid(node).is_some(),
-        }
-    }
-
-    /// A live systemd-nspawn running this node's machine name from another state
-    /// directory: a second lab of the same name, whose cgroups, unit and network
-    /// link names collide with this one's.
-    fn foreign_process(&self, node: &str) -> Option<u32> {
-        let flag = format!("--machine={}", self.machine_name(node));
-        all_pids().into_iter().find(|pid| {
-            system::process_alive(*pid)
-                && system::process_arguments(*pid).is_some_and(|arguments| {
-                    arguments.first().is_some_and(|program| program.rsplit('/').next() == Some("systemd-nspawn"))
-                        && arguments.contains(&flag)
-                        && !self.is_node_process(&arguments, node)
-                })
-        })
-    }
-
-    /// Every cgroup hierarchy of the host: each cgroup v1 controller mount, the
-    /// named systemd hierarchy and the cgroup2 mount, or on a cgroup2-only host the
-    /// one hierarchy at /sys/fs/cgroup.
-    fn cgroup_hierarchies() -> Result<Vec<PathBuf>, String> {
-        let mounts = system::mount_table().map_err(|error| format!("cannot read the mount table: {error}"))?;
-        let mut hierarchies: Vec<PathBuf> = mounts
-            .into_iter()
-            .filter(|mount| {
-                (mount.fstype == "cgroup" || mount.fstype == "cgroup2") && mount.point.starts_with("/sys/fs/cgroup")
-            })
-            .map(|mount| mount.point)
-            .collect();
-        hierarchies.sort();
-        hierarchies.dedup();
-        if hierarchies.is_empty() {
-            return Err("no cgroup hierarchy is mounted under /sys/fs/cgroup".into());
-        }
-        Ok(hierarchies)
-    }
-
-    fn node_cgroups(&self, node: &str) -> Result<Vec<PathBuf>, String> {
-        Ok(Nspawn::cgroup_hierarchies()?
-            .into_iter()
-            .map(|hierarchy| hierarchy.join(self.lab_cgroup()).join(node))
-            .collect())
-    }
-
-    /// Makes `lab-LAB/NODE` in every hierarchy and returns each one's
-    /// `cgroup.procs`. In the cpuset hierarchy a cgroup accepts no process until it
-    /// has CPUs and memory nodes, so those are copied down from the parent.
-    fn prepare_cgroups(&self, node: &str) -> Result<Vec<PathBuf>, String> {
-        let mut procs = Vec::new();
-        for hierarchy in Nspawn::cgroup_hierarchies()? {
-            let lab = hierarchy.join(self.lab_cgroup());
-            let machine = lab.join(node);
-            fs::create_dir_all(&machine).map_err(|error| format!("cannot create {}: {error}", machine.display()))?;
-            for (parent, child) in [(&hierarchy, &lab), (&lab, &machine)] {
-                for file in ["cpuset.cpus", "cpuset.mems"] {
-                    let (source, target) = (parent.join(file), child.join(file));
-                    if !source.exists() {
-                        continue;
-                    }
-                    let current = fs::read_to_string(&target).unwrap_or_default();
-                    if current.trim().is_empty() {
-                        let value = fs::read_to_string(&source)
-                            .map_err(|error| format!("cannot read {}: {error}", source.display()))?;
-                        fs::write(&target, value.trim())
-                            .map_err(|error| format!("cannot write {}: {error}", target.display()))?;
-                    }
-                }
-            }
-            procs.push(machine.join("cgroup.procs"));
-        }
-        Ok(procs)
-    }
-
-    /// Kills whatever is still in the node's cgroups and removes them (deepest
-    /// first: the node's own systemd made cgroups inside them).
-    fn remove_node_cgroups(&self, node: &str) -> Vec<Leftover> {
-        let mut leftovers = Vec::new();
-        if let Some(pid) = self.foreign_process(node) {
-            return vec![Leftover::new(
-                format!("cgroups {}/{node}", self.lab_cgroup()),
-                format!("in use by machine {} of another lab (PID {pid}); left alone", self.machine_name(node)),
-            )];
-        }
-        let cgroups = match self.node_cgroups(node) {
-            Ok(cgroups) => cgroups,
-            Err(message) => return vec![Leftover::new(format!("cgroups of {node}"), message)],
-        };
-        for cgroup in &cgroups {
-            kill_cgroup_tree(cgroup);
-        }
-        for cgroup in &cgroups {
-            if let Err(message) = remove_cgroup_tree(cgroup) {
-                leftovers.push(Leftover::new(format!("cgroup {}", cgroup.display()), message));
-            }
-        }
-        leftovers
-    }
-
     /// Mounts the node's overlay disk at `root` unless it is mounted already.
     fn mount_disk(&self, node: &str, paths: &NodePaths, lower: &Path) -> Result<(), MachineError> {
         let mounted = system::is_mount_point(&paths.root)
@@ -450,71 +264,6 @@ impl Nspawn {
         ))
     }
 
-    /// Starts nspawn for `node` in its own session and cgroups, and waits until it
-    /// runs (its PID recorded and its command line nspawn's).
-    fn launch_process(&self, node: &NodeSpec, paths: &NodePaths) -> Result<(), MachineError> {
-        let name = &node.name;
-        let cgroup_procs = self.prepare_cgroups(name).map_err(|message| self.node_error(name, message))?;
-        let _ = fs::remove_file(&paths.pid);
-        let console = fs::File::create(&paths.console)
-            .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", paths.console.display())))?;
-        let console_err = console
-            .try_clone()
-            .map_err(|error| self.node_error(name, format!("cannot share {}: {error}", paths.console.display())))?;
-        // `setsid --fork`: nspawn runs in a new session with no terminal, so no
-        // hang-up reaches it when the shell that ran `lab up` closes, and it is not
-        // this process's child, so it outlives `lab` and is reaped by init.
-        let mut command = Command::new("setsid");
-        command
-            .args(["--fork", "sh", "-c", LAUNCH_SCRIPT, "lab-launch"])
-            .arg(&paths.pid)
-            .args(&cgroup_procs)
-            .args(["--", "systemd-nspawn"])
-            .args(self.nspawn_arguments(node, paths))
-            .stdout(console)
-            .stderr(console_err);
-        system::run(&mut command).map_err(|failure| self.node_error(name, failure.to_string()))?;
-
-        let deadline = Instant::now() + LAUNCH_TIMEOUT;
-        loop {
-            let recorded = fs::read_to_string(&paths.pid).ok().and_then(|text| text.trim().parse::<u32>().ok());
-            if let Some(pid) = recorded {
-                if !system::process_alive(pid) {
-                    return Err(self.node_error(
-                        name,
-                        format!("systemd-nspawn exited at once: {}", console_tail(&paths.console, 10)),
-                    ));
-                }
-                if system::process_arguments(pid).is_some_and(|arguments| self.is_node_process(&arguments, name)) {
-                    return Ok(());
-                }
-            }
-            if Instant::now() >= deadline {
-                return Err(self.node_error(
-                    name,
-                    format!(
-                        "systemd-nspawn did not start within {LAUNCH_TIMEOUT:?}: {}",
-                        console_tail(&paths.console, 10)
-                    ),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn launch_unit(&self, node: &NodeSpec, paths: &NodePaths) -> Result<(), MachineError> {
-        let name = &node.name;
-        // A unit that failed before `--collect` existed on this host, or one left
-        // loaded for any reason, would make systemd-run refuse the name.
-        let _ = system::run_program("systemctl", ["reset-failed", &self.unit_name(name)]);
-        fs::write(&paths.console, b"")
-            .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", paths.console.display())))?;
-        system::run(&mut self.systemd_run_command(node, paths)).map_err(|failure| {
-            self.node_error(name, format!("{failure}; console: {}", console_tail(&paths.console, 10)))
-        })?;
-        Ok(())
-    }
-
     /// Stops a node the way `halt` says, then cleans up its cgroups and unmounts
     /// its disk.
     fn halt(&self, node: &str, halt: Halt) -> Result<StopOutcome, MachineError> {
@@ -544,41 +293,6 @@ impl Nspawn {
             self.node_error(node, format!("cannot remove {}: {message}", self.propagate_dir(node).display()))
         })?;
         Ok(outcome)
-    }
-
-    fn stop_process(&self, node: &str, halt: Halt) -> Result<StopOutcome, MachineError> {
-        let Some(pid) = self.running_pid(node) else {
-            return Ok(StopOutcome::NotRunning);
-        };
-        if halt == Halt::PowerOff {
-            // nspawn answers SIGTERM by asking the node's systemd to power off.
-            system::send_signal(pid, "TERM").map_err(|failure| self.node_error(node, failure.to_string()))?;
-            if system::wait_for_exit(pid, STOP_TIMEOUT) {
-                return Ok(StopOutcome::Stopped);
-            }
-            tracing::warn!(node, pid, "the node did not power off in time; killing it");
-        }
-        let _ = system::send_signal(pid, "KILL");
-        if let Ok(cgroups) = self.node_cgroups(node) {
-            cgroups.iter().for_each(|cgroup| kill_cgroup_tree(cgroup));
-        }
-        if system::wait_for_exit(pid, Duration::from_secs(10)) {
-            Ok(StopOutcome::Killed)
-        } else {
-            Err(self.node_error(node, format!("systemd-nspawn (PID {pid}) survived SIGKILL")))
-        }
-    }
-
-    fn stop_unit(&self, node: &str, halt: Halt) -> Result<StopOutcome, MachineError> {
-        if !self.unit_active(node) {
-            return Ok(StopOutcome::NotRunning);
-        }
-        if halt == Halt::Kill {
-            let _ = system::run_program("systemctl", ["kill", "--signal=KILL", &self.unit_name(node)]);
-        }
-        system::run_program("systemctl", ["stop", &self.unit_name(node)])
-            .map_err(|failure| self.node_error(node, failure.to_string()))?;
-        Ok(StopOutcome::Stopped)
     }
 
     /// Writes what makes a node itself into its mounted disk: the files of
@@ -649,21 +363,6 @@ impl Nspawn {
             leftovers.push(Leftover::new(format!("disk {}", directory.display()), message));
         }
         leftovers
-    }
-
-    /// Processes of this lab's machines that are still alive (by command line, so a
-    /// lost PID file cannot hide one).
-    fn surviving_processes(&self, nodes: &[String]) -> Vec<(String, u32)> {
-        let mut survivors = Vec::new();
-        for pid in all_pids() {
-            let Some(arguments) = system::process_arguments(pid) else { continue };
-            if let Some(node) = nodes.iter().find(|node| self.is_node_process(&arguments, node)) {
-                if system::process_alive(pid) {
-                    survivors.push((node.clone(), pid));
-                }
-            }
-        }
-        survivors
     }
 }
 
@@ -834,83 +533,6 @@ impl Machines for Nspawn {
     }
 }
 
-/// The last `lines` lines of a console log, joined for an error message.
-fn console_tail(path: &Path, lines: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut file) = fs::File::open(path) {
-        let length = file.metadata().map(|metadata| metadata.len()).unwrap_or(0);
-        let _ = file.seek(SeekFrom::Start(length.saturating_sub(8192)));
-        let _ = file.read_to_string(&mut text);
-    }
-    let tail: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
-    let start = tail.len().saturating_sub(lines);
-    match tail[start..].join(" | ") {
-        empty if empty.is_empty() => format!("(nothing in {})", path.display()),
-        joined => format!("{joined} (console: {})", path.display()),
-    }
-}
-
-/// Every process ID on the host.
-fn all_pids() -> Vec<u32> {
-    fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|entry| entry.file_name().to_string_lossy().parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Sends SIGKILL to every process in `cgroup` and the cgroups below it.
-fn kill_cgroup_tree(cgroup: &Path) {
-    let Ok(entries) = fs::read_dir(cgroup) else { return };
-    for entry in entries.filter_map(Result::ok) {
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            kill_cgroup_tree(&entry.path());
-        }
-    }
-    let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
-    for pid in procs.lines().filter_map(|line| line.trim().parse::<u32>().ok()) {
-        let _ = system::send_signal(pid, "KILL");
-    }
-}
-
-/// Removes `cgroup` and every cgroup below it, deepest first. A cgroup directory is
-/// removed with rmdir alone (its files are the kernel's), and only once empty of
-/// processes, which may take a moment after they were killed.
-fn remove_cgroup_tree(cgroup: &Path) -> Result<(), String> {
-    if !cgroup.exists() {
-        return Ok(());
-    }
-    let entries = fs::read_dir(cgroup).map_err(|error| error.to_string())?;
-    for entry in entries.filter_map(Result::ok) {
-        if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
-            remove_cgroup_tree(&entry.path())?;
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match fs::remove_dir(cgroup) {
-            Ok(()) => return Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(error) if Instant::now() < deadline => {
-                tracing::debug!(cgroup = %cgroup.display(), %error, "cgroup busy, retrying");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(error) => {
-                let procs = fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<&str> = procs.lines().collect();
-                return Err(if pids.is_empty() {
-                    error.to_string()
-                } else {
-                    format!("{error}; processes still in it: {}", pids.join(" "))
-                });
-            }
-        }
-    }
-}
-
 /// Whether the kernel makes bridges and veth pairs, tried for real: the modules may
 /// be built in (then /sys/module does not list them) and /lib/modules may be absent.
 fn link_support(lab: &str) -> Requirement {
@@ -940,7 +562,7 @@ mod tests {
     use super::*;
     use std::net::Ipv4Addr;
 
-    fn backend(supervisor: Supervisor) -> Nspawn {
+    pub(super) fn backend(supervisor: Supervisor) -> Nspawn {
         Nspawn::with_supervisor(
             LabSpec {
                 lab: "k8s".into(),
@@ -949,13 +571,14 @@ mod tests {
                 bridge: "lab-k8s".into(),
                 gateway: "10.240.0.1/24".parse().unwrap(),
                 acceleration: crate::topology::Acceleration::Auto,
+                vagrant_box: None,
                 nodes: vec![NodeSpec::new("master1", Ipv4Addr::new(10, 240, 0, 11))],
             },
             supervisor,
         )
     }
 
-    fn strings(arguments: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>) -> Vec<String> {
+    pub(super) fn strings(arguments: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>) -> Vec<String> {
         arguments.into_iter().map(|argument| argument.as_ref().to_string_lossy().into_owned()).collect()
     }
 
@@ -990,71 +613,5 @@ mod tests {
             assert!(arguments.iter().any(|argument| argument == expected), "{expected} missing from {arguments:?}");
         }
         assert!(!arguments.iter().any(|argument| argument.contains("/sys/fs/cgroup")), "{arguments:?}");
-    }
-
-    #[test]
-    fn on_a_systemd_host_a_node_is_a_transient_unit() {
-        let nspawn = backend(Supervisor::SystemdUnits);
-        let node = &nspawn.spec.nodes[0];
-        let command = nspawn.systemd_run_command(node, &nspawn.paths("master1"));
-        assert_eq!(command.get_program(), "systemd-run");
-        let arguments = strings(command.get_args());
-        let nspawn_at = arguments.iter().position(|argument| argument == "systemd-nspawn").expect("nspawn command");
-        let (run_options, nspawn_options) = arguments.split_at(nspawn_at);
-        for expected in [
-            "--unit=lab-k8s-master1.service",
-            "--service-type=notify",
-            "--property=Delegate=yes",
-            "--property=KillMode=mixed",
-            "--property=StandardOutput=append:/srv/lab/machines/master1/console.log",
-        ] {
-            assert!(run_options.iter().any(|argument| argument == expected), "{expected} missing from {run_options:?}");
-        }
-        assert!(nspawn_options.iter().any(|argument| argument == "--keep-unit"));
-    }
-
-    #[test]
-    fn a_node_process_is_recognised_by_machine_and_directory() {
-        let nspawn = backend(Supervisor::Processes);
-        let node = &nspawn.spec.nodes[0];
-        let mut arguments = vec!["systemd-nspawn".to_string()];
-        arguments.extend(strings(nspawn.nspawn_arguments(node, &nspawn.paths("master1"))));
-        assert!(nspawn.is_node_process(&arguments, "master1"));
-        assert!(!nspawn.is_node_process(&arguments, "master2"));
-        // The same machine name run from another state directory is not ours.
-        let other: Vec<String> =
-            arguments.iter().map(|argument| argument.replace("/srv/lab/", "/srv/other/")).collect();
-        assert!(!nspawn.is_node_process(&other, "master1"));
-        // Nor is the launching shell before it becomes nspawn.
-        let mut shell = vec!["sh".to_string(), "-c".to_string()];
-        shell.extend(arguments.iter().cloned());
-        assert!(!nspawn.is_node_process(&shell, "master1"));
-    }
-
-    #[test]
-    fn the_launch_script_joins_cgroups_records_its_pid_and_becomes_the_command() {
-        let scratch = tempfile::tempdir().expect("temporary directory");
-        let pid_file = scratch.path().join("pid");
-        let procs = scratch.path().join("cgroup.procs");
-        let output = Command::new("sh")
-            .args(["-c", LAUNCH_SCRIPT, "lab-launch"])
-            .arg(&pid_file)
-            .arg(&procs)
-            .args(["--", "sh", "-c", "echo $$"])
-            .output()
-            .expect("run the launch script");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let exec_pid = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        assert_eq!(fs::read_to_string(&pid_file).unwrap().trim(), exec_pid, "the PID survives exec");
-        assert_eq!(fs::read_to_string(&procs).unwrap().trim(), exec_pid);
-    }
-
-    #[test]
-    fn console_tail_keeps_the_last_lines() {
-        let scratch = tempfile::tempdir().expect("temporary directory");
-        let log = scratch.path().join("console.log");
-        fs::write(&log, "one\ntwo\n\nthree\n").unwrap();
-        assert!(console_tail(&log, 2).starts_with("two | three (console: "));
-        assert!(console_tail(&scratch.path().join("absent"), 2).starts_with("(nothing in "));
     }
 }

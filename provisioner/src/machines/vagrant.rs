@@ -26,144 +26,50 @@
 //! The machines are the domains `lab-LAB-NODE`, tagged by their description. After
 //! `vagrant up`, `vagrant ssh-config` must name exactly the address, port, user and key
 //! the provisioner uses, so the lab and Vagrant provably talk to the same machines.
+//!
+//! The parts: `cli` runs Vagrant (and packs and adds the box), `topology_file` is what
+//! the Vagrantfile reads, and `libvirt_objects` are the pool, network and domains the
+//! lab keeps track of in libvirt itself.
+
+mod cli;
+mod libvirt_objects;
+mod topology_file;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use ipnet::Ipv4Net;
-use serde::Serialize;
-
 use super::hostnet;
-use super::vm_image::{self, Accelerator, VmImage};
+use super::libvirt_host::{self, virsh};
+use super::vm_image::{self, VmImage};
 use super::{
-    LabSpec, Leftover, MachineError, MachineState, Machines, NodeImage, NodeSpec, Requirement, StartOutcome,
-    StopOutcome,
+    LabSpec, Leftover, MachineError, MachineState, Machines, NodeDone, NodeImage, NodeOutcomes, NodeSpec, Requirement,
+    StartOutcome, StopOutcome,
 };
 use crate::plan::HostRoute;
 use crate::system;
-use crate::topology::{Backend, Topology};
-
-/// The system instance of libvirt, where vagrant-libvirt makes root's machines.
-const URI: &str = "qemu:///system";
-
-/// The XML namespace of the tag on the lab network, naming the state directory.
-const METADATA_NAMESPACE: &str = "urn:k8s-lab:vagrant:1";
+use crate::topology::Backend;
 
 /// libvirt writes a MAC address list here for every network a domain starts on, and
 /// fails to start the domain when the directory is missing (it is, on a host whose
 /// libvirtd was started by hand and not by its package's service).
 const LIBVIRT_DNSMASQ_DIR: &str = "/var/lib/libvirt/dnsmasq";
 
-/// How many lines of Vagrant's output an error message carries.
-const LOG_TAIL_LINES: usize = 15;
-
-/// How much of the end of Vagrant's log a progress report reads: enough for the last
-/// line even behind a run of redrawn upload progress.
-const ACTIVITY_TAIL_BYTES: u64 = 16 * 1024;
-
 pub struct Vagrant {
     spec: LabSpec,
-    /// The result of the one `vagrant up` that starts every node at once, per node.
-    /// `create_or_start` is called for each node in parallel; the first call runs
-    /// Vagrant (which boots the machines in parallel itself) and the others wait here.
-    started: Mutex<Option<Result<BTreeMap<String, StartOutcome>, String>>>,
-}
-
-/// What `STATE/vagrant/topology.json` holds: everything the Vagrantfile uses.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VagrantTopology {
-    pub lab: String,
-    pub state_dir: PathBuf,
-    /// Each machine's domain is this prefix and the node name.
-    pub domain_prefix: String,
-    /// The description of every domain: it names the lab and the state directory.
-    pub description: String,
-    pub network: NetworkRecord,
-    pub storage_pool: PoolRecord,
-    pub ssh: SshRecord,
-    pub machine: MachineRecord,
-    #[serde(rename = "box")]
-    pub vm_box: BoxRecord,
-    pub nodes: Vec<NodeRecord>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NetworkRecord {
-    /// The libvirt network, Vagrant's management network.
-    pub name: String,
-    pub bridge: String,
-    /// The node subnet, e.g. `10.244.0.0/24`.
-    pub subnet: Ipv4Net,
-    /// The host's address on the bridge.
-    pub gateway: std::net::Ipv4Addr,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PoolRecord {
-    pub name: String,
-    pub path: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SshRecord {
-    pub username: String,
-    pub private_key: PathBuf,
-    pub public_key: PathBuf,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MachineRecord {
-    /// vagrant-libvirt's `driver`: `kvm`, or `qemu` for software emulation.
-    pub driver: String,
-    pub cpu_mode: String,
-    pub cpu_model: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BoxRecord {
-    pub name: String,
-    /// Whether the lab made the box from its node image (else Vagrant fetches it).
-    pub local: bool,
-    /// Direct kernel boot, for the lab's own box (it has no boot loader).
-    pub kernel: Option<PathBuf>,
-    pub initrd: Option<PathBuf>,
-    pub cmd_line: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct NodeRecord {
-    pub name: String,
-    pub address: std::net::Ipv4Addr,
-    pub roles: Vec<String>,
-    pub cpus: u32,
-    pub memory_mib: u32,
-    /// The MAC address of the node's one network card.
-    pub mac: String,
-    /// The config disk's file name in the storage pool.
-    pub config_disk: String,
-    pub console_log: PathBuf,
-}
-
-/// One `Host` block of `vagrant ssh-config`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SshEndpoint {
-    /// The machine's name (`Host`).
-    pub machine: String,
-    pub host_name: String,
-    pub port: u16,
-    pub user: String,
-    pub identity_files: Vec<PathBuf>,
+    /// Held while `vagrant up` runs. Vagrant refuses to work on a machine another run
+    /// of it is working on, so starts of single nodes (`create_or_start`) asked for at
+    /// once wait here; the later ones find their machines running.
+    up: Mutex<()>,
 }
 
 impl Vagrant {
     pub fn new(spec: LabSpec) -> Vagrant {
-        Vagrant { spec, started: Mutex::new(None) }
+        Vagrant { spec, up: Mutex::new(()) }
     }
 
     /// `STATE/vagrant`: everything of Vagrant's in the state directory.
@@ -246,90 +152,11 @@ impl Vagrant {
         MachineError::Node { node: node.to_string(), message: message.into() }
     }
 
-    /// A `vagrant` command with the lab's environment: the repository's Vagrantfile,
-    /// the machine records in the state directory, the topology file, and nothing that
-    /// would reach the internet.
-    pub fn vagrant_command<I, S>(&self, args: I) -> Command
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<std::ffi::OsStr>,
-    {
-        let mut command = Command::new("vagrant");
-        command
-            .args(args)
-            .env("VAGRANT_CWD", repository_root())
-            .env("VAGRANT_DOTFILE_PATH", self.dotfile_dir())
-            .env("VAGRANT_CHECKPOINT_DISABLE", "1")
-            .env("VAGRANT_BOX_UPDATE_CHECK_DISABLE", "1")
-            .env("VAGRANT_DEFAULT_PROVIDER", "libvirt")
-            .env("LIBVIRT_DEFAULT_URI", URI)
-            .env("LAB_VAGRANT_TOPOLOGY", self.topology_path())
-            .env("LAB_DIR", &self.spec.state_dir);
-        command
-    }
-
-    /// Runs `vagrant ARGS`, its output appended to `STATE/vagrant/vagrant.log`; a
-    /// failure carries the last lines Vagrant printed.
-    fn run_logged(&self, args: &[&str]) -> Result<(), String> {
-        let log_path = self.log_path();
-        fs::create_dir_all(self.dir()).map_err(|error| format!("cannot create {}: {error}", self.dir().display()))?;
-        let mut log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|error| format!("cannot open {}: {error}", log_path.display()))?;
-        let start = log.seek(SeekFrom::End(0)).unwrap_or(0);
-        let mut command = self.vagrant_command(args.iter().chain(&["--no-color"]));
-        let _ = writeln!(log, "$ {}", system::command_line(&command));
-        let output = log.try_clone().map_err(|error| format!("cannot share {}: {error}", log_path.display()))?;
-        let stderr = log.try_clone().map_err(|error| format!("cannot share {}: {error}", log_path.display()))?;
-        let started = Instant::now();
-        let status = command
-            .stdin(Stdio::null())
-            .stdout(output)
-            .stderr(stderr)
-            .status()
-            .map_err(|error| format!("cannot run vagrant: {error} (run `lab doctor`)"))?;
-        let _ = writeln!(log, "# {status} after {:.1} s", started.elapsed().as_secs_f64());
-        if status.success() {
-            return Ok(());
-        }
-        let mut text = String::new();
-        if let Ok(mut file) = fs::File::open(&log_path) {
-            let _ = file.seek(SeekFrom::Start(start));
-            let _ = file.read_to_string(&mut text);
-        }
-        Err(format!(
-            "`vagrant {}` failed ({status}): {} (full output: {})",
-            args.join(" "),
-            output_tail(&text, LOG_TAIL_LINES),
-            log_path.display()
-        ))
-    }
-
-    /// Runs `vagrant ARGS` and returns what it printed.
-    fn run_captured(&self, args: &[&str]) -> Result<String, String> {
-        system::run(&mut self.vagrant_command(args.iter().chain(&["--no-color"])))
-            .map_err(|failure| failure.to_string())
-    }
-
-    /// The state of the node's domain, as libvirt has it; `Missing` when there is none.
-    fn domain_state(&self, node: &str) -> MachineState {
-        match system::run_program("virsh", ["-c", URI, "domstate", &self.domain_name(node)]) {
-            Ok(output) => parse_domain_state(&output),
-            Err(_) => MachineState::Missing,
-        }
-    }
-
-    /// Whether the node's domain is this state directory's (its description says so).
-    fn owns_domain(&self, node: &str) -> bool {
-        system::run_program("virsh", ["-c", URI, "desc", &self.domain_name(node)])
-            .is_ok_and(|description| description.trim() == self.description())
-    }
-
-    /// Starts every node with one `vagrant up`, after writing what the Vagrantfile
-    /// reads: the topology file, the kernel, and each node's config disk in the pool.
-    fn up_all(&self, image: &NodeImage, authorized_key: &str) -> Result<BTreeMap<String, StartOutcome>, MachineError> {
+    /// Starts every node of the lab with one `vagrant up`, after writing what the
+    /// Vagrantfile reads: the topology file, the kernel, and each node's config disk in
+    /// the pool. Returns each node's outcome by name.
+    fn up(&self, image: &NodeImage, authorized_key: &str) -> Result<BTreeMap<String, StartOutcome>, MachineError> {
+        let _running = self.up.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let host_error = |message: String| MachineError::Host { message };
         let before: BTreeMap<String, MachineState> =
             self.spec.nodes.iter().map(|node| (node.name.clone(), self.domain_state(&node.name))).collect();
@@ -354,12 +181,9 @@ impl Vagrant {
             }
         }
 
-        // The topology `lab up` recorded in the state directory: roles and the box.
-        let topology = super::recorded_topology(&self.spec.state_dir)?;
-        let public_box = topology.as_ref().and_then(|topology| topology.machines.vagrant_box.clone());
         let vm = self.lab_image(image)?;
         let accelerator = vm_image::decide_acceleration(self.spec.acceleration, &vm, &self.accelerator_record())?;
-        if public_box.is_none() {
+        if self.spec.vagrant_box.is_none() {
             self.ensure_box(&vm)?;
         }
         let boot = self.copy_boot_files(&vm)?;
@@ -371,10 +195,9 @@ impl Vagrant {
                 self.write_config_disk(node, authorized_key)?;
             }
         }
-        system::run_program("virsh", ["-c", URI, "pool-refresh", &self.pool_name()])
-            .map_err(|failure| host_error(failure.to_string()))?;
+        virsh(&["pool-refresh", &self.pool_name()]).map_err(|failure| host_error(failure.to_string()))?;
 
-        let record = self.topology_record(topology.as_ref(), &vm, accelerator, boot);
+        let record = self.topology_record(&vm, accelerator, boot);
         let json = serde_json::to_string_pretty(&record).map_err(|error| host_error(error.to_string()))?;
         system::write_atomically(&self.topology_path(), format!("{json}\n").as_bytes(), 0o644)
             .map_err(|error| host_error(format!("cannot write {}: {error}", self.topology_path().display())))?;
@@ -383,6 +206,20 @@ impl Vagrant {
         self.run_logged(&["up", "--provider=libvirt", "--no-provision", "--parallel"]).map_err(host_error)?;
         self.check_ssh_config()?;
         Ok(outcomes)
+    }
+
+    /// `node`'s outcome of `up`: its own, or the failure of the whole `vagrant up`.
+    fn outcome(
+        &self,
+        node: &str,
+        up: &Result<BTreeMap<String, StartOutcome>, MachineError>,
+    ) -> Result<StartOutcome, MachineError> {
+        match up {
+            Ok(outcomes) => {
+                outcomes.get(node).copied().ok_or_else(|| self.node_error(node, "not a node of the lab's topology"))
+            }
+            Err(error) => Err(self.node_error(node, error.to_string())),
+        }
     }
 
     /// The node image the lab's machines are made from: the one recorded when they
@@ -420,41 +257,6 @@ impl Vagrant {
         }
     }
 
-    /// Adds the lab's box made from `vm` unless Vagrant has it already.
-    fn ensure_box(&self, vm: &VmImage) -> Result<(), MachineError> {
-        let name = self.box_name(&vm.key, None);
-        let box_error = |message: String| MachineError::Image { key: vm.key.clone(), message };
-        let listing = self.run_captured(&["box", "list", "--machine-readable"]).map_err(box_error)?;
-        if parse_box_list(&listing).iter().any(|(listed, provider)| *listed == name && provider == "libvirt") {
-            return Ok(());
-        }
-        let build = self.dir().join("box");
-        system::remove_tree(&build).map_err(box_error)?;
-        fs::create_dir_all(&build).map_err(|error| box_error(format!("cannot create {}: {error}", build.display())))?;
-        let virtual_size = virtual_size_gib(&vm.disk).map_err(box_error)?;
-        let metadata =
-            format!("{{\"provider\": \"libvirt\", \"format\": \"qcow2\", \"virtual_size\": {virtual_size}}}\n");
-        for (file, content) in [("metadata.json", metadata.as_str()), ("Vagrantfile", BOX_VAGRANTFILE)] {
-            fs::write(build.join(file), content).map_err(|error| box_error(format!("cannot write {file}: {error}")))?;
-        }
-        // A box is a tar archive of those two files and the disk as `box.img`; plain
-        // tar, since compressing a gigabyte only to unpack it at once costs a minute.
-        let archive = build.join("node.box");
-        let mut tar = Command::new("tar");
-        tar.arg("-cf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(&build)
-            .args(["metadata.json", "Vagrantfile", "-C"])
-            .arg(&vm.dir)
-            .args(["--transform=s,^base.qcow2$,box.img,", "base.qcow2"]);
-        system::run(&mut tar).map_err(|failure| box_error(failure.to_string()))?;
-        let archive_text = archive.to_string_lossy().into_owned();
-        self.run_logged(&["box", "add", "--force", "--name", &name, "--provider", "libvirt", &archive_text])
-            .map_err(box_error)?;
-        system::remove_tree(&build).map_err(box_error)
-    }
-
     /// Copies the image's kernel and initrd to `STATE/vagrant/boot/KEY`, where the
     /// machines' QEMU (user libvirt-qemu) may read them; returns (kernel, initrd).
     fn copy_boot_files(&self, vm: &VmImage) -> Result<(PathBuf, PathBuf), MachineError> {
@@ -481,42 +283,6 @@ impl Vagrant {
         Ok((copies[0].clone(), copies[1].clone()))
     }
 
-    /// Makes the lab's storage pool exist and run: a directory pool in the state
-    /// directory, transient (libvirt forgets it when it stops; the next `lab up` makes
-    /// it again).
-    fn ensure_pool(&self) -> Result<(), MachineError> {
-        let name = self.pool_name();
-        let path = self.pool_dir();
-        let host_error = |message: String| MachineError::Host { message };
-        match system::run_program("virsh", ["-c", URI, "pool-dumpxml", &name]) {
-            Ok(xml) => {
-                if !xml.contains(&format!("<path>{}</path>", xml_escape(&path.to_string_lossy()))) {
-                    return Err(host_error(format!(
-                        "libvirt storage pool {name} belongs to another lab or state directory; destroy that lab first"
-                    )));
-                }
-                if system::run_program("virsh", ["-c", URI, "pool-info", &name])
-                    .is_ok_and(|info| info.lines().any(|line| line.starts_with("State:") && line.contains("running")))
-                {
-                    return Ok(());
-                }
-                system::run_program("virsh", ["-c", URI, "pool-start", &name])
-                    .map(drop)
-                    .map_err(|failure| host_error(failure.to_string()))
-            }
-            Err(_) => {
-                fs::create_dir_all(&path)
-                    .map_err(|error| host_error(format!("cannot create {}: {error}", path.display())))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-                    .map_err(|error| host_error(format!("cannot open {} to QEMU: {error}", path.display())))?;
-                let target = path.to_string_lossy().into_owned();
-                system::run_program("virsh", ["-c", URI, "pool-create-as", &name, "dir", "--target", &target])
-                    .map(drop)
-                    .map_err(|failure| host_error(failure.to_string()))
-            }
-        }
-    }
-
     /// Writes the node's config disk (`vm_image::write_config_disk`) and copies it
     /// into the pool, where the Vagrantfile attaches it.
     fn write_config_disk(&self, node: &NodeSpec, authorized_key: &str) -> Result<(), MachineError> {
@@ -531,108 +297,6 @@ impl Vagrant {
         })
     }
 
-    /// What the Vagrantfile reads, for the lab's `topology` (roles and box).
-    fn topology_record(
-        &self,
-        topology: Option<&Topology>,
-        vm: &VmImage,
-        accelerator: Accelerator,
-        (kernel, initrd): (PathBuf, PathBuf),
-    ) -> VagrantTopology {
-        let key = lab_key_paths(&self.spec.state_dir);
-        let roles: BTreeMap<&str, Vec<String>> = topology
-            .map(|topology| {
-                topology
-                    .nodes
-                    .iter()
-                    .map(|node| (node.name.as_str(), node.roles.iter().map(ToString::to_string).collect()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let public_box = topology.and_then(|topology| topology.machines.vagrant_box.as_deref());
-        let local = public_box.is_none();
-        VagrantTopology {
-            lab: self.spec.lab.clone(),
-            state_dir: self.spec.state_dir.clone(),
-            domain_prefix: self.object_prefix(),
-            description: self.description(),
-            network: NetworkRecord {
-                name: self.network_name(),
-                bridge: self.spec.bridge.clone(),
-                subnet: self.spec.gateway.trunc(),
-                gateway: self.spec.gateway.addr(),
-            },
-            storage_pool: PoolRecord { name: self.pool_name(), path: self.pool_dir() },
-            ssh: SshRecord { username: "root".into(), private_key: key.0, public_key: key.1 },
-            machine: match accelerator {
-                Accelerator::Kvm => {
-                    MachineRecord { driver: "kvm".into(), cpu_mode: "host-passthrough".into(), cpu_model: None }
-                }
-                Accelerator::Tcg => {
-                    MachineRecord { driver: "qemu".into(), cpu_mode: "custom".into(), cpu_model: Some("qemu64".into()) }
-                }
-            },
-            vm_box: BoxRecord {
-                name: self.box_name(&vm.key, public_box),
-                local,
-                kernel: local.then_some(kernel),
-                initrd: local.then_some(initrd),
-                cmd_line: local.then(|| vm_image::KERNEL_COMMAND_LINE.to_string()),
-            },
-            nodes: self
-                .spec
-                .nodes
-                .iter()
-                .map(|node| NodeRecord {
-                    name: node.name.clone(),
-                    address: node.address,
-                    roles: roles.get(node.name.as_str()).cloned().unwrap_or_default(),
-                    cpus: node.size.cpus,
-                    memory_mib: node.size.memory_mib,
-                    mac: vm_image::mac_address(&self.spec.lab, &node.name),
-                    config_disk: config_disk_name(&node.name),
-                    console_log: self.console_path(&node.name),
-                })
-                .collect(),
-        }
-    }
-
-    /// Asks Vagrant how it reaches each machine and refuses unless that is exactly how
-    /// the provisioner reaches the node: its topology address, port 22, root, the
-    /// lab's key.
-    fn check_ssh_config(&self) -> Result<(), MachineError> {
-        let text = self.run_captured(&["ssh-config"]).map_err(|message| MachineError::Host { message })?;
-        let endpoints = parse_ssh_config(&text);
-        let (private_key, _) = lab_key_paths(&self.spec.state_dir);
-        for node in &self.spec.nodes {
-            let Some(endpoint) = endpoints.iter().find(|endpoint| endpoint.machine == node.name) else {
-                return Err(self.node_error(&node.name, "`vagrant ssh-config` does not list this machine"));
-            };
-            let expected = SshEndpoint {
-                machine: node.name.clone(),
-                host_name: node.address.to_string(),
-                port: 22,
-                user: "root".into(),
-                identity_files: vec![private_key.clone()],
-            };
-            if *endpoint != expected {
-                return Err(self.node_error(
-                    &node.name,
-                    format!(
-                        "Vagrant reaches this machine as {}@{}:{} with {:?}, but the lab uses root@{}:22 with {}",
-                        endpoint.user,
-                        endpoint.host_name,
-                        endpoint.port,
-                        endpoint.identity_files,
-                        node.address,
-                        private_key.display()
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Nodes with a directory in `STATE/machines` or a Vagrant machine record.
     fn nodes_on_disk(&self) -> Vec<String> {
         let mut nodes = self.spec.nodes_on_disk();
@@ -640,114 +304,6 @@ impl Vagrant {
         nodes.sort();
         nodes.dedup();
         nodes
-    }
-
-    /// The lab network: isolated, tagged with the state directory, on the lab bridge.
-    fn ensure_libvirt_network(&self) -> Result<bool, MachineError> {
-        let name = self.network_name();
-        let network_error = |message: String| MachineError::Network { message };
-        let expected = network_xml(&name, &self.spec.bridge, self.spec.gateway, &self.spec.state_dir);
-        if let Ok(xml) = system::run_program("virsh", ["-c", URI, "net-dumpxml", &name]) {
-            if !xml.contains(&state_dir_tag(&self.spec.state_dir)) {
-                return Err(network_error(format!(
-                    "libvirt network {name} belongs to another lab or state directory; destroy that lab first"
-                )));
-            }
-            let address =
-                format!("<ip address='{}' netmask='{}'", self.spec.gateway.addr(), self.spec.gateway.netmask());
-            let active = system::run_program("virsh", ["-c", URI, "net-info", &name])
-                .is_ok_and(|info| info.lines().any(|line| line.starts_with("Active:") && line.contains("yes")));
-            if active && xml.contains(&address) && !xml.contains("<forward") {
-                return Ok(false);
-            }
-            // Made for another gateway (the topology changed): replaced.
-            let _ = system::run_program("virsh", ["-c", URI, "net-destroy", &name]);
-            let _ = system::run_program("virsh", ["-c", URI, "net-undefine", &name]);
-        }
-        if hostnet::bridge_exists(&self.spec.bridge) {
-            return Err(network_error(format!(
-                "bridge {} already exists on the host but is not the libvirt network {name}; \
-                 destroy the lab that made it (`lab destroy` with that lab's LAB_DIR and backend)",
-                self.spec.bridge
-            )));
-        }
-        let file = self.dir().join("network.xml");
-        fs::create_dir_all(self.dir())
-            .and_then(|()| fs::write(&file, expected))
-            .map_err(|error| network_error(format!("cannot write {}: {error}", file.display())))?;
-        let file_text = file.to_string_lossy().into_owned();
-        system::run_program("virsh", ["-c", URI, "net-create", &file_text])
-            .map_err(|failure| network_error(format!("cannot start the libvirt network {name}: {failure}")))?;
-        Ok(true)
-    }
-
-    /// Removes the lab's pool with every volume in it (the box copy, the machines'
-    /// disks, the config disks), then its directory.
-    fn destroy_pool(&self) -> Vec<Leftover> {
-        let name = self.pool_name();
-        let mut leftovers = Vec::new();
-        if let Ok(xml) = system::run_program("virsh", ["-c", URI, "pool-dumpxml", &name]) {
-            if !xml.contains(&format!("<path>{}</path>", xml_escape(&self.pool_dir().to_string_lossy()))) {
-                return vec![Leftover::new(
-                    format!("libvirt storage pool {name}"),
-                    "it belongs to another lab or state directory; left alone",
-                )];
-            }
-            let volumes = system::run_program("virsh", ["-c", URI, "vol-list", "--pool", &name]).unwrap_or_default();
-            for volume in parse_volume_list(&volumes) {
-                if let Err(failure) = system::run_program("virsh", ["-c", URI, "vol-delete", "--pool", &name, &volume])
-                {
-                    leftovers.push(Leftover::new(format!("libvirt volume {volume}"), failure.to_string()));
-                }
-            }
-            if let Err(failure) = system::run_program("virsh", ["-c", URI, "pool-destroy", &name]) {
-                leftovers.push(Leftover::new(format!("libvirt storage pool {name}"), failure.to_string()));
-            }
-            // A pool someone made persistent by hand is forgotten too.
-            let _ = system::run_program("virsh", ["-c", URI, "pool-undefine", &name]);
-        }
-        leftovers
-    }
-
-    /// Removes the lab's network, when it is this state directory's.
-    fn destroy_network(&self) -> Vec<Leftover> {
-        let name = self.network_name();
-        let Ok(xml) = system::run_program("virsh", ["-c", URI, "net-dumpxml", &name]) else {
-            return Vec::new();
-        };
-        if !xml.contains(&state_dir_tag(&self.spec.state_dir)) {
-            return vec![Leftover::new(
-                format!("libvirt network {name}"),
-                "it belongs to another lab or state directory; left alone",
-            )];
-        }
-        let _ = system::run_program("virsh", ["-c", URI, "net-destroy", &name]);
-        let _ = system::run_program("virsh", ["-c", URI, "net-undefine", &name]);
-        match system::run_program("virsh", ["-c", URI, "net-info", &name]) {
-            Ok(_) => vec![Leftover::new(format!("libvirt network {name}"), "still present after net-destroy")],
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// Removes the boxes this lab added.
-    fn remove_boxes(&self) -> Vec<Leftover> {
-        let Ok(listing) = self.run_captured(&["box", "list", "--machine-readable"]) else {
-            return Vec::new();
-        };
-        let prefix = self.box_prefix();
-        let mut leftovers = Vec::new();
-        let mut names: Vec<String> = parse_box_list(&listing)
-            .into_iter()
-            .map(|(name, _)| name)
-            .filter(|name| name.starts_with(&prefix))
-            .collect();
-        names.dedup();
-        for name in names {
-            if let Err(message) = self.run_logged(&["box", "remove", "--force", "--all", &name]) {
-                leftovers.push(Leftover::new(format!("vagrant box {name}"), message));
-            }
-        }
-        leftovers
     }
 }
 
@@ -799,7 +355,7 @@ impl Machines for Vagrant {
         // Before libvirt adds the node subnet's route: a range the host uses
         // elsewhere is refused with nothing changed.
         hostnet::check_ranges_free(&self.spec.bridge, self.spec.gateway, routes)?;
-        vm_image::ensure_libvirtd()?;
+        libvirt_host::ensure_libvirtd()?;
         fs::create_dir_all(LIBVIRT_DNSMASQ_DIR)
             .map_err(|error| MachineError::Host { message: format!("cannot create {LIBVIRT_DNSMASQ_DIR}: {error}") })?;
         let created = self.ensure_libvirt_network()?;
@@ -808,22 +364,36 @@ impl Machines for Vagrant {
         Ok(report)
     }
 
+    /// One `vagrant up` starts the node and every other node of the lab with it.
     fn create_or_start(
         &self,
         node: &NodeSpec,
         image: &NodeImage,
         authorized_key: &str,
     ) -> Result<StartOutcome, MachineError> {
-        let mut started = self.started.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let result =
-            started.get_or_insert_with(|| self.up_all(image, authorized_key).map_err(|error| error.to_string()));
-        match result {
-            Ok(outcomes) => outcomes
-                .get(&node.name)
-                .copied()
-                .ok_or_else(|| self.node_error(&node.name, "not a node of the lab's topology")),
-            Err(message) => Err(self.node_error(&node.name, message.clone())),
-        }
+        self.outcome(&node.name, &self.up(image, authorized_key))
+    }
+
+    /// Vagrant boots the machines in parallel itself: one `vagrant up` for the lab,
+    /// and every node is done when it is.
+    fn start_all(
+        &self,
+        nodes: &[NodeSpec],
+        image: &NodeImage,
+        authorized_key: &str,
+        done: &NodeDone<'_, StartOutcome>,
+    ) -> NodeOutcomes<StartOutcome> {
+        let started = Instant::now();
+        let outcomes = self.up(image, authorized_key);
+        let took = started.elapsed();
+        nodes
+            .iter()
+            .map(|node| {
+                let outcome = self.outcome(&node.name, &outcomes);
+                done(&node.name, &outcome, took);
+                (node.name.clone(), outcome)
+            })
+            .collect()
     }
 
     fn stop(&self, node: &str) -> Result<StopOutcome, MachineError> {
@@ -854,7 +424,7 @@ impl Machines for Vagrant {
     /// `vagrant up` makes every machine in one run of several minutes under TCG (the
     /// box upload alone takes minutes): its latest line of output says how far it got.
     fn activity(&self) -> Option<String> {
-        last_output_line(&file_tail(&self.log_path(), ACTIVITY_TAIL_BYTES)?)
+        self.latest_output()
     }
 
     fn time_scale(&self) -> u32 {
@@ -863,7 +433,7 @@ impl Machines for Vagrant {
 
     fn destroy(&self) -> Vec<Leftover> {
         let mut leftovers = Vec::new();
-        let libvirt = vm_image::ensure_libvirtd();
+        let libvirt = libvirt_host::ensure_libvirtd();
         if let Err(error) = &libvirt {
             leftovers.push(Leftover::new("the lab's libvirt domains, pool and network", error.to_string()));
         }
@@ -877,23 +447,7 @@ impl Machines for Vagrant {
             }
         }
         if libvirt.is_ok() {
-            for node in self.known_nodes() {
-                if self.domain_state(&node) == MachineState::Missing {
-                    continue;
-                }
-                let domain = self.domain_name(&node);
-                if !self.owns_domain(&node) {
-                    leftovers.push(Leftover::new(
-                        format!("libvirt domain {domain}"),
-                        "it belongs to another lab or state directory; left alone",
-                    ));
-                    continue;
-                }
-                let _ = system::run_program("virsh", ["-c", URI, "destroy", &domain]);
-                if let Err(failure) = system::run_program("virsh", ["-c", URI, "undefine", &domain]) {
-                    leftovers.push(Leftover::new(format!("libvirt domain {domain}"), failure.to_string()));
-                }
-            }
+            leftovers.extend(self.destroy_domains());
             leftovers.extend(self.destroy_pool());
             leftovers.extend(self.destroy_network());
         }
@@ -908,23 +462,6 @@ impl Machines for Vagrant {
         }
         leftovers
     }
-}
-
-/// The box's own Vagrantfile. Vagrant reads it before the lab's; the lab's sets
-/// everything, so this one only says what the box is.
-const BOX_VAGRANTFILE: &str = "\
-# A k8s-lab node box for vagrant-libvirt: box.img is the node image's root filesystem
-# (ext4, no partition table, no boot loader). Boot it with the image's own kernel and
-# initrd (libvirt.kernel/initrd, cmd_line \"root=/dev/vda rw ...\"), as the lab's
-# Vagrantfile does, and give it the lab's config disk (label lab-config).
-Vagrant.configure(\"2\") do |config|
-end
-";
-
-/// The repository root, where the Vagrantfile is: the parent of this crate.
-fn repository_root() -> PathBuf {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    crate_dir.parent().unwrap_or(crate_dir).to_owned()
 }
 
 /// The nearest existing directory at or above `path` that other users may not enter
@@ -947,142 +484,15 @@ fn config_disk_name(node: &str) -> String {
     format!("{node}-config.img")
 }
 
-/// The network's tag naming the state directory, as libvirt prints it back.
-fn state_dir_tag(state_dir: &Path) -> String {
-    format!("<lab:state-dir>{}</lab:state-dir>", xml_escape(&state_dir.to_string_lossy()))
-}
-
-/// The lab network for Vagrant: isolated (no `<forward>`: libvirt neither routes nor
-/// NATs it), no DHCP, no DNS, the host's gateway address on the lab bridge. The address
-/// is written with `netmask`, not `prefix`, because that is what vagrant-libvirt reads
-/// when it looks for an existing management network.
-pub fn network_xml(name: &str, bridge: &str, gateway: Ipv4Net, state_dir: &Path) -> String {
-    format!(
-        "<network>\n  <name>{}</name>\n  <metadata><lab:vagrant xmlns:lab=\"{METADATA_NAMESPACE}\">{}</lab:vagrant></metadata>\n  \
-         <bridge name='{}' stp='off' delay='0'/>\n  <dns enable='no'/>\n  <ip address='{}' netmask='{}'/>\n</network>\n",
-        xml_escape(name),
-        state_dir_tag(state_dir),
-        xml_escape(bridge),
-        gateway.addr(),
-        gateway.netmask()
-    )
-}
-
-fn xml_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;").replace('"', "&quot;")
-}
-
-/// `virsh domstate` output as a machine state: a domain that exists but does not run
-/// (shut off, crashed) is stopped; running, paused or shutting down ones are running.
-pub fn parse_domain_state(output: &str) -> MachineState {
-    match output.trim() {
-        "shut off" | "crashed" | "pmsuspended" => MachineState::Stopped,
-        "" => MachineState::Missing,
-        _ => MachineState::Running,
-    }
-}
-
-/// The (name, provider) pairs of `vagrant box list --machine-readable`, whose lines
-/// are `TIME,TARGET,TYPE,DATA`: a `box-name` line, then its `box-provider`.
-pub fn parse_box_list(output: &str) -> Vec<(String, String)> {
-    let mut boxes = Vec::new();
-    let mut name: Option<String> = None;
-    for line in output.lines() {
-        let fields: Vec<&str> = line.splitn(4, ',').collect();
-        match fields.as_slice() {
-            [_, _, "box-name", value] => name = Some(value.trim().to_string()),
-            [_, _, "box-provider", value] => {
-                if let Some(name) = name.take() {
-                    boxes.push((name, value.trim().to_string()));
-                }
-            }
-            _ => {}
-        }
-    }
-    boxes
-}
-
-/// The `Host` blocks of `vagrant ssh-config` output.
-pub fn parse_ssh_config(output: &str) -> Vec<SshEndpoint> {
-    let mut endpoints: Vec<SshEndpoint> = Vec::new();
-    for line in output.lines() {
-        let Some((key, value)) = line.trim().split_once(char::is_whitespace) else { continue };
-        let value = value.trim().trim_matches('"');
-        if key == "Host" {
-            endpoints.push(SshEndpoint { machine: value.to_string(), ..SshEndpoint::default() });
-            continue;
-        }
-        let Some(endpoint) = endpoints.last_mut() else { continue };
-        match key {
-            "HostName" => endpoint.host_name = value.to_string(),
-            "Port" => endpoint.port = value.parse().unwrap_or(0),
-            "User" => endpoint.user = value.to_string(),
-            "IdentityFile" => endpoint.identity_files.push(PathBuf::from(value)),
-            _ => {}
-        }
-    }
-    endpoints
-}
-
-/// The volume names of `virsh vol-list` output (a table: a header, a rule, then
-/// `NAME PATH` rows).
-pub fn parse_volume_list(output: &str) -> Vec<String> {
-    output
-        .lines()
-        .skip_while(|line| !line.trim_start().starts_with("---"))
-        .skip(1)
-        .filter_map(|line| line.split_whitespace().next().map(str::to_string))
-        .collect()
-}
-
-/// The last `lines` lines of Vagrant's output for an error message, without the
-/// upload progress it redraws with carriage returns, and without Ruby's stack trace.
-pub fn output_tail(text: &str, lines: usize) -> String {
-    let kept: Vec<&str> = text
-        .split(['\n', '\r'])
-        .map(|line| line.trim_end_matches("\u{1b}[K").trim())
-        .filter(|line| !line.is_empty() && !line.contains("Progress:") && !line.starts_with("from /"))
-        .collect();
-    kept[kept.len().saturating_sub(lines)..].join(" | ")
-}
-
-/// Vagrant's latest line of output, the upload progress it redraws in place
-/// ("Progress: 42%") included.
-pub fn last_output_line(text: &str) -> Option<String> {
-    text.split(['\n', '\r']).map(|line| line.replace("\u{1b}[K", "").trim().to_string()).rfind(|line| !line.is_empty())
-}
-
-/// The last `bytes` bytes of a file, as text.
-fn file_tail(path: &Path, bytes: u64) -> Option<String> {
-    let mut file = fs::File::open(path).ok()?;
-    let length = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(length.saturating_sub(bytes))).ok()?;
-    let mut raw = Vec::new();
-    file.read_to_end(&mut raw).ok()?;
-    Some(String::from_utf8_lossy(&raw).into_owned())
-}
-
-/// A disk's virtual size in whole GiB, rounded up, as a box's metadata gives it.
-fn virtual_size_gib(disk: &Path) -> Result<u64, String> {
-    let mut command = Command::new("qemu-img");
-    command.args(["info", "--output=json", "-U"]).arg(disk);
-    let text = system::run(&mut command).map_err(|failure| failure.to_string())?;
-    let info: serde_json::Value =
-        serde_json::from_str(&text).map_err(|error| format!("cannot read `qemu-img info` output: {error}"))?;
-    let bytes = info
-        .get("virtual-size")
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| format!("`qemu-img info` gives no virtual size for {}", disk.display()))?;
-    Ok(bytes.div_ceil(1 << 30))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::machines::MachineSize;
+    use crate::topology::Role;
     use std::net::Ipv4Addr;
 
-    fn backend() -> Vagrant {
+    /// A lab of two nodes on the lab's own box; the tests of the parts use it too.
+    pub(super) fn backend() -> Vagrant {
         Vagrant::new(LabSpec {
             lab: "vagmin".into(),
             state_dir: PathBuf::from("/srv/lab"),
@@ -1090,10 +500,12 @@ mod tests {
             bridge: "lab-vagmin".into(),
             gateway: "10.244.0.1/24".parse().unwrap(),
             acceleration: crate::topology::Acceleration::Tcg,
+            vagrant_box: None,
             nodes: vec![
                 NodeSpec {
                     name: "master1".into(),
                     address: Ipv4Addr::new(10, 244, 0, 11),
+                    roles: vec![Role::Etcd, Role::Master, Role::Lb],
                     size: MachineSize::CONTROLLER,
                 },
                 NodeSpec::new("worker1", Ipv4Addr::new(10, 244, 0, 21)),
@@ -1101,22 +513,7 @@ mod tests {
         })
     }
 
-    fn lab_topology(vagrant_box: Option<&str>) -> Topology {
-        let machines = match vagrant_box {
-            Some(name) => format!("[machines]\nbackend = \"vagrant\"\nvagrant_box = \"{name}\"\n"),
-            None => "[machines]\nbackend = \"vagrant\"\n".to_string(),
-        };
-        let text = format!(
-            "name = \"vagmin\"\n{machines}[network]\nnode_subnet = \"10.244.0.0/24\"\ngateway = \"10.244.0.1\"\n\
-             vip = \"10.244.0.100\"\npod_cidr = \"10.204.0.0/16\"\nservice_cidr = \"10.36.0.0/24\"\n\
-             cluster_dns = \"10.36.0.10\"\n[[node]]\nname = \"master1\"\naddress = \"10.244.0.11\"\n\
-             roles = [\"etcd\", \"master\", \"lb\"]\n[[node]]\nname = \"worker1\"\naddress = \"10.244.0.21\"\n\
-             roles = [\"worker\"]\n"
-        );
-        Topology::parse(&text, Path::new("vagmin.toml")).expect("valid topology").topology
-    }
-
-    fn vm() -> VmImage {
+    pub(super) fn vm() -> VmImage {
         VmImage::paths(&NodeImage {
             key: "node-abc".into(),
             root: "/cache/images/node-abc/rootfs".into(),
@@ -1136,149 +533,6 @@ mod tests {
     }
 
     #[test]
-    fn vagrant_runs_with_the_lab_environment_and_offline() {
-        let command = backend().vagrant_command(["up", "--no-provision"]);
-        assert_eq!(command.get_program(), "vagrant");
-        let envs: BTreeMap<String, String> = command
-            .get_envs()
-            .filter_map(|(key, value)| {
-                Some((key.to_string_lossy().into_owned(), value?.to_string_lossy().into_owned()))
-            })
-            .collect();
-        assert_eq!(envs["VAGRANT_CWD"], repository_root().to_string_lossy());
-        assert!(repository_root().join("Vagrantfile").is_file(), "the Vagrantfile is at the repository root");
-        assert_eq!(envs["VAGRANT_DOTFILE_PATH"], "/srv/lab/vagrant/dot");
-        assert_eq!(envs["VAGRANT_CHECKPOINT_DISABLE"], "1");
-        assert_eq!(envs["VAGRANT_BOX_UPDATE_CHECK_DISABLE"], "1");
-        assert_eq!(envs["LAB_VAGRANT_TOPOLOGY"], "/srv/lab/vagrant/topology.json");
-        assert_eq!(envs["LIBVIRT_DEFAULT_URI"], "qemu:///system");
-    }
-
-    #[test]
-    fn the_topology_file_says_everything_the_vagrantfile_reads() {
-        let vagrant = backend();
-        let boot = (
-            PathBuf::from("/srv/lab/vagrant/boot/node-abc/vmlinuz"),
-            PathBuf::from("/srv/lab/vagrant/boot/node-abc/initrd.img"),
-        );
-        let topology = lab_topology(None);
-        let record = vagrant.topology_record(Some(&topology), &vm(), Accelerator::Tcg, boot);
-        let json: serde_json::Value = serde_json::to_value(&record).expect("json");
-        assert_eq!(json["lab"], "vagmin");
-        assert_eq!(json["domain_prefix"], "lab-vagmin-");
-        assert_eq!(json["network"]["name"], "lab-vagmin-net");
-        assert_eq!(json["network"]["bridge"], "lab-vagmin");
-        assert_eq!(json["network"]["subnet"], "10.244.0.0/24");
-        assert_eq!(json["network"]["gateway"], "10.244.0.1");
-        assert_eq!(json["storage_pool"]["name"], "lab-vagmin-pool");
-        assert_eq!(json["storage_pool"]["path"], "/srv/lab/vagrant/pool");
-        assert_eq!(json["ssh"]["username"], "root");
-        assert_eq!(json["ssh"]["private_key"], "/srv/lab/ssh/id_ed25519");
-        assert_eq!(json["ssh"]["public_key"], "/srv/lab/ssh/id_ed25519.pub");
-        assert_eq!(json["machine"]["driver"], "qemu");
-        assert_eq!(json["machine"]["cpu_model"], "qemu64");
-        assert_eq!(json["box"]["name"], "k8s-lab-vagmin/node-abc");
-        assert_eq!(json["box"]["kernel"], "/srv/lab/vagrant/boot/node-abc/vmlinuz");
-        assert_eq!(json["box"]["cmd_line"], vm_image::KERNEL_COMMAND_LINE);
-        let master = &json["nodes"][0];
-        assert_eq!(master["name"], "master1");
-        assert_eq!(master["address"], "10.244.0.11");
-        assert_eq!(master["roles"], serde_json::json!(["etcd", "master", "lb"]));
-        assert_eq!(master["cpus"], 2);
-        assert_eq!(master["memory_mib"], 3072);
-        assert_eq!(master["mac"], vm_image::mac_address("vagmin", "master1"));
-        assert_eq!(master["config_disk"], "master1-config.img");
-        assert_eq!(master["console_log"], "/srv/lab/machines/master1/console.log");
-        assert_eq!(json["nodes"][1]["memory_mib"], 2048);
-    }
-
-    #[test]
-    fn a_public_box_boots_by_itself() {
-        let boot = (PathBuf::from("/k"), PathBuf::from("/i"));
-        let topology = lab_topology(Some("org/box"));
-        let record = backend().topology_record(Some(&topology), &vm(), Accelerator::Kvm, boot);
-        assert_eq!(
-            record.vm_box,
-            BoxRecord { name: "org/box".into(), local: false, kernel: None, initrd: None, cmd_line: None }
-        );
-        assert_eq!(
-            record.machine,
-            MachineRecord { driver: "kvm".into(), cpu_mode: "host-passthrough".into(), cpu_model: None }
-        );
-    }
-
-    #[test]
-    fn the_network_is_isolated_tagged_and_written_with_a_netmask() {
-        let xml = network_xml("lab-vagmin-net", "lab-vagmin", "10.244.0.1/24".parse().unwrap(), Path::new("/srv/lab"));
-        assert!(!xml.contains("<forward"), "{xml}");
-        assert!(!xml.contains("<dhcp"), "{xml}");
-        assert!(xml.contains("<dns enable='no'/>"), "{xml}");
-        assert!(xml.contains("<bridge name='lab-vagmin'"), "{xml}");
-        assert!(xml.contains("<ip address='10.244.0.1' netmask='255.255.255.0'/>"), "{xml}");
-        assert!(xml.contains(&state_dir_tag(Path::new("/srv/lab"))), "{xml}");
-    }
-
-    #[test]
-    fn ssh_config_blocks_are_read_per_machine() {
-        let output = "Host master1\n  HostName 10.244.0.11\n  User root\n  Port 22\n  UserKnownHostsFile /dev/null\n  \
-                      StrictHostKeyChecking no\n  IdentityFile /srv/lab/ssh/id_ed25519\n  IdentitiesOnly yes\n\n\
-                      Host worker1\n  HostName 10.244.0.21\n  User root\n  Port 2222\n  IdentityFile \"/a b/key\"\n";
-        let endpoints = parse_ssh_config(output);
-        assert_eq!(
-            endpoints,
-            vec![
-                SshEndpoint {
-                    machine: "master1".into(),
-                    host_name: "10.244.0.11".into(),
-                    port: 22,
-                    user: "root".into(),
-                    identity_files: vec![PathBuf::from("/srv/lab/ssh/id_ed25519")],
-                },
-                SshEndpoint {
-                    machine: "worker1".into(),
-                    host_name: "10.244.0.21".into(),
-                    port: 2222,
-                    user: "root".into(),
-                    identity_files: vec![PathBuf::from("/a b/key")],
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn box_lists_pair_names_with_providers() {
-        let output = "1700000000,,ui,info,k8s-lab-vagmin/node-abc (libvirt\\, 0)\n\
-                      1700000000,,box-name,k8s-lab-vagmin/node-abc\n1700000000,,box-provider,libvirt\n\
-                      1700000000,,box-version,0\n1700000000,,box-name,debian/bookworm64\n\
-                      1700000000,,box-provider,virtualbox\n";
-        assert_eq!(
-            parse_box_list(output),
-            vec![
-                ("k8s-lab-vagmin/node-abc".to_string(), "libvirt".to_string()),
-                ("debian/bookworm64".to_string(), "virtualbox".to_string())
-            ]
-        );
-        assert!(parse_box_list("").is_empty());
-    }
-
-    #[test]
-    fn domain_states_follow_virsh() {
-        assert_eq!(parse_domain_state("running\n\n"), MachineState::Running);
-        assert_eq!(parse_domain_state("in shutdown\n"), MachineState::Running);
-        assert_eq!(parse_domain_state("shut off\n\n"), MachineState::Stopped);
-        assert_eq!(parse_domain_state(""), MachineState::Missing);
-    }
-
-    #[test]
-    fn volume_lists_give_the_names() {
-        let output = " Name                   Path\n----------------------------------\n \
-                      lab-vagmin-master1.img   /srv/lab/vagrant/pool/lab-vagmin-master1.img\n \
-                      master1-config.img       /srv/lab/vagrant/pool/master1-config.img\n\n";
-        assert_eq!(parse_volume_list(output), ["lab-vagmin-master1.img", "master1-config.img"]);
-        assert!(parse_volume_list("").is_empty());
-    }
-
-    #[test]
     fn a_state_directory_below_a_closed_directory_is_found() {
         let scratch = tempfile::tempdir().expect("temporary directory");
         let closed = scratch.path().join("home");
@@ -1288,30 +542,5 @@ mod tests {
         assert_eq!(closed_ancestor(&closed.join("lab/not-yet-made")), Some(closed.clone()));
         fs::set_permissions(&closed, fs::Permissions::from_mode(0o711)).unwrap();
         assert_eq!(closed_ancestor(&closed.join("lab")), None);
-    }
-
-    #[test]
-    fn error_tails_drop_progress_and_stack_traces() {
-        let text = "==> master1: Uploading base box image\n\rProgress: 1%\rProgress: 100%\u{1b}[K\n\
-                    ==> master1: Starting domain.\nan error happened\n\tfrom /usr/share/x.rb:1:in `call'\n";
-        assert_eq!(output_tail(text, 2), "==> master1: Starting domain. | an error happened");
-    }
-
-    #[test]
-    fn progress_reports_read_the_last_line_even_during_an_upload() {
-        let scratch = tempfile::tempdir().expect("temporary directory");
-        let log = scratch.path().join("vagrant.log");
-        let upload = "\rProgress: 42%\u{1b}[K".repeat(5000);
-        fs::write(&log, format!("$ vagrant up\n==> worker1: Uploading base box image as volume\n{upload}")).unwrap();
-        let tail = file_tail(&log, ACTIVITY_TAIL_BYTES).expect("the log");
-        assert!(tail.len() as u64 <= ACTIVITY_TAIL_BYTES);
-        assert_eq!(last_output_line(&tail).as_deref(), Some("Progress: 42%"));
-        fs::write(
-            &log,
-            format!("==> worker1: Uploading base box image as volume\n{upload}\n==> worker1: Starting domain.\n"),
-        )
-        .unwrap();
-        let tail = file_tail(&log, ACTIVITY_TAIL_BYTES).unwrap();
-        assert_eq!(last_output_line(&tail).as_deref(), Some("==> worker1: Starting domain."));
     }
 }

@@ -22,7 +22,6 @@
 
 use std::fs;
 use std::io::{BufRead as _, BufReader};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -30,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
+use super::libvirt_host;
 use super::node_config::{self, When};
-use super::nspawn::Supervisor;
 use super::{MachineError, NodeImage, NodeSpec, Requirement};
 use crate::system;
 use crate::topology::Acceleration;
@@ -61,16 +60,6 @@ const CONFIG_DISK_SIZE: &str = "8M";
 /// How long a KVM probe guest may take to print its first kernel line. A working
 /// KVM needs well under a second; a KVM that cannot run guests prints nothing.
 const KVM_PROBE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// libvirtd's socket, as Debian's libvirt-daemon-system places it.
-const LIBVIRT_SOCKET: &str = "/run/libvirt/libvirt-sock";
-const VIRTLOGD_SOCKET: &str = "/run/libvirt/virtlogd-sock";
-
-/// Where libvirt keeps the networks it starts along with itself.
-const AUTOSTART_NETWORKS: &str = "/etc/libvirt/qemu/networks/autostart";
-
-/// How long libvirtd may take to answer after it was started.
-const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The script the image runs at boot in a VM (`lab-machine-config.service`). The
 /// directories of the config disk are the `When` rules of `node_config`.
@@ -568,82 +557,8 @@ pub fn host_requirements() -> Vec<Requirement> {
         package: None,
         fix: "modprobe tun".into(),
     });
-    let forwarding = if daemon_answers(LIBVIRT_SOCKET) { Vec::new() } else { forwarding_autostart_networks() };
-    requirements.push(Requirement {
-        what: "libvirt starts no forwarding network along with libvirtd (nothing may leave the lab)".into(),
-        met: forwarding.is_empty(),
-        package: None,
-        fix: forwarding_fix(&forwarding),
-    });
+    requirements.push(libvirt_host::no_forwarding_network());
     requirements
-}
-
-/// Starts virtlogd and libvirtd unless libvirtd answers already: with systemctl
-/// where systemd is PID 1, as daemons of their own elsewhere. Refuses while libvirt
-/// would start a forwarding network along with itself.
-pub fn ensure_libvirtd() -> Result<(), MachineError> {
-    if daemon_answers(LIBVIRT_SOCKET) {
-        return Ok(());
-    }
-    let forwarding = forwarding_autostart_networks();
-    if !forwarding.is_empty() {
-        return Err(MachineError::Host {
-            message: format!(
-                "libvirtd is not running, and starting it would also start the network(s) {}, which forward \
-                 traffic out of this host; the lab never starts such a network. {}",
-                forwarding.join(", "),
-                forwarding_fix(&forwarding)
-            ),
-        });
-    }
-    let host_error = |message: String| MachineError::Host { message };
-    match Supervisor::detect() {
-        Supervisor::SystemdUnits => {
-            system::run_program("systemctl", ["start", "virtlogd.socket", "libvirtd.service"])
-                .map_err(|failure| host_error(failure.to_string()))?;
-        }
-        Supervisor::Processes => {
-            if !daemon_answers(VIRTLOGD_SOCKET) {
-                system::run_program("virtlogd", ["-d"]).map_err(|failure| host_error(failure.to_string()))?;
-            }
-            system::run_program("libvirtd", ["-d"]).map_err(|failure| host_error(failure.to_string()))?;
-        }
-    }
-    let deadline = Instant::now() + DAEMON_START_TIMEOUT;
-    while !daemon_answers(LIBVIRT_SOCKET) {
-        if Instant::now() >= deadline {
-            return Err(host_error(format!(
-                "libvirtd was started but does not answer on {LIBVIRT_SOCKET} after {} s \
-                 (see /var/log/libvirt/libvirtd.log)",
-                DAEMON_START_TIMEOUT.as_secs()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
-}
-
-/// Whether a daemon listens on `socket`.
-fn daemon_answers(socket: &str) -> bool {
-    UnixStream::connect(socket).is_ok()
-}
-
-/// The networks libvirt would start along with libvirtd that forward traffic out
-/// of the host (Debian's `default` NAT network, once marked for autostart).
-fn forwarding_autostart_networks() -> Vec<String> {
-    let Ok(entries) = fs::read_dir(AUTOSTART_NETWORKS) else { return Vec::new() };
-    let mut names: Vec<String> = entries
-        .filter_map(Result::ok)
-        .filter(|entry| fs::read_to_string(entry.path()).is_ok_and(|xml| xml.contains("<forward")))
-        .filter_map(|entry| entry.path().file_stem().map(|stem| stem.to_string_lossy().into_owned()))
-        .collect();
-    names.sort();
-    names
-}
-
-fn forwarding_fix(networks: &[String]) -> String {
-    let links: Vec<String> = networks.iter().map(|name| format!("{AUTOSTART_NETWORKS}/{name}.xml")).collect();
-    format!("stop autostarting them: rm {}", links.join(" "))
 }
 
 #[cfg(test)]
@@ -725,14 +640,6 @@ mod tests {
         assert!(mac.starts_with("52:54:00:") && mac.len() == 17, "{mac}");
         assert_ne!(mac, mac_address("vmmin", "worker1"));
         assert_ne!(mac, mac_address("other", "master1"));
-    }
-
-    #[test]
-    fn the_fix_for_a_forwarding_network_names_its_autostart_link() {
-        assert_eq!(
-            forwarding_fix(&["default".to_string()]),
-            "stop autostarting them: rm /etc/libvirt/qemu/networks/autostart/default.xml"
-        );
     }
 
     #[test]
