@@ -15,6 +15,7 @@ use crate::plan::{Plan, Stage};
 use crate::preflight::Status;
 use crate::readiness;
 use crate::ssh::KeyPair;
+use crate::text;
 
 /// How long every node together may take from start to answering SSH. A node
 /// answers in about two seconds; a loaded host may need many times that.
@@ -395,14 +396,8 @@ fn seconds(since: Instant) -> String {
 /// The last line with text in a console log, without terminal control sequences,
 /// shortened for a progress line.
 fn last_console_line(path: &std::path::Path) -> Option<String> {
-    use std::io::{Read as _, Seek as _, SeekFrom};
-    let mut file = std::fs::File::open(path).ok()?;
-    let length = file.metadata().ok()?.len();
-    file.seek(SeekFrom::Start(length.saturating_sub(4096))).ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
-    let line = text.lines().rev().map(strip_control).find(|line| !line.trim().is_empty())?;
+    let tail = text::file_tail(path, 4096)?;
+    let line = tail.lines().rev().map(text::strip_control).find(|line| !line.trim().is_empty())?;
     let line = line.trim();
     Some(match line.char_indices().nth(100) {
         Some((cut, _)) => format!("{}...", &line[..cut]),
@@ -410,25 +405,14 @@ fn last_console_line(path: &std::path::Path) -> Option<String> {
     })
 }
 
-/// `line` without ANSI escape sequences (systemd colours its status lines) and
-/// other control characters.
-fn strip_control(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters... final byte in @..~
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for next in chars.by_ref() {
-                    if ('@'..='~').contains(&next) {
-                        break;
-                    }
-                }
-            }
-        } else if !c.is_control() {
-            out.push(c);
-        }
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn console_lines_lose_colours_and_long_ones_are_cut() {
+        let scratch = tempfile::NamedTempFile::new().expect("temporary file");
+        let long = "x".repeat(150);
+        std::fs::write(scratch.path(), format!("first\n\u{1b}[0;32m{long}\u{1b}[0m\n\n")).unwrap();
+        let line = super::last_console_line(scratch.path()).expect("a line");
+        assert_eq!(line, format!("{}...", "x".repeat(100)));
     }
-    out
 }

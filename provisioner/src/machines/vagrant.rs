@@ -475,8 +475,8 @@ fn closed_ancestor(path: &Path) -> Option<PathBuf> {
 
 /// The lab's key pair, as `ssh::ensure_keypair` makes it: (private, public).
 fn lab_key_paths(state_dir: &Path) -> (PathBuf, PathBuf) {
-    let directory = state_dir.join("ssh");
-    (directory.join("id_ed25519"), directory.join("id_ed25519.pub"))
+    let state = crate::state_dir::StateDir::new(state_dir);
+    (state.ssh_private_key(), state.ssh_public_key())
 }
 
 /// The config disk of `node` in the storage pool.

@@ -7,20 +7,14 @@
 //! that a plain `kubectl` works there. It targets the virtual IP, so it keeps working
 //! whichever master holds it.
 
-use std::path::{Path, PathBuf};
-
 use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{Context, FileSpec, StagePlan};
+use crate::state_dir::StateDir;
 use crate::topology::Role;
 
 /// The user name the kubeconfig gives the admin credentials.
 const ADMIN_USER: &str = "admin";
-
-/// Where the admin kubeconfig lives on the host.
-pub fn local_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("admin.kubeconfig")
-}
 
 pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let kubeconfig = pki::kubeconfig(
@@ -31,7 +25,9 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         context.pki.get(names::ADMIN),
     );
 
-    stage.local_files.push(FileSpec::secret(local_path(&context.state_dir).to_string_lossy(), &kubeconfig));
+    stage
+        .local_files
+        .push(FileSpec::secret(StateDir::new(&context.state_dir).admin_kubeconfig().to_string_lossy(), &kubeconfig));
     for master in context.topology.nodes_with(Role::Master) {
         let actions = stage.node(&master.name);
         actions.files.push(FileSpec::secret(paths::ADMIN_KUBECONFIG, &kubeconfig));
