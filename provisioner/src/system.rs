@@ -1,6 +1,7 @@
-//! The host-side tools the machine backends, the preflight and the artifact builds drive: running a program and saying
-//! exactly what failed, the mount table, processes by PID, and removing a directory
-//! tree without ever descending into something mounted inside it.
+//! The host-side tools the machine backends, the preflight and the artifact builds
+//! drive: running a program and saying exactly what failed, the mount table,
+//! processes by PID, writing a file atomically, and removing a directory tree
+//! without ever descending into something mounted inside it.
 //!
 //! `System` is the seam of the host network and the preflight, as `host::Host` is
 //! for nodes: `LocalSystem` acts on this machine through the functions below, and

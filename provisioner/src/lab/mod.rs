@@ -53,12 +53,6 @@ pub enum LabError {
     Topology(#[from] TopologyError),
     #[error(transparent)]
     Machines(#[from] MachineError),
-    #[error(
-        "lab {lab} in {} runs on the {recorded} backend, not {requested}; leave out --backend \
-         (or `lab destroy` it first)",
-        .state_dir.display()
-    )]
-    OtherBackend { lab: String, state_dir: PathBuf, recorded: Backend, requested: Backend },
     #[error("lab {lab} has no node {node:?}; its nodes are {nodes}")]
     NoSuchNode { lab: String, node: String, nodes: String },
     #[error(
@@ -110,7 +104,7 @@ pub enum LabError {
 impl LabError {
     /// Whether the command line asked for something that does not exist (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, LabError::OtherBackend { .. } | LabError::NoSuchNode { .. })
+        matches!(self, LabError::Machines(MachineError::OtherBackend { .. }) | LabError::NoSuchNode { .. })
     }
 
     /// Whether the topology file is unreadable or invalid (exit code 3).
@@ -162,13 +156,10 @@ impl Lab {
         let state = StateDir::new(&paths.state_dir);
         match machines::recorded_topology(state.root())? {
             Some(topology) => {
-                if let Some(requested) = backend.filter(|backend| *backend != topology.machines.backend) {
-                    return Err(LabError::OtherBackend {
-                        lab: topology.name,
-                        state_dir: paths.state_dir,
-                        recorded: topology.machines.backend,
-                        requested,
-                    });
+                // The same check as `lab up`'s: a backend other than the recorded
+                // one would look for machines that backend never made.
+                if let Some(requested) = backend {
+                    machines::check_state_dir(state.root(), &topology.name, requested)?;
                 }
                 let machines = real_machines(&topology, &paths);
                 Ok(Lab::assemble(topology, Vec::new(), paths, machines, surroundings))

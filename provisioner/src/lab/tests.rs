@@ -276,4 +276,5 @@ fn another_backend_than_the_recorded_one_is_a_usage_error() {
         .expect("refused");
     assert!(error.is_usage(), "{error}");
     assert!(error.to_string().starts_with("lab k8smin in "), "{error}");
+    assert!(error.to_string().ends_with("use `--backend nspawn` (or `lab destroy` it first)"), "{error}");
 }

@@ -64,7 +64,7 @@ impl Lab {
         let started = Instant::now();
         let say = |text: &str| reporter.report(Event::Progress(text));
         let machines = self.machines()?;
-        machines::check_state_dir(&self.paths.state_dir, &self.topology)?;
+        machines::check_state_dir(&self.paths.state_dir, &self.topology.name, self.topology.machines.backend)?;
 
         let step = Instant::now();
         let report = self.host_report();

@@ -482,19 +482,18 @@ pub fn recorded_topology(state_dir: &Path) -> Result<Option<Topology>, MachineEr
         .map_err(|error| MachineError::Record { path, message: error.to_string() })
 }
 
-/// Refuses when `state_dir` holds a lab other than `topology`'s, or the same lab on
-/// another backend (its machines are that backend's). Writes nothing.
-pub fn check_state_dir(state_dir: &Path, topology: &Topology) -> Result<(), MachineError> {
+/// Refuses when `state_dir` holds a lab other than `lab`, or `lab` on another
+/// backend than `backend` (its machines are that backend's). Writes nothing.
+pub fn check_state_dir(state_dir: &Path, lab: &str, backend: Backend) -> Result<(), MachineError> {
     match recorded_lab(&StateDir::new(state_dir).topology_record())? {
-        Some((lab, _)) if lab != topology.name => {
-            Err(MachineError::StateDirTaken { state_dir: state_dir.to_owned(), lab, requested: topology.name.clone() })
-        }
-        Some((lab, recorded)) if recorded != topology.machines.backend.to_string() => Err(MachineError::OtherBackend {
+        Some((recorded_lab, _)) if recorded_lab != lab => Err(MachineError::StateDirTaken {
             state_dir: state_dir.to_owned(),
-            lab,
-            recorded,
-            requested: topology.machines.backend,
+            lab: recorded_lab,
+            requested: lab.to_string(),
         }),
+        Some((lab, recorded)) if recorded != backend.to_string() => {
+            Err(MachineError::OtherBackend { state_dir: state_dir.to_owned(), lab, recorded, requested: backend })
+        }
         _ => Ok(()),
     }
 }
@@ -502,7 +501,7 @@ pub fn check_state_dir(state_dir: &Path, topology: &Topology) -> Result<(), Mach
 /// Claims `state_dir` for `topology`'s lab: refuses when it holds another lab, and
 /// records the topology (again, so the record follows topology edits of the same lab).
 pub fn claim_state_dir(state_dir: &Path, topology: &Topology) -> Result<(), MachineError> {
-    check_state_dir(state_dir, topology)?;
+    check_state_dir(state_dir, &topology.name, topology.machines.backend)?;
     let path = StateDir::new(state_dir).topology_record();
     let record_error = |message: String| MachineError::Record { path: path.clone(), message };
     fs::create_dir_all(state_dir).map_err(|error| record_error(format!("cannot create the state dir: {error}")))?;
@@ -610,7 +609,8 @@ roles = ["etcd", "master", "lb", "worker"]
 
         let mut on_vms = topology("one");
         on_vms.machines.backend = Backend::Libvirt;
-        let error = check_state_dir(state.path(), &on_vms).expect_err("the same lab on another backend");
+        let error = check_state_dir(state.path(), &on_vms.name, on_vms.machines.backend)
+            .expect_err("the same lab on another backend");
         assert_eq!(
             error.to_string(),
             format!(
