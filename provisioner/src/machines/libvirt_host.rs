@@ -26,6 +26,9 @@ pub const URI: &str = "qemu:///system";
 const LIBVIRT_SOCKET: &str = "/run/libvirt/libvirt-sock";
 const VIRTLOGD_SOCKET: &str = "/run/libvirt/virtlogd-sock";
 
+/// Where libvirt keeps each network's dnsmasq files and MAC lists.
+const DNSMASQ_STATE_DIR: &str = "/var/lib/libvirt/dnsmasq";
+
 /// Where libvirt keeps the networks it starts along with itself.
 const AUTOSTART_NETWORKS: &str = "/etc/libvirt/qemu/networks/autostart";
 
@@ -36,6 +39,13 @@ const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// where systemd is PID 1, as daemons of their own elsewhere. Refuses while libvirt
 /// would start a forwarding network along with itself.
 pub fn ensure_libvirtd() -> Result<(), MachineError> {
+    // libvirt writes each network's MAC list into its dnsmasq state directory when a
+    // domain attaches to the network, and refuses to start the domain without it. A
+    // fresh host may lack the directory (seen on Debian 12 where PID 1 is not systemd
+    // and the lab starts libvirtd itself), even for a network without dnsmasq.
+    fs::create_dir_all(DNSMASQ_STATE_DIR).map_err(|error| MachineError::Host {
+        message: format!("cannot create libvirt's dnsmasq state directory {DNSMASQ_STATE_DIR}: {error}"),
+    })?;
     if daemon_answers(LIBVIRT_SOCKET) {
         return Ok(());
     }
