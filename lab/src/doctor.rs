@@ -3,15 +3,16 @@
 //!
 //! Installing is the default, because a new user's next step after "mmdebstrap is
 //! missing" is always to install it; `--check` only reports. Installing also adds
-//! the deb-src entry `apt-get source kubernetes` needs, before the packages. Either way the table
+//! the deb-src entry `apt-get source kubernetes` needs, before the packages, and
+//! cargo-nextest after them (`preflight::set_up_host`, which `lab up` uses too).
+//! Either way the table
 //! shows the host as it is at the end, and the exit code is non-zero while any
 //! check still fails.
 
 use std::fmt::Write as _;
 
 use anyhow::{anyhow, Context as _};
-use provisioner::artifacts::build;
-use provisioner::preflight::{self, Finding, Report, Status};
+use provisioner::preflight::{self, Finding, HostSetup, Report, Status};
 use serde::Serialize;
 
 use crate::{Exit, Failure, Paths};
@@ -21,8 +22,13 @@ use crate::{Exit, Failure, Paths};
 struct DoctorOutput<'a> {
     /// The worst status of all checks: `ok`, `warn` or `fail`.
     status: Status,
-    /// The Debian packages this run installed.
+    /// The Debian packages this run installed (`name` or `name=version`).
     installed: &'a [String],
+    /// Packages apt would have removed, installed at a matching version instead.
+    replaced: &'a [String],
+    /// The cargo-nextest version this run installed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nextest_installed: Option<&'a str>,
     findings: &'a [Finding],
 }
 
@@ -32,29 +38,38 @@ pub fn doctor(paths: &Paths, json: bool, install: bool) -> Result<(), Failure> {
     let lab = paths.lab_from_file()?;
     let check = || lab.host_report();
     let mut report = check();
-    let mut installed = Vec::new();
-    let mut added_deb_src = false;
-    if install && fixable(&report) {
+    let mut setup = HostSetup::default();
+    if install && report.fixable() {
         // Progress goes to stderr, with apt's own output, so that `--json` keeps
         // stdout for the JSON.
-        let say = |line: &str| eprintln!("{line}");
-        if report.deb_src_missing() {
-            preflight::add_deb_src_entry(&say)?;
-            added_deb_src = true;
-        }
-        installed = preflight::install_missing(&report.findings, &say)?;
+        setup = preflight::set_up_host(&report, &|line: &str| eprintln!("{line}"))?;
         report = check();
     }
 
     if json {
-        let output = DoctorOutput { status: report.status(), installed: &installed, findings: &report.findings };
+        let output = DoctorOutput {
+            status: report.status(),
+            installed: &setup.installed,
+            replaced: &setup.replaced,
+            nextest_installed: setup.nextest_installed.as_deref(),
+            findings: &report.findings,
+        };
         println!("{}", serde_json::to_string_pretty(&output).context("serialize the findings")?);
     } else {
-        if added_deb_src {
-            println!("added the deb-src entry {} and ran apt-get update", build::DEB_SRC_LIST_PATH);
+        if let Some(path) = &setup.deb_src_added {
+            println!("added the deb-src entry {path} and ran apt-get update");
         }
-        if !installed.is_empty() {
-            println!("installed: {}\n", installed.join(" "));
+        if !setup.installed.is_empty() {
+            println!("installed: {}", setup.installed.join(" "));
+        }
+        for replacement in &setup.replaced {
+            println!("installed at the version of the release installed, so that apt removed nothing: {replacement}");
+        }
+        if let Some(version) = &setup.nextest_installed {
+            println!("installed cargo-nextest {version}");
+        }
+        if setup.changed_anything() {
+            println!();
         }
         print!("{}", table(&report));
     }
@@ -63,17 +78,15 @@ pub fn doctor(paths: &Paths, json: bool, install: bool) -> Result<(), Failure> {
     if failed.is_empty() {
         return Ok(());
     }
-    let hint =
-        if install || !fixable(&report) { "" } else { " (`lab doctor` installs packages and adds the deb-src entry)" };
+    let hint = if install || !report.fixable() {
+        ""
+    } else {
+        " (`lab doctor` installs packages, adds the deb-src entry and installs cargo-nextest)"
+    };
     Err(Failure {
         exit: Exit::Failure,
         error: anyhow!("{} host check(s) failed: {}{hint}", failed.len(), failed.join("; ")),
     })
-}
-
-/// Whether installing would change something: a missing package or deb-src entry.
-fn fixable(report: &Report) -> bool {
-    report.deb_src_missing() || !report.missing_packages().is_empty()
 }
 
 /// The readable form: one line per check, the fix indented under each problem.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Parser, Subcommand};
-use provisioner::lab::{Lab, LabError, LabPaths, Real};
+use provisioner::lab::{Lab, LabError, LabPaths, Real, UpOptions};
 use provisioner::topology::Backend;
 
 mod doctor;
@@ -41,6 +41,10 @@ enum Verb {
         /// Progress as JSON lines on stdout, the last one `{"event": "done", ...}`.
         #[arg(long)]
         json: bool,
+        /// Refuse, with the fixes, when the host lacks something, instead of
+        /// installing it (packages, the deb-src entry, cargo-nextest) as `doctor` does.
+        #[arg(long)]
+        no_install: bool,
     },
     /// Stop the machines, keeping disks and state.
     Down {
@@ -184,7 +188,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.verb {
         Verb::Plan { json } => verbs::plan(&paths, json),
         Verb::Render { dir } => verbs::render(&paths, &dir),
-        Verb::Up { until, json } => up::up(&paths, up::parse_until(until.as_deref())?, json),
+        Verb::Up { until, json, no_install } => {
+            let options = UpOptions { until: up::parse_until(until.as_deref())?, set_up_host: !no_install };
+            up::up(&paths, options, json)
+        }
         Verb::Down { json } => machine_verbs::down(&paths, json),
         Verb::Destroy { json } => machine_verbs::destroy(&paths, json),
         Verb::Status { json } => machine_verbs::status(&paths, json),

@@ -1,7 +1,7 @@
 //! `lab up`: builds the lab through `provisioner::lab::Lab::up` and prints the
 //! closing summary.
 
-use provisioner::lab::{Until, UpReport};
+use provisioner::lab::{Until, UpOptions, UpReport};
 use provisioner::plan::Stage;
 
 use crate::terminal::{JsonLines, Terminal};
@@ -22,11 +22,11 @@ pub fn parse_until(text: Option<&str>) -> Result<Until, Failure> {
     }
 }
 
-pub fn up(paths: &Paths, until: Until, json: bool) -> Result<(), Failure> {
+pub fn up(paths: &Paths, options: UpOptions, json: bool) -> Result<(), Failure> {
     let lab = paths.lab_from_file()?;
     if json {
         let lines = JsonLines::new();
-        let report = lab.up(until, &lines)?;
+        let report = lab.up(options, &lines)?;
         lines.emit(
             "done",
             serde_json::json!({
@@ -37,8 +37,8 @@ pub fn up(paths: &Paths, until: Until, json: bool) -> Result<(), Failure> {
         );
         return Ok(());
     }
-    let report = lab.up(until, &Terminal::new())?;
-    if until == Until::Machines {
+    let report = lab.up(options, &Terminal::new())?;
+    if options.until == Until::Machines {
         println!("machines are up ({:.1} s); `lab up` continues with the stages", report.elapsed.as_secs_f64());
         return Ok(());
     }

@@ -18,7 +18,7 @@ use crate::host::HostError;
 use crate::machines::{self, hostnet, LabSpec, Leftover, MachineError, MachineState, Machines, Requirement};
 use crate::pki::{self, PkiError};
 use crate::plan::{self, Plan, PlanInputs};
-use crate::preflight::{Finding, Report, Status};
+use crate::preflight::{Finding, PreflightError, Report, Status};
 use crate::readiness::ReadinessError;
 use crate::ssh::{self, KeyPair, SshError};
 use crate::state_dir::StateDir;
@@ -34,7 +34,7 @@ mod up;
 pub use reporter::{Event, Reporter, Silent};
 pub use status::{LabStatus, NodeStatus};
 pub use surroundings::{Real, Surroundings};
-pub use up::{Until, UpReport};
+pub use up::{Until, UpOptions, UpReport};
 
 /// Where a lab's files are on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,14 +56,16 @@ pub enum LabError {
     #[error("lab {lab} has no node {node:?}; its nodes are {nodes}")]
     NoSuchNode { lab: String, node: String, nodes: String },
     #[error(
-        "the host cannot run the lab yet; nothing was created:\n{}\n`lab doctor` checks the host and installs \
-         missing packages",
+        "the host cannot run the lab yet; nothing was created:\n{}\nas root, `lab up` (without --no-install) \
+         and `lab doctor` install what is missing",
         .failures.iter().map(|finding| {
             let fix = finding.fix.as_deref().map(|fix| format!("\n      fix: {fix}")).unwrap_or_default();
             format!("  - {}: {}{fix}", finding.check, finding.detail)
         }).collect::<Vec<_>>().join("\n")
     )]
     HostNotReady { failures: Vec<Finding> },
+    #[error("setting up the host: {0}")]
+    HostSetup(#[from] PreflightError),
     #[error("lab PKI in {}: {source}", .dir.display())]
     Pki { dir: PathBuf, source: PkiError },
     #[error("the lab's SSH key: {0}")]

@@ -11,7 +11,7 @@ use crate::artifacts::build::{self, ArtifactError};
 use crate::host::{Host, HostError};
 use crate::machines::Requirement;
 use crate::plan::NetworkPlan;
-use crate::preflight::{self, Report};
+use crate::preflight::{self, HostSetup, PreflightError, Report};
 use crate::readiness::{self, ReadinessError, Steady};
 use crate::ssh::{KeyPair, SshHost};
 use crate::topology::Topology;
@@ -27,6 +27,9 @@ pub trait Surroundings: Sync {
         cache_dir: &Path,
         requirements: &[Requirement],
     ) -> Report;
+
+    /// Installs what `report` found missing on the host (`preflight::set_up_host`).
+    fn set_up_host(&self, report: &Report, say: &dyn Fn(&str)) -> Result<HostSetup, PreflightError>;
 
     /// The Kubernetes binaries and images in the cache, built unless they are there.
     fn ensure_artifacts(
@@ -66,7 +69,12 @@ impl Surroundings for Real {
     ) -> Report {
         let mut report = preflight::run(topology, state_dir, cache_dir, requirements);
         report.findings.extend(preflight::build_findings(topology, cache_dir));
+        report.findings.push(preflight::nextest_finding());
         report
+    }
+
+    fn set_up_host(&self, report: &Report, say: &dyn Fn(&str)) -> Result<HostSetup, PreflightError> {
+        preflight::set_up_host(report, say)
     }
 
     fn ensure_artifacts(

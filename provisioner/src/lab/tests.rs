@@ -11,7 +11,7 @@ use super::*;
 use crate::host::{Host, HostError, Output, RecordingHost};
 use crate::machines::{hostnet, NodeImage, NodeSpec, StartOutcome, StopOutcome};
 use crate::plan::{HostRoute, NetworkPlan, Stage};
-use crate::preflight::{Finding, Report, Status};
+use crate::preflight::{Finding, HostSetup, PreflightError, Report, Status};
 use crate::readiness::{ReadinessError, Steady};
 use crate::ssh::KeyPair;
 
@@ -116,17 +116,29 @@ impl Host for SharedHost {
     }
 }
 
-/// A host that passes every check it is given (or fails the ones in `failing`).
+/// A host that passes every check it is given (or fails the ones in `failing`,
+/// until it is set up when `installable`).
 struct FakeSurroundings {
     journal: Arc<Journal>,
     hosts: Mutex<BTreeMap<String, Arc<RecordingHost>>>,
-    failing: Vec<Finding>,
+    failing: Mutex<Vec<Finding>>,
+    installable: bool,
 }
 
 impl Surroundings for FakeSurroundings {
     fn preflight(&self, _: &Topology, _: &Path, _: &Path, _: &[Requirement]) -> Report {
         self.journal.note("preflight");
-        Report { findings: self.failing.clone() }
+        Report { findings: self.failing.lock().unwrap().clone() }
+    }
+
+    fn set_up_host(&self, report: &Report, _: &dyn Fn(&str)) -> Result<HostSetup, PreflightError> {
+        self.journal.note("set up host");
+        let packages = report.missing_packages();
+        if !self.installable {
+            return Err(PreflightError::NotRoot { packages: packages.join(" "), command: "apt-get install".into() });
+        }
+        self.failing.lock().unwrap().clear();
+        Ok(HostSetup { installed: packages, ..HostSetup::default() })
     }
 
     fn ensure_artifacts(&self, _: &Topology, _: &Path, _: &dyn Fn(&str)) -> Result<(), ArtifactError> {
@@ -170,6 +182,11 @@ struct Fixture {
 /// The minimal example lab on fakes, in a temporary state and cache directory whose
 /// artifacts are tiny stand-in files.
 fn fixture(failing: Vec<Finding>) -> Fixture {
+    fixture_on(failing, false)
+}
+
+/// `fixture` on a host where installing fixes what is `failing` when `installable`.
+fn fixture_on(failing: Vec<Finding>, installable: bool) -> Fixture {
     let dirs = tempfile::tempdir().expect("temporary directory");
     let repository = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("a workspace");
     let paths = LabPaths {
@@ -185,7 +202,12 @@ fn fixture(failing: Vec<Finding>) -> Fixture {
     }
     let journal = Arc::new(Journal::default());
     let machines = FakeMachines { journal: Arc::clone(&journal), running: Mutex::new(BTreeMap::new()) };
-    let surroundings = FakeSurroundings { journal: Arc::clone(&journal), hosts: Mutex::new(BTreeMap::new()), failing };
+    let surroundings = FakeSurroundings {
+        journal: Arc::clone(&journal),
+        hosts: Mutex::new(BTreeMap::new()),
+        failing: Mutex::new(failing),
+        installable,
+    };
     let lab = Lab::with_parts(topology, paths, Box::new(machines), Box::new(surroundings));
     Fixture { lab, journal, _dirs: dirs }
 }
@@ -194,7 +216,7 @@ fn fixture(failing: Vec<Finding>) -> Fixture {
 fn up_runs_every_part_once_and_every_stage_in_handbook_order() {
     let fixture = fixture(Vec::new());
     let recorder = Recorder::default();
-    let report = fixture.lab.up(Until::Everything, &recorder).expect("up succeeds on fakes");
+    let report = fixture.lab.up(Until::Everything.into(), &recorder).expect("up succeeds on fakes");
 
     let journal = &fixture.journal;
     assert_eq!(journal.count("preflight"), 1, "{:?}", journal.calls());
@@ -220,7 +242,7 @@ fn up_runs_every_part_once_and_every_stage_in_handbook_order() {
 #[test]
 fn up_until_machines_stops_before_the_artifacts_and_stages() {
     let fixture = fixture(Vec::new());
-    let report = fixture.lab.up(Until::Machines, &Silent).expect("machines come up");
+    let report = fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
     assert!(report.stages.is_empty());
     assert_eq!(fixture.journal.count("artifacts"), 0);
     assert_eq!(fixture.journal.count("ready"), 0);
@@ -237,21 +259,49 @@ fn a_host_that_cannot_run_the_lab_is_refused_before_anything_is_made() {
         package: Some("systemd-container".into()),
     }];
     let fixture = fixture(failing);
-    let error = fixture.lab.up(Until::Everything, &Silent).expect_err("refused");
+    let error = fixture.lab.up(Until::Everything.into(), &Silent).expect_err("refused");
     assert_eq!(
         error.to_string(),
         "the host cannot run the lab yet; nothing was created:\n  - systemd-nspawn (runs the nodes): not \
-         installed\n      fix: apt-get install systemd-container\n`lab doctor` checks the host and installs \
-         missing packages"
+         installed\n      fix: apt-get install systemd-container\nas root, `lab up` (without --no-install) and \
+         `lab doctor` install what is missing"
     );
     assert_eq!(fixture.journal.calls(), vec!["preflight".to_string()]);
     assert!(!fixture.lab.state().root().exists(), "no state directory is made");
 }
 
 #[test]
+fn up_installs_what_the_host_lacks_then_goes_on_unless_told_not_to() {
+    let missing = Finding {
+        check: "mmdebstrap (builds the node image)".into(),
+        status: Status::Fail,
+        detail: "missing (Debian package mmdebstrap)".into(),
+        fix: Some("apt-get install -y --no-install-recommends mmdebstrap".into()),
+        package: Some("mmdebstrap".into()),
+    };
+    let fixture = fixture_on(vec![missing.clone()], true);
+    let options = UpOptions { until: Until::Machines, set_up_host: true };
+    fixture.lab.up(options, &Silent).expect("the host is set up, then the machines come up");
+    let calls = fixture.journal.calls();
+    assert_eq!(calls[..3], ["preflight", "set up host", "preflight"], "checked again after the install: {calls:?}");
+
+    // Without root the host is left alone and the lab is refused with the fixes.
+    let fixture = fixture_on(vec![missing.clone()], false);
+    let error = fixture.lab.up(options, &Silent).expect_err("refused");
+    assert!(error.to_string().contains("fix: apt-get install -y --no-install-recommends mmdebstrap"), "{error}");
+    assert_eq!(fixture.journal.calls(), ["preflight", "set up host"]);
+
+    // `--no-install`: nothing is installed, even where it could be.
+    let fixture = fixture_on(vec![missing], true);
+    fixture.lab.up(Until::Machines.into(), &Silent).expect_err("refused");
+    assert_eq!(fixture.journal.calls(), ["preflight"]);
+    assert!(!fixture.lab.state().root().exists(), "no state directory is made");
+}
+
+#[test]
 fn status_takes_pod_ranges_from_the_plan_and_down_stops_every_node() {
     let fixture = fixture(Vec::new());
-    fixture.lab.up(Until::Machines, &Silent).expect("machines come up");
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
     let status = fixture.lab.status().expect("status");
     let worker = status.nodes.iter().find(|node| node.name == "worker1").unwrap();
     assert_eq!(worker.pod_cidr, Some("10.202.0.0/24".parse().unwrap()));
@@ -269,7 +319,7 @@ fn status_takes_pod_ranges_from_the_plan_and_down_stops_every_node() {
 #[test]
 fn another_backend_than_the_recorded_one_is_a_usage_error() {
     let fixture = fixture(Vec::new());
-    fixture.lab.up(Until::Machines, &Silent).expect("machines come up");
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
     let paths = fixture.lab.paths().clone();
     let error = Lab::existing(paths, Some(Backend::Vagrant), Box::new(Real { workspace_dir: PathBuf::new() }))
         .err()

@@ -12,7 +12,7 @@ use crate::executor::{Executor, StageReport};
 use crate::host::Host;
 use crate::machines::{self, MachineState, NodeImage, NodeSpec, StartOutcome};
 use crate::plan::{Plan, Stage};
-use crate::preflight::Status;
+use crate::preflight::{PreflightError, Report, Status};
 use crate::readiness;
 use crate::ssh::KeyPair;
 use crate::text;
@@ -39,6 +39,23 @@ pub enum Until {
     Everything,
 }
 
+/// How `lab up` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpOptions {
+    pub until: Until,
+    /// Install what the host lacks (Debian packages, the deb-src entry,
+    /// cargo-nextest) before the preflight decides; without it a host that lacks
+    /// something is refused with the fixes, as `lab doctor --check` reports them.
+    pub set_up_host: bool,
+}
+
+impl From<Until> for UpOptions {
+    /// `lab up` to `until` on a host that is already set up.
+    fn from(until: Until) -> Self {
+        UpOptions { until, set_up_host: false }
+    }
+}
+
 /// What a finished `lab up` did.
 #[derive(Debug)]
 pub struct UpReport {
@@ -59,15 +76,37 @@ impl UpReport {
 }
 
 impl Lab {
-    /// Builds the lab up to `until`, converging from whatever state it finds.
-    pub fn up(&self, until: Until, reporter: &dyn Reporter) -> Result<UpReport, LabError> {
+    /// Installs what `report` found missing, saying first in one block what and
+    /// why, and returns the host's report afterwards. Without root or apt the host
+    /// is left as it is and the unchanged report refuses the lab with the fixes.
+    fn set_up_host(&self, report: Report, reporter: &dyn Reporter) -> Result<Report, LabError> {
+        let say = |text: &str| reporter.report(Event::Progress(text));
+        say("preflight: the host lacks what the lab needs; installing it (`lab up --no-install` refuses instead):");
+        for finding in report.findings.iter().filter(|finding| finding.status != Status::Ok && finding.fix.is_some()) {
+            say(&format!("  - {}: {}", finding.check, finding.detail));
+        }
+        match self.surroundings.set_up_host(&report, &say) {
+            Ok(_) => Ok(self.host_report()),
+            Err(
+                PreflightError::NotRoot { .. } | PreflightError::NoApt { .. } | PreflightError::DebSrcNotRoot { .. },
+            ) => Ok(report),
+            Err(error) => Err(LabError::HostSetup(error)),
+        }
+    }
+
+    /// Builds the lab as far as `options.until`, converging from whatever state it finds.
+    pub fn up(&self, options: UpOptions, reporter: &dyn Reporter) -> Result<UpReport, LabError> {
         let started = Instant::now();
+        let until = options.until;
         let say = |text: &str| reporter.report(Event::Progress(text));
         let machines = self.machines()?;
         machines::check_state_dir(&self.paths.state_dir, &self.topology.name, self.topology.machines.backend)?;
 
         let step = Instant::now();
-        let report = self.host_report();
+        let mut report = self.host_report();
+        if options.set_up_host && report.fixable() {
+            report = self.set_up_host(report, reporter)?;
+        }
         let warnings: Vec<_> = report.findings.iter().filter(|finding| finding.status == Status::Warn).collect();
         for finding in &warnings {
             let fix = finding.fix.as_deref().map(|fix| format!(" (fix: {fix})")).unwrap_or_default();

@@ -20,7 +20,8 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
@@ -74,6 +75,9 @@ pub const PACKAGES: &[&str] = &[
 /// Bumped when the customisation *code* changes in a way its file list and unit
 /// lists below do not show (they are hashed themselves).
 const RECIPE_VERSION: u32 = 1;
+
+/// How long mmdebstrap may be quiet before the build says it is still at work.
+const HEARTBEAT: Duration = Duration::from_secs(15);
 
 /// dpkg filters that keep documentation and translations out of the image: nodes
 /// are read through SSH and journals, and the image is copied for every lab.
@@ -394,14 +398,36 @@ fn build(partial: &Path, recipe: &ImageRecipe, key: &str, progress: &dyn Fn(&str
         .map_err(|error| image_error(key, format!("cannot run mmdebstrap: {error} (run `lab doctor`)")))?;
     let mut last_lines: Vec<String> = Vec::new();
     if let Some(stderr) = child.stderr.take() {
-        for text in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = writeln!(log, "{text}");
-            if let Some(step) = text.strip_prefix("I: ") {
-                progress(&format!("mmdebstrap: {step}"));
+        // mmdebstrap says nothing for minutes while it installs packages inside the
+        // chroot, so its lines come through a channel and a quiet spell of
+        // `HEARTBEAT` gets a line of its own: how long, and the step it is in.
+        let (lines, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for text in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines.send(text).is_err() {
+                    break;
+                }
             }
-            last_lines.push(text);
-            if last_lines.len() > 5 {
-                last_lines.remove(0);
+        });
+        let started = Instant::now();
+        let mut step = String::from("starting");
+        loop {
+            match received.recv_timeout(HEARTBEAT) {
+                Ok(text) => {
+                    let _ = writeln!(log, "{text}");
+                    if let Some(announced) = text.strip_prefix("I: ") {
+                        progress(&format!("mmdebstrap: {announced}"));
+                        step = announced.trim_end_matches("...").to_string();
+                    }
+                    last_lines.push(text);
+                    if last_lines.len() > 5 {
+                        last_lines.remove(0);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    progress(&format!("mmdebstrap: {} s elapsed; {step}", started.elapsed().as_secs()));
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::apt_sources;
 use super::install::{deb_src_command, install_command};
 use super::{Finding, Status};
 use crate::artifacts::build;
@@ -67,7 +68,14 @@ pub fn build_findings(topology: &Topology, cache_dir: &Path) -> Vec<Finding> {
     let cached_in = cached.then_some(kubernetes_dir.as_path());
     let names: Vec<&str> = build_packages(topology).iter().map(|package| package.name).collect();
     let cargo = (topology.addons.dns == DnsAddon::LabDns).then(cargo_path);
-    build_findings_from(topology, cached_in, &installed_packages(&names), print_kubernetes_source_uris, cargo)
+    let source_probe = || {
+        print_kubernetes_source_uris().map_err(|error| {
+            // The fix is the entry for the host's own mirror, or why there is none.
+            let entry = apt_sources::host_deb_src_entry(Path::new(build::DEB_SRC_LIST_PATH));
+            (error, entry.map(|entry| deb_src_command(&entry)).unwrap_or_else(|reason| reason))
+        })
+    };
+    build_findings_from(topology, cached_in, &installed_packages(&names), source_probe, cargo)
 }
 
 /// The findings of `build_findings` from what was measured: the directory that
@@ -78,7 +86,7 @@ fn build_findings_from(
     topology: &Topology,
     cached_in: Option<&Path>,
     installed: &Result<BTreeSet<String>, String>,
-    print_source_uris: impl FnOnce() -> Result<(), String>,
+    print_source_uris: impl FnOnce() -> Result<(), (String, String)>,
     cargo: Option<Option<PathBuf>>,
 ) -> Vec<Finding> {
     let mut findings: Vec<Finding> =
@@ -143,17 +151,21 @@ fn parse_dpkg_status(listing: &str) -> BTreeSet<String> {
 /// `apt-get source kubernetes` needs a deb-src entry that the default apt
 /// sources of Debian 12 lack; it is needed for every Kubernetes source, since the
 /// pause binary is compiled from the same tree.
-fn deb_src_finding(cached_in: Option<&Path>, print_source_uris: impl FnOnce() -> Result<(), String>) -> Finding {
+/// `print_source_uris` fails with apt's complaint and the fix.
+fn deb_src_finding(
+    cached_in: Option<&Path>,
+    print_source_uris: impl FnOnce() -> Result<(), (String, String)>,
+) -> Finding {
     if let Some(dir) = cached_in {
         return Finding::ok(DEB_SRC_CHECK, format!("not needed while {} holds the built binaries", dir.display()));
     }
     match print_source_uris() {
         Ok(()) => Finding::ok(DEB_SRC_CHECK, "apt-get source finds Debian's kubernetes source package"),
-        Err(error) => Finding::problem(
+        Err((error, fix)) => Finding::problem(
             DEB_SRC_CHECK,
             Status::Fail,
             format!("`apt-get source --print-uris kubernetes` failed: {error}"),
-            deb_src_command(),
+            fix,
         ),
     }
 }
@@ -175,7 +187,7 @@ fn print_kubernetes_source_uris() -> Result<(), String> {
 
 /// The lab-dns server is built with the cargo that runs the lab (`CARGO` under
 /// `cargo run`), else the one on PATH.
-fn cargo_path() -> Option<PathBuf> {
+pub(super) fn cargo_path() -> Option<PathBuf> {
     if let Some(cargo) = std::env::var_os("CARGO") {
         return Some(PathBuf::from(cargo));
     }
@@ -212,7 +224,7 @@ mod tests {
         Ok(names.iter().map(|name| name.to_string()).collect())
     }
 
-    fn no_probe() -> Result<(), String> {
+    fn no_probe() -> Result<(), (String, String)> {
         panic!("the deb-src probe runs only when the source is needed")
     }
 
@@ -289,14 +301,16 @@ mod tests {
 
     #[test]
     fn a_missing_deb_src_entry_fails_with_the_entry_to_write() {
-        let failed = deb_src_finding(None, || Err("E: You must put some 'deb-src' URIs in your sources.list".into()));
+        let complaint = "E: You must put some 'deb-src' URIs in your sources.list".to_string();
+        let fix =
+            deb_src_command("Types: deb-src\nURIs: http://mirror.local/debian\nSuites: bookworm\nComponents: main\n");
+        let failed = deb_src_finding(None, || Err((complaint, fix)));
         assert_eq!(failed.status, Status::Fail);
         assert_eq!(failed.package, None);
         assert_eq!(
             failed.fix.as_deref(),
             Some(
-                "printf 'Types: deb-src\\nURIs: http://deb.debian.org/debian\\nSuites: bookworm\\nComponents: main\\n\
-                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\\n' > \
+                "printf 'Types: deb-src\\nURIs: http://mirror.local/debian\\nSuites: bookworm\\nComponents: main\\n' > \
                  /etc/apt/sources.list.d/k8s-lab-debian-src.sources && apt-get update"
             )
         );

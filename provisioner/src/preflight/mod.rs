@@ -30,12 +30,15 @@ use crate::machines::Requirement;
 use crate::system::LocalSystem;
 use crate::topology::Topology;
 
+mod apt_sources;
 mod build_checks;
 mod host_checks;
 mod install;
+mod nextest;
 
 pub use build_checks::{build_findings, DEB_SRC_CHECK};
-pub use install::{add_deb_src_entry, install_missing};
+pub use install::{set_up_host, HostSetup};
+pub use nextest::finding as nextest_finding;
 
 /// The node image, the Kubernetes build and the container images in the cache.
 pub const CACHE_BYTES: u64 = 4 << 30;
@@ -138,9 +141,15 @@ impl Report {
         install::missing_packages(&self.findings)
     }
 
-    /// Whether `apt-get source kubernetes` needs the deb-src entry `add_deb_src_entry` writes.
+    /// Whether `apt-get source kubernetes` needs the deb-src entry `set_up_host` writes.
     pub fn deb_src_missing(&self) -> bool {
         self.failures().any(|finding| finding.check == DEB_SRC_CHECK)
+    }
+
+    /// Whether `set_up_host` would change something: a missing package, the deb-src
+    /// entry or cargo-nextest.
+    pub fn fixable(&self) -> bool {
+        install::fixable(self)
     }
 }
 
@@ -153,10 +162,19 @@ pub enum PreflightError {
     NoApt { packages: String },
     #[error("`{command}` failed: {message}")]
     Apt { command: String, message: String },
+    #[error(
+        "installing {packages} would make apt remove {removed}, and the lab removes nothing of the host's; decide \
+         yourself, e.g. `{command}` and then reinstall what it removed"
+    )]
+    WouldRemove { packages: String, removed: String, command: String },
     #[error("adding the deb-src entry for bookworm needs root; as root run: {command}")]
     DebSrcNotRoot { command: String },
+    #[error("the deb-src entry for bookworm: {0}")]
+    NoDebianSource(String),
     #[error("cannot write the deb-src entry to {path}: {message}")]
     WriteDebSrc { path: String, message: String },
+    #[error("`{command}` failed: {message}")]
+    Cargo { command: String, message: String },
 }
 
 /// Runs every host check for `topology`, with `requirements` from its machine
