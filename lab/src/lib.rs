@@ -1,15 +1,17 @@
 //! The lab CLI. `main` parses arguments, runs one verb and maps its outcome to an
-//! exit code; each verb is a function in `verbs`.
+//! exit code; each verb is a function in `verbs`, `machine_verbs`, `up` or `doctor`.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::builder::{PossibleValuesParser, TypedValueParser as _};
-use clap::{Parser, Subcommand};
+use clap::builder::{OsStringValueParser, PossibleValuesParser, TypedValueParser as _};
+use clap::{ArgAction, Parser, Subcommand};
 use provisioner::lab::{Lab, LabError, LabPaths, Real, UpOptions};
 use provisioner::topology::Backend;
 
 mod doctor;
+mod kubeconfig;
 mod machine_verbs;
 mod terminal;
 mod up;
@@ -26,6 +28,27 @@ pub struct Cli {
     /// Machine backend, instead of the topology's `[machines] backend`.
     #[arg(long, global = true, value_name = "BACKEND", value_parser = backend_parser())]
     backend: Option<Backend>,
+
+    /// Lab state directory: PKI, SSH keys, machine disks, admin kubeconfig (default:
+    /// .lab/ at the repository root).
+    // Read as a string so that an empty one means the default, as an empty
+    // XDG_CACHE_HOME does by the XDG rules, rather than a usage error.
+    #[arg(long, global = true, value_name = "DIR", env = "LAB_DIR", value_parser = OsStringValueParser::new())]
+    lab_dir: Option<OsString>,
+
+    /// Base directory of the caches, which live in its k8s-lab/ and are shared by
+    /// every lab (default: ~/.cache).
+    #[arg(long, global = true, value_name = "DIR", env = "XDG_CACHE_HOME", value_parser = OsStringValueParser::new())]
+    cache_home: Option<OsString>,
+
+    /// Say more on stderr: -v the provisioner's info messages, -vv debug, -vvv trace
+    /// (RUST_LOG, when set, chooses instead).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+
+    /// Only errors on stderr: no progress lines, no warnings.
+    #[arg(short, long, global = true)]
+    quiet: bool,
 
     #[command(subcommand)]
     verb: Verb,
@@ -81,10 +104,20 @@ enum Verb {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Run the lab's kubectl with the admin kubeconfig.
+    /// Run the lab's kubectl with the admin kubeconfig; exits with kubectl's code.
     Kubectl {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Print the path of the lab's admin kubeconfig.
+    Kubeconfig {
+        /// Also add the lab as cluster, user and context `lab-NAME` to the first file
+        /// of $KUBECONFIG, else ~/.kube/config; `lab destroy` takes them out again.
+        #[arg(long)]
+        merge: bool,
+        /// The path (and what was merged) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the journals of the lab's units (every node, or one).
     Logs {
@@ -106,7 +139,8 @@ enum Verb {
     },
 }
 
-/// How `lab` ends; scripts may rely on these numbers.
+/// How `lab` ends; scripts may rely on these numbers. `lab kubectl` is the one
+/// exception: it exits with kubectl's own code once kubectl ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
@@ -147,8 +181,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    terminal::init(cli.verbose, cli.quiet, std::env::var("RUST_LOG").ok().as_deref());
     match run(cli) {
-        Ok(()) => Exit::Success.into(),
+        Ok(code) => code,
         Err(failure) => {
             eprintln!("error: {}", describe(&failure.error));
             failure.exit.into()
@@ -182,10 +217,10 @@ fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
     })
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
-    let mut paths = Paths::resolve(cli.topology.as_deref());
-    paths.backend = cli.backend;
-    match cli.verb {
+/// Runs the verb; the exit code of a verb that did not fail.
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    let paths = Paths::resolve(&cli);
+    let done = match cli.verb {
         Verb::Plan { json } => verbs::plan(&paths, json),
         Verb::Render { dir } => verbs::render(&paths, &dir),
         Verb::Up { until, json, no_install } => {
@@ -196,10 +231,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Verb::Destroy { json } => machine_verbs::destroy(&paths, json),
         Verb::Status { json } => machine_verbs::status(&paths, json),
         Verb::Ssh { node, command } => machine_verbs::ssh(&paths, &node, &command),
-        Verb::Kubectl { args } => verbs::kubectl(&paths, &args),
+        Verb::Kubectl { args } => return verbs::kubectl(&paths, &args),
+        Verb::Kubeconfig { merge, json } => machine_verbs::kubeconfig(&paths, merge, json),
         Verb::Logs { node, unit, lines } => verbs::logs(&paths, node.as_deref(), unit.as_deref(), lines),
         Verb::Doctor { json, check } => doctor::doctor(&paths, json, !check),
-    }
+    };
+    done.map(|()| Exit::Success.into())
 }
 
 /// Where the topology, the lab state and the caches are.
@@ -211,22 +248,30 @@ pub struct Paths {
     pub cache_dir: PathBuf,
     /// `--backend`, which replaces the topology's `[machines] backend`.
     pub backend: Option<Backend>,
+    /// The user's own kubeconfig (`$KUBECONFIG`'s first file, else
+    /// `~/.kube/config`), for `lab kubeconfig --merge` and `lab destroy`.
+    pub user_kubeconfig: Option<PathBuf>,
 }
 
 impl Paths {
-    fn resolve(topology: Option<&Path>) -> Self {
+    /// The paths of the command line; clap has read `LAB_DIR` and `XDG_CACHE_HOME`
+    /// into their options already.
+    fn resolve(cli: &Cli) -> Self {
         let repository = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent").to_owned();
-        let state_dir = std::env::var_os("LAB_DIR").map(PathBuf::from).unwrap_or_else(|| repository.join(".lab"));
-        let cache_dir = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let given = |option: &Option<OsString>| option.clone().filter(|path| !path.is_empty()).map(PathBuf::from);
+        let state_dir = given(&cli.lab_dir).unwrap_or_else(|| repository.join(".lab"));
+        let cache_dir = given(&cli.cache_home)
+            .or_else(|| home.as_ref().map(|home| home.join(".cache")))
             .unwrap_or_else(|| PathBuf::from("/var/cache"))
             .join("k8s-lab");
+        let kubeconfig_env: Option<OsString> = std::env::var_os("KUBECONFIG");
         Paths {
-            topology: topology.map(Path::to_owned).unwrap_or_else(|| repository.join("lab.toml")),
+            topology: cli.topology.clone().unwrap_or_else(|| repository.join("lab.toml")),
             state_dir: absolute(state_dir),
             cache_dir: absolute(cache_dir),
-            backend: None,
+            backend: cli.backend,
+            user_kubeconfig: kubeconfig::user_file(kubeconfig_env.as_deref(), home.as_deref()),
         }
     }
 }
@@ -244,13 +289,16 @@ impl Paths {
     /// warnings printed.
     pub(crate) fn lab_from_file(&self) -> Result<Lab, Failure> {
         let lab = Lab::from_file(self.lab_paths(), self.backend, surroundings())?;
-        for warning in lab.warnings() {
-            eprintln!("warning: {}: {warning}", self.topology.display());
+        if !terminal::quiet() {
+            for warning in lab.warnings() {
+                eprintln!("warning: {}: {warning}", self.topology.display());
+            }
         }
         Ok(lab)
     }
 
-    /// The lab this state directory holds (`down`, `destroy`, `status`, `ssh`).
+    /// The lab this state directory holds (`down`, `destroy`, `status`, `ssh`,
+    /// `kubectl`, `kubeconfig`, `logs`); a "no lab" error without one.
     pub(crate) fn existing_lab(&self) -> Result<Lab, Failure> {
         Ok(Lab::existing(self.lab_paths(), self.backend, surroundings())?)
     }

@@ -1,10 +1,12 @@
-//! The machine verbs: `lab down`, `lab destroy`, `lab status` and `lab ssh`. They
-//! work on the lab this state directory holds (`Lab::existing`).
+//! The machine verbs: `lab down`, `lab destroy`, `lab status`, `lab ssh` and
+//! `lab kubeconfig`. They work on the lab this state directory holds
+//! (`Lab::existing`); without one they fail with "no lab".
 
 use anyhow::{anyhow, Context as _};
+use provisioner::lab::Event;
 
-use crate::terminal;
-use crate::{Failure, Paths};
+use crate::{kubeconfig, terminal};
+use crate::{Exit, Failure, Paths};
 
 /// `lab down`: stops every machine, keeping disks, state, bridge and routes.
 pub fn down(paths: &Paths, json: bool) -> Result<(), Failure> {
@@ -12,10 +14,65 @@ pub fn down(paths: &Paths, json: bool) -> Result<(), Failure> {
 }
 
 /// `lab destroy`: removes machines, disks, bridge, routes and state; caches stay.
-/// With nothing recorded (an `up` that failed before its first record, or no lab at
-/// all), lab.toml names the bridge and machines such a run may have made.
+/// Then it takes the lab's entries out of the user's kubeconfig, which `lab
+/// kubeconfig --merge` put there; a kubeconfig it cannot change is only a warning,
+/// since the lab itself is gone.
 pub fn destroy(paths: &Paths, json: bool) -> Result<(), Failure> {
-    Ok(paths.existing_lab()?.destroy(terminal::reporter(json).as_ref())?)
+    let lab = paths.existing_lab()?;
+    let reporter = terminal::reporter(json);
+    lab.destroy(reporter.as_ref())?;
+    let Some(file) = &paths.user_kubeconfig else { return Ok(()) };
+    let name = kubeconfig::entry_name(&lab.topology().name);
+    match kubeconfig::remove_from(file, &name) {
+        Ok(true) => reporter
+            .report(Event::Progress(&format!("cluster, user and context {name} removed from {}", file.display()))),
+        Ok(false) => {}
+        Err(error) => reporter.report(Event::Warning(&format!("cannot remove {name} from {error:#}"))),
+    }
+    Ok(())
+}
+
+/// `lab kubeconfig [--merge] [--json]`: the admin kubeconfig's path on stdout, for
+/// `export KUBECONFIG=$(lab kubeconfig)`; with `--merge`, the lab is also added to the
+/// user's kubeconfig (`crate::kubeconfig`), which stderr reports.
+pub fn kubeconfig(paths: &Paths, merge: bool, json: bool) -> Result<(), Failure> {
+    let lab = paths.existing_lab()?;
+    let admin = lab.state().admin_kubeconfig();
+    if !admin.exists() {
+        return Err(Failure {
+            exit: Exit::Failure,
+            error: anyhow!(
+                "lab {} has no admin kubeconfig at {} yet: `lab up` writes it",
+                lab.topology().name,
+                admin.display()
+            ),
+        });
+    }
+    let mut merged = serde_json::Value::Null;
+    if merge {
+        let file = paths.user_kubeconfig.as_ref().ok_or_else(|| {
+            anyhow!("--merge: neither KUBECONFIG nor HOME is set, so there is no kubeconfig of yours to merge into")
+        })?;
+        let name = kubeconfig::entry_name(&lab.topology().name);
+        let outcome = kubeconfig::merge_into(file, &admin, &name)
+            .with_context(|| format!("cannot merge lab {} into {}", lab.topology().name, file.display()))?;
+        if !terminal::quiet() && !json {
+            let current = if outcome.current_context_set { " (now the current context)" } else { "" };
+            let what = if outcome.text.is_some() { "merged into" } else { "already in" };
+            eprintln!("context {name}{current}: cluster, user and context {what} {}", file.display());
+        }
+        merged = serde_json::json!({
+            "file": file,
+            "context": name,
+            "changed": outcome.text.is_some(),
+            "current_context_set": outcome.current_context_set,
+        });
+    }
+    if json {
+        let output = serde_json::json!({ "lab": lab.topology().name, "kubeconfig": admin, "merged": merged });
+        return print_stdout(&serde_json::to_string_pretty(&output).context("serialize the kubeconfig's path")?);
+    }
+    print_stdout(&admin.display().to_string())
 }
 
 /// `lab status [--json]`: every node's state and the lab's addresses and files.

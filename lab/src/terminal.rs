@@ -1,12 +1,61 @@
 //! How `lab` shows a lab verb's progress: a spinner per stage on a terminal, plain
-//! lines otherwise, every line timed from the verb's start, on stderr.
+//! lines otherwise, every line timed from the verb's start, on stderr; and how much
+//! it says there besides (`-v`, `-q`, the provisioner's log through `tracing`).
 
 use std::io::IsTerminal as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use provisioner::lab::{Event, Reporter};
+use tracing_subscriber::EnvFilter;
+
+/// Whether `-q` was given. It is set once, before the verb runs, and is process-wide
+/// like the tracing subscriber it goes with, so that every reporter and warning of
+/// the verb honours it wherever it is made.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Sets how much `lab` says on stderr: `-q` only errors, no progress lines and no
+/// warnings; by default warnings and progress; each `-v` one more level of the
+/// provisioner's log. `RUST_LOG` (`rust_log`), when set, chooses the log's levels
+/// instead.
+pub fn init(verbose: u8, quiet: bool, rust_log: Option<&str>) {
+    QUIET.store(quiet, Ordering::Relaxed);
+    let filter = match EnvFilter::try_new(log_directives(verbose, quiet, rust_log)) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("warning: RUST_LOG: {error}; using the levels of -v and -q");
+            EnvFilter::new(log_directives(verbose, quiet, None))
+        }
+    };
+    // The log goes to stderr with everything else `lab` says to a person, so that
+    // stdout stays the verb's output (one JSON document or JSON lines with `--json`).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Whether `-q` asked for errors only.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// The log filter: `RUST_LOG` if set, else the provisioner's and lab's own messages
+/// at the level of `-v` (warn, info, debug, trace) and other crates' at warn; `-q`
+/// errors only.
+fn log_directives(verbose: u8, quiet: bool, rust_log: Option<&str>) -> String {
+    if let Some(directives) = rust_log.filter(|directives| !directives.trim().is_empty()) {
+        return directives.to_string();
+    }
+    if quiet {
+        return "error".to_string();
+    }
+    let level = ["warn", "info", "debug", "trace"][usize::from(verbose.min(3))];
+    format!("warn,provisioner={level},lab={level}")
+}
 
 /// The reporter of a verb with or without `--json`.
 pub fn reporter(json: bool) -> Box<dyn Reporter> {
@@ -17,8 +66,10 @@ pub fn reporter(json: bool) -> Box<dyn Reporter> {
     }
 }
 
-/// The terminal side of `provisioner::lab::Reporter`.
+/// The terminal side of `provisioner::lab::Reporter`. Under `-q` it shows nothing:
+/// the verb's error or closing summary is all that is printed.
 pub struct Terminal {
+    quiet: bool,
     started: Instant,
     /// The display of the stage (or the converged lab's checks) running now.
     current: Mutex<Option<StepDisplay>>,
@@ -33,7 +84,7 @@ struct StepDisplay {
 
 impl Terminal {
     pub fn new() -> Terminal {
-        Terminal { started: Instant::now(), current: Mutex::new(None) }
+        Terminal { quiet: quiet(), started: Instant::now(), current: Mutex::new(None) }
     }
 
     /// A progress line `[  12.3s] text`.
@@ -73,6 +124,9 @@ impl Terminal {
 
 impl Reporter for Terminal {
     fn report(&self, event: Event<'_>) {
+        if self.quiet {
+            return;
+        }
         match event {
             Event::Progress(text) => self.line(text),
             Event::Warning(text) => eprintln!("warning: {text}"),
@@ -190,5 +244,35 @@ impl Reporter for JsonLines {
                 }),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use provisioner::plan::Stage;
+
+    use super::*;
+
+    #[test]
+    fn the_log_levels_follow_v_and_q_unless_rust_log_is_set() {
+        assert_eq!(log_directives(0, false, None), "warn,provisioner=warn,lab=warn");
+        assert_eq!(log_directives(1, false, None), "warn,provisioner=info,lab=info");
+        assert_eq!(log_directives(2, false, None), "warn,provisioner=debug,lab=debug");
+        assert_eq!(log_directives(7, false, None), "warn,provisioner=trace,lab=trace");
+        assert_eq!(log_directives(0, true, None), "error");
+        assert_eq!(log_directives(2, true, Some("provisioner::pki=info")), "provisioner::pki=info");
+        assert_eq!(log_directives(1, false, Some(" ")), "warn,provisioner=info,lab=info", "an empty RUST_LOG is unset");
+    }
+
+    #[test]
+    fn a_quiet_terminal_shows_no_step() {
+        let stage = Stage::ALL[0];
+        let quiet = Terminal { quiet: true, ..Terminal::new() };
+        quiet.report(Event::StageStarted { number: 1, total: 15, stage });
+        assert!(quiet.current.lock().unwrap().is_none());
+
+        let normal = Terminal { quiet: false, ..Terminal::new() };
+        normal.report(Event::StageStarted { number: 1, total: 15, stage });
+        assert!(normal.current.lock().unwrap().is_some());
     }
 }

@@ -1,7 +1,9 @@
-//! The verbs that read the plan: `plan`, `render`, `kubectl` and `logs`. Each asks
-//! the lab of the topology file and prints for a person or, with `--json`, for a script.
+//! The verbs that read the plan: `plan` and `render` of the topology file's lab, and
+//! `kubectl` and `logs` of the lab this state directory holds. Each prints for a
+//! person or, with `--json`, for a script.
 
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::Context as _;
 use provisioner::plan::{self, Content, Plan};
@@ -99,9 +101,11 @@ pub fn render(paths: &Paths, dir: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-/// `lab kubectl ARGS`: the lab's own kubectl build with the admin kubeconfig.
-pub fn kubectl(paths: &Paths, args: &[String]) -> Result<(), Failure> {
-    let lab = paths.lab_from_file()?;
+/// `lab kubectl ARGS`: the lab's own kubectl build with the admin kubeconfig. Once
+/// kubectl ran, `lab` exits with its code, as kubectl itself would; kubectl has said
+/// what went wrong, so `lab` adds nothing.
+pub fn kubectl(paths: &Paths, args: &[String]) -> Result<ExitCode, Failure> {
+    let lab = paths.existing_lab()?;
     let artifacts = lab.artifacts();
     let kubectl = artifacts.binary("kubectl");
     let kubeconfig = lab.state().admin_kubeconfig();
@@ -118,13 +122,13 @@ pub fn kubectl(paths: &Paths, args: &[String]) -> Result<(), Failure> {
         .arg(&kubeconfig)
         .args(args)
         .status()
-        .with_context(|| format!("run {}", kubectl.display()))?;
-    exit_like(status)
+        .with_context(|| format!("cannot run {}", kubectl.display()))?;
+    Ok(exit_code_of(status))
 }
 
 /// `lab logs [NODE] [--unit U]`: the journals of the units the plan puts on each node.
 pub fn logs(paths: &Paths, node: Option<&str>, unit: Option<&str>, lines: u32) -> Result<(), Failure> {
-    let lab = paths.lab_from_file()?;
+    let lab = paths.existing_lab()?;
     let key = lab.key_pair()?;
     for (name, address, mut units) in lab.units_by_node(node)? {
         if let Some(wanted) = unit {
@@ -145,13 +149,9 @@ pub fn logs(paths: &Paths, node: Option<&str>, unit: Option<&str>, lines: u32) -
     Ok(())
 }
 
-/// Ends `lab` with a child's exit status, so scripts see kubectl's own code.
-fn exit_like(status: std::process::ExitStatus) -> Result<(), Failure> {
-    match status.code() {
-        Some(0) => Ok(()),
-        code => Err(Failure {
-            exit: Exit::Failure,
-            error: anyhow::anyhow!("command exited with {}", code.map_or("a signal".to_string(), |c| c.to_string())),
-        }),
-    }
+/// A child's exit code; killed by a signal, 128 plus its number, as a shell reports it.
+fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt as _;
+    let code = status.code().or_else(|| status.signal().map(|signal| 128 + signal));
+    ExitCode::from(code.and_then(|code| u8::try_from(code).ok()).unwrap_or(Exit::Failure as u8))
 }

@@ -5,7 +5,8 @@
 //!
 //! A state directory belongs to one lab: the first `lab up` records the topology in
 //! it, and the other verbs work from that record (`Lab::existing`), so they act on
-//! the machines that exist even after lab.toml changed.
+//! the machines that exist even after lab.toml changed. `lab up` records it before it
+//! makes anything, so a state directory without the record holds no lab.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ pub enum LabError {
     Topology(#[from] TopologyError),
     #[error(transparent)]
     Machines(#[from] MachineError),
+    #[error("no lab in {}: `lab up` makes one (LAB_DIR or --lab-dir selects another state directory)", .state_dir.display())]
+    NoLab { state_dir: PathBuf },
     #[error("lab {lab} has no node {node:?}; its nodes are {nodes}")]
     NoSuchNode { lab: String, node: String, nodes: String },
     #[error(
@@ -147,9 +150,10 @@ impl Lab {
         Ok(Lab::assemble(topology, warnings, paths, machines, surroundings))
     }
 
-    /// The lab whose machines this state directory holds (its recorded topology),
-    /// else the one in the topology file: for `down`, `destroy`, `status` and `ssh`.
-    /// A `backend` other than the recorded lab's is refused.
+    /// The lab whose machines this state directory holds (its recorded topology): for
+    /// the verbs that act on a lab `lab up` made. Without a record there is no such
+    /// lab, whatever the topology file says. A `backend` other than the recorded
+    /// lab's is refused.
     pub fn existing(
         paths: LabPaths,
         backend: Option<Backend>,
@@ -166,7 +170,7 @@ impl Lab {
                 let machines = real_machines(&topology, &paths);
                 Ok(Lab::assemble(topology, Vec::new(), paths, machines, surroundings))
             }
-            None => Lab::from_file(paths, backend, surroundings),
+            None => Err(LabError::NoLab { state_dir: paths.state_dir }),
         }
     }
 

@@ -328,3 +328,19 @@ fn another_backend_than_the_recorded_one_is_a_usage_error() {
     assert!(error.to_string().starts_with("lab k8smin in "), "{error}");
     assert!(error.to_string().ends_with("use `--backend nspawn` (or `lab destroy` it first)"), "{error}");
 }
+
+#[test]
+fn a_state_directory_without_a_record_holds_no_lab_whatever_the_topology_file_says() {
+    let fixture = fixture(Vec::new());
+    let paths = fixture.lab.paths().clone();
+    let error =
+        Lab::existing(paths.clone(), None, Box::new(Real { workspace_dir: PathBuf::new() })).err().expect("no lab");
+    assert!(matches!(error, LabError::NoLab { .. }), "{error}");
+    assert!(!error.is_usage() && !error.is_topology(), "{error}");
+    assert!(error.to_string().starts_with(&format!("no lab in {}: ", paths.state_dir.display())), "{error}");
+    assert!(!paths.state_dir.exists(), "asking writes nothing");
+
+    fixture.lab.up(Until::Machines, &Silent).expect("machines come up");
+    let lab = Lab::existing(paths, None, Box::new(Real { workspace_dir: PathBuf::new() })).expect("the recorded lab");
+    assert_eq!(lab.topology().name, "k8smin");
+}

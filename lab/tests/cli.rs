@@ -1,0 +1,485 @@
+//! The `lab` binary as a user and a script meet it: exit codes, messages, what goes
+//! to stdout and what to stderr. Every test has its own state directory, cache and
+//! home in a temporary directory, and none builds or touches a lab: the "labs" here
+//! are a recorded topology and stand-in files, and no verb that acts on machines runs
+//! against one.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use provisioner::artifacts::Artifacts;
+use provisioner::plan::Stage;
+use provisioner::topology::Topology;
+
+/// The lab name of the stand-in labs; no real lab is called that, so that a verb that
+/// reached for machines would find none of another lab's.
+const LAB: &str = "clitest";
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent").to_owned()
+}
+
+/// One test's surroundings: a temporary directory with the state directory (`lab`,
+/// not made), the cache home (`cache`), a home (`home`) and the stand-in lab's
+/// topology.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let setup = Setup { dir: tempfile::tempdir().expect("a temporary directory") };
+        std::fs::create_dir(setup.home()).unwrap();
+        let minimal = std::fs::read_to_string(repository().join("examples/minimal.toml")).unwrap();
+        std::fs::write(setup.topology_file(), minimal.replace("name = \"k8smin\"", &format!("name = \"{LAB}\"")))
+            .unwrap();
+        setup
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("lab")
+    }
+
+    /// What XDG_CACHE_HOME says.
+    fn cache_home(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_home().join("k8s-lab")
+    }
+
+    fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// The minimal example renamed to `LAB`.
+    fn topology_file(&self) -> PathBuf {
+        self.dir.path().join("topology.toml")
+    }
+
+    /// `lab` in the temporary directory, with its state directory, cache and home there
+    /// and no KUBECONFIG or RUST_LOG from the caller.
+    fn lab(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lab"));
+        command
+            .current_dir(self.dir.path())
+            .env("LAB_DIR", self.state_dir())
+            .env("XDG_CACHE_HOME", self.cache_home())
+            .env("HOME", self.home())
+            .env_remove("KUBECONFIG")
+            .env_remove("RUST_LOG");
+        command
+    }
+
+    /// `lab` on the stand-in lab's topology file.
+    fn lab_on_topology(&self) -> Command {
+        let mut command = self.lab();
+        command.arg("--topology").arg(self.topology_file());
+        command
+    }
+
+    /// A state directory as `lab up` leaves it before its machines: the recorded
+    /// topology, and with `admin_kubeconfig`, the admin kubeconfig too.
+    fn record_lab(&self, admin_kubeconfig: bool) -> Topology {
+        std::fs::create_dir_all(self.state_dir()).unwrap();
+        std::fs::copy(self.topology_file(), self.state_dir().join("topology.toml")).unwrap();
+        if admin_kubeconfig {
+            std::fs::write(self.state_dir().join("admin.kubeconfig"), ADMIN_KUBECONFIG).unwrap();
+        }
+        Topology::load(&self.topology_file()).expect("the renamed example is valid").topology
+    }
+
+    /// A stand-in for the lab's kubectl in the cache: prints its arguments and exits
+    /// with `code`.
+    fn fake_kubectl(&self, topology: &Topology, code: u8) {
+        let artifacts = Artifacts::expected(topology, &self.cache_dir());
+        let kubectl = artifacts.binary("kubectl");
+        std::fs::create_dir_all(kubectl.parent().unwrap()).unwrap();
+        std::fs::write(kubectl, format!("#!/bin/sh\necho \"$@\"\nexit {code}\n")).unwrap();
+        std::fs::set_permissions(kubectl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// An admin kubeconfig in the shape the lab writes, with a stand-in key.
+const ADMIN_KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: \"clitest\"
+  cluster:
+    certificate-authority-data: Q0E=
+    server: \"https://10.242.0.100:8443\"
+users:
+- name: \"admin\"
+  user:
+    client-certificate-data: Q0VSVA==
+    client-key-data: U0VDUkVUS0VZ
+contexts:
+- name: \"admin@clitest\"
+  context:
+    cluster: \"clitest\"
+    user: \"admin\"
+current-context: \"admin@clitest\"
+preferences: {}
+";
+
+fn stdout_of(output: &std::process::Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 on stdout")
+}
+
+fn stderr_of(output: &std::process::Output) -> String {
+    String::from_utf8(output.stderr.clone()).expect("UTF-8 on stderr")
+}
+
+#[test]
+fn help_and_version_exit_0_and_help_names_the_environment() {
+    let setup = Setup::new();
+    setup
+        .lab()
+        .arg("--help")
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains("[env: LAB_DIR="))
+        .stdout(predicate::str::contains("[env: XDG_CACHE_HOME="))
+        .stdout(predicate::str::contains("--verbose"))
+        .stdout(predicate::str::contains("--quiet"))
+        .stdout(predicate::str::contains("kubeconfig"));
+    setup.lab().arg("--version").assert().code(0).stdout(predicate::str::starts_with("lab "));
+    setup.lab().args(["kubeconfig", "--help"]).assert().code(0).stdout(predicate::str::contains("--merge"));
+}
+
+#[test]
+fn a_wrong_command_line_exits_2() {
+    let setup = Setup::new();
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["plan", "--bogus"],
+        &["ssh"],
+        &["plan", "--backend", "nope"],
+        &["-q", "-v", "plan"],
+        &["logs", "--lines", "many"],
+    ] {
+        setup.lab().args(args).assert().code(2).stdout("");
+    }
+    assert!(!setup.state_dir().exists(), "nothing is written");
+}
+
+#[test]
+fn up_until_an_unknown_stage_exits_2_and_lists_the_stages() {
+    let setup = Setup::new();
+    let output = setup.lab_on_topology().args(["up", "--until", "nope"]).assert().code(2).get_output().clone();
+    let stderr = stderr_of(&output);
+    assert!(stderr.starts_with("error: --until nope: no such stage"), "{stderr}");
+    for name in Stage::ALL.iter().map(|stage| stage.name()).chain(["machines"]) {
+        assert!(stderr.contains(name), "{name} is missing from: {stderr}");
+    }
+    assert!(!setup.state_dir().exists(), "nothing is written");
+}
+
+#[test]
+fn an_invalid_topology_file_exits_3_and_names_the_problem() {
+    let setup = Setup::new();
+    let minimal = std::fs::read_to_string(setup.topology_file()).unwrap();
+    let cases = [
+        ("not-toml.toml", "name = \"x\"\n[network\n".to_string(), "not-toml.toml"),
+        ("unknown-field.toml", minimal.replace("[network]", "[network]\nbridge_mtu = 9000"), "bridge_mtu"),
+    ];
+    for (file, text, named) in cases {
+        std::fs::write(setup.dir.path().join(file), text).unwrap();
+        for verb in [&["plan"][..], &["plan", "--json"], &["render", "out"]] {
+            setup
+                .lab()
+                .args(verb)
+                .args(["--topology", file])
+                .assert()
+                .code(3)
+                .stdout("")
+                .stderr(predicate::str::starts_with("error: ").and(predicate::str::contains(named)));
+        }
+    }
+    setup
+        .lab()
+        .args(["plan", "--topology", "missing.toml"])
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("missing.toml"));
+    assert!(!setup.dir.path().join("out").exists(), "render wrote nothing");
+}
+
+#[test]
+fn the_verbs_of_an_existing_lab_say_no_lab_and_exit_1_on_an_empty_state_dir() {
+    let setup = Setup::new();
+    let verbs: [&[&str]; 11] = [
+        &["status"],
+        &["status", "--json"],
+        &["down"],
+        &["down", "--json"],
+        &["destroy"],
+        &["ssh", "master1"],
+        &["logs"],
+        &["kubectl", "--", "get", "nope"],
+        &["kubectl", "get", "nodes"],
+        &["kubeconfig"],
+        &["kubeconfig", "--merge", "--json"],
+    ];
+    let expected = format!("error: no lab in {}: `lab up` makes one", setup.state_dir().display());
+    for verb in verbs {
+        // The topology file names a lab too; it is not the one a state directory holds.
+        setup
+            .lab_on_topology()
+            .args(verb)
+            .assert()
+            .code(1)
+            .stdout("")
+            .stderr(predicate::str::starts_with(expected.as_str()));
+    }
+    assert!(!setup.state_dir().exists(), "nothing is written");
+    assert!(!setup.home().join(".kube").exists(), "nothing is merged");
+}
+
+#[test]
+fn a_backend_or_node_the_lab_does_not_have_exits_2() {
+    let setup = Setup::new();
+    setup.record_lab(false);
+    setup
+        .lab()
+        .args(["status", "--backend", "vagrant"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("use `--backend nspawn`"));
+    setup
+        .lab()
+        .args(["ssh", "nope"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("error: lab clitest has no node \"nope\"; its nodes are master1, worker1"));
+}
+
+#[test]
+fn plan_json_is_one_json_document_without_key_material() {
+    let setup = Setup::new();
+    let output = setup.lab().args(["plan", "--json", "-vv"]).assert().code(0).get_output().clone();
+    let stdout = stdout_of(&output);
+    let plan: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is one JSON document");
+    assert_eq!(plan["lab"], "k8s");
+    assert!(stderr_of(&output).contains("issuing certificate"), "the log went to stderr");
+
+    for marker in ["PRIVATE KEY", "client-key-data"] {
+        assert!(!stdout.contains(marker), "{marker} in the plan");
+    }
+    // Not one line of any key the plan was made with, in any encoding the plan uses.
+    let mut keys = 0;
+    for entry in std::fs::read_dir(setup.state_dir().join("pki")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        if !text.contains("PRIVATE KEY") {
+            continue;
+        }
+        keys += 1;
+        for line in text.lines().filter(|line| !line.starts_with("-----")) {
+            assert!(!stdout.contains(line), "a key's line is in the plan");
+        }
+        let encoded = provisioner::pki::kubeconfig(
+            "c",
+            "s",
+            "",
+            "u",
+            &provisioner::pki::Issued { cert_pem: String::new(), key_pem: text.clone() },
+        );
+        let base64 = encoded.lines().find_map(|line| line.trim().strip_prefix("client-key-data: ")).unwrap();
+        assert!(!stdout.contains(&base64[..40]), "a key in base64 is in the plan");
+    }
+    assert!(keys > 10, "the plan's PKI was issued ({keys} keys)");
+}
+
+#[test]
+fn plan_works_from_any_current_directory() {
+    let setup = Setup::new();
+    let minimal = repository().join("examples/minimal.toml");
+    setup
+        .lab()
+        .arg("plan")
+        .arg("--topology")
+        .arg(&minimal)
+        .assert()
+        .code(0)
+        .stdout(predicate::str::starts_with("lab k8smin\n"));
+    // A relative path is relative to the current directory, as for any program.
+    setup
+        .lab()
+        .current_dir(repository().join("examples"))
+        .args(["plan", "--topology", "minimal.toml"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::starts_with("lab k8smin\n"));
+    // Without --topology: lab.toml at the repository root, wherever `lab` runs.
+    setup.lab().arg("plan").assert().code(0).stdout(predicate::str::starts_with("lab k8s\n"));
+}
+
+#[test]
+fn verbose_quiet_and_rust_log_choose_what_reaches_stderr() {
+    // Each run issues a fresh PKI (its own state directory): the provisioner logs that
+    // at info.
+    let run = |args: &[&str], rust_log: Option<&str>| {
+        let setup = Setup::new();
+        let mut command = setup.lab();
+        if let Some(directives) = rust_log {
+            command.env("RUST_LOG", directives);
+        }
+        let output = command.args(args).assert().code(0).get_output().clone();
+        (stdout_of(&output), stderr_of(&output))
+    };
+    let (stdout, stderr) = run(&["plan"], None);
+    assert!(stdout.starts_with("lab k8s\n"));
+    assert!(!stderr.contains("issuing certificate"), "warnings only by default: {stderr}");
+    let (_, stderr) = run(&["plan", "-v"], None);
+    assert!(stderr.contains("INFO") && stderr.contains("issuing certificate"), "{stderr}");
+    let (_, stderr) = run(&["-v", "plan"], Some("error"));
+    assert!(!stderr.contains("issuing certificate"), "RUST_LOG wins over -v: {stderr}");
+    let (_, stderr) = run(&["plan"], Some("provisioner::pki=info"));
+    assert!(stderr.contains("issuing certificate"), "RUST_LOG wins over the default: {stderr}");
+    let (stdout, stderr) = run(&["plan", "--quiet"], None);
+    assert!(stdout.starts_with("lab k8s\n"), "the verb's output stays");
+    assert_eq!(stderr, "", "-q: nothing but errors");
+}
+
+#[test]
+fn kubectl_exits_with_kubectls_own_code() {
+    let setup = Setup::new();
+    let topology = setup.record_lab(true);
+    for code in [0, 1, 7] {
+        setup.fake_kubectl(&topology, code);
+        let kubeconfig = setup.state_dir().join("admin.kubeconfig");
+        setup
+            .lab()
+            .args(["kubectl", "--", "get", "nope"])
+            .assert()
+            .code(i32::from(code))
+            .stdout(format!("--kubeconfig {} get nope\n", kubeconfig.display()))
+            .stderr("");
+    }
+}
+
+#[test]
+fn kubectl_without_its_binary_or_kubeconfig_exits_1() {
+    let setup = Setup::new();
+    let topology = setup.record_lab(false);
+    setup
+        .lab()
+        .args(["kubectl", "get", "nodes"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::starts_with("error: no kubectl at "));
+    setup.fake_kubectl(&topology, 0);
+    setup
+        .lab()
+        .args(["kubectl", "get", "nodes"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::starts_with("error: no admin kubeconfig at "));
+}
+
+#[test]
+fn kubeconfig_prints_the_admin_kubeconfigs_path() {
+    let setup = Setup::new();
+    setup.record_lab(false);
+    setup.lab().arg("kubeconfig").assert().code(1).stderr(predicate::str::contains(format!(
+        "error: lab clitest has no admin kubeconfig at {} yet",
+        setup.state_dir().join("admin.kubeconfig").display()
+    )));
+
+    setup.record_lab(true);
+    let path = setup.state_dir().join("admin.kubeconfig");
+    setup.lab().arg("kubeconfig").assert().code(0).stdout(format!("{}\n", path.display())).stderr("");
+    let output = setup.lab().args(["kubeconfig", "--json"]).assert().code(0).get_output().clone();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["kubeconfig"], path.to_str().unwrap());
+    assert_eq!(json["lab"], LAB);
+    assert!(json["merged"].is_null());
+    assert!(!setup.home().join(".kube").exists(), "nothing merged without --merge");
+}
+
+#[test]
+fn kubeconfig_merge_adds_the_lab_to_the_users_kubeconfig_once() {
+    let setup = Setup::new();
+    setup.record_lab(true);
+    let user_file = setup.home().join(".kube/config");
+
+    let output = setup.lab().args(["kubeconfig", "--merge"]).assert().code(0).get_output().clone();
+    assert_eq!(stdout_of(&output), format!("{}\n", setup.state_dir().join("admin.kubeconfig").display()));
+    let stderr = stderr_of(&output);
+    assert!(stderr.contains("context lab-clitest (now the current context)"), "{stderr}");
+    assert!(!stderr.contains("U0VDUkVUS0VZ"), "no key on stderr");
+    assert_eq!(std::fs::metadata(&user_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let merged = std::fs::read_to_string(&user_file).unwrap();
+    let config: serde_json::Value = serde_yaml_ng::from_str(&merged).unwrap();
+    assert_eq!(config["current-context"], "lab-clitest");
+    assert_eq!(config["users"][0]["name"], "lab-clitest");
+    assert_eq!(config["users"][0]["user"]["client-key-data"], "U0VDUkVUS0VZ");
+
+    let output = setup.lab().args(["kubeconfig", "--merge", "--json"]).assert().code(0).get_output().clone();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["merged"]["context"], "lab-clitest");
+    assert_eq!(json["merged"]["changed"], false);
+    assert_eq!(json["merged"]["file"], user_file.to_str().unwrap());
+    assert_eq!(std::fs::read_to_string(&user_file).unwrap(), merged, "merging again changes nothing");
+    assert!(!stdout_of(&output).contains("U0VDUkVUS0VZ"), "no key on stdout");
+}
+
+#[test]
+fn kubeconfig_merge_writes_kubeconfigs_first_file() {
+    let setup = Setup::new();
+    setup.record_lab(true);
+    let first = setup.dir.path().join("first");
+    let second = setup.dir.path().join("second");
+    std::fs::write(&first, "apiVersion: v1\nkind: Config\ncurrent-context: mine\n").unwrap();
+    setup
+        .lab()
+        .env("KUBECONFIG", format!("{}:{}", first.display(), second.display()))
+        .args(["-q", "kubeconfig", "--merge"])
+        .assert()
+        .code(0)
+        .stderr("");
+    let config: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&first).unwrap()).unwrap();
+    assert_eq!(config["current-context"], "mine", "a current context is kept");
+    assert_eq!(config["contexts"][0]["name"], "lab-clitest");
+    assert!(!second.exists() && !setup.home().join(".kube").exists());
+}
+
+#[test]
+fn the_state_and_cache_directories_come_from_the_flags_else_the_environment() {
+    let setup = Setup::new();
+    let flag_dir = setup.dir.path().join("flag");
+    setup
+        .lab()
+        .arg("status")
+        .arg("--lab-dir")
+        .arg(&flag_dir)
+        .assert()
+        .code(1)
+        .stderr(predicate::str::starts_with(format!("error: no lab in {}: ", flag_dir.display())));
+    // A relative LAB_DIR is relative to the current directory.
+    setup.lab().env("LAB_DIR", "relative").arg("status").assert().code(1).stderr(predicate::str::starts_with(format!(
+        "error: no lab in {}: ",
+        setup.dir.path().join("relative").display()
+    )));
+
+    // The plan names the cache's files: XDG_CACHE_HOME/k8s-lab, an empty one counting
+    // as unset (HOME/.cache), and --cache-home over both.
+    let cache_in_plan = |command: &mut Command| {
+        let output = command.args(["plan", "--json"]).assert().code(0).get_output().clone();
+        let stdout = stdout_of(&output);
+        let cache = ["cache/k8s-lab", "home/.cache/k8s-lab", "flag-cache/k8s-lab"]
+            .into_iter()
+            .filter(|cache| stdout.contains(&format!("{}/{cache}/", setup.dir.path().display())))
+            .collect::<Vec<_>>();
+        assert_eq!(cache.len(), 1, "{cache:?}");
+        cache[0]
+    };
+    assert_eq!(cache_in_plan(&mut setup.lab()), "cache/k8s-lab");
+    assert_eq!(cache_in_plan(setup.lab().env("XDG_CACHE_HOME", "")), "home/.cache/k8s-lab");
+    let flag_cache = setup.dir.path().join("flag-cache");
+    assert_eq!(cache_in_plan(setup.lab().arg("--cache-home").arg(&flag_cache)), "flag-cache/k8s-lab");
+}
