@@ -186,7 +186,10 @@ pub(super) fn healthz(url: &str, pki_dir: &Path, timeout: Duration) -> Result<Ap
         .http_status_as_error(false)
         .build()
         .into();
-    let mut response = agent.get(url).call().map_err(|error| format!("GET {url}: {error}"))?;
+    let mut response = agent.get(url).call().map_err(|error| match error {
+        ureq::Error::Timeout(_) => format!("GET {url}: no answer within {:.1} s", timeout.as_secs_f64()),
+        error => format!("GET {url}: {error}"),
+    })?;
     let status = response.status().as_u16();
     let body = response.body_mut().with_config().limit(64 * 1024).read_to_string().unwrap_or_default();
     Ok(health_of(status, &body))
@@ -230,7 +233,8 @@ fn existing_key_pair(private: &Path) -> Result<KeyPair, String> {
 
 /// The one command a node answers: its stage records and marks, its addresses if it
 /// is a load balancer, its etcd member's status if it runs one. Each part prints a
-/// `== PART` line first; etcdctl gets the same bound as the whole probe.
+/// `== PART` line first. etcdctl, which waits for a member that hangs, gets half the
+/// probe's time, so that the rest of the node's answer still arrives in time.
 pub(super) fn node_script(roles: &[Role], time_scale: u32) -> String {
     let mut script = String::from(STATUS_QUERY);
     script.push_str(&format!(
@@ -240,7 +244,7 @@ pub(super) fn node_script(roles: &[Role], time_scale: u32) -> String {
         script.push_str("echo '== addresses'; ip -4 -o address show; ");
     }
     if roles.contains(&Role::Etcd) {
-        let seconds = PROBE_TIMEOUT.as_secs() * u64::from(time_scale.max(1));
+        let seconds = (PROBE_TIMEOUT.as_secs() * u64::from(time_scale.max(1)) / 2).max(1);
         let pki = |file: &str| shell_quote(&paths::etcd_pki(file));
         script.push_str(&format!(
             "echo '== etcd'; ETCDCTL_API=3 timeout {seconds} {etcdctl} --endpoints=https://127.0.0.1:{CLIENT_PORT} \
@@ -440,8 +444,8 @@ mod tests {
         assert!(worker.starts_with(STATUS_QUERY));
         assert!(!worker.contains("ip -4") && !worker.contains("etcdctl"), "{worker}");
         let member = node_script(&[Role::Etcd], 3);
-        assert!(member.contains(&format!("timeout 6 {}", paths::ETCDCTL_BIN)), "{member}");
-        assert!(member.contains("--command-timeout=6s"), "{member}");
+        assert!(member.contains(&format!("timeout 3 {}", paths::ETCDCTL_BIN)), "{member}");
+        assert!(member.contains("--command-timeout=3s"), "{member}");
         assert!(member.contains("--key=/etc/etcd/pki/server-key.pem"), "{member}");
     }
 
