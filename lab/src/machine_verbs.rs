@@ -75,8 +75,10 @@ pub fn kubeconfig(paths: &Paths, merge: bool, json: bool) -> Result<(), Failure>
     print_stdout(&admin.display().to_string())
 }
 
-/// `lab status [--json]`: every node's state and the lab's addresses and files.
-/// The JSON form is a public contract (`provisioner::lab::LabStatus`).
+/// `lab status [--json]`: every node's state, the lab's addresses and files, and what
+/// the running lab answers (API, virtual IP, etcd leader, converged stages). The JSON
+/// form is a public contract (`provisioner::lab::LabStatus`). No lab in the state
+/// directory is an error (exit code 1).
 pub fn status(paths: &Paths, json: bool) -> Result<(), Failure> {
     let status = paths.existing_lab()?.status()?;
     if json {

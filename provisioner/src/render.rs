@@ -11,9 +11,22 @@ pub enum RenderError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
+/// What to write in place of a secret file's content where secrets must not go.
+pub const SECRET_LEFT_OUT: &str = "<secret: left out>\n";
+
 /// Writes each node's text and secret files to `dir/NODE/PATH` (artifacts are listed
 /// in `dir/NODE/ARTIFACTS`, not copied). Returns the number of files written.
 pub fn render(plan: &Plan, dir: &Path) -> Result<usize, RenderError> {
+    render_files(plan, dir, true)
+}
+
+/// Like `render`, with `SECRET_LEFT_OUT` in every secret file (private keys,
+/// kubeconfigs with keys): for log bundles, which leave the host with CI's evidence.
+pub fn render_without_secrets(plan: &Plan, dir: &Path) -> Result<usize, RenderError> {
+    render_files(plan, dir, false)
+}
+
+fn render_files(plan: &Plan, dir: &Path, with_secrets: bool) -> Result<usize, RenderError> {
     let mut written = 0;
     let mut artifact_lists: std::collections::BTreeMap<String, String> = Default::default();
     for stage in &plan.stages {
@@ -22,7 +35,9 @@ pub fn render(plan: &Plan, dir: &Path) -> Result<usize, RenderError> {
             for file in &actions.files {
                 let target = node_dir.join(file.path.trim_start_matches('/'));
                 let bytes = match &file.content {
-                    Content::Text(text) | Content::Secret(text) => text.as_bytes(),
+                    Content::Text(text) => text.as_bytes(),
+                    Content::Secret(text) if with_secrets => text.as_bytes(),
+                    Content::Secret(_) => SECRET_LEFT_OUT.as_bytes(),
                     Content::Artifact { path } => {
                         let list = artifact_lists.entry(actions.node.clone()).or_default();
                         list.push_str(&format!("{} <- {}\n", file.path, path.display()));

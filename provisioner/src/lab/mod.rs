@@ -25,6 +25,7 @@ use crate::ssh::{self, KeyPair, SshError};
 use crate::state_dir::StateDir;
 use crate::topology::{Backend, Topology, TopologyError};
 
+mod probes;
 mod reporter;
 mod status;
 mod surroundings;
@@ -33,7 +34,7 @@ mod tests;
 mod up;
 
 pub use reporter::{Event, Reporter, Silent};
-pub use status::{LabStatus, NodeStatus};
+pub use status::{ApiHealth, LabStatus, NodeStatus, Probed, Probes};
 pub use surroundings::{Real, Surroundings};
 pub use up::{Until, UpOptions, UpReport};
 
@@ -73,12 +74,12 @@ pub enum LabError {
     Pki { dir: PathBuf, source: PkiError },
     #[error("the lab's SSH key: {0}")]
     Key(#[from] SshError),
-    #[error("building the lab's artifacts: {0}")]
-    Artifacts(#[from] ArtifactError),
-    #[error("{} of {total} nodes did not start:\n  {}", .errors.len(), .errors.join("\n  "))]
-    NotStarted { total: usize, errors: Vec<String> },
-    #[error("{} of {total} nodes do not answer SSH:\n  {}", .errors.len(), .errors.join("\n  "))]
-    NoSsh { total: usize, errors: Vec<String> },
+    #[error("building the lab's artifacts: {source}\n{bundle}")]
+    Artifacts { source: ArtifactError, bundle: String },
+    #[error("{} of {total} nodes did not start:\n  {}\n{bundle}", .errors.len(), .errors.join("\n  "))]
+    NotStarted { total: usize, errors: Vec<String>, bundle: String },
+    #[error("{} of {total} nodes do not answer SSH:\n  {}\n{bundle}", .errors.len(), .errors.join("\n  "))]
+    NoSsh { total: usize, errors: Vec<String>, bundle: String },
     #[error(transparent)]
     Connect(#[from] HostError),
     #[error("{source}\n{bundle}")]
@@ -331,8 +332,15 @@ impl Lab {
         Ok(())
     }
 
-    /// `lab status`: every node's state and the lab's addresses and files.
+    /// `lab status`: every node's state, the lab's addresses and files, and, when a
+    /// node runs, what the lab answers now (`Probes`: the API through the virtual
+    /// IP, the node holding it, the etcd leader, how far the stages converged), each
+    /// probe bounded in time. Changes nothing. A state directory that holds no lab is
+    /// an error.
     pub fn status(&self) -> Result<LabStatus, LabError> {
+        if !self.state.topology_record().exists() {
+            return Err(LabError::NoLab { state_dir: self.paths.state_dir.clone() });
+        }
         let machines = self.machines()?;
         let network = &self.topology.network;
         let pod_cidrs = plan::pod_cidrs(&self.topology);
@@ -347,6 +355,9 @@ impl Lab {
                 pod_cidr: pod_cidrs.get(&node.name).copied(),
             });
         }
+        let time_scale = machines.time_scale();
+        let probes =
+            nodes.iter().any(|node| node.state == MachineState::Running).then(|| self.probe(&nodes, time_scale));
         Ok(LabStatus {
             lab: self.topology.name.clone(),
             backend: self.topology.machines.backend,
@@ -357,7 +368,7 @@ impl Lab {
             memory_bytes: nodes.iter().map(|node| node.memory_bytes).sum(),
             nodes,
             vip: network.vip,
-            api_server_url: format!("https://{}:{}", network.vip, network.api_port),
+            api_server_url: self.api_url(),
             pod_cidr: network.pod_cidr,
             service_cidr: network.service_cidr,
             cluster_dns_ip: network.cluster_dns,
@@ -365,7 +376,8 @@ impl Lab {
             kubeconfig: self.state.admin_kubeconfig(),
             ssh_key: self.state.ssh_private_key(),
             ssh_user: "root".into(),
-            time_scale: machines.time_scale(),
+            time_scale,
+            probes,
         })
     }
 

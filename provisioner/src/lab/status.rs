@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::machines::MachineState;
+use crate::plan::Stage;
 use crate::topology::{Backend, Role};
 
 /// The lab's public state: its nodes, addresses and the files a user needs.
@@ -37,6 +38,11 @@ pub struct LabStatus {
     /// The nodes' working sets together, when every node's is known.
     #[serde(default)]
     pub memory_bytes: Option<u64>,
+    /// What the running lab answered when asked; `None` when no node runs, so
+    /// nothing was asked. (There is no record of injected faults yet, so the status
+    /// names none.)
+    #[serde(default)]
+    pub probes: Option<Probes>,
 }
 
 /// One node in `LabStatus`.
@@ -52,6 +58,44 @@ pub struct NodeStatus {
     /// The node's pod range as the plan gives it (workers only).
     #[serde(default)]
     pub pod_cidr: Option<Ipv4Net>,
+}
+
+/// What one probe found, or why it cannot tell: `{"known": VALUE}` or
+/// `{"unknown": "REASON"}` in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probed<T> {
+    Known(T),
+    /// The probe could not tell (a node that did not answer in time, a missing
+    /// certificate, a route that does not lead to the lab bridge), and why.
+    Unknown(String),
+}
+
+/// What `lab status` asked the running lab. Every probe is bounded in time and
+/// fails alone: one that cannot tell is `Unknown` with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probes {
+    /// `GET /healthz` through the virtual IP, with the admin's certificate.
+    pub api: Probed<ApiHealth>,
+    /// The load balancers whose interface holds the virtual IP now: normally one,
+    /// none while it moves, two in a split brain.
+    pub vip_holders: Probed<Vec<String>>,
+    /// The etcd member the cluster follows; `None` when no member knows a leader.
+    pub etcd_leader: Probed<Option<String>>,
+    /// The last stage in handbook order up to which every node of every stage holds
+    /// the record a stage leaves once its checks passed there (and no mark of a run
+    /// that stopped half way); `None` before the first stage. The records are read,
+    /// not re-checked: `lab up` compares them with the plan.
+    pub converged_stage: Probed<Option<Stage>>,
+}
+
+/// The API's answer to `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiHealth {
+    /// Whether it answered 200 `ok`.
+    pub healthy: bool,
+    /// What it answered: `ok`, or the HTTP status and the checks that failed.
+    pub answer: String,
 }
 
 /// The time scale of a lab whose status does not say: machines at the host's speed.
@@ -74,9 +118,56 @@ impl LabStatus {
             let _ =
                 writeln!(text, "memory      {:.2} GiB (the nodes' working sets)", bytes as f64 / (1u64 << 30) as f64);
         }
-        let _ = writeln!(text, "api server  {}", self.api_server_url);
+        match &self.probes {
+            Some(probes) => self.write_probes(&mut text, probes),
+            None => {
+                let _ = writeln!(text, "api server  {}", self.api_server_url);
+                let _ = writeln!(text, "machines    none runs, so nothing was asked (`lab up` starts them)");
+            }
+        }
+        let time_scale = match self.time_scale {
+            1 => "1 (the machines run at the host's speed)".to_string(),
+            scale => format!("{scale} (emulated machines: the lab's timeouts are {scale} times longer)"),
+        };
+        let _ = writeln!(text, "time scale  {time_scale}");
         let _ = writeln!(text, "kubeconfig  {}", self.kubeconfig.display());
         let _ = write!(text, "ssh key     {} (user {}; or `lab ssh NODE`)", self.ssh_key.display(), self.ssh_user);
         text
+    }
+
+    fn write_probes(&self, text: &mut String, probes: &Probes) {
+        use std::fmt::Write as _;
+        let api = show(&probes.api, |health| {
+            let verdict = if health.healthy { "healthy" } else { "unhealthy" };
+            format!("{verdict} ({})", health.answer)
+        });
+        let _ = writeln!(text, "api server  {}: {api}", self.api_server_url);
+        let holders = show(&probes.vip_holders, |holders| match holders.as_slice() {
+            [] => "held by no node".to_string(),
+            [holder] => format!("on {holder}"),
+            several => format!("on {} at once (split brain)", several.join(" and ")),
+        });
+        let _ = writeln!(text, "vip         {} {holders}", self.vip);
+        let leader = show(&probes.etcd_leader, |leader| match leader {
+            Some(member) => member.clone(),
+            None => "none (no member knows a leader)".to_string(),
+        });
+        let _ = writeln!(text, "etcd leader {leader}");
+        let converged = show(&probes.converged_stage, |stage| match stage {
+            Some(stage) => {
+                let number = Stage::ALL.iter().position(|known| known == stage).map_or(0, |index| index + 1);
+                format!("through {} ({number} of {} in handbook order)", stage.name(), Stage::ALL.len())
+            }
+            None => "no stage yet".to_string(),
+        });
+        let _ = writeln!(text, "converged   {converged}");
+    }
+}
+
+/// A probe's finding in words, or `unknown: REASON`.
+fn show<T>(probed: &Probed<T>, known: impl Fn(&T) -> String) -> String {
+    match probed {
+        Probed::Known(value) => known(value),
+        Probed::Unknown(reason) => format!("unknown: {reason}"),
     }
 }

@@ -1,15 +1,17 @@
 //! What a `Lab` needs from the world besides its machines: the host's fitness, the
 //! artifacts in the cache, SSH to the nodes and the host-side proof that the
-//! cluster serves. One trait, so that `lab up`'s whole sequence runs in a unit test
-//! with a fake (and the machines backend's fake) instead of a host and a cluster.
+//! cluster serves, and what `lab status` asks from the host. One trait, so that `lab
+//! up`'s whole sequence and the status run in unit tests with a fake (and the
+//! machines backend's fake) instead of a host and a cluster.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::status::ApiHealth;
 use crate::artifacts::build::{self, ArtifactError};
 use crate::host::{Host, HostError};
-use crate::machines::Requirement;
+use crate::machines::{hostnet, Requirement};
 use crate::plan::NetworkPlan;
 use crate::preflight::{self, HostSetup, PreflightError, Report};
 use crate::readiness::{self, ReadinessError, Steady};
@@ -51,6 +53,14 @@ pub trait Surroundings: Sync {
 
     /// Waits until the cluster serves Services and DNS to the host, steadily.
     fn prove_ready(&self, network: &NetworkPlan, time_scale: u32) -> Result<Steady, ReadinessError>;
+
+    /// Fails, naming the address, unless every one of `addresses` is routed onto
+    /// `bridge`: `lab status` asks nothing of an address that would leave elsewhere.
+    fn verify_routes(&self, bridge: &str, addresses: &[Ipv4Addr]) -> Result<(), String>;
+
+    /// The API's answer to `GET url` (its `/healthz` through the virtual IP) with
+    /// the lab CA and the admin's certificate from `pki_dir`, within `timeout`.
+    fn api_health(&self, url: &str, pki_dir: &Path, timeout: Duration) -> Result<ApiHealth, String>;
 }
 
 /// This host: the real preflight, artifact build, SSH and readiness probes.
@@ -98,5 +108,13 @@ impl Surroundings for Real {
 
     fn prove_ready(&self, network: &NetworkPlan, time_scale: u32) -> Result<Steady, ReadinessError> {
         readiness::wait_until_steady(network, time_scale)
+    }
+
+    fn verify_routes(&self, bridge: &str, addresses: &[Ipv4Addr]) -> Result<(), String> {
+        hostnet::verify_on_bridge(bridge, addresses).map_err(|error| error.to_string())
+    }
+
+    fn api_health(&self, url: &str, pki_dir: &Path, timeout: Duration) -> Result<ApiHealth, String> {
+        super::probes::healthz(url, pki_dir, timeout)
     }
 }

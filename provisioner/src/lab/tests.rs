@@ -35,10 +35,13 @@ impl Journal {
     }
 }
 
-/// Machines that exist only in memory.
+/// Machines that exist only in memory, whose consoles are files in `console_dir`.
 struct FakeMachines {
     journal: Arc<Journal>,
     running: Mutex<BTreeMap<String, bool>>,
+    console_dir: PathBuf,
+    /// A node that fails to start, with what its console says.
+    broken: Option<String>,
 }
 
 impl Machines for FakeMachines {
@@ -63,6 +66,11 @@ impl Machines for FakeMachines {
     fn create_or_start(&self, node: &NodeSpec, _: &NodeImage, key: &str) -> Result<StartOutcome, MachineError> {
         assert!(key.starts_with("ssh-ed25519 "), "the lab's public key goes to every node");
         self.journal.note(format!("machines: start {}", node.name));
+        if self.broken.as_deref() == Some(node.name.as_str()) {
+            std::fs::create_dir_all(&self.console_dir).unwrap();
+            std::fs::write(self.console_dir.join(&node.name), "Kernel panic - not syncing\n").unwrap();
+            return Err(MachineError::Node { node: node.name.clone(), message: "exited at once".into() });
+        }
         self.running.lock().unwrap().insert(node.name.clone(), true);
         Ok(StartOutcome::Started { created: true })
     }
@@ -85,8 +93,8 @@ impl Machines for FakeMachines {
         self.running.lock().unwrap().keys().cloned().collect()
     }
 
-    fn console_log(&self, _node: &str) -> Option<PathBuf> {
-        None
+    fn console_log(&self, node: &str) -> Option<PathBuf> {
+        Some(self.console_dir.join(node)).filter(|path| path.exists())
     }
 
     fn destroy(&self) -> Vec<Leftover> {
@@ -123,6 +131,9 @@ struct FakeSurroundings {
     hosts: Mutex<BTreeMap<String, Arc<RecordingHost>>>,
     failing: Mutex<Vec<Finding>>,
     installable: bool,
+    /// Canned replies: (node, script prefix, what the script returns).
+    replies: Vec<(String, String, Output)>,
+    artifacts_fail: bool,
 }
 
 impl Surroundings for FakeSurroundings {
@@ -143,12 +154,18 @@ impl Surroundings for FakeSurroundings {
 
     fn ensure_artifacts(&self, _: &Topology, _: &Path, _: &dyn Fn(&str)) -> Result<(), ArtifactError> {
         self.journal.note("artifacts");
+        if self.artifacts_fail {
+            return Err(ArtifactError::DirNotSet);
+        }
         Ok(())
     }
 
     fn connect(&self, node: &str, _: Ipv4Addr, _: &KeyPair, _: Duration) -> Result<Box<dyn Host>, HostError> {
         self.journal.note(format!("connect {node}"));
         let host = Arc::new(RecordingHost::new(node));
+        for (_, prefix, output) in self.replies.iter().filter(|(name, ..)| name == node) {
+            host.reply(prefix, output.clone());
+        }
         self.hosts.lock().unwrap().insert(node.to_string(), Arc::clone(&host));
         Ok(Box::new(SharedHost(host)))
     }
@@ -156,6 +173,16 @@ impl Surroundings for FakeSurroundings {
     fn prove_ready(&self, _: &NetworkPlan, _: u32) -> Result<Steady, ReadinessError> {
         self.journal.note("ready");
         Ok(Steady { rounds: 10, failures: 0, elapsed: Duration::from_millis(1) })
+    }
+
+    fn verify_routes(&self, bridge: &str, addresses: &[Ipv4Addr]) -> Result<(), String> {
+        self.journal.note(format!("routes {bridge} {addresses:?}"));
+        Ok(())
+    }
+
+    fn api_health(&self, url: &str, _: &Path, _: Duration) -> Result<ApiHealth, String> {
+        self.journal.note(format!("GET {url}"));
+        Ok(ApiHealth { healthy: true, answer: "ok".into() })
     }
 }
 
@@ -182,11 +209,37 @@ struct Fixture {
 /// The minimal example lab on fakes, in a temporary state and cache directory whose
 /// artifacts are tiny stand-in files.
 fn fixture(failing: Vec<Finding>) -> Fixture {
-    fixture_on(failing, false)
+    fixture_with(failing, Vec::new(), Broken::Nothing)
 }
 
 /// `fixture` on a host where installing fixes what is `failing` when `installable`.
 fn fixture_on(failing: Vec<Finding>, installable: bool) -> Fixture {
+    fixture_of(failing, installable, Vec::new(), Broken::Nothing)
+}
+
+/// What fails in a fixture besides what its hosts reply.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Broken<'a> {
+    Nothing,
+    /// This node does not start.
+    Node(&'a str),
+    Artifacts,
+}
+
+/// `fixture` whose nodes give the canned `replies` (node, script prefix, output), with
+/// one part `broken`.
+fn fixture_with(failing: Vec<Finding>, replies: Vec<(String, String, Output)>, broken: Broken<'_>) -> Fixture {
+    fixture_of(failing, false, replies, broken)
+}
+
+/// Every fixture: the host's `failing` checks (fixed by installing when
+/// `installable`), the nodes' canned `replies` and one part `broken`.
+fn fixture_of(
+    failing: Vec<Finding>,
+    installable: bool,
+    replies: Vec<(String, String, Output)>,
+    broken: Broken<'_>,
+) -> Fixture {
     let dirs = tempfile::tempdir().expect("temporary directory");
     let repository = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("a workspace");
     let paths = LabPaths {
@@ -201,12 +254,22 @@ fn fixture_on(failing: Vec<Finding>, installable: bool) -> Fixture {
         std::fs::write(path, b"stand-in").unwrap();
     }
     let journal = Arc::new(Journal::default());
-    let machines = FakeMachines { journal: Arc::clone(&journal), running: Mutex::new(BTreeMap::new()) };
+    let machines = FakeMachines {
+        journal: Arc::clone(&journal),
+        running: Mutex::new(BTreeMap::new()),
+        console_dir: dirs.path().join("consoles"),
+        broken: match broken {
+            Broken::Node(node) => Some(node.to_string()),
+            _ => None,
+        },
+    };
     let surroundings = FakeSurroundings {
         journal: Arc::clone(&journal),
         hosts: Mutex::new(BTreeMap::new()),
         failing: Mutex::new(failing),
         installable,
+        replies,
+        artifacts_fail: broken == Broken::Artifacts,
     };
     let lab = Lab::with_parts(topology, paths, Box::new(machines), Box::new(surroundings));
     Fixture { lab, journal, _dirs: dirs }
@@ -235,7 +298,12 @@ fn up_runs_every_part_once_and_every_stage_in_handbook_order() {
     let plan_order: Vec<Stage> = fixture.lab.plan().unwrap().stages.iter().map(|stage| stage.stage).collect();
     assert_eq!(*recorder.stages.lock().unwrap(), plan_order);
     assert_eq!(report.stages.len(), plan_order.len());
-    assert!(fixture.lab.state().timings().exists(), "timings.json is written last");
+    let timings = timings(&fixture.lab);
+    assert_eq!(timings["outcome"], "succeeded", "timings.json is written last");
+    assert_eq!(timings["failed"], serde_json::Value::Null);
+    let steps: Vec<&str> = timings["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["preflight", "image", "network", "machines", "boot", "artifacts", "survey", "readiness"]);
+    assert_eq!(timings["stages"].as_array().unwrap().len(), plan_order.len());
     assert!(fixture.lab.state().topology_record().exists(), "the state directory is claimed");
 }
 
@@ -340,7 +408,225 @@ fn a_state_directory_without_a_record_holds_no_lab_whatever_the_topology_file_sa
     assert!(error.to_string().starts_with(&format!("no lab in {}: ", paths.state_dir.display())), "{error}");
     assert!(!paths.state_dir.exists(), "asking writes nothing");
 
-    fixture.lab.up(Until::Machines, &Silent).expect("machines come up");
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
     let lab = Lab::existing(paths, None, Box::new(Real { workspace_dir: PathBuf::new() })).expect("the recorded lab");
     assert_eq!(lab.topology().name, "k8smin");
+}
+
+/// What a node answers to `lab status`'s query when every stage is recorded on it.
+fn converged_answer(extra: &str) -> String {
+    let stages: Vec<&str> = Stage::ALL.iter().map(|stage| stage.name()).collect();
+    format!("== applied\n{}\n== pending\n{extra}", stages.join("\n"))
+}
+
+#[test]
+fn status_asks_every_running_node_once_and_the_api_through_the_vip() {
+    let member_id = 10276657743932975437u64;
+    let master = converged_answer(&format!(
+        "== addresses\n2: host0    inet 10.242.0.11/24 brd 10.242.0.255 scope global host0\n\
+         2: host0    inet 10.242.0.100/32 scope global host0\n== etcd\n\
+         [{{\"Endpoint\":\"https://127.0.0.1:2379\",\"Status\":{{\"header\":{{\"member_id\":{member_id}}},\
+         \"leader\":{member_id}}}}}]\n"
+    ));
+    let answer = |node: &str, stdout: String| {
+        (node.to_string(), probes::STATUS_QUERY.to_string(), Output { status: 0, stdout, stderr: String::new() })
+    };
+    let answers = vec![answer("master1", master), answer("worker1", converged_answer(""))];
+    let fixture = fixture_with(Vec::new(), answers, Broken::Nothing);
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
+    let connected = fixture.journal.count("connect ");
+
+    let status = fixture.lab.status().expect("status");
+    let probes = status.probes.clone().expect("a running lab is probed");
+    assert_eq!(probes.api, Probed::Known(ApiHealth { healthy: true, answer: "ok".into() }));
+    assert_eq!(probes.vip_holders, Probed::Known(vec!["master1".to_string()]));
+    assert_eq!(probes.etcd_leader, Probed::Known(Some("master1".to_string())));
+    assert_eq!(probes.converged_stage, Probed::Known(Stage::ALL.last().copied()));
+    assert_eq!(fixture.journal.count("connect "), connected + 2, "one session per node");
+    assert_eq!(fixture.journal.count("GET https://10.242.0.100:8443/healthz"), 1);
+    let calls = fixture.journal.calls();
+    let routes = calls.iter().position(|call| call.starts_with("routes ")).expect("the routes are checked");
+    assert!(calls[routes].contains("10.242.0.100"), "{}", calls[routes]);
+    assert!(routes < calls.iter().rposition(|call| call.starts_with("connect ")).unwrap(), "routes first");
+
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["probes"]["etcd_leader"]["known"], "master1");
+    assert_eq!(json["probes"]["converged_stage"]["known"], "firewall");
+    assert_eq!(serde_json::from_value::<LabStatus>(json).unwrap(), status, "the suite reads what status writes");
+    let text = status.to_text();
+    assert!(text.contains("vip         10.242.0.100 on master1\n"), "{text}");
+    assert!(text.contains("converged   through firewall (15 of 15 in handbook order)\n"), "{text}");
+}
+
+#[test]
+fn a_stopped_lab_is_not_probed_and_no_lab_is_an_error() {
+    let fixture = fixture(Vec::new());
+    let error = fixture.lab.status().expect_err("no lab yet");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "no lab in {}: `lab up` makes one (LAB_DIR or --lab-dir selects another state directory)",
+            fixture.lab.paths().state_dir.display()
+        )
+    );
+
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
+    fixture.lab.down(&Silent).expect("down");
+    let connected = fixture.journal.count("connect ");
+    let status = fixture.lab.status().expect("status of a stopped lab");
+    assert_eq!(status.probes, None);
+    assert_eq!(fixture.journal.count("connect "), connected, "no session to a stopped lab");
+    assert_eq!(fixture.journal.count("GET "), 0);
+    assert!(status.to_text().contains("machines    none runs, so nothing was asked"), "{}", status.to_text());
+}
+
+/// A host whose commands never end.
+struct HangingHost(String);
+
+impl Host for HangingHost {
+    fn name(&self) -> &str {
+        &self.0
+    }
+    fn run(&self, _script: &str) -> Result<Output, HostError> {
+        std::thread::sleep(Duration::from_secs(600));
+        Ok(Output::default())
+    }
+    fn put_file(&self, _: &str, _: u32, _: &str, _: &[u8]) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn copy_file(&self, _: &str, _: u32, _: &str, _: &Path) -> Result<(), HostError> {
+        Ok(())
+    }
+    fn read_file(&self, _: &str) -> Result<Option<Vec<u8>>, HostError> {
+        Ok(None)
+    }
+}
+
+/// Surroundings whose nodes accept a session and then never answer.
+struct Hanging;
+
+impl Surroundings for Hanging {
+    fn preflight(&self, _: &Topology, _: &Path, _: &Path, _: &[Requirement]) -> Report {
+        Report { findings: Vec::new() }
+    }
+    fn set_up_host(&self, _: &Report, _: &dyn Fn(&str)) -> Result<HostSetup, PreflightError> {
+        Ok(HostSetup::default())
+    }
+    fn ensure_artifacts(&self, _: &Topology, _: &Path, _: &dyn Fn(&str)) -> Result<(), ArtifactError> {
+        Ok(())
+    }
+    fn connect(&self, node: &str, _: Ipv4Addr, _: &KeyPair, _: Duration) -> Result<Box<dyn Host>, HostError> {
+        Ok(Box::new(HangingHost(node.to_string())))
+    }
+    fn prove_ready(&self, _: &NetworkPlan, _: u32) -> Result<Steady, ReadinessError> {
+        Ok(Steady { rounds: 10, failures: 0, elapsed: Duration::from_millis(1) })
+    }
+    fn verify_routes(&self, _: &str, _: &[Ipv4Addr]) -> Result<(), String> {
+        Ok(())
+    }
+    fn api_health(&self, _: &str, _: &Path, timeout: Duration) -> Result<ApiHealth, String> {
+        Err(format!("no answer within {timeout:?}"))
+    }
+}
+
+#[test]
+fn a_node_that_never_answers_makes_the_status_unknown_not_late() {
+    let fixture = fixture(Vec::new());
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
+    let topology = fixture.lab.topology().clone();
+    let machines = FakeMachines {
+        journal: Arc::new(Journal::default()),
+        running: Mutex::new(topology.nodes.iter().map(|node| (node.name.clone(), true)).collect()),
+        console_dir: PathBuf::from("/nonexistent"),
+        broken: None,
+    };
+    let lab = Lab::with_parts(topology, fixture.lab.paths().clone(), Box::new(machines), Box::new(Hanging));
+
+    let started = std::time::Instant::now();
+    let probes = lab.status().expect("status").probes.expect("probed");
+    let took = started.elapsed();
+    assert!(took < probes::PROBE_TIMEOUT + Duration::from_millis(500), "took {took:?}");
+    let unknown = |probed: &Probed<Option<String>>| matches!(probed, Probed::Unknown(reason) if reason.contains("did not answer in time"));
+    assert!(unknown(&probes.etcd_leader), "{:?}", probes.etcd_leader);
+    assert!(matches!(probes.converged_stage, Probed::Unknown(_)), "{:?}", probes.converged_stage);
+    assert!(matches!(probes.api, Probed::Unknown(_)));
+}
+
+/// Every file under `dir`, with its text.
+fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push((path.clone(), String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned()));
+        }
+    }
+    files
+}
+
+/// The one log bundle a failed run left.
+fn only_bundle(lab: &Lab) -> PathBuf {
+    let bundles: Vec<PathBuf> =
+        std::fs::read_dir(lab.state().logs_dir()).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(bundles.len(), 1, "{bundles:?}");
+    bundles[0].clone()
+}
+
+fn timings(lab: &Lab) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(lab.state().timings()).expect("timings.json")).unwrap()
+}
+
+#[test]
+fn a_failed_stage_leaves_timings_that_name_it_and_a_bundle_without_secrets() {
+    let failing_record = Output { status: 1, stdout: String::new(), stderr: "disk full".into() };
+    let replies = vec![("worker1".to_string(), format!("mkdir -p {}", crate::executor::APPLIED_DIR), failing_record)];
+    let fixture = fixture_with(Vec::new(), replies, Broken::Nothing);
+    let error = fixture.lab.up(Until::Everything.into(), &Silent).expect_err("the hosts stage fails on worker1");
+    assert!(error.to_string().contains("log bundle: "), "{error}");
+
+    let timings = timings(&fixture.lab);
+    assert_eq!(timings["outcome"], "failed");
+    assert_eq!(timings["failed"], "hosts");
+    let stages = timings["stages"].as_array().unwrap();
+    assert_eq!(stages.last().unwrap()["stage"], "hosts");
+    assert_eq!(stages.last().unwrap()["outcome"], "failed");
+    let steps: Vec<&str> = timings["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["preflight", "image", "network", "machines", "boot", "artifacts", "survey"]);
+
+    let rendered = files_under(&only_bundle(&fixture.lab).join("rendered"));
+    assert!(rendered.iter().any(|(_, text)| text.contains("BEGIN CERTIFICATE")), "certificates are kept");
+    for (path, text) in &rendered {
+        assert!(!text.contains("PRIVATE KEY"), "{} holds a private key", path.display());
+    }
+    let key = rendered.iter().find(|(path, _)| path.ends_with("etc/etcd/pki/server-key.pem")).expect("a key file");
+    assert_eq!(key.1, crate::render::SECRET_LEFT_OUT);
+}
+
+#[test]
+fn a_node_that_does_not_start_leaves_its_console_in_a_bundle_and_timings() {
+    let fixture = fixture_with(Vec::new(), Vec::new(), Broken::Node("worker1"));
+    let error = fixture.lab.up(Until::Everything.into(), &Silent).expect_err("worker1 does not start");
+    assert!(error.to_string().starts_with("1 of 2 nodes did not start:\n  worker1: exited at once\nlog bundle: "));
+    let bundle = only_bundle(&fixture.lab);
+    assert_eq!(std::fs::read_to_string(bundle.join("worker1/console.log")).unwrap(), "Kernel panic - not syncing\n");
+    assert_eq!(std::fs::read_to_string(bundle.join("error.txt")).unwrap(), "worker1: exited at once");
+
+    let timings = timings(&fixture.lab);
+    assert_eq!(timings["failed"], "machines");
+    assert_eq!(timings["steps"].as_array().unwrap().last().unwrap()["outcome"], "failed");
+}
+
+#[test]
+fn a_failed_artifact_build_leaves_a_bundle_with_the_journals_and_timings() {
+    let fixture = fixture_with(Vec::new(), Vec::new(), Broken::Artifacts);
+    let error = fixture.lab.up(Until::Everything.into(), &Silent).expect_err("the artifacts fail");
+    assert!(error.to_string().starts_with("building the lab's artifacts: kubernetes.dir must be set"), "{error}");
+    assert!(error.to_string().contains("\nlog bundle: "), "{error}");
+    let bundle = only_bundle(&fixture.lab);
+    assert!(bundle.join("master1/etcd.service.log").exists(), "a journal of every node with a session");
+    let timings = timings(&fixture.lab);
+    assert_eq!(timings["failed"], "artifacts");
+    assert_eq!(timings["stages"], serde_json::json!([]));
 }

@@ -4,6 +4,7 @@
 //! per node.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::reporter::Steps;
@@ -94,9 +95,35 @@ impl Lab {
         }
     }
 
-    /// Builds the lab as far as `options.until`, converging from whatever state it finds.
+    /// Builds the lab as far as `options.until`, converging from whatever state it finds. Once the
+    /// state directory is claimed, `STATE/timings.json` records every step and stage
+    /// of the run, failed or not, and a failure leaves a log bundle where there are
+    /// nodes to collect from.
     pub fn up(&self, options: UpOptions, reporter: &dyn Reporter) -> Result<UpReport, LabError> {
         let started = Instant::now();
+        let until = options.until;
+        let timeline = Timeline::default();
+        let outcome = self.run_up(options, reporter, &timeline);
+        if !timeline.claimed() {
+            return outcome.map(|stages| UpReport { stages, elapsed: started.elapsed(), until });
+        }
+        let written = self.write_timings(&timeline, started.elapsed(), outcome.is_err());
+        match outcome {
+            Ok(stages) => {
+                written?;
+                Ok(UpReport { stages, elapsed: started.elapsed(), until })
+            }
+            // The run's own error is the one to report; the timings are evidence.
+            Err(error) => Err(error),
+        }
+    }
+
+    fn run_up(
+        &self,
+        options: UpOptions,
+        reporter: &dyn Reporter,
+        timeline: &Timeline,
+    ) -> Result<Vec<StageReport>, LabError> {
         let until = options.until;
         let say = |text: &str| reporter.report(Event::Progress(text));
         let machines = self.machines()?;
@@ -113,6 +140,8 @@ impl Lab {
             reporter.report(Event::Warning(&format!("{}: {}{fix}", finding.check, finding.detail)));
         }
         let failures: Vec<_> = report.failures().cloned().collect();
+        // A refused run claims no state directory, so its timings are never written.
+        timeline.record_step("preflight", step.elapsed(), failures.is_empty());
         if !failures.is_empty() {
             return Err(LabError::HostNotReady { failures });
         }
@@ -125,14 +154,21 @@ impl Lab {
         ));
 
         machines::claim_state_dir(&self.paths.state_dir, &self.topology)?;
+        timeline.claim();
         let plan = self.plan()?;
         let key = self.key_pair()?;
-        let hosts = self.up_machines(plan, &key, reporter)?;
+        let hosts = self.up_machines(plan, &key, reporter, timeline)?;
         if until == Until::Machines {
-            return Ok(UpReport { stages: Vec::new(), elapsed: started.elapsed(), until });
+            return Ok(Vec::new());
         }
 
-        self.surroundings.ensure_artifacts(&self.topology, &self.paths.cache_dir, &say)?;
+        let bundle = |error: &dyn std::fmt::Display| match self.write_log_bundle(plan, &hosts, error) {
+            Ok(dir) => format!("log bundle: {}", dir.display()),
+            Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
+        };
+        timeline
+            .step("artifacts", || self.surroundings.ensure_artifacts(&self.topology, &self.paths.cache_dir, &say))
+            .map_err(|source| LabError::Artifacts { bundle: bundle(&source), source })?;
         let stages = match until {
             Until::Stage(last) => {
                 let count =
@@ -143,33 +179,42 @@ impl Lab {
         };
         let time_scale = machines.time_scale();
         let executor = Executor::new(hosts.iter().map(|host| host.as_ref())).with_timeout_scale(time_scale);
-        let bundle = |error: &dyn std::fmt::Display| match self.write_log_bundle(plan, &hosts, error) {
-            Ok(dir) => format!("log bundle: {}", dir.display()),
-            Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
-        };
 
         // One query per node says which stages are converged where. A lab that
         // matches its whole plan only has its checks run, all nodes at once, and the
         // host-side proof alongside them: nothing changes on a converged lab.
-        let survey = executor
-            .survey(stages)
+        let survey = timeline
+            .step("survey", || executor.survey(stages))
             .map_err(|source| LabError::Stage { bundle: bundle(&source), source: Box::new(source) })?;
         if survey.covers(stages) {
             say("every node matches the plan: running the checks");
             reporter.report(Event::ChecksStarted);
             let checks_started = Instant::now();
             let (checked, ready) = std::thread::scope(|scope| {
-                let ready = (until == Until::Everything).then(|| scope.spawn(|| self.prove_ready(plan, reporter)));
+                let ready = (until == Until::Everything).then(|| {
+                    scope.spawn(|| {
+                        let proof_started = Instant::now();
+                        let proof = self.prove_ready(plan, reporter);
+                        (proof, proof_started.elapsed())
+                    })
+                });
                 let checked = executor.check_all(stages, &Steps(reporter));
                 (checked, ready.map(|handle| handle.join().expect("readiness thread panicked")))
             });
+            timeline.record_step("checks", checks_started.elapsed(), checked.is_ok());
+            if let Some((proof, took)) = &ready {
+                timeline.record_step("readiness", *took, proof.is_ok());
+            }
             match checked {
                 Ok(reports) => {
                     reporter.report(Event::ChecksDone { stages: reports.len(), elapsed: checks_started.elapsed() });
-                    if let Some(Err(source)) = ready {
+                    if let Some((Err(source), _)) = ready {
                         return Err(LabError::NotReady { bundle: bundle(&source), source });
                     }
-                    return self.finish(reports, started, until);
+                    for report in &reports {
+                        timeline.record_stage(report.stage, report.elapsed, Some(report));
+                    }
+                    return Ok(reports);
                 }
                 Err(error) => {
                     reporter.report(Event::ChecksFailed);
@@ -186,34 +231,42 @@ impl Lab {
             match executor.run_stage_surveyed(stage, &survey, &Steps(reporter)) {
                 Ok(report) => {
                     reporter.report(Event::StageDone { report: &report });
+                    timeline.record_stage(report.stage, report.elapsed, Some(&report));
                     reports.push(report);
                 }
                 Err(source) => {
                     reporter.report(Event::StageFailed { stage: stage.stage, elapsed: stage_started.elapsed() });
+                    timeline.record_stage(stage.stage, stage_started.elapsed(), None);
                     return Err(LabError::Stage { bundle: bundle(&source), source: Box::new(source) });
                 }
             }
         }
         if until == Until::Everything {
-            if let Err(source) = self.prove_ready(plan, reporter) {
-                return Err(LabError::NotReady { bundle: bundle(&source), source });
-            }
+            timeline
+                .step("readiness", || self.prove_ready(plan, reporter))
+                .map_err(|source| LabError::NotReady { bundle: bundle(&source), source })?;
         }
-        self.finish(reports, started, until)
+        Ok(reports)
     }
 
     /// Node image, lab network, every node created or started at once, and every
     /// node answering SSH: one session per node, kept for the stages.
-    fn up_machines(&self, plan: &Plan, key: &KeyPair, reporter: &dyn Reporter) -> Result<Vec<Box<dyn Host>>, LabError> {
+    fn up_machines(
+        &self,
+        plan: &Plan,
+        key: &KeyPair,
+        reporter: &dyn Reporter,
+        timeline: &Timeline,
+    ) -> Result<Vec<Box<dyn Host>>, LabError> {
         let say = |text: &str| reporter.report(Event::Progress(text));
         let machines = self.machines()?;
         let step = Instant::now();
-        let image = machines.ensure_image(&|line| say(&format!("image: {line}")))?;
+        let image = timeline.step("image", || machines.ensure_image(&|line| say(&format!("image: {line}"))))?;
         let verb = if image.from_cache { "used the cached" } else { "built" };
         say(&format!("image: {verb} {} ({})", image.root.display(), seconds(step)));
 
         let step = Instant::now();
-        let network = machines.ensure_network(&plan.network.host_routes)?;
+        let network = timeline.step("network", || machines.ensure_network(&plan.network.host_routes))?;
         say(&format!(
             "network: bridge {} {} with {} ({})",
             plan.network.bridge,
@@ -225,22 +278,32 @@ impl Lab {
             say(&format!("network: route {route}"));
         }
 
+        // A node that did not start or boot leaves its console behind: the bundle
+        // keeps it with the error, though there is no session to read journals over.
+        let bundle = |error: &dyn std::fmt::Display| match self.write_log_bundle(plan, &[], error) {
+            Ok(dir) => format!("log bundle: {}", dir.display()),
+            Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
+        };
         let nodes: Vec<NodeSpec> = self.topology.nodes.iter().map(NodeSpec::of).collect();
-        self.start_nodes(&nodes, &image, key, reporter)?;
-        let hosts = self.wait_for_ssh(&nodes, key, reporter)?;
+        timeline.step("machines", || self.start_nodes(&nodes, &image, key, reporter)).map_err(|errors| {
+            LabError::NotStarted { total: nodes.len(), bundle: bundle(&errors.join("\n")), errors }
+        })?;
+        let hosts = timeline
+            .step("boot", || self.wait_for_ssh(&nodes, key, reporter))
+            .map_err(|errors| LabError::NoSsh { total: nodes.len(), bundle: bundle(&errors.join("\n")), errors })?;
         say(&format!("machines: {} nodes answer SSH as root with {}", nodes.len(), key.private.display()));
         Ok(hosts)
     }
 
-    /// Creates or starts every node at once; reports every node that failed, not the first.
+    /// Creates or starts every node at once; names every node that failed, not the first.
     fn start_nodes(
         &self,
         nodes: &[NodeSpec],
         image: &NodeImage,
         key: &KeyPair,
         reporter: &dyn Reporter,
-    ) -> Result<(), LabError> {
-        let machines = self.machines()?;
+    ) -> Result<(), Vec<String>> {
+        let machines = self.machines().map_err(|error| vec![error.to_string()])?;
         let started = Instant::now();
         let outcomes = std::thread::scope(|scope| {
             let all = scope.spawn(|| {
@@ -278,20 +341,20 @@ impl Lab {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(LabError::NotStarted { total: nodes.len(), errors })
+            Err(errors)
         }
     }
 
     /// Waits until every node answers SSH with the lab's key, in parallel, and keeps
     /// each node's session. A node whose machine stopped fails at once with the place
-    /// of its console log.
+    /// of its console log. Names every node that does not answer.
     fn wait_for_ssh(
         &self,
         nodes: &[NodeSpec],
         key: &KeyPair,
         reporter: &dyn Reporter,
-    ) -> Result<Vec<Box<dyn Host>>, LabError> {
-        let machines = self.machines()?;
+    ) -> Result<Vec<Box<dyn Host>>, Vec<String>> {
+        let machines = self.machines().map_err(|error| vec![error.to_string()])?;
         let deadline = Instant::now() + SSH_TIMEOUT * machines.time_scale();
         let console = |node: &str| machines.console_log(node);
         let outcomes: Vec<Result<Box<dyn Host>, String>> = std::thread::scope(|scope| {
@@ -360,7 +423,7 @@ impl Lab {
         if errors.is_empty() {
             Ok(hosts)
         } else {
-            Err(LabError::NoSsh { total: nodes.len(), errors })
+            Err(errors)
         }
     }
 
@@ -374,31 +437,20 @@ impl Lab {
         Ok(())
     }
 
-    /// Writes `STATE/timings.json` (seconds and changes per stage, for scripts; the
-    /// nightly job keeps it) and returns the run's report.
-    fn finish(&self, stages: Vec<StageReport>, started: Instant, until: Until) -> Result<UpReport, LabError> {
-        let report = UpReport { stages, elapsed: started.elapsed(), until };
-        let stages: Vec<serde_json::Value> = report
-            .stages
-            .iter()
-            .map(|stage| {
-                serde_json::json!({
-                    "stage": stage.stage.name(),
-                    "seconds": stage.elapsed.as_secs_f64(),
-                    "changed_files": stage.changed_files(),
-                    "changed_units": stage.changed_units(),
-                })
-            })
-            .collect();
-        let document = serde_json::json!({ "total_seconds": report.elapsed.as_secs_f64(), "stages": stages });
+    /// Writes `STATE/timings.json`: the run's outcome, the step or stage that failed,
+    /// and the seconds of every step (preflight, image, network, machines, boot,
+    /// artifacts, survey, checks, readiness) and stage it went through, for scripts;
+    /// the nightly job keeps it.
+    fn write_timings(&self, timeline: &Timeline, elapsed: Duration, failed: bool) -> Result<(), LabError> {
         let path = self.state.timings();
+        let document = timeline.document(elapsed, failed);
         let text = serde_json::to_string_pretty(&document).expect("JSON values serialize") + "\n";
-        std::fs::write(&path, text).map_err(|source| LabError::Write { path, source })?;
-        Ok(report)
+        std::fs::write(&path, text).map_err(|source| LabError::Write { path, source })
     }
 
-    /// Every lab unit's journal and the rendered files, per node, under the state
-    /// directory, so a failed run can be read after the machines are gone.
+    /// Every lab unit's journal on each node with a session, every node's console,
+    /// and the rendered files without their secrets, under the state directory, so a
+    /// failed run can be read after the machines are gone (and CI can keep it).
     fn write_log_bundle(
         &self,
         plan: &Plan,
@@ -410,7 +462,7 @@ impl Lab {
         let dir = self.state.logs_dir().join(format!("bundle-{stamp}"));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("error.txt"), error.to_string())?;
-        crate::render::render(plan, &dir.join("rendered")).map_err(std::io::Error::other)?;
+        crate::render::render_without_secrets(plan, &dir.join("rendered")).map_err(std::io::Error::other)?;
         for host in hosts {
             let node_dir = dir.join(host.name());
             std::fs::create_dir_all(&node_dir)?;
@@ -424,7 +476,104 @@ impl Lab {
                 std::fs::write(node_dir.join(format!("{unit}.log")), text)?;
             }
         }
+        if let Ok(machines) = self.machines() {
+            for node in &self.topology.nodes {
+                let Some(console) =
+                    machines.console_log(&node.name).and_then(|path| text::file_tail(&path, CONSOLE_TAIL))
+                else {
+                    continue;
+                };
+                let node_dir = dir.join(&node.name);
+                std::fs::create_dir_all(&node_dir)?;
+                std::fs::write(node_dir.join("console.log"), console)?;
+            }
+        }
         Ok(dir)
+    }
+}
+
+/// How much of a node's console a log bundle keeps: its boot and last messages
+/// fit; a console that ran for days does not fill the disk.
+const CONSOLE_TAIL: u64 = 1 << 20;
+
+/// What one run of `lab up` went through, entry by entry, for `STATE/timings.json`.
+#[derive(Default)]
+struct Timeline {
+    /// Whether the run claimed the state directory: only then is there one to write to.
+    claimed: std::sync::atomic::AtomicBool,
+    steps: Mutex<Vec<serde_json::Value>>,
+    stages: Mutex<Vec<serde_json::Value>>,
+    /// The first step or stage that failed.
+    failed: Mutex<Option<String>>,
+}
+
+impl Timeline {
+    fn claim(&self) {
+        self.claimed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn claimed(&self) -> bool {
+        self.claimed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs one step of the run and records how long it took and whether it failed.
+    fn step<T, E>(&self, name: &str, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let started = Instant::now();
+        let outcome = work();
+        self.record_step(name, started.elapsed(), outcome.is_ok());
+        outcome
+    }
+
+    fn record_step(&self, name: &str, took: Duration, ok: bool) {
+        self.note_failure(name, ok);
+        self.steps.lock().expect("timeline lock").push(serde_json::json!({
+            "step": name,
+            "seconds": took.as_secs_f64(),
+            "outcome": outcome(ok),
+        }));
+    }
+
+    /// A stage that passed (with its report) or failed (without one).
+    fn record_stage(&self, stage: Stage, took: Duration, report: Option<&StageReport>) {
+        self.note_failure(stage.name(), report.is_some());
+        let mut entry = serde_json::json!({
+            "stage": stage.name(),
+            "seconds": took.as_secs_f64(),
+            "outcome": outcome(report.is_some()),
+        });
+        if let Some(report) = report {
+            entry["changed_files"] = report.changed_files().into();
+            entry["changed_units"] = report.changed_units().into();
+        }
+        self.stages.lock().expect("timeline lock").push(entry);
+    }
+
+    fn note_failure(&self, name: &str, ok: bool) {
+        let mut failed = self.failed.lock().expect("timeline lock");
+        if !ok && failed.is_none() {
+            *failed = Some(name.to_string());
+        }
+    }
+
+    /// The whole record. A run can fail between steps (its PKI, its key): then it
+    /// failed with no entry to name.
+    fn document(&self, elapsed: Duration, failed: bool) -> serde_json::Value {
+        let failed_entry = self.failed.lock().expect("timeline lock").clone();
+        serde_json::json!({
+            "outcome": if failed || failed_entry.is_some() { "failed" } else { "succeeded" },
+            "failed": failed_entry,
+            "total_seconds": elapsed.as_secs_f64(),
+            "steps": *self.steps.lock().expect("timeline lock"),
+            "stages": *self.stages.lock().expect("timeline lock"),
+        })
+    }
+}
+
+fn outcome(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "failed"
     }
 }
 
