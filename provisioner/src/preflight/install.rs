@@ -50,7 +50,10 @@ pub fn set_up_host(report: &Report, say: &dyn Fn(&str)) -> Result<HostSetup, Pre
     if !packages.is_empty() {
         let plan = plan_install(&packages, simulate_install, available_versions)?;
         for replacement in &plan.replaced {
-            say(&format!("apt would remove {}: installing it at the matching version instead", replacement));
+            say(&format!(
+                "apt would remove a package of the host's to install these; installing it at the version of the \
+                 release being installed instead: {replacement}"
+            ));
         }
         say(&format!("installing {} with apt-get", plan.arguments.join(" ")));
         let mut arguments = vec!["install", "-y", "--no-install-recommends"];
