@@ -257,7 +257,9 @@ impl Paths {
     /// The paths of the command line; clap has read `LAB_DIR` and `XDG_CACHE_HOME`
     /// into their options already.
     fn resolve(cli: &Cli) -> Self {
-        let repository = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent").to_owned();
+        // An installed `lab` whose checkout is gone works in the current directory,
+        // the way `vagrant` reads the Vagrantfile there: `lab.toml` and `.lab/`.
+        let repository = source_checkout().unwrap_or_else(|| PathBuf::from("."));
         let home = std::env::var_os("HOME").map(PathBuf::from);
         let given = |option: &Option<OsString>| option.clone().filter(|path| !path.is_empty()).map(PathBuf::from);
         let state_dir = given(&cli.lab_dir).unwrap_or_else(|| repository.join(".lab"));
@@ -304,7 +306,15 @@ impl Paths {
     }
 }
 
-/// This host; the lab-dns image is built from this workspace's dns/ crate.
+/// The checkout this `lab` was built from, while it is still there: under `cargo lab`
+/// always; after `cargo install --path lab` only until the checkout is removed.
+fn source_checkout() -> Option<PathBuf> {
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    repository.join("lab.toml").is_file().then(|| repository.to_owned())
+}
+
+/// This host; the lab-dns image is built from the checkout's dns/ crate (without a
+/// checkout the artifact build says so when it needs the source).
 fn surroundings() -> Box<Real> {
     let workspace_dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent").to_owned();
     Box::new(Real { workspace_dir })

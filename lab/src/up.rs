@@ -68,7 +68,8 @@ fn summary(report: &UpReport, kubeconfig: &std::path::Path) -> String {
     }
     let _ = writeln!(
         out,
-        "\nuse the cluster:\n  cargo lab kubectl get nodes\n  kubectl --kubeconfig {} get componentstatuses",
+        "\nuse the cluster:\n  cargo lab kubectl get nodes\n  export KUBECONFIG={}\n  kubectl get componentstatuses\n  \
+         (or `cargo lab kubeconfig --merge` for a context in ~/.kube/config)",
         kubeconfig.display()
     );
     out

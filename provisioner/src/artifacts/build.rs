@@ -63,6 +63,11 @@ pub enum ArtifactError {
     )]
     NoCargo { step: &'static str },
     #[error(
+        "{step}: the lab-dns server is built from the lab's source checkout, and {} is gone; run the lab from \
+         its checkout (`cargo lab up`), or reinstall it from one", .dns_dir.display()
+    )]
+    NoDnsSource { step: &'static str, dns_dir: PathBuf },
+    #[error(
         "{step}: apt-get source found no deb-src entry for Debian 12; `cargo lab doctor` writes one for the \
          host's Debian mirror to {DEB_SRC_LIST_PATH} and runs apt-get update"
     )]

@@ -197,6 +197,16 @@ fn ensure_dnsutils_root(cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<Pat
 /// stamp records the digests of the binary and libraries it holds.
 fn ensure_lab_dns_binary(workspace_dir: &Path, cache_dir: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf> {
     const STEP: &str = "building the lab-dns server";
+    let destination = lab_dns_binary(cache_dir);
+    // An installed `lab` may have outlived its checkout: a built server is then
+    // used as it is, and without one the error says what is missing.
+    let dns_dir = workspace_dir.join("dns");
+    if !dns_dir.join("Cargo.toml").is_file() {
+        if destination.is_file() {
+            return Ok(destination);
+        }
+        return Err(ArtifactError::NoDnsSource { step: STEP, dns_dir });
+    }
     // Under `cargo run` or `cargo test`, CARGO names the cargo of the toolchain that
     // built the lab; cargo holds no lock once it has started the program, so running it
     // again from here is safe.
@@ -205,7 +215,6 @@ fn ensure_lab_dns_binary(workspace_dir: &Path, cache_dir: &Path, progress: &dyn 
         .or_else(|| system::program_exists("cargo").then(|| PathBuf::from("cargo")));
     let cargo = cargo.ok_or(ArtifactError::NoCargo { step: STEP })?;
     let target_dir = lab_dns_target_dir(cache_dir);
-    let destination = lab_dns_binary(cache_dir);
     let log = destination.with_file_name("build.log");
     create_dir(STEP, &target_dir)?;
     if !destination.is_file() {
@@ -341,6 +350,20 @@ mod tests {
 
     use super::*;
     use crate::artifacts::test_support::Recorder;
+
+    #[test]
+    fn without_the_source_checkout_a_built_server_is_used_and_none_is_a_clear_error() {
+        let dirs = tempfile::tempdir().expect("temporary directory");
+        let (gone, cache) = (dirs.path().join("checkout"), dirs.path().join("cache"));
+        let error = ensure_lab_dns_binary(&gone, &cache, &|_| {}).expect_err("nothing to build from");
+        assert!(matches!(error, ArtifactError::NoDnsSource { .. }), "{error}");
+        assert!(error.to_string().contains(&format!("{} is gone", gone.join("dns").display())), "{error}");
+
+        let built = lab_dns_binary(&cache);
+        fs::create_dir_all(built.parent().unwrap()).unwrap();
+        fs::write(&built, b"a built server").unwrap();
+        assert_eq!(ensure_lab_dns_binary(&gone, &cache, &|_| {}).expect("the built server"), built);
+    }
 
     #[test]
     fn the_web_image_serves_its_hostname_through_busybox() {
