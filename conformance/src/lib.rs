@@ -11,7 +11,8 @@
 //!   for etcd, the apiservers and the kubelets;
 //! - a resolver that asks only the cluster DNS, over UDP or TCP ([`Lab::resolver`]);
 //! - TCP probes that tell an open port from a refused and a filtered one ([`Lab::probe`]);
-//! - a shell on every node over SSH with the lab's key ([`Lab::sh`]).
+//! - a shell on every node over SSH with the lab's key ([`Lab::sh`]), and what listens on
+//!   each node's TCP ports ([`Lab::listeners`]).
 //!
 //! When no lab is running, every test fails with one line saying how to start one.
 //!
@@ -53,7 +54,7 @@ pub use https::{HttpsClient, HttpsError, Identity, Reply};
 pub use kubernetes::{
     eventually, kubectl, ready_pods, web_deployment, web_service_endpoints, TestNamespace, WEB_LABEL,
 };
-pub use net::{PortState, Targets, UnsafeTarget};
+pub use net::{Listener, PortState, Targets, UnsafeTarget};
 pub use resolver::{ClusterResolver, Lookup, RecordType, Transport};
 
 /// How long an SSH connection to a running node may take to come up.
@@ -262,6 +263,11 @@ impl Lab {
         output.stdout
     }
 
+    /// Every TCP socket listening on `node` (`ss -ltnpH`), with the processes holding it.
+    pub fn listeners(&self, node: &str) -> Vec<Listener> {
+        net::parse_listeners(&self.sh(node, "ss -ltnpH")).unwrap_or_else(|error| panic!("on {node}: {error}"))
+    }
+
     /// The command line the running `unit` was started with on `node`, one argument per
     /// element; panics if the unit has no running main process.
     pub fn command_line(&self, node: &str, unit: &str) -> Vec<String> {
@@ -361,14 +367,20 @@ pub fn flag(command_line: &[String], name: &str) -> Option<String> {
 }
 
 /// `cargo lab ARGS` in the workspace root, as a user would type it.
-///
-/// Cargo gives a test the variables of the package under test (`CARGO_MANIFEST_DIR`,
-/// `CARGO_PKG_NAME`, ...). They must not reach the inner cargo: some build scripts (ring's)
-/// watch them, so the inner `cargo run` would rebuild half the tree for `lab`, and the next
-/// test build would rebuild it back.
 pub fn cargo_lab(args: &[&str]) -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+    let mut command = inner_cargo();
     command.arg(lab_alias()).args(args).current_dir(workspace_root());
+    command
+}
+
+/// The `cargo` that ran this program, for a cargo command of its own.
+///
+/// Cargo gives a test (and `cargo run` a program) the variables of the package it built
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...). They must not reach the inner cargo:
+/// some build scripts (ring's) watch them, so the inner cargo would rebuild half the tree,
+/// and the next outer build would rebuild it back.
+pub fn inner_cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         let per_package = [

@@ -118,6 +118,67 @@ pub(crate) async fn probe_tcp(address: Ipv4Addr, port: u16, timeout: Duration) -
     }
 }
 
+/// A listening TCP socket on a node, as `ss -ltnpH` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// The local address as `ss` shows it, without brackets or an interface suffix:
+    /// `127.0.0.1`, `::1`, `10.240.0.21`, `0.0.0.0`, `::`, or `*` (every address).
+    pub address: String,
+    pub port: u16,
+    /// The processes holding the socket (`kubelet (pid 812)`), empty if `ss` did not say.
+    pub process: String,
+}
+
+impl Listener {
+    /// Whether only the node itself can connect: the address is a loopback address.
+    pub fn on_loopback_only(&self) -> bool {
+        self.address.parse::<IpAddr>().is_ok_and(|address| address.to_canonical().is_loopback())
+    }
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let process = if self.process.is_empty() { "process unknown" } else { self.process.as_str() };
+        write!(f, "{}:{} ({process})", self.address, self.port)
+    }
+}
+
+/// Parses the output of `ss -ltnpH` (no header), e.g.
+/// `LISTEN 0 4096 127.0.0.1:10248 0.0.0.0:* users:(("kubelet",pid=812,fd=21))`.
+pub(crate) fn parse_listeners(output: &str) -> Result<Vec<Listener>, String> {
+    output
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let unexpected = || format!("unexpected line from `ss -ltnpH`: {line:?}");
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local = fields.get(3).ok_or_else(unexpected)?;
+            let (address, port) = local.rsplit_once(':').ok_or_else(unexpected)?;
+            let port = port.parse().map_err(|_| unexpected())?;
+            // `127.0.0.53%lo`, `[fe80::1]%host0`: the interface a socket is bound to.
+            let address = address.split('%').next().unwrap_or_default();
+            let address = address.trim_start_matches('[').trim_end_matches(']').to_string();
+            let process = fields.get(5..).map(|rest| processes(&rest.join(" "))).unwrap_or_default();
+            Ok(Listener { address, port, process })
+        })
+        .collect()
+}
+
+/// `kubelet (pid 812)` from `users:(("kubelet",pid=812,fd=21))`, comma-separated when
+/// several processes share the socket.
+fn processes(users: &str) -> String {
+    users
+        .split("(\"")
+        .skip(1)
+        .filter_map(|entry| {
+            let (name, rest) = entry.split_once('"')?;
+            let pid = rest.split("pid=").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?;
+            Some(format!("{name} (pid {pid})"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +198,35 @@ mod tests {
         let error = targets.allow("192.0.2.1".parse().unwrap()).unwrap_err();
         assert!(matches!(error, UnsafeTarget::OutsideLab { .. }), "{error}");
         assert!(targets.allow("127.0.0.1".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn listeners_are_parsed_from_ss_with_their_address_and_process() {
+        let output = "LISTEN 0      4096   127.0.0.1:10248 0.0.0.0:* users:((\"kubelet\",pid=812,fd=21))\n\
+                      LISTEN 0      4096           *:10249       *:* users:((\"kube-proxy\",pid=90,fd=9))\n\
+                      LISTEN 0      128         [::]:22       [::]:* users:((\"sshd\",pid=94,fd=4),(\"sshd\",pid=95,fd=4))\n\
+                      LISTEN 0      4096       [::1]:10257    [::]:*\n\
+                      LISTEN 0      4096 127.0.0.53%lo:53    0.0.0.0:*\n";
+        let listeners = parse_listeners(output).unwrap();
+        let seen: Vec<(&str, u16, &str, bool)> = listeners
+            .iter()
+            .map(|listener| {
+                (listener.address.as_str(), listener.port, listener.process.as_str(), listener.on_loopback_only())
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("127.0.0.1", 10248, "kubelet (pid 812)", true),
+                ("*", 10249, "kube-proxy (pid 90)", false),
+                ("::", 22, "sshd (pid 94), sshd (pid 95)", false),
+                ("::1", 10257, "", true),
+                ("127.0.0.53", 53, "", true),
+            ]
+        );
+        assert!(parse_listeners("LISTEN 0 4096").is_err());
+        assert!(!Listener { address: "0.0.0.0".into(), port: 1, process: String::new() }.on_loopback_only());
+        assert!(!Listener { address: "10.240.0.21".into(), port: 1, process: String::new() }.on_loopback_only());
     }
 
     fn toml_network() -> Network {

@@ -13,9 +13,8 @@ use provisioner::topology::Role;
 
 /// scheduler, controller-manager and `etcd-0` .. `etcd-N` all report Healthy.
 ///
-/// Turn it red: stop etcd on master2 (`cargo lab ssh master2 -- systemctl stop etcd`): every
-/// apiserver then reports that member unhealthy. (Stopping the scheduler on one master
-/// shows only when the VIP sends the request to that master's apiserver.)
+/// Turn it red: `cargo lab break etcd-member-stopped` (every apiserver then reports that
+/// member unhealthy), or `cargo lab break scheduler-stopped`.
 #[test]
 fn scheduler_controller_manager_and_every_etcd_member_are_healthy() {
     let lab = lab();

@@ -19,8 +19,7 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// Every master's own apiserver answers `/healthz` with `ok` on its address and the
 /// apiserver port, with the admin certificate.
 ///
-/// Turn it red: stop one apiserver (`cargo lab ssh master3 -- systemctl stop
-/// kube-apiserver`; `systemctl start kube-apiserver` brings it back).
+/// Turn it red: `cargo lab break apiserver-stopped` (one apiserver stopped).
 #[test]
 fn every_apiserver_answers_directly() {
     let lab = lab();
@@ -44,9 +43,8 @@ fn every_apiserver_answers_directly() {
 /// The API answers `/healthz` through the virtual IP and HAProxy's port, which is the
 /// address in every kubeconfig.
 ///
-/// Turn it red: stop keepalived on every master (`cargo lab ssh masterN -- systemctl stop
-/// keepalived` for N = 1, 2, 3): the virtual IP disappears. `systemctl start keepalived`
-/// on each brings it back.
+/// Turn it red: `cargo lab break keepalived-stopped` (keepalived stopped on every load
+/// balancer: the virtual IP disappears).
 #[test]
 fn the_api_answers_through_the_virtual_ip() {
     let lab = lab();
@@ -58,9 +56,8 @@ fn the_api_answers_through_the_virtual_ip() {
 
 /// Exactly one load balancer has the virtual IP on its interface.
 ///
-/// Turn it red: give the address to a second master by hand (`cargo lab ssh master3 --
-/// ip addr add 10.240.0.100/24 dev host0`; `ip addr del 10.240.0.100/24 dev host0` undoes
-/// it), or stop keepalived on every master (no holder at all).
+/// Turn it red: `cargo lab break vip-on-two-lbs` (the virtual IP added by hand on a second
+/// load balancer).
 #[test]
 fn exactly_one_master_holds_the_virtual_ip() {
     let lab = lab();
@@ -81,8 +78,8 @@ fn exactly_one_master_holds_the_virtual_ip() {
 /// The controller manager's leader lease (kube-system/kube-controller-manager; 1.20 elects
 /// through Leases) is held by a master and was renewed within its duration.
 ///
-/// Turn it red: stop the controller manager on every master (`cargo lab ssh masterN --
-/// systemctl stop kube-controller-manager`) and wait 15 s for the lease to expire.
+/// Turn it red: `cargo lab break controller-manager-stopped` (no controller manager runs,
+/// and its lease expires).
 #[test]
 fn one_controller_manager_holds_the_leader_lease() {
     check_leader_lease("kube-controller-manager");
@@ -91,8 +88,8 @@ fn one_controller_manager_holds_the_leader_lease() {
 /// The scheduler's leader lease (kube-system/kube-scheduler) is held by a master and was
 /// renewed within its duration.
 ///
-/// Turn it red: stop the scheduler on every master (`cargo lab ssh masterN -- systemctl
-/// stop kube-scheduler`) and wait 15 s for the lease to expire.
+/// Turn it red: `cargo lab break scheduler-stopped` (no scheduler runs, and its lease
+/// expires).
 #[test]
 fn one_scheduler_holds_the_leader_lease() {
     check_leader_lease("kube-scheduler");
@@ -130,9 +127,8 @@ const POD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// with that pod's address within 5 s: the controller manager's endpoints controller (on
 /// whichever master leads) is alive and watching. Prints how long it took.
 ///
-/// Turn it red: run the controller manager without its endpoints controllers (on every
-/// master, `--controllers=*,-endpoint,-endpointslice` in its unit, then `systemctl
-/// daemon-reload` and a restart); `cargo lab up` writes the unit back.
+/// Turn it red: `cargo lab break endpoints-controller-off` (the controller managers run
+/// without their endpoints controllers).
 #[test]
 fn a_new_service_gets_its_endpoints_within_seconds() {
     let lab = lab();

@@ -2,8 +2,7 @@
 //! ClusterIP (the host routes the service range to a worker, whose kube-proxy forwards it
 //! to a DNS pod), and from inside a pod, the way applications use it.
 //!
-//! Every test turns red when the DNS pods are gone: `cargo lab kubectl -- -n kube-system
-//! scale deployment kube-dns --replicas=0` (and `--replicas=2` to bring them back).
+//! Turn every test red: `cargo lab break dns-scaled-to-zero` (no DNS pods left).
 
 use std::time::Duration;
 
@@ -237,6 +236,9 @@ fn the_kubernetes_service_address_has_a_ptr_record() {
 /// Kubernetes DNS debugging guide do. The pod runs the lab's dnsutils image: BIND's
 /// nslookup applies the search path as the C library does, where busybox's applies it to
 /// dotless names only.
+///
+/// Turn it red: `cargo lab break dns-scaled-to-zero`, or `cargo lab break
+/// kubelet-cluster-dns-wrong` (a kubelet that gives its pods another DNS address).
 #[test]
 fn pods_resolve_service_names() {
     let lab = lab();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use conformance::{lab, Identity};
+use conformance::{lab, HttpsError, Identity};
 use futures::future::join_all;
 use provisioner::pki::names;
 use provisioner::stages::etcd::CLIENT_PORT;
@@ -28,8 +28,7 @@ fn id(value: &Value) -> String {
 
 /// Every member answers `/health` with `{"health":"true"}` over mutual TLS.
 ///
-/// Turn it red: stop etcd on master2 (`cargo lab ssh master2 -- systemctl stop etcd`;
-/// `systemctl start etcd` brings it back).
+/// Turn it red: `cargo lab break etcd-member-stopped` (etcd stopped on one member).
 #[test]
 fn every_member_is_healthy_over_mutual_tls() {
     let lab = lab();
@@ -51,9 +50,8 @@ fn every_member_is_healthy_over_mutual_tls() {
 /// The member list equals the topology's etcd nodes: same names, and each member's peer
 /// and client URLs on its node's address.
 ///
-/// Turn it red: remove a member (`cargo lab ssh master1 -- etcdctl ... member remove ID`),
-/// which a lab can only recover from with `cargo lab destroy` and `up`; or run the suite
-/// against a lab whose topology was edited after `lab up`.
+/// Turn it red: `cargo lab break etcd-ghost-member` (a learner member that no node of the
+/// topology is).
 #[test]
 fn member_list_equals_the_topology() {
     let lab = lab();
@@ -100,9 +98,8 @@ fn member_list_equals_the_topology() {
 /// Every member answers its status, names the same leader, and exactly one member is that
 /// leader.
 ///
-/// Turn it red: stop etcd on two of the three members (`cargo lab ssh master2 -- systemctl
-/// stop etcd`, the same on master3): the last one loses its quorum and reports no leader.
-/// `systemctl start etcd` on both restores it.
+/// Turn it red: `cargo lab break etcd-quorum-lost` (etcd stopped on a majority of the
+/// members: the rest report no leader).
 #[test]
 fn exactly_one_leader() {
     let lab = lab();
@@ -144,15 +141,17 @@ fn exactly_one_leader() {
 
 /// A client without a certificate is refused by every member, while the same member
 /// answers the lab's client certificate (so a member that is simply down does not pass).
+/// A refusal is the member ending the TLS handshake with an alert; a timeout, a closed
+/// port or an unreachable address is no refusal.
 ///
-/// Turn it red: drop `--client-cert-auth=true` from /etc/systemd/system/etcd.service on a
-/// member and restart it (`systemctl daemon-reload && systemctl restart etcd`); `cargo lab
-/// up` puts the unit back.
+/// Turn it red: `cargo lab break etcd-client-cert-auth-off` (a member with
+/// `--client-cert-auth=false`).
 #[test]
 fn clients_without_a_certificate_are_refused() {
     let lab = lab();
     let with_certificate = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), TIMEOUT);
     let anonymous = lab.https(Identity::Anonymous, TIMEOUT);
+    let mut refusals = Vec::new();
     for node in lab.nodes_with(Role::Etcd) {
         let url = client_url(node.address, "/health");
         let reply = lab.block_on(with_certificate.get(&url));
@@ -161,9 +160,20 @@ fn clients_without_a_certificate_are_refused() {
             "{} must answer the lab's client certificate first: {reply:?}",
             node.name
         );
-        let reply = lab.block_on(anonymous.get(&url));
-        assert!(reply.is_err(), "{} answered a client without a certificate: {reply:?}", node.name);
+        match lab.block_on(anonymous.get_unless_timeout(&url)) {
+            Err(HttpsError::TlsRejected { alert, .. }) => refusals.push(format!("{} {alert:?}", node.name)),
+            Ok(reply) => panic!(
+                "{} answered a client without a certificate: HTTP {} {}",
+                node.name,
+                reply.status,
+                reply.body.trim()
+            ),
+            Err(error) => {
+                panic!("{} did not refuse a client without a certificate with a TLS alert: {error}", node.name)
+            }
+        }
     }
+    eprintln!("TLS alerts to a client without a certificate: {}", refusals.join(", "));
 }
 
 /// How long after a drill ended an election still counts as the drill's: a member that was
@@ -180,9 +190,8 @@ const DRILL_AFTERMATH: Duration = Duration::from_secs(15);
 /// nextest runs this check after every read-only test and before the drills
 /// (.config/nextest.toml), so it judges the lab while the suite loaded it.
 ///
-/// Turn it red: force an election on a healthy lab by moving the leadership
-/// (`cargo lab ssh master1 -- etcdctl ... move-leader ID`), or run the lab with etcd's
-/// default timing (`--heartbeat-interval=100 --election-timeout=1000`) on a loaded host.
+/// Turn it red: `cargo lab break etcd-leader-moved` (the leadership moved to another
+/// member: an election no drill explains).
 #[test]
 fn etcd_elected_no_leader_outside_the_failover_drills() {
     let lab = lab();

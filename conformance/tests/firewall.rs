@@ -1,13 +1,15 @@
 //! The firewall (handbook 000 section 10.1): firewalld runs on every node and lets in from
 //! the node subnet exactly the ports of the lab's port table for the node's roles
-//! (`provisioner::stages::firewall::open_ports`).
+//! (`provisioner::stages::firewall::open_ports`). Behind it, the health and metrics ports
+//! that no other machine needs listen on loopback only, so that they stay private on a
+//! node whose firewall is down.
 //!
 //! The host probes TCP ports only: a UDP probe cannot tell a filtered port from a quiet one.
 //! VRRP, the one non-TCP opening on masters, is exercised by the virtual IP tests.
 
 use std::time::Duration;
 
-use conformance::{lab, PortState};
+use conformance::{lab, Listener, PortState};
 use futures::future::join_all;
 use provisioner::stages::firewall::{self, Opening, Transport};
 use provisioner::stages::{etcd, kube_proxy, kubelet};
@@ -17,13 +19,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A port no component uses, probed on every node.
 const UNUSED_PORT: u16 = 12345;
 /// Ports that listen on loopback only (controller manager, scheduler, kubelet and
-/// kube-proxy health and metrics): from the node subnet they must be filtered like any other.
+/// kube-proxy health and metrics): from the node subnet they must be filtered like any
+/// other, and on the node nothing may listen on them on another address.
 const LOOPBACK_ONLY_PORTS: [u16; 6] = [10248, 10249, 10251, 10252, 10257, 10259];
 
 /// firewalld is running on every node, with the lab's zone as the default.
 ///
-/// Turn it red: `cargo lab ssh worker1 -- systemctl stop firewalld` (`systemctl start
-/// firewalld` restores it).
+/// Turn it red: `cargo lab break firewalld-stopped`.
 #[test]
 fn firewalld_runs_on_every_node() {
     let lab = lab();
@@ -123,8 +125,13 @@ fn probes_for(node: &Node) -> Vec<(u16, Expect)> {
 /// in the NodePort range a reset from an unused port counts), and every other port probed
 /// is rejected by the firewall, not merely closed.
 ///
-/// Turn it red: stop firewalld on master2 (`cargo lab ssh master2 -- systemctl stop
-/// firewalld`): its closed ports then answer with resets instead of being rejected.
+/// The probed ports are the node's own openings and, for every other port, a sample: the
+/// ports the other roles open, the loopback-only ports and one unused port (12345). A port
+/// opened in the zone by hand is seen only if it is one of those.
+///
+/// Turn it red: `cargo lab break unlisted-port-open` (a port of that sample opened in
+/// firewalld's zone on one node), or `cargo lab break firewalld-stopped` (the node's closed
+/// ports then answer with resets instead of being rejected).
 #[test]
 fn reachable_ports_equal_the_port_table() {
     let lab = lab();
@@ -145,4 +152,44 @@ fn reachable_ports_equal_the_port_table() {
         .collect();
     assert!(problems.is_empty(), "ports that differ from the firewall's table:\n{}", problems.join("\n"));
     eprintln!("probed {} TCP ports on {} nodes", probes.len(), lab.topology.nodes.len());
+}
+
+/// On every node, nothing listens on a loopback-only port (`LOOPBACK_ONLY_PORTS`) on any
+/// address but loopback: the components bind them to 127.0.0.1 (`--bind-address`,
+/// `healthzBindAddress`, `metricsBindAddress`), so they stay private even where the
+/// firewall is down. Read from `ss` on the node, since from the node subnet the firewall
+/// hides a wrong binding.
+///
+/// Turn it red: `cargo lab break loopback-port-on-all-addresses` (e.g. one kube-proxy with
+/// `metricsBindAddress: 0.0.0.0:10249`).
+#[test]
+fn health_and_metrics_ports_listen_on_loopback_only() {
+    let lab = lab();
+    let listening: Vec<(&str, Vec<Listener>)> = std::thread::scope(|scope| {
+        let asks: Vec<_> = lab
+            .topology
+            .nodes
+            .iter()
+            .map(|node| scope.spawn(move || (node.name.as_str(), lab.listeners(&node.name))))
+            .collect();
+        asks.into_iter().map(|ask| ask.join().expect("a node's question panicked")).collect()
+    });
+    let mut problems = Vec::new();
+    let mut on_loopback = Vec::new();
+    for (node, listeners) in &listening {
+        // SSH listens on every node (the suite asked through it): an empty list means `ss`
+        // showed nothing, and the check below would pass without looking.
+        if listeners.is_empty() {
+            problems.push(format!("{node}: `ss -ltnpH` lists no listening socket at all"));
+        }
+        for listener in listeners.iter().filter(|listener| LOOPBACK_ONLY_PORTS.contains(&listener.port)) {
+            if listener.on_loopback_only() {
+                on_loopback.push(format!("{node} {}", listener.port));
+            } else {
+                problems.push(format!("{node}: port {} listens on {listener}", listener.port));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "loopback-only ports reachable from other machines:\n{}", problems.join("\n"));
+    eprintln!("loopback-only ports listening on loopback: {}", on_loopback.join(", "));
 }

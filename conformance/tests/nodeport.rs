@@ -29,9 +29,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// address of every node that runs kube-proxy, at the node port, and each of those nodes
 /// spreads requests over all the pods, wherever they run.
 ///
-/// Turn it red: stop kube-proxy on worker2 (`cargo lab ssh worker2 -- systemctl stop
-/// kube-proxy`): nothing programs the test's new Service there, so its node port refuses.
-/// `systemctl start kube-proxy` restores it.
+/// Turn it red: `cargo lab break kube-proxy-nodeports-loopback-only` (one worker's
+/// kube-proxy with `nodePortAddresses: ["127.0.0.0/8"]`: its node port does not answer on
+/// the worker's address).
 #[test]
 fn a_node_port_answers_on_every_node_running_kube_proxy() {
     let lab = lab();
@@ -98,9 +98,8 @@ fn a_node_port_answers_on_every_node_running_kube_proxy() {
 /// A pod on one worker reaches a pod on another worker at its pod address (the pod network's
 /// routes between the workers' /24s), in both directions.
 ///
-/// Turn it red: remove the route to worker2's pods on worker1 (`cargo lab ssh worker1 -- ip
-/// route del 10.200.1.0/24`; `ip route add 10.200.1.0/24 via 10.240.0.22 dev host0` puts
-/// it back).
+/// Turn it red: `cargo lab break pod-route-deleted` (a worker without its route to another
+/// worker's pod range).
 #[test]
 fn pods_reach_pods_on_other_workers() {
     let lab = lab();

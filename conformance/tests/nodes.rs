@@ -10,9 +10,8 @@ use provisioner::topology::Role;
 /// range (the workers get consecutive /24s in topology order), and reports the topology's
 /// address as its InternalIP.
 ///
-/// Turn it red: stop the kubelet on worker2 (`cargo lab ssh worker2 -- systemctl stop
-/// kubelet`); the node turns NotReady after the controller manager's 40 s grace period.
-/// `systemctl start kubelet` brings it back.
+/// Turn it red: `cargo lab break containerd-stopped` (a worker without its container
+/// runtime turns NotReady).
 #[test]
 fn every_worker_is_ready_with_its_planned_pod_range_and_address() {
     let lab = lab();

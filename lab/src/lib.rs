@@ -11,6 +11,7 @@ use provisioner::lab::{Lab, LabError, LabPaths, Real, UpOptions};
 use provisioner::topology::Backend;
 
 mod doctor;
+mod fault_verbs;
 mod kubeconfig;
 mod machine_verbs;
 mod terminal;
@@ -137,6 +138,37 @@ enum Verb {
         #[arg(long)]
         check: bool,
     },
+    /// List the fault catalogue: what `lab break` can break, where, and which
+    /// conformance tests must then fail.
+    Faults {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Break one thing in the running lab on purpose (see `lab faults`); `lab
+    /// status` shows it and `lab restore` undoes it.
+    Break {
+        /// The fault's name from `lab faults`.
+        fault: String,
+        /// The node, for faults that go to one node (default: the catalogue's choice).
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// The outcome as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo injected faults and converge the lab to its plan; returns once the
+    /// cluster serves again.
+    Restore {
+        /// Only this fault (default: every fault in force).
+        #[arg(conflicts_with = "all")]
+        fault: Option<String>,
+        /// Every fault in force (the default without FAULT).
+        #[arg(long)]
+        all: bool,
+        /// Progress as JSON lines, then the outcome as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How `lab` ends; scripts may rely on these numbers. `lab kubectl` is the one
@@ -235,6 +267,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Verb::Kubeconfig { merge, json } => machine_verbs::kubeconfig(&paths, merge, json),
         Verb::Logs { node, unit, lines } => verbs::logs(&paths, node.as_deref(), unit.as_deref(), lines),
         Verb::Doctor { json, check } => doctor::doctor(&paths, json, !check),
+        Verb::Faults { json } => fault_verbs::list(&paths, json),
+        Verb::Break { fault, node, json } => fault_verbs::break_fault(&paths, &fault, node.as_deref(), json),
+        Verb::Restore { fault, all: _, json } => fault_verbs::restore(&paths, fault.as_deref(), json),
     };
     done.map(|()| Exit::Success.into())
 }

@@ -89,7 +89,7 @@ pub fn status(paths: &Paths, json: bool) -> Result<(), Failure> {
 
 /// Prints `text` and a newline; a reader that went away (`lab status --json | head`)
 /// is not an error.
-fn print_stdout(text: &str) -> Result<(), Failure> {
+pub(crate) fn print_stdout(text: &str) -> Result<(), Failure> {
     use std::io::Write as _;
     match writeln!(std::io::stdout().lock(), "{text}") {
         Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {

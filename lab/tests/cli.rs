@@ -483,3 +483,58 @@ fn the_state_and_cache_directories_come_from_the_flags_else_the_environment() {
     let flag_cache = setup.dir.path().join("flag-cache");
     assert_eq!(cache_in_plan(setup.lab().arg("--cache-home").arg(&flag_cache)), "flag-cache/k8s-lab");
 }
+
+#[test]
+fn faults_json_lists_the_catalogue_with_the_tests_each_fault_turns_red() {
+    let setup = Setup::new();
+    let output = setup.lab_on_topology().args(["faults", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let faults: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("one JSON document");
+    let faults = faults.as_array().expect("a list");
+    assert!(faults.len() >= 20, "{} faults", faults.len());
+    for fault in faults {
+        assert!(fault["name"].is_string() && fault["stage"].is_string(), "{fault}");
+        assert!(!fault["breaks"].as_array().unwrap().is_empty(), "{fault}");
+    }
+    // The stand-in lab is the minimal topology: one etcd member has no quorum to lose.
+    let quorum = faults.iter().find(|fault| fault["name"] == "etcd-quorum-lost").unwrap();
+    assert!(quorum["not_applicable"].as_str().unwrap().contains("needs 3 etcd nodes"), "{quorum}");
+}
+
+#[test]
+fn break_and_restore_refuse_a_wrong_fault_or_node_or_no_lab_with_exit_2() {
+    let setup = Setup::new();
+    setup.lab().args(["break", "no-such-fault"]).assert().code(2).stderr(predicate::str::contains(
+        "error: no fault \"no-such-fault\"; `lab faults` lists them: etcd-member-stopped,",
+    ));
+    setup.lab().args(["restore", "no-such-fault"]).assert().code(2);
+    // A real fault, but no lab in the state directory.
+    setup
+        .lab()
+        .args(["break", "kubelet-read-only-port"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no lab in"));
+
+    setup.record_lab(false);
+    setup
+        .lab()
+        .args(["break", "kubelet-read-only-port", "--node", "nobody"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("\"nobody\" is not one: pick one of worker1"));
+    setup
+        .lab()
+        .args(["break", "keepalived-stopped", "--node", "master1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("takes no --node"));
+    setup
+        .lab()
+        .args(["break", "etcd-quorum-lost"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("needs 3 etcd nodes; lab clitest has 1"));
+    // Nothing was recorded by the refusals.
+    assert!(!setup.state_dir().join("faults.json").exists());
+}

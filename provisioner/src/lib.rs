@@ -4,6 +4,7 @@
 pub mod artifacts;
 pub mod debian;
 pub mod executor;
+pub mod faults;
 pub mod host;
 pub mod lab;
 pub mod machines;

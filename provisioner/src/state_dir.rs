@@ -72,6 +72,11 @@ impl StateDir {
         self.root.join("logs")
     }
 
+    /// The faults `lab break` injected and no `lab restore` undid yet.
+    pub fn faults(&self) -> PathBuf {
+        self.root.join("faults.json")
+    }
+
     /// When each failover drill of the conformance suite stopped and restored a
     /// component, so that checks of the lab's history can leave those windows out.
     pub fn drills_log(&self) -> PathBuf {

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use crate::artifacts::build::ArtifactError;
 use crate::artifacts::Artifacts;
 use crate::executor::ExecError;
+use crate::faults::FaultError;
 use crate::host::HostError;
 use crate::machines::{self, hostnet, LabSpec, Leftover, MachineError, MachineState, Machines, Requirement};
 use crate::pki::{self, PkiError};
@@ -25,6 +26,7 @@ use crate::ssh::{self, KeyPair, SshError};
 use crate::state_dir::StateDir;
 use crate::topology::{Backend, Topology, TopologyError};
 
+mod faults;
 mod probes;
 mod reporter;
 mod status;
@@ -33,6 +35,7 @@ mod surroundings;
 mod tests;
 mod up;
 
+pub use faults::{Broken, Restore, Restored};
 pub use reporter::{Event, Reporter, Silent};
 pub use status::{ApiHealth, LabStatus, NodeStatus, Probed, Probes};
 pub use surroundings::{Real, Surroundings};
@@ -105,12 +108,21 @@ pub enum LabError {
     NoKey { path: PathBuf },
     #[error("cannot write {}: {source}", .path.display())]
     Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+    #[error("fault {fault} on {node}: {message}; `lab restore` undoes what was done")]
+    FaultStep { fault: String, node: String, message: String },
+    #[error("cannot read the record {}: {message}", .path.display())]
+    Record { path: PathBuf, message: String },
 }
 
 impl LabError {
     /// Whether the command line asked for something that does not exist (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, LabError::Machines(MachineError::OtherBackend { .. }) | LabError::NoSuchNode { .. })
+        matches!(
+            self,
+            LabError::Machines(MachineError::OtherBackend { .. }) | LabError::NoSuchNode { .. } | LabError::Fault(_)
+        )
     }
 
     /// Whether the topology file is unreadable or invalid (exit code 3).
@@ -378,6 +390,7 @@ impl Lab {
             ssh_user: "root".into(),
             time_scale,
             probes,
+            faults: self.faults_in_force()?,
         })
     }
 

@@ -219,7 +219,7 @@ impl Probes {
 }
 
 /// The lab's key pair as `lab up` left it, read without making or changing it.
-fn existing_key_pair(private: &Path) -> Result<KeyPair, String> {
+pub(super) fn existing_key_pair(private: &Path) -> Result<KeyPair, String> {
     let public = private.with_extension("pub");
     let public_line = std::fs::read_to_string(&public)
         .map_err(|error| format!("no SSH key: cannot read {}: {error}", public.display()))?

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::faults::InForce;
 use crate::machines::MachineState;
 use crate::plan::Stage;
 use crate::topology::{Backend, Role};
@@ -39,10 +40,12 @@ pub struct LabStatus {
     #[serde(default)]
     pub memory_bytes: Option<u64>,
     /// What the running lab answered when asked; `None` when no node runs, so
-    /// nothing was asked. (There is no record of injected faults yet, so the status
-    /// names none.)
+    /// nothing was asked.
     #[serde(default)]
     pub probes: Option<Probes>,
+    /// The faults `lab break` injected and no `lab restore` undid yet.
+    #[serde(default)]
+    pub faults: Vec<InForce>,
 }
 
 /// One node in `LabStatus`.
@@ -130,6 +133,17 @@ impl LabStatus {
             scale => format!("{scale} (emulated machines: the lab's timeouts are {scale} times longer)"),
         };
         let _ = writeln!(text, "time scale  {time_scale}");
+        if self.faults.is_empty() {
+            let _ = writeln!(text, "faults      none in force");
+        }
+        for (index, fault) in self.faults.iter().enumerate() {
+            let label = if index == 0 { "faults" } else { "" };
+            let _ = writeln!(
+                text,
+                "{label:<11} {}: {} (`lab restore {}` undoes it)",
+                fault.fault, fault.summary, fault.fault
+            );
+        }
         let _ = writeln!(text, "kubeconfig  {}", self.kubeconfig.display());
         let _ = write!(text, "ssh key     {} (user {}; or `lab ssh NODE`)", self.ssh_key.display(), self.ssh_user);
         text

@@ -25,7 +25,7 @@ pub mod load_balancer;
 pub mod pki;
 pub mod pod_network;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 /// One handbook chapter as `lab up` knows it.
 pub struct StageEntry {

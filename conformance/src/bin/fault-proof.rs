@@ -1,0 +1,296 @@
+//! The proof that every conformance test can fail for the property it names. For each
+//! fault of the catalogue (`lab faults --json`) that applies to the running lab, it
+//! breaks the fault (`lab break`), runs the conformance tests the fault names and
+//! requires each to fail, restores the lab (`lab restore`, which converges it and
+//! waits until it serves), runs the same tests again and requires each to pass.
+//! Before that it checks that every test of the suite is named by some fault and that
+//! every name in the catalogue is a test that exists.
+//!
+//! ```sh
+//! cargo lab up
+//! cargo run -p conformance --bin fault-proof [-- FAULT...] [--json FILE]
+//! ```
+//!
+//! It prints a table (fault, tests red, restored in N s, tests green again) and exits
+//! non-zero when a named test stayed green, a fault could not be broken or restored,
+//! or a test is named by no fault. `LAB_DIR` selects the lab, as for the suite.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One row of `lab faults --json`.
+#[derive(Debug, Deserialize)]
+struct Fault {
+    name: String,
+    not_applicable: Option<String>,
+    breaks: Vec<String>,
+}
+
+/// What the proof found for one fault.
+#[derive(Debug, Default, serde::Serialize)]
+struct Row {
+    fault: String,
+    /// The named tests that failed while the fault was in force.
+    red: Vec<String>,
+    /// The named tests that passed while the fault was in force: the finding.
+    stayed_green: Vec<String>,
+    break_seconds: f64,
+    restore_seconds: f64,
+    /// The named tests that failed after the restore.
+    still_red: Vec<String>,
+    error: Option<String>,
+}
+
+impl Row {
+    fn proven(&self) -> bool {
+        self.error.is_none() && self.stayed_green.is_empty() && self.still_red.is_empty() && !self.red.is_empty()
+    }
+}
+
+fn main() -> ExitCode {
+    let mut only = Vec::new();
+    let mut json_file: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--json" => json_file = args.next().map(PathBuf::from),
+            "-h" | "--help" => {
+                println!("usage: fault-proof [FAULT...] [--json FILE]");
+                return ExitCode::SUCCESS;
+            }
+            _ => only.push(arg),
+        }
+    }
+    match run(&only, json_file) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("fault-proof: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(only: &[String], json_file: Option<PathBuf>) -> Result<bool, String> {
+    let started = Instant::now();
+    let lab = lab_binary()?;
+    let catalogue: Vec<Fault> = serde_json::from_str(&capture(Command::new(&lab).args(["faults", "--json"]))?)
+        .map_err(|error| format!("`lab faults --json` is not the catalogue: {error}"))?;
+    if let Some(unknown) = only.iter().find(|name| !catalogue.iter().any(|fault| &fault.name == *name)) {
+        return Err(format!("no fault {unknown:?} in the catalogue"));
+    }
+
+    // Coverage first: a test no fault names is a check nobody has seen fail, and a
+    // name that is no test is a catalogue that drifted from the suite.
+    let tests = suite_tests()?;
+    let named: BTreeSet<&str> = catalogue.iter().flat_map(|fault| fault.breaks.iter().map(String::as_str)).collect();
+    let uncovered: Vec<&String> = tests.iter().filter(|test| !named.contains(test.as_str())).collect();
+    let unknown: Vec<&str> = named.iter().copied().filter(|name| !tests.contains(*name)).collect();
+    for test in &uncovered {
+        println!("finding: no fault turns {test} red");
+    }
+    for name in &unknown {
+        println!("finding: the catalogue names {name}, which is not a test of the suite");
+    }
+
+    let mut rows = Vec::new();
+    for fault in catalogue.iter().filter(|fault| only.is_empty() || only.contains(&fault.name)) {
+        if let Some(reason) = &fault.not_applicable {
+            println!("{}: skipped, {reason}", fault.name);
+            continue;
+        }
+        let row = prove(&lab, fault);
+        println!(
+            "{}: {} (red {}/{}, restored in {:.1} s)",
+            fault.name,
+            if row.proven() { "proven" } else { "NOT PROVEN" },
+            row.red.len(),
+            fault.breaks.len(),
+            row.restore_seconds
+        );
+        rows.push(row);
+    }
+
+    println!("\n{}", table(&rows));
+    let proven = rows.iter().filter(|row| row.proven()).count();
+    println!(
+        "{proven} of {} faults proven, {} tests of {} named by no fault, {} names that are no test; {:.0} s",
+        rows.len(),
+        uncovered.len(),
+        tests.len(),
+        unknown.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(file) = json_file {
+        let report = serde_json::json!({
+            "rows": rows,
+            "uncovered": uncovered,
+            "unknown": unknown,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        std::fs::write(&file, serde_json::to_vec_pretty(&report).expect("the report serializes"))
+            .map_err(|error| format!("cannot write {}: {error}", file.display()))?;
+    }
+    Ok(proven == rows.len() && uncovered.is_empty() && unknown.is_empty())
+}
+
+/// Breaks, tests red, restores, tests green.
+fn prove(lab: &PathBuf, fault: &Fault) -> Row {
+    let mut row = Row { fault: fault.name.clone(), ..Row::default() };
+    let broke = Instant::now();
+    let broken = capture(Command::new(lab).args(["break", &fault.name, "--json"]));
+    row.break_seconds = broke.elapsed().as_secs_f64();
+    if let Err(error) = broken {
+        row.error = Some(format!("break: {error}"));
+    } else {
+        match run_tests(&fault.breaks) {
+            Ok(results) => {
+                for test in &fault.breaks {
+                    match results.get(test) {
+                        Some(false) => row.red.push(test.clone()),
+                        _ => row.stayed_green.push(test.clone()),
+                    }
+                }
+            }
+            Err(error) => row.error = Some(format!("tests while broken: {error}")),
+        }
+    }
+    let restoring = Instant::now();
+    let restored = capture(Command::new(lab).args(["restore", &fault.name, "--json"]))
+        .or_else(|_| capture(Command::new(lab).args(["restore", "--all", "--json"])));
+    row.restore_seconds = restoring.elapsed().as_secs_f64();
+    if let Err(error) = restored {
+        row.error.get_or_insert(format!("restore: {error}"));
+        return row;
+    }
+    match run_tests(&fault.breaks) {
+        Ok(results) => {
+            row.still_red = fault.breaks.iter().filter(|test| results.get(*test) != Some(&true)).cloned().collect()
+        }
+        Err(error) => {
+            row.error.get_or_insert(format!("tests after the restore: {error}"));
+        }
+    }
+    row
+}
+
+/// Runs the named tests (`BINARY::TEST`) with nextest and returns whether each passed.
+fn run_tests(tests: &[String]) -> Result<BTreeMap<String, bool>, String> {
+    let filter = tests
+        .iter()
+        .map(|test| {
+            let (binary, name) = test.split_once("::").unwrap_or(("", test));
+            format!("(binary(={binary}) & test(={name}))")
+        })
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let output = conformance::inner_cargo()
+        .args(["nextest", "run", "-p", "conformance", "--locked", "--no-fail-fast", "--profile", "fault-proof"])
+        .args(["--message-format", "libtest-json", "-E", &filter])
+        .env("NEXTEST_EXPERIMENTAL_LIBTEST_JSON", "1")
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|error| format!("cannot run cargo nextest: {error}"))?;
+    let mut results = BTreeMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line) else { continue };
+        if event["type"] != "test" {
+            continue;
+        }
+        // nextest names a test `CRATE::BINARY$TEST`.
+        let Some(name) = event["name"].as_str() else { continue };
+        let Some((binary, test)) = name.split_once('$') else { continue };
+        let binary = binary.rsplit("::").next().unwrap_or(binary);
+        match event["event"].as_str() {
+            Some("ok") => results.insert(format!("{binary}::{test}"), true),
+            Some("failed") => results.insert(format!("{binary}::{test}"), false),
+            _ => None,
+        };
+    }
+    if results.is_empty() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        return Err(format!("nextest ran none of them: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
+    }
+    Ok(results)
+}
+
+/// Every test of the conformance suite as `BINARY::TEST`.
+fn suite_tests() -> Result<BTreeSet<String>, String> {
+    let listed = capture(conformance::inner_cargo().args([
+        "nextest",
+        "list",
+        "-p",
+        "conformance",
+        "--locked",
+        "--message-format",
+        "json",
+    ]))?;
+    let list: Value = serde_json::from_str(&listed).map_err(|error| format!("nextest's list is not JSON: {error}"))?;
+    let mut tests = BTreeSet::new();
+    for suite in list["rust-suites"].as_object().into_iter().flat_map(|suites| suites.values()) {
+        // The library's own unit tests check the suite's helpers, not the lab.
+        if suite["kind"] == "lib" {
+            continue;
+        }
+        let binary = suite["binary-name"].as_str().unwrap_or_default();
+        for test in suite["testcases"].as_object().into_iter().flat_map(|cases| cases.keys()) {
+            tests.insert(format!("{binary}::{test}"));
+        }
+    }
+    Ok(tests)
+}
+
+fn table(rows: &[Row]) -> String {
+    use std::fmt::Write as _;
+    let mut text = format!("{:<36} {:<9} {:>10} {:>12}  {}\n", "fault", "red", "restored", "green again", "finding");
+    for row in rows {
+        let finding = match (&row.error, row.stayed_green.is_empty(), row.still_red.is_empty()) {
+            (Some(error), _, _) => error.clone(),
+            (None, false, _) => format!("stayed green: {}", row.stayed_green.join(", ")),
+            (None, true, false) => format!("still red: {}", row.still_red.join(", ")),
+            (None, true, true) => String::new(),
+        };
+        let named = row.red.len() + row.stayed_green.len();
+        let green_again = named - row.still_red.len().min(named);
+        let _ = writeln!(
+            text,
+            "{:<36} {:<9} {:>8.1} s {:>12}  {finding}",
+            row.fault,
+            format!("{}/{named}", row.red.len()),
+            row.restore_seconds,
+            format!("{green_again}/{named}")
+        );
+    }
+    text
+}
+
+/// The `lab` binary built beside this one (`cargo build -p lab` makes it).
+fn lab_binary() -> Result<PathBuf, String> {
+    let here = std::env::current_exe().map_err(|error| format!("cannot find this program: {error}"))?;
+    let lab = here.with_file_name("lab");
+    if lab.is_file() {
+        return Ok(lab);
+    }
+    let built = conformance::inner_cargo().args(["build", "--locked", "-p", "lab"]).status();
+    match built {
+        Ok(status) if status.success() && lab.is_file() => Ok(lab),
+        _ => Err(format!("no lab binary at {}; `cargo build -p lab` makes it", lab.display())),
+    }
+}
+
+/// Runs a command and returns its stdout, or its stderr's last lines as the error.
+fn capture(command: &mut Command) -> Result<String, String> {
+    let output = command.stderr(Stdio::piped()).output().map_err(|error| format!("cannot run {command:?}: {error}"))?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let tail: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).rev().take(3).collect();
+    Err(tail.into_iter().rev().collect::<Vec<_>>().join(" | "))
+}

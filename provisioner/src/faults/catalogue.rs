@@ -1,0 +1,809 @@
+//! The catalogue itself: one entry per fault, grouped by handbook chapter. Each fault
+//! breaks one property that a conformance test names, and as little else as the
+//! property allows: a flag in one unit, one mode, one route, one member. Stopping a
+//! whole service is used only where "the service runs" is the property.
+
+use super::{DefaultNode, Fault, FaultContext, Scope, Step};
+use crate::paths;
+use crate::plan::Stage;
+use crate::stages::{
+    container_runtime, dns_addon, etcd, firewall, keepalived, kube_apiserver, kube_controller_manager, kube_proxy,
+    kube_scheduler, kubelet, load_balancer, pod_network,
+};
+use crate::topology::{Node, Role};
+
+/// kubectl with the admin kubeconfig, on the first master.
+fn kubectl() -> String {
+    format!("{}/kubectl --kubeconfig {}", paths::BIN_DIR, paths::ADMIN_KUBECONFIG)
+}
+
+/// etcdctl on an etcd member, talking to its own member with the member's peer
+/// certificate (the cluster CA signs it for client use too).
+fn etcdctl() -> String {
+    format!("{} --endpoints=https://127.0.0.1:{}", etcdctl_without_endpoints(), etcd::CLIENT_PORT)
+}
+
+fn etcdctl_without_endpoints() -> String {
+    format!(
+        "ETCDCTL_API=3 {} --cacert={} --cert={} --key={}",
+        paths::ETCDCTL_BIN,
+        paths::etcd_pki(paths::pki_files::CA_CERT),
+        paths::etcd_pki(paths::pki_files::ETCD_PEER_CERT),
+        paths::etcd_pki(paths::pki_files::ETCD_PEER_KEY),
+    )
+}
+
+fn on_each(nodes: &[&Node], script: &str) -> Vec<Step> {
+    nodes.iter().map(|node| Step::on(node, script)).collect()
+}
+
+fn nothing(_: &FaultContext, _: &[&Node]) -> Vec<Step> {
+    Vec::new()
+}
+
+fn stop(unit: &str) -> String {
+    format!("systemctl stop {unit}")
+}
+
+fn inactive(unit: &str) -> String {
+    format!("! systemctl is-active --quiet {unit}")
+}
+
+/// Something listens on TCP `port` on this node.
+fn listening(port: u16) -> String {
+    format!("ss -ltnH 'sport = :{port}' | grep -q .")
+}
+
+/// Replaces `from` by `to` in `file` and restarts `unit`; fails when `from` is not
+/// there, so a fault never reports success without having changed anything.
+fn edit_and_restart(file: &str, from: &str, to: &str, unit: &str) -> String {
+    format!("{} && systemctl daemon-reload && systemctl restart {unit}", edit(file, from, to))
+}
+
+/// Replaces `from` by `to` in `file`; fails when `from` is not there.
+fn edit(file: &str, from: &str, to: &str) -> String {
+    let sed_from = sed_pattern(from);
+    let sed_to = to.replace('\\', "\\\\").replace('|', "\\|").replace('&', "\\&");
+    format!(
+        "{{ grep -qF -- '{from}' {file} || {{ echo '{file} has no `{from}`' >&2; exit 1; }}; }} && \
+         sed -i 's|{sed_from}|{sed_to}|' {file}"
+    )
+}
+
+/// Where the `etcd-data-dir-moved` fault points etcd: a directory nothing is in.
+const EMPTY_ETCD_DATA_DIR: &str = "/var/lib/etcd-moved-by-fault";
+
+/// `text` as a literal sed pattern (basic regular expression, `|` as the delimiter).
+fn sed_pattern(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace('.', "\\.")
+        .replace('*', "\\*")
+        .replace('[', "\\[")
+        .replace('^', "\\^")
+        .replace('$', "\\$")
+}
+
+/// The kubelet's unit and API are back after a restart: the fault is its setting, not
+/// the restart.
+fn kubelet_serves(_: &FaultContext, nodes: &[&Node]) -> Vec<Step> {
+    on_each(nodes, &format!("{} && {}", listening(kubelet::API_PORT), listening(kubelet::HEALTHZ_PORT)))
+}
+
+fn apiserver_serves(context: &FaultContext, nodes: &[&Node]) -> Vec<Step> {
+    on_each(nodes, &listening(context.topology.network.apiserver_port))
+}
+
+/// The lease of `component` was last renewed longer ago than it lasts: no leader.
+fn lease_expired(context: &FaultContext, component: &str) -> Vec<Step> {
+    let master = context.first(Role::Master);
+    vec![Step::on(
+        master,
+        format!(
+            "set -- $({kubectl} --namespace kube-system get lease {component} \
+             -o jsonpath='{{.spec.renewTime}} {{.spec.leaseDurationSeconds}}') && \
+             [ $(( $(date +%s) - $(date -d \"$1\" +%s) )) -gt \"$2\" ]",
+            kubectl = kubectl()
+        ),
+    )]
+}
+
+/// The lease of `component` was renewed within its duration: a leader leads again.
+fn lease_renewed(context: &FaultContext, component: &str) -> Vec<Step> {
+    let mut steps = lease_expired(context, component);
+    for step in &mut steps {
+        step.script = format!("! {{ {}; }}", step.script);
+    }
+    steps
+}
+
+/// Each node's Ready condition is `True` (`ready`) or anything else (`!ready`), as the
+/// API says.
+fn node_ready(context: &FaultContext, nodes: &[&Node], ready: bool) -> Vec<Step> {
+    let master = context.first(Role::Master);
+    let test = if ready { "=" } else { "!=" };
+    nodes
+        .iter()
+        .map(|node| {
+            Step::on(
+                master,
+                format!(
+                    "[ \"$({kubectl} get node {name} -o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}')\" {test} True ]",
+                    kubectl = kubectl(),
+                    name = node.name
+                ),
+            )
+        })
+        .collect()
+}
+
+/// kube-proxy's health check answers 200: it has written its rules since it started.
+fn kube_proxy_synced(_: &FaultContext, nodes: &[&Node]) -> Vec<Step> {
+    on_each(nodes, &format!("curl -sf http://127.0.0.1:{}/healthz", kube_proxy::HEALTHZ_PORT))
+}
+
+pub static CATALOGUE: &[Fault] = &[
+    // --- etcd (handbook 000 section 5) ---
+    Fault {
+        name: "etcd-member-stopped",
+        stage: Stage::Etcd,
+        scope: Scope::One { role: Role::Etcd, default: DefaultNode::Last, needs: 1 },
+        summary: "the etcd member on {nodes} is stopped",
+        symptom: "componentstatuses shows an etcd member unhealthy",
+        breaks: &[
+            "etcd::every_member_is_healthy_over_mutual_tls",
+            "componentstatuses::scheduler_controller_manager_and_every_etcd_member_are_healthy",
+        ],
+        inject: |_, nodes| on_each(nodes, &stop(etcd::UNIT)),
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &inactive(etcd::UNIT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-client-cert-auth-off",
+        stage: Stage::Etcd,
+        scope: Scope::One { role: Role::Etcd, default: DefaultNode::Last, needs: 1 },
+        summary: "the etcd member on {nodes} serves clients without a certificate (no --client-cert-auth, no --trusted-ca-file)",
+        symptom: "anyone who reaches port 2379 can read and write the cluster's whole state",
+        breaks: &[
+            "etcd::clients_without_a_certificate_are_refused",
+            "security::etcd_requires_client_and_peer_certificates",
+        ],
+        inject: |_, nodes| {
+            let unit = paths::unit(etcd::UNIT);
+            // etcd asks for client certificates whenever it has a CA to check them
+            // with, so the flag alone changes nothing a client sees: the CA goes too.
+            let trusted_ca = format!("  --trusted-ca-file={} \\", paths::etcd_pki(paths::pki_files::CA_CERT));
+            on_each(
+                nodes,
+                &format!(
+                    "{} && {}",
+                    edit(&unit, "  --client-cert-auth=true", "  --client-cert-auth=false"),
+                    edit_and_restart(&unit, &trusted_ca, "  --trusted-ca-file= \\", etcd::UNIT)
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(etcd::CLIENT_PORT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-peer-cert-auth-off",
+        stage: Stage::Etcd,
+        scope: Scope::One { role: Role::Etcd, default: DefaultNode::Last, needs: 1 },
+        summary: "the etcd member on {nodes} accepts peers without a certificate (--peer-client-cert-auth=false)",
+        symptom: "anything that reaches port 2380 can join the etcd cluster's raft traffic",
+        breaks: &["security::etcd_requires_client_and_peer_certificates"],
+        inject: |_, nodes| {
+            let unit = paths::unit(etcd::UNIT);
+            on_each(
+                nodes,
+                &edit_and_restart(&unit, "--peer-client-cert-auth=true", "--peer-client-cert-auth=false", etcd::UNIT),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(etcd::PEER_PORT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-ghost-member",
+        stage: Stage::Etcd,
+        scope: Scope::Cluster { via: Role::Etcd, needs: 1 },
+        summary: "etcd lists a member `ghost` that no node runs (added through {nodes})",
+        symptom: "etcd's member list has more members than the lab has etcd nodes",
+        breaks: &["etcd::member_list_equals_the_topology"],
+        inject: |context, nodes| {
+            let ghost = ghost_address(context);
+            on_each(
+                nodes,
+                &format!(
+                    "{etcdctl} member list | grep -qF ', https://{ghost}:{port},' || \
+                     {etcdctl} member add ghost --learner --peer-urls=https://{ghost}:{port}",
+                    etcdctl = etcdctl(),
+                    port = etcd::PEER_PORT
+                ),
+            )
+        },
+        // A member that never started has no name in the list yet: it is found by
+        // its peer address.
+        undo: |context, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "for id in $({etcdctl} member list | grep -F ', https://{ghost}:{port},' | cut -d, -f1); do \
+                     {etcdctl} member remove $id; done",
+                    etcdctl = etcdctl(),
+                    ghost = ghost_address(context),
+                    port = etcd::PEER_PORT
+                ),
+            )
+        },
+        in_force: nothing,
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-quorum-lost",
+        stage: Stage::Etcd,
+        scope: Scope::AllButFirst { role: Role::Etcd, needs: 3 },
+        summary: "the etcd members on {nodes} are stopped, so the others have no quorum",
+        symptom: "every write to the API hangs and fails",
+        breaks: &["etcd::exactly_one_leader"],
+        inject: |_, nodes| on_each(nodes, &stop(etcd::UNIT)),
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &inactive(etcd::UNIT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-data-dir-moved",
+        stage: Stage::Etcd,
+        scope: Scope::AllButFirst { role: Role::Etcd, needs: 3 },
+        summary: "the etcd units on {nodes} point at an empty data directory, which takes effect at their next start",
+        symptom: "nothing, until two etcd members restart: then they cannot rejoin and the quorum never returns",
+        breaks: &["failover::writes_and_watches_recover_after_etcd_loses_its_quorum"],
+        // Only the unit file changes (and systemd rereads it): the running members keep
+        // their data until the next start, which is the moment the property is about.
+        inject: |_, nodes| {
+            let unit = paths::unit(etcd::UNIT);
+            let from = format!("--data-dir={}", paths::ETCD_DATA_DIR);
+            on_each(
+                nodes,
+                &format!(
+                    "{}; systemctl daemon-reload",
+                    edit(&unit, &from, &format!("--data-dir={EMPTY_ETCD_DATA_DIR}"))
+                ),
+            )
+        },
+        undo: |_, nodes| on_each(nodes, &format!("rm -rf {EMPTY_ETCD_DATA_DIR}")),
+        in_force: nothing,
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-leader-moved",
+        stage: Stage::Etcd,
+        scope: Scope::Cluster { via: Role::Etcd, needs: 2 },
+        summary: "etcd elected a new leader on a healthy cluster (leadership moved through {nodes})",
+        symptom: "every watch of the apiservers broke once, for no failure anyone can see",
+        breaks: &["etcd::etcd_elected_no_leader_outside_the_failover_drills"],
+        // `move-leader` must be sent to the leader: every member is asked which one
+        // it is (`endpoint status`: endpoint, ID, version, size, is leader, is
+        // learner, ...), and the leadership goes to the first voting member that is not.
+        inject: |context, nodes| {
+            let endpoints = context
+                .topology
+                .nodes_with(Role::Etcd)
+                .map(|node| format!("https://{}:{}", node.address, etcd::CLIENT_PORT))
+                .collect::<Vec<_>>()
+                .join(",");
+            on_each(
+                nodes,
+                &format!(
+                    "status=$({etcdctl} --endpoints={endpoints} endpoint status -w simple) || exit 1; \
+                     leader=$(printf '%s\\n' \"$status\" | awk -F', ' '$5 == \"true\" {{print $1; exit}}'); \
+                     target=$(printf '%s\\n' \"$status\" | awk -F', ' '$5 == \"false\" && $6 == \"false\" {{print $2; exit}}'); \
+                     [ -n \"$leader\" ] && [ -n \"$target\" ] || {{ echo \"no leader or no follower: $status\" >&2; exit 1; }}; \
+                     {etcdctl} --endpoints=\"$leader\" move-leader \"$target\"",
+                    etcdctl = etcdctl_without_endpoints()
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: nothing,
+        healed: nothing,
+    },
+    // --- kube-apiserver (handbook 000 section 7) ---
+    Fault {
+        name: "apiserver-stopped",
+        stage: Stage::KubeApiserver,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-apiserver on {nodes} is stopped",
+        symptom: "one master's API address refuses connections",
+        breaks: &["control_plane::every_apiserver_answers_directly"],
+        inject: |_, nodes| on_each(nodes, &stop(kube_apiserver::UNIT)),
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &inactive(kube_apiserver::UNIT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "apiserver-anonymous-auth",
+        stage: Stage::KubeApiserver,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-apiserver on {nodes} authenticates requests without credentials as system:anonymous",
+        symptom: "a request with no certificate or token is answered 403 by one apiserver, not 401",
+        breaks: &["security::apiservers_refuse_anonymous_requests"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    &paths::unit(kube_apiserver::UNIT),
+                    "--anonymous-auth=false",
+                    "--anonymous-auth=true",
+                    kube_apiserver::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: apiserver_serves,
+        healed: nothing,
+    },
+    Fault {
+        name: "apiserver-node-authorizer-off",
+        stage: Stage::KubeApiserver,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-apiserver on {nodes} authorizes with RBAC only, without the Node authorizer",
+        symptom: "kubelets are forbidden to read their own Node through one apiserver",
+        breaks: &["security::apiservers_authorize_with_node_and_rbac"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    &paths::unit(kube_apiserver::UNIT),
+                    "--authorization-mode=Node,RBAC",
+                    "--authorization-mode=RBAC",
+                    kube_apiserver::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: apiserver_serves,
+        healed: nothing,
+    },
+    Fault {
+        name: "apiserver-etcd-first-member-only",
+        stage: Stage::KubeApiserver,
+        scope: Scope::Every { role: Role::Master },
+        summary: "every kube-apiserver ({nodes}) knows only the first etcd member (--etcd-servers)",
+        symptom: "the API stops when one etcd member stops, though etcd keeps its quorum",
+        breaks: &["failover::the_api_keeps_answering_when_the_first_etcd_member_stops"],
+        inject: |context, nodes| {
+            let members: Vec<String> = context
+                .topology
+                .nodes_with(Role::Etcd)
+                .map(|node| format!("https://{}:{}", node.address, etcd::CLIENT_PORT))
+                .collect();
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    &paths::unit(kube_apiserver::UNIT),
+                    &format!("--etcd-servers={}", members.join(",")),
+                    &format!("--etcd-servers={}", members[0]),
+                    kube_apiserver::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: apiserver_serves,
+        healed: nothing,
+    },
+    // --- kube-controller-manager and kube-scheduler (handbook 000 sections 7.3, 7.4) ---
+    Fault {
+        name: "controller-manager-stopped",
+        stage: Stage::KubeControllerManager,
+        scope: Scope::Every { role: Role::Master },
+        summary: "kube-controller-manager is stopped on every master ({nodes})",
+        symptom: "Deployments stop making pods and new Services get no endpoints",
+        breaks: &["control_plane::one_controller_manager_holds_the_leader_lease"],
+        inject: |_, nodes| on_each(nodes, &stop(kube_controller_manager::UNIT)),
+        undo: nothing,
+        in_force: |context, _| lease_expired(context, "kube-controller-manager"),
+        healed: |context, _| lease_renewed(context, "kube-controller-manager"),
+    },
+    Fault {
+        name: "endpoints-controller-off",
+        stage: Stage::KubeControllerManager,
+        scope: Scope::Every { role: Role::Master },
+        summary: "kube-controller-manager on {nodes} runs without its endpoints controllers",
+        symptom: "a new Service never gets endpoints, though its pods are ready",
+        breaks: &[
+            "control_plane::a_new_service_gets_its_endpoints_within_seconds",
+            "dns::a_headless_service_has_an_a_record_per_ready_pod",
+        ],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    &paths::unit(kube_controller_manager::UNIT),
+                    "--leader-elect=true \\",
+                    "--leader-elect=true --controllers=*,-endpoint,-endpointslice \\",
+                    kube_controller_manager::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &format!("systemctl is-active --quiet {}", kube_controller_manager::UNIT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "scheduler-stopped",
+        stage: Stage::KubeScheduler,
+        scope: Scope::Every { role: Role::Master },
+        summary: "kube-scheduler is stopped on every master ({nodes})",
+        symptom: "new pods stay Pending",
+        breaks: &[
+            "control_plane::one_scheduler_holds_the_leader_lease",
+            "componentstatuses::scheduler_controller_manager_and_every_etcd_member_are_healthy",
+        ],
+        inject: |_, nodes| on_each(nodes, &stop(kube_scheduler::UNIT)),
+        undo: nothing,
+        in_force: |context, _| lease_expired(context, "kube-scheduler"),
+        healed: |context, _| lease_renewed(context, "kube-scheduler"),
+    },
+    // --- HAProxy and keepalived (handbook 000 section 8) ---
+    Fault {
+        name: "haproxy-blind-to-apiservers",
+        stage: Stage::LoadBalancer,
+        scope: Scope::Every { role: Role::Lb },
+        summary: "HAProxy on {nodes} neither checks the apiservers nor retries another one",
+        symptom: "while one apiserver is down, a share of API requests through the virtual IP fail",
+        breaks: &["failover::the_api_keeps_answering_when_one_apiserver_stops"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "grep -qF -- '    default-server check ' {config} || {{ echo '{config} has no health check' >&2; exit 1; }}; \
+                     sed -i -e 's/^    default-server check /    default-server /' -e '/^    option redispatch/d' \
+                     -e 's/^    retries .*/    retries 0/' {config} && systemctl restart {unit}",
+                    config = paths::HAPROXY_CONFIG,
+                    unit = load_balancer::UNIT
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |context, nodes| on_each(nodes, &listening(context.topology.network.api_port)),
+        healed: nothing,
+    },
+    Fault {
+        name: "keepalived-stopped",
+        stage: Stage::Keepalived,
+        scope: Scope::Every { role: Role::Lb },
+        summary: "keepalived is stopped on every load balancer ({nodes}), so none holds the virtual IP",
+        symptom: "the API address in every kubeconfig does not answer",
+        breaks: &["control_plane::the_api_answers_through_the_virtual_ip"],
+        inject: |_, nodes| on_each(nodes, &stop(keepalived::UNIT)),
+        undo: nothing,
+        in_force: |context, nodes| {
+            on_each(nodes, &format!("! {}", super::holds_address(context.topology.network.vip)))
+        },
+        healed: nothing,
+    },
+    Fault {
+        name: "keepalived-standbys-stopped",
+        stage: Stage::Keepalived,
+        scope: Scope::Every { role: Role::Lb },
+        summary: "keepalived runs only on the load balancer holding the virtual IP (stopped on the others of {nodes})",
+        symptom: "nothing seems wrong until the virtual IP's holder fails; then the API is gone",
+        breaks: &["failover::keepalived_moves_the_virtual_ip_when_its_holder_stops"],
+        inject: |context, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "{} || {}",
+                    super::holds_address(context.topology.network.vip),
+                    stop(keepalived::UNIT)
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: nothing,
+        healed: nothing,
+    },
+    Fault {
+        name: "vip-on-two-lbs",
+        stage: Stage::Keepalived,
+        scope: Scope::One { role: Role::Lb, default: DefaultNode::NotHoldingTheVip, needs: 2 },
+        summary: "the virtual IP is also on {nodes}, which keepalived did not elect (split brain)",
+        symptom: "API requests through the virtual IP go to two load balancers at random",
+        breaks: &["control_plane::exactly_one_master_holds_the_virtual_ip"],
+        inject: |context, nodes| {
+            let vip = context.vip_with_prefix();
+            on_each(
+                nodes,
+                &format!(
+                    "{holds} && exit 0; dev=$(ip -4 -o addr show | awk '$4 ~ /^{address}\\// {{print $2; exit}}'); \
+                     ip addr add {vip} dev \"$dev\"",
+                    holds = super::holds_address(context.topology.network.vip),
+                    address = nodes[0].address,
+                ),
+            )
+        },
+        undo: |context, nodes| {
+            let vip = context.vip_with_prefix();
+            on_each(
+                nodes,
+                &format!(
+                    "dev=$(ip -4 -o addr show | awk '$4 ~ /^{address}\\// {{print $2; exit}}'); \
+                     ip addr del {vip} dev \"$dev\" 2>/dev/null; true",
+                    address = nodes[0].address
+                ),
+            )
+        },
+        in_force: nothing,
+        healed: nothing,
+    },
+    // --- the pod network (handbook 000 section 10) ---
+    Fault {
+        name: "pod-route-deleted",
+        stage: Stage::PodNetwork,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 2 },
+        summary: "{nodes} has no route to the pod range of the other workers",
+        symptom: "pods on one worker cannot reach pods on the others",
+        breaks: &["nodeport::pods_reach_pods_on_other_workers"],
+        inject: |context, nodes| {
+            let node = nodes[0];
+            let others: Vec<String> = context
+                .pod_cidrs
+                .iter()
+                .filter(|(name, _)| **name != node.name)
+                .map(|(_, cidr)| format!("ip route del {cidr} 2>/dev/null"))
+                .collect();
+            vec![Step::on(node, format!("{}; true", others.join("; ")))]
+        },
+        undo: |_, nodes| on_each(nodes, &format!("systemctl restart {}", pod_network::ROUTES_UNIT)),
+        in_force: nothing,
+        healed: nothing,
+    },
+    // --- containerd and the kubelet (handbook 000 section 9) ---
+    Fault {
+        name: "containerd-stopped",
+        stage: Stage::ContainerRuntime,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "containerd on {nodes} is stopped, so its kubelet reports the node NotReady",
+        symptom: "one node is NotReady and new pods are not started there",
+        breaks: &["nodes::every_worker_is_ready_with_its_planned_pod_range_and_address"],
+        inject: |_, nodes| on_each(nodes, &stop(container_runtime::UNIT)),
+        undo: nothing,
+        in_force: |context, nodes| node_ready(context, nodes, false),
+        healed: |context, nodes| node_ready(context, nodes, true),
+    },
+    Fault {
+        name: "kubelet-read-only-port",
+        stage: Stage::Kubelet,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "the kubelet on {nodes} serves its unauthenticated read-only port 10255",
+        symptom: "anyone who reaches the node can list its pods and their environment without credentials",
+        breaks: &["security::kubelets_serve_no_read_only_port"],
+        inject: |_, nodes| on_each(nodes, &edit_and_restart(kubelet::CONFIG, "readOnlyPort: 0", "readOnlyPort: 10255", kubelet::UNIT)),
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(10255)),
+        healed: nothing,
+    },
+    Fault {
+        name: "kubelet-anonymous-auth",
+        stage: Stage::Kubelet,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "the kubelet on {nodes} lets requests without credentials in as system:anonymous",
+        symptom: "the kubelet API answers 403 instead of 401 to a request without a certificate",
+        breaks: &["security::kubelets_refuse_anonymous_requests_and_authorize_through_the_apiserver"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "grep -qF -- '  anonymous:' {config} || {{ echo '{config} has no anonymous section' >&2; exit 1; }}; \
+                     sed -i '/^  anonymous:$/{{n;s/enabled: false/enabled: true/}}' {config} && systemctl restart {unit}",
+                    config = kubelet::CONFIG,
+                    unit = kubelet::UNIT
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: kubelet_serves,
+        healed: nothing,
+    },
+    Fault {
+        name: "kubelet-cluster-dns-wrong",
+        stage: Stage::Kubelet,
+        scope: Scope::Every { role: Role::Worker },
+        summary: "the kubelets on {nodes} give new pods a name server that is not the cluster DNS",
+        symptom: "new pods cannot resolve Service names, while the cluster DNS answers the host",
+        breaks: &["dns::pods_resolve_service_names"],
+        inject: |context, nodes| {
+            let network = &context.topology.network;
+            // The `kubernetes` Service's address: inside the service range, routed, and
+            // with no DNS server behind it.
+            let wrong = network.service_cidr.hosts().next().expect("the service range has addresses");
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    kubelet::CONFIG,
+                    &format!("- {}", network.cluster_dns),
+                    &format!("- {wrong}"),
+                    kubelet::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: kubelet_serves,
+        healed: nothing,
+    },
+    Fault {
+        name: "kubeconfig-world-readable",
+        stage: Stage::KubeProxy,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-proxy's kubeconfig on {nodes}, which embeds its private key, is readable by every user",
+        symptom: "any process on the node can act as kube-proxy against the API",
+        breaks: &["security::private_keys_and_kubeconfigs_are_readable_by_root_only"],
+        inject: |_, nodes| on_each(nodes, &format!("chmod 0644 {}", paths::kubeconfig("kube-proxy"))),
+        undo: nothing,
+        in_force: nothing,
+        healed: nothing,
+    },
+    Fault {
+        name: "ca-key-on-worker",
+        stage: Stage::Pki,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "{nodes} has a file named like the CA's private key",
+        symptom: "a worker that is broken into could mint any cluster identity",
+        breaks: &["security::workers_have_no_ca_private_key"],
+        inject: |_, nodes| on_each(nodes, &format!("touch {}", paths::kubernetes_pki(paths::pki_files::CA_KEY))),
+        undo: |_, nodes| on_each(nodes, &format!("rm -f {}", paths::kubernetes_pki(paths::pki_files::CA_KEY))),
+        in_force: nothing,
+        healed: nothing,
+    },
+    // --- kube-proxy (handbook 000 section 9.4) ---
+    Fault {
+        name: "kube-proxy-nodeports-loopback-only",
+        stage: Stage::KubeProxy,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-proxy on {nodes} serves NodePorts on loopback only (nodePortAddresses: 127.0.0.0/8)",
+        symptom: "a NodePort Service answers on every node but one",
+        breaks: &["nodeport::a_node_port_answers_on_every_node_running_kube_proxy"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "grep -q '^nodePortAddresses:' {config} || printf 'nodePortAddresses: [\"127.0.0.0/8\"]\\n' >> {config}; \
+                     systemctl restart {unit}",
+                    config = kube_proxy::CONFIG,
+                    unit = kube_proxy::UNIT
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: kube_proxy_synced,
+        healed: kube_proxy_synced,
+    },
+    Fault {
+        name: "loopback-port-on-all-addresses",
+        stage: Stage::KubeProxy,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-proxy on {nodes} serves its metrics on every address, not only on loopback",
+        symptom: "nothing, until the firewall is off: then port 10249 answers anyone",
+        breaks: &["firewall::health_and_metrics_ports_listen_on_loopback_only"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    kube_proxy::CONFIG,
+                    "metricsBindAddress: 127.0.0.1:10249",
+                    "metricsBindAddress: 0.0.0.0:10249",
+                    kube_proxy::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, "ss -ltnH 'sport = :10249' | grep -q '0.0.0.0:10249\\|\\*:10249'"),
+        healed: nothing,
+    },
+    // --- the DNS addon (handbook 000 section 11) ---
+    Fault {
+        name: "dns-scaled-to-zero",
+        stage: Stage::DnsAddon,
+        scope: Scope::Cluster { via: Role::Master, needs: 1 },
+        summary: "the cluster DNS Deployment is scaled to 0 replicas (through {nodes})",
+        symptom: "no name resolves at the cluster DNS address, from pods or the host",
+        breaks: &[
+            "dns::the_kubernetes_service_has_a_and_srv_records",
+            "dns::kube_dns_has_a_and_srv_records",
+            "dns::a_new_service_with_named_ports_resolves_within_seconds",
+            "dns::a_headless_service_has_an_a_record_per_ready_pod",
+            "dns::a_missing_name_is_nxdomain",
+            "dns::a_missing_type_of_an_existing_name_is_nodata",
+            "dns::the_kubernetes_service_address_has_a_ptr_record",
+            "dns::pods_resolve_service_names",
+        ],
+        inject: |_, nodes| {
+            on_each(nodes, &format!("{} --namespace kube-system scale deployment {} --replicas=0", kubectl(), dns_addon::NAME))
+        },
+        undo: |_, nodes| on_each(nodes, &format!("{} apply -f {}", kubectl(), dns_addon::manifest_path())),
+        in_force: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "[ -z \"$({} --namespace kube-system get pods -l k8s-app={} -o name)\" ]",
+                    kubectl(),
+                    dns_addon::NAME
+                ),
+            )
+        },
+        healed: nothing,
+    },
+    // --- the firewall (handbook 000 section 12) ---
+    Fault {
+        name: "firewalld-stopped",
+        stage: Stage::Firewall,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "firewalld on {nodes} is stopped",
+        symptom: "every port of one node is open to the node network",
+        breaks: &["firewall::firewalld_runs_on_every_node"],
+        inject: |_, nodes| on_each(nodes, &stop(firewall::UNIT)),
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &inactive(firewall::UNIT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "unlisted-port-open",
+        stage: Stage::Firewall,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "{nodes}'s firewall lets the node network reach port 12345/tcp, which is in no port table",
+        symptom: "a port that only the node itself should use answers from other machines",
+        breaks: &["firewall::reachable_ports_equal_the_port_table"],
+        inject: |_, nodes| on_each(nodes, &format!("firewall-cmd --zone={} --add-port=12345/tcp", firewall::ZONE)),
+        undo: |_, nodes| on_each(nodes, &format!("firewall-cmd --zone={} --remove-port=12345/tcp", firewall::ZONE)),
+        in_force: nothing,
+        healed: nothing,
+    },
+];
+
+/// An address in the node subnet that no node, the gateway nor the virtual IP has:
+/// the ghost member's peer address, which nothing answers.
+fn ghost_address(context: &FaultContext) -> std::net::Ipv4Addr {
+    let network = &context.topology.network;
+    let taken: Vec<std::net::Ipv4Addr> =
+        context.topology.nodes.iter().map(|node| node.address).chain([network.gateway, network.vip]).collect();
+    network
+        .node_subnet
+        .hosts()
+        .rev()
+        .find(|address| !taken.contains(address))
+        .expect("a node subnet has addresses that no node uses")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit;
+
+    /// The edit runs in a real `sh` with the host's sed: a pattern with regular
+    /// expression characters and a trailing backslash is replaced literally, once.
+    #[test]
+    fn an_edit_replaces_the_text_literally_and_fails_when_it_is_missing() {
+        let dir = std::env::temp_dir().join(format!("lab-fault-edit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("unit");
+        let original =
+            "  --leader-elect=true \\\n  --x=1.2.3.4 \\\n  --client-cert-auth=true\n  --peer-client-cert-auth=true\n";
+        std::fs::write(&file, original).unwrap();
+        let path = file.to_str().unwrap();
+        let run = |script: String| std::process::Command::new("sh").arg("-c").arg(script).status().unwrap().success();
+
+        assert!(run(edit(path, "--leader-elect=true \\", "--leader-elect=true --controllers=*,-endpoint \\")));
+        assert!(run(edit(path, "  --client-cert-auth=true", "  --client-cert-auth=false")));
+        assert!(run(edit(path, "--x=1.2.3.4", "--x=a|b&c")));
+        let edited = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(
+            edited,
+            "  --leader-elect=true --controllers=*,-endpoint \\\n  --x=a|b&c \\\n  --client-cert-auth=false\n  \
+             --peer-client-cert-auth=true\n"
+        );
+        assert!(!run(edit(path, "--x=1.2.3.4", "--x=5")), "a missing text must fail the fault");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
