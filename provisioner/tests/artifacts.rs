@@ -4,7 +4,7 @@
 //! only reuses the cache, the web image serves its hostname in a container and the
 //! lab-dns server starts in its otherwise empty image.
 //!
-//! A cold cache means a Kubernetes build of about 7 minutes and a release build of
+//! A cold cache means a Kubernetes build of about 6 minutes and a release build of
 //! the lab-dns server of about 4, which a unit-test run must never start by surprise:
 //! these tests skip, saying so, unless the cache is warm or `LAB_BUILD_ARTIFACTS=1`
 //! asks for the builds.
@@ -50,7 +50,7 @@ fn cold_cache(topology: &Topology) -> Option<String> {
         None
     } else if !build::kubernetes_cached(topology, &cache_dir()) {
         Some(format!(
-            "the Kubernetes binaries are not in {} yet and building them takes about 7 minutes; \
+            "the Kubernetes binaries are not in {} yet and building them takes about 6 minutes; \
              run with LAB_BUILD_ARTIFACTS=1 to build them",
             cache_dir().display()
         ))

@@ -28,6 +28,14 @@ pub fn pause_binary(topology: &Topology, cache_dir: &Path) -> PathBuf {
     kubernetes_dir(topology, cache_dir).join("bin").join("pause")
 }
 
+/// Go's build cache for the Kubernetes build: kept in the lab's cache rather than the
+/// user's, so that a rebuild (a removed `kubernetes/` directory, a fresh source tree)
+/// compiles nothing again, and a cache copied to another machine carries it. The build
+/// uses `-trimpath`, so its entries do not depend on where the source tree lies.
+pub fn go_build_cache(cache_dir: &Path) -> PathBuf {
+    cache_dir.join("go-build")
+}
+
 /// The lab's DNS server binary its image is made of, built and stripped by `ensure`.
 pub fn lab_dns_binary(cache_dir: &Path) -> PathBuf {
     cache_dir.join("lab-dns").join("lab-dns")

@@ -3,7 +3,7 @@
 //! while a progress line reports every 15 s that they are still alive.
 
 use std::fs;
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,9 +27,6 @@ pub(super) const DPKG_SOURCE: Tool = Tool { command: "dpkg-source", package: "dp
 pub(super) const DPKG_DEB: Tool = Tool { command: "dpkg-deb", package: "dpkg" };
 pub(super) const GCC: Tool = Tool { command: "gcc", package: "gcc" };
 pub(super) const GO: Tool = Tool { command: "go", package: "golang-go" };
-pub(super) const MAKE: Tool = Tool { command: "make", package: "make" };
-pub(super) const RSYNC: Tool = Tool { command: "rsync", package: "rsync" };
-pub(super) const JQ: Tool = Tool { command: "jq", package: "jq" };
 pub(super) const LDD: Tool = Tool { command: "ldd", package: "libc-bin" };
 pub(super) const MMDEBSTRAP: Tool = Tool { command: "mmdebstrap", package: "mmdebstrap" };
 /// Optional: without it the lab-dns binary goes into its image with its symbols.
@@ -48,8 +45,14 @@ pub(super) fn run(step: &'static str, command: &mut Command) -> Result<String> {
     system::run(command).map_err(|failure| ArtifactError::Command { step, failure })
 }
 
+/// Starts `log` empty, for the `run_logged` commands of one build.
+pub(super) fn start_log(step: &'static str, log: &Path) -> Result<()> {
+    fs::File::create(log).map(drop).map_err(io_error(step, log))
+}
+
 /// Runs a long command with its output going to `log`, reporting every 15 s how
-/// long it has run and the last line it logged.
+/// long it has run and the last line it logged. The command line and its output are
+/// appended, so that the several commands of one build share a log (see `start_log`).
 pub(super) fn run_logged(
     step: &'static str,
     command: &mut Command,
@@ -58,9 +61,13 @@ pub(super) fn run_logged(
     progress: &dyn Fn(&str),
 ) -> Result<()> {
     let line = system::command_line(command);
+    // The log keeps the whole command line; an error names it shortened, since some
+    // (openapi-gen's list of packages, the linker's version stamps) run to kilobytes.
+    let shown = shortened(&line, 300);
     let failed =
-        |message: String| ArtifactError::Command { step, failure: CommandFailure { command: line.clone(), message } };
-    let file = fs::File::create(log).map_err(io_error(step, log))?;
+        |message: String| ArtifactError::Command { step, failure: CommandFailure { command: shown.clone(), message } };
+    let mut file = fs::OpenOptions::new().create(true).append(true).open(log).map_err(io_error(step, log))?;
+    writeln!(file, "$ {line}").map_err(io_error(step, log))?;
     let stderr = file.try_clone().map_err(io_error(step, log))?;
     let mut child =
         command.stdin(Stdio::null()).stdout(file).stderr(stderr).spawn().map_err(|error| failed(error.to_string()))?;
@@ -100,11 +107,16 @@ fn last_log_line(log: &Path) -> Option<String> {
     file.read_to_end(&mut tail).ok()?;
     let text = String::from_utf8_lossy(&tail);
     let line = text.lines().rev().map(str::trim).find(|line| !line.is_empty())?;
-    let mut short: String = line.chars().take(120).collect();
-    if short.len() < line.len() {
+    Some(shortened(line, 120))
+}
+
+/// `text` cut to its first `limit` characters, with `...` when it was longer.
+fn shortened(text: &str, limit: usize) -> String {
+    let mut short: String = text.chars().take(limit).collect();
+    if short.len() < text.len() {
         short.push_str("...");
     }
-    Some(short)
+    short
 }
 
 /// `95 s` -> `1m35s`.
@@ -136,6 +148,22 @@ mod tests {
         assert!(error.contains("exit status: 3"), "{error}");
         assert!(error.contains(&format!("the whole log is {}", log.display())), "{error}");
         assert!(error.contains("broken: no such package"), "{error}");
+
+        let mut long = Command::new("sh");
+        long.args(["-c", "exit 1", &"x".repeat(400)]);
+        let error = run_logged("building", &mut long, &log, "building", &|_| {}).unwrap_err().to_string();
+        assert!(error.starts_with(&format!("building: `sh -c exit 1 {}...` failed: ", "x".repeat(287))), "{error}");
+        assert!(fs::read_to_string(&log).unwrap().contains(&"x".repeat(400)), "the log keeps the whole command");
+
+        // The commands of one build share its log, each after its command line.
+        start_log("building", &log).unwrap();
+        let mut first = Command::new("echo");
+        first.arg("generated");
+        run_logged("building", &mut first, &log, "building", &|_| {}).unwrap();
+        let mut second = Command::new("echo");
+        second.arg("linked");
+        run_logged("building", &mut second, &log, "building", &|_| {}).unwrap();
+        assert_eq!(fs::read_to_string(&log).unwrap(), "$ echo generated\ngenerated\n$ echo linked\nlinked\n");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::cache::{
     create_dir, empty_dir, install_file, io_error, lab_dns_binary, lab_dns_target_dir, partial_path, pause_binary,
     remove_dir_if_present, rename, set_mode, write_atomically,
 };
-use super::commands::{format_elapsed, require, run, run_logged, APT_GET, DPKG_DEB, LDD, MMDEBSTRAP, STRIP};
+use super::commands::{format_elapsed, require, run, run_logged, start_log, APT_GET, DPKG_DEB, LDD, MMDEBSTRAP, STRIP};
 use super::oci::{self, ImageSpec, LayerFile};
 use super::{images, Artifacts};
 use crate::debian;
@@ -230,6 +230,7 @@ fn ensure_lab_dns_binary(workspace_dir: &Path, cache_dir: &Path, progress: &dyn 
         .args(["build", "--release", "--locked", "--package", "lab-dns", "--target-dir"])
         .arg(&target_dir);
     let started = Instant::now();
+    start_log(STEP, &log)?;
     run_logged(STEP, &mut command, &log, "building lab-dns", progress)?;
     let compiled = fs::read_to_string(&log)
         .map_err(io_error(STEP, &log))?

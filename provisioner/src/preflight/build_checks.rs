@@ -50,7 +50,6 @@ fn package_purpose(package: &str) -> &'static str {
         "gcc" => "compiles the static pause binary",
         "libc6-dev" => "the static C library of the pause binary",
         "golang-go" => "compiles Kubernetes",
-        "make" | "rsync" | "jq" => "runs Kubernetes' own build",
         "libc-bin" => "ldd finds the lab-dns server's libraries",
         "binutils" => "strip shrinks the lab-dns server",
         _ => "builds the lab's artifacts",
@@ -241,10 +240,7 @@ mod tests {
                 "package dpkg-dev",
                 "package gcc",
                 "package golang-go",
-                "package jq",
                 "package libc6-dev",
-                "package make",
-                "package rsync",
                 "package libc-bin",
                 "package binutils",
                 "deb-src for bookworm",
@@ -273,10 +269,7 @@ mod tests {
         let have = installed(&["apt", "dpkg", "gcc", "libc-bin"]);
         let findings = build_findings_from(&topology, None, &have, || Ok(()), Some(None));
         let report = Report { findings };
-        assert_eq!(
-            report.missing_packages(),
-            ["binutils", "dpkg-dev", "golang-go", "jq", "libc6-dev", "make", "rsync"]
-        );
+        assert_eq!(report.missing_packages(), ["binutils", "dpkg-dev", "golang-go", "libc6-dev"]);
         let golang = report.findings.iter().find(|finding| finding.check.starts_with("package golang-go")).unwrap();
         assert_eq!(golang.check, "package golang-go (compiles Kubernetes)");
         assert_eq!(golang.status, Status::Fail);
