@@ -48,8 +48,9 @@ const LONGEST_OUTAGE: Duration = Duration::from_secs(5);
 /// How long HAProxy may take to mark a stopped apiserver DOWN: two failed checks 2 s
 /// apart (`check inter 2s fall 2` in the load balancer stage), and a check's own time.
 const HAPROXY_TAKES_OUT: Duration = Duration::from_secs(6);
-/// HAProxy's backend of apiservers, as the load balancer stage names it in haproxy.cfg.
-const HAPROXY_BACKEND: &str = "kube-apiserver";
+/// How long HAProxy may take to bring an apiserver back that answers again: two good
+/// checks 2 s apart (`rise 2`), after up to 2 s to the next check.
+const HAPROXY_BRINGS_BACK: Duration = Duration::from_secs(10);
 
 /// A unit stopped by a test. Dropping it starts the unit again and waits until `ready` says
 /// it is healthy, so a failing test leaves the lab as it found it.
@@ -64,11 +65,42 @@ struct StoppedUnit {
 
 impl StoppedUnit {
     fn stop(node: &str, unit: &'static str, ready: impl Fn() -> Result<(), String> + 'static) -> StoppedUnit {
+        let stopped = StoppedUnit::stop_without_waiting(node, unit, ready);
+        lab().sh(node, &format!("systemctl stop {unit}"));
+        stopped
+    }
+
+    /// Asks systemd to stop the unit and returns at once, while the unit may still be
+    /// stopping (`wait_until_stopped` waits for the rest).
+    fn stop_without_waiting(
+        node: &str,
+        unit: &'static str,
+        ready: impl Fn() -> Result<(), String> + 'static,
+    ) -> StoppedUnit {
         let drill = lab().drill(&format!("{unit} stopped on {node}"));
         let stopped =
             StoppedUnit { node: node.to_string(), unit, ready: Box::new(ready), restored: false, _drill: drill };
-        lab().sh(node, &format!("systemctl stop {unit}"));
+        lab().sh(node, &format!("systemctl stop --no-block {unit}"));
         stopped
+    }
+
+    /// Waits, at most `timeout`, until the unit is no longer active or stopping.
+    fn wait_until_stopped(&self, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            let state = lab().sh(&self.node, &format!("systemctl is-active {} || true", self.unit));
+            if matches!(state.trim(), "inactive" | "failed") {
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{} on {} still {} {timeout:?} after `systemctl stop`",
+                self.unit,
+                self.node,
+                state.trim()
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
     }
 
     /// Starts the unit and waits until it is ready; returns how long that took.
@@ -334,16 +366,16 @@ fn keepalived_moves_the_virtual_ip_when_its_holder_stops() {
 }
 
 /// Stops the apiserver on the master that holds the virtual IP: HAProxy on every load
-/// balancer must take it out of its backend (mark it DOWN) within 6 s, and requests
-/// through the virtual IP must keep being answered. Prints how many failed and when each
-/// HAProxy took the apiserver out.
+/// balancer must take it out of its backend (its health check marks it DOWN) within 6 s,
+/// and requests through the virtual IP must keep being answered. Prints how many failed
+/// and when each HAProxy took the apiserver out.
 ///
 /// HAProxy retries a refused connection on another apiserver (`option redispatch`), so
 /// clients see no failure even where its health check never takes the stopped apiserver
-/// out; the drill asks HAProxy itself (its journal) whether it did.
+/// out; the drill asks HAProxy itself (its statistics) whether it did.
 ///
-/// Turn it red: `cargo lab break haproxy-health-checks-off` (HAProxy without `check` on its
-/// apiserver backends: it never marks the stopped one DOWN).
+/// Turn it red: `cargo lab break haproxy-blind-to-apiservers` (HAProxy without `check`
+/// on its apiserver backends: it never marks the stopped one DOWN).
 #[test]
 fn the_api_keeps_answering_when_one_apiserver_stops() {
     if !lab().applies("an apiserver failover", Role::Master, 2) {
@@ -353,6 +385,11 @@ fn the_api_keeps_answering_when_one_apiserver_stops() {
     let lab = lab();
     let holders = vip_holders();
     let victim = lab.node(holders.first().expect("a load balancer holds the virtual IP"));
+    // A DOWN that HAProxy never left cannot be seen again: right after the apiserver
+    // restarted (an earlier drill, `lab up`), its health check may not have it back yet.
+    if let Err(error) = wait_for_haproxy(&victim.name, "UP", lab.patience(HAPROXY_BRINGS_BACK)) {
+        panic!("before the drill: {error}");
+    }
     let client = lab.https(Identity::Certificate(names::ADMIN), REQUEST_TIMEOUT);
     let stream = RequestStream::start(client, through_vip("/healthz"));
     let longest_outage = lab.patience(LONGEST_OUTAGE);
@@ -361,27 +398,29 @@ fn the_api_keeps_answering_when_one_apiserver_stops() {
         "the API did not answer through the virtual IP before the drill"
     );
 
-    // `systemctl stop` returns once the apiserver has drained (about 10 s); it stops
-    // listening at once, so the stream sees the whole outage meanwhile.
-    let stop_issued = SystemTime::now();
-    let mut stopped =
-        StoppedUnit::stop(&victim.name, kube_apiserver::UNIT, answers(directly(victim.address, "/healthz")));
+    // `systemctl stop` would return only once the apiserver has drained (about 10 s), but
+    // it stops listening at once: HAProxy is watched while the unit stops.
+    let victim_ready = {
+        let (up, name) = (answers(directly(victim.address, "/healthz")), victim.name.clone());
+        move || up().and_then(|()| haproxy_states(&name, "UP"))
+    };
+    let mut stopped = StoppedUnit::stop_without_waiting(&victim.name, kube_apiserver::UNIT, victim_ready);
+    let taken_out = wait_for_haproxy(&victim.name, "DOWN", lab.patience(HAPROXY_TAKES_OUT));
+    stopped.wait_until_stopped(lab.patience(RESTORE_TIMEOUT));
     let direct = lab.block_on(
         lab.https(Identity::Certificate(names::ADMIN), REQUEST_TIMEOUT).get(directly(victim.address, "/healthz")),
     );
     assert!(direct.is_err(), "the apiserver on {} still answers after `systemctl stop`: {direct:?}", victim.name);
-    let taken_out = haproxy_took_out(&victim.name, stop_issued, lab.patience(HAPROXY_TAKES_OUT));
     let checked_at = stream.elapsed();
     stream.wait_for_answers(checked_at, STEADY_ANSWERS, longest_outage + REQUEST_INTERVAL * STEADY_ANSWERS as u32);
     let summary = stream.finish();
     let restored_in = stopped.restore().unwrap_or_else(|error| panic!("{error}"));
 
     let taken_out = taken_out.unwrap_or_else(|error| panic!("{error}"));
-    let taken_out: Vec<String> =
-        taken_out.iter().map(|(node, after)| format!("{node} {after:.1?}")).collect::<Vec<_>>();
+    let taken_out: Vec<String> = taken_out.iter().map(|(node, after)| format!("{node} {after:.1?}")).collect();
     println!(
         "kube-apiserver stopped on {}: HAProxy marked it DOWN after (by load balancer) {}; through the virtual IP \
-         {summary}; it answered again {restored_in:.1?} after its start",
+         {summary}; it answered again, and every HAProxy had it UP, {restored_in:.1?} after its start",
         victim.name,
         taken_out.join(", ")
     );
@@ -389,34 +428,85 @@ fn the_api_keeps_answering_when_one_apiserver_stops() {
     assert!(summary.longest_outage <= longest_outage, "clients saw too long an outage: {summary}");
 }
 
-/// Waits until HAProxy on every load balancer has logged `victim`'s apiserver DOWN since
-/// `since` (the stop), looking until `within` after `since` (and at least once), and
-/// checks that each did so within `within`. Returns, for each load balancer, how long
-/// after `since` its HAProxy logged it.
-fn haproxy_took_out(victim: &str, since: SystemTime, within: Duration) -> Result<Vec<(String, Duration)>, String> {
-    // HAProxy logs `Server kube-apiserver/master1 is DOWN, reason: Layer4 connection problem, ...`.
-    let line = format!("{HAPROXY_BACKEND}/{victim} is DOWN");
-    let unit = load_balancer::UNIT;
-    let taken_out = wait_for_journal(&lab().nodes_with(Role::Lb), unit, &line, since, within).map_err(|missing| {
-        format!(
-            "HAProxy on {missing:?} did not mark the stopped apiserver {HAPROXY_BACKEND}/{victim} DOWN within \
-             {within:?} (`cargo lab logs NODE --unit {unit}`): its health check does not take a stopped \
-             apiserver out"
-        )
-    })?;
-    let late: Vec<String> = taken_out
-        .iter()
-        .filter(|(_, after)| *after > within)
-        .map(|(node, after)| format!("{node} after {after:.1?}"))
-        .collect();
-    if late.is_empty() {
-        Ok(taken_out)
-    } else {
-        Err(format!(
-            "HAProxy marked the stopped apiserver {HAPROXY_BACKEND}/{victim} DOWN later than {within:?}: {}",
-            late.join(", ")
-        ))
+/// Watches HAProxy's statistics on every load balancer (every `POLL_INTERVAL`) until
+/// each shows `server` in the apiserver backend as `state`, for at most `within`.
+/// Returns how long each load balancer took; or says which did not get there and what
+/// they show instead.
+fn wait_for_haproxy(server: &str, state: &str, within: Duration) -> Result<Vec<(String, Duration)>, String> {
+    let lab = lab();
+    let started = Instant::now();
+    let mut reached: Vec<(String, Duration)> = Vec::new();
+    loop {
+        let mut elsewhere = Vec::new();
+        for node in lab.nodes_with(Role::Lb) {
+            if reached.iter().any(|(name, _)| *name == node.name) {
+                continue;
+            }
+            match haproxy_status(&node.name, server) {
+                Ok(status) if status == state => reached.push((node.name.clone(), started.elapsed())),
+                Ok(status) => elsewhere.push(format!("{}: {status}", node.name)),
+                Err(error) => elsewhere.push(format!("{}: {error}", node.name)),
+            }
+        }
+        let late: Vec<String> = reached
+            .iter()
+            .filter(|(_, after)| *after > within)
+            .map(|(node, after)| format!("{node}: after {after:.1?}"))
+            .collect();
+        if elsewhere.is_empty() && late.is_empty() {
+            return Ok(reached);
+        }
+        elsewhere.extend(late);
+        if started.elapsed() >= within {
+            return Err(format!(
+                "HAProxy's health check did not have {}/{server} {state} within {within:?} on {} (`cargo lab ssh \
+                 NODE -- curl -s '{}'`)",
+                load_balancer::BACKEND,
+                elsewhere.join(", "),
+                load_balancer::STATS_CSV_URL
+            ));
+        }
+        std::thread::sleep(POLL_INTERVAL);
     }
+}
+
+/// Ok if HAProxy on every load balancer shows `server` as `state` now.
+fn haproxy_states(server: &str, state: &str) -> Result<(), String> {
+    let elsewhere: Vec<String> = lab()
+        .nodes_with(Role::Lb)
+        .into_iter()
+        .filter_map(|node| match haproxy_status(&node.name, server) {
+            Ok(status) if status == state => None,
+            Ok(status) => Some(format!("{}: {status}", node.name)),
+            Err(error) => Some(format!("{}: {error}", node.name)),
+        })
+        .collect();
+    if elsewhere.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("HAProxy's health check does not have {server} {state} on {}", elsewhere.join(", ")))
+    }
+}
+
+/// The status HAProxy's health check gives `server` of the apiserver backend on `node`
+/// (`UP`, `DOWN`, `no check`, ...), from its statistics as CSV.
+fn haproxy_status(node: &str, server: &str) -> Result<String, String> {
+    let script = format!("curl --silent --show-error --fail --max-time 2 '{}'", load_balancer::STATS_CSV_URL);
+    let output = lab().try_sh(node, &script).map_err(|error| error.to_string())?;
+    if output.status != 0 {
+        return Err(format!("its statistics do not answer: {}", output.stderr.trim()));
+    }
+    let mut lines = output.stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().trim_start_matches("# ").split(',').collect();
+    let column = |name: &str| header.iter().position(|field| *field == name);
+    let (Some(proxy), Some(name), Some(status)) = (column("pxname"), column("svname"), column("status")) else {
+        return Err(format!("its statistics have no pxname, svname and status columns: {header:?}"));
+    };
+    lines
+        .map(|line| line.split(',').collect::<Vec<_>>())
+        .find(|fields| fields.get(proxy) == Some(&load_balancer::BACKEND) && fields.get(name) == Some(&server))
+        .and_then(|fields| fields.get(status).map(|status| status.to_string()))
+        .ok_or_else(|| format!("{server} is not in its {} backend", load_balancer::BACKEND))
 }
 
 /// Waits until `unit`'s journal on every one of `nodes` has a line containing `text`

@@ -452,16 +452,15 @@ pub static CATALOGUE: &[Fault] = &[
         name: "haproxy-blind-to-apiservers",
         stage: Stage::LoadBalancer,
         scope: Scope::Every { role: Role::Lb },
-        summary: "HAProxy on {nodes} neither checks the apiservers nor retries another one",
-        symptom: "while one apiserver is down, a share of API requests through the virtual IP fail",
+        summary: "HAProxy on {nodes} does not health-check the apiservers, so it never takes a stopped one out",
+        symptom: "a stopped apiserver stays in HAProxy's backend; connections to it are refused and saved only by retries",
         breaks: &["failover::the_api_keeps_answering_when_one_apiserver_stops"],
         inject: |_, nodes| {
             on_each(
                 nodes,
                 &format!(
                     "grep -qF -- '    default-server check ' {config} || {{ echo '{config} has no health check' >&2; exit 1; }}; \
-                     sed -i -e 's/^    default-server check /    default-server /' -e '/^    option redispatch/d' \
-                     -e 's/^    retries .*/    retries 0/' {config} && systemctl restart {unit}",
+                     sed -i 's/^    default-server check /    default-server /' {config} && systemctl restart {unit}",
                     config = paths::HAPROXY_CONFIG,
                     unit = load_balancer::UNIT
                 ),

@@ -12,7 +12,11 @@
 //! IP on whichever node holds it at the moment, without a restart when it moves.
 //!
 //! The node also gets a small HTTP endpoint on loopback that answers as long as HAProxy
-//! runs; keepalived uses it to give up the virtual IP when HAProxy is gone.
+//! runs; keepalived uses it to give up the virtual IP when HAProxy is gone. The same
+//! endpoint serves HAProxy's statistics, which say whether its health check has each
+//! apiserver UP or DOWN: the stage is done only when every HAProxy has every apiserver
+//! UP, so a client of the finished lab never meets a backend HAProxy has not yet
+//! checked.
 
 use std::net::Ipv4Addr;
 
@@ -26,6 +30,13 @@ pub const UNIT: &str = "haproxy.service";
 pub const MONITOR_URL: &str = "http://127.0.0.1:9000/healthz";
 const MONITOR_BIND: &str = "127.0.0.1:9000";
 const MONITOR_PATH: &str = "/healthz";
+/// Loopback URL of HAProxy's statistics as CSV: one row per server with its health
+/// check's `status` (`UP`, `DOWN`, `no check`, ...) and `lastchg`, the seconds since it
+/// last changed.
+pub const STATS_CSV_URL: &str = "http://127.0.0.1:9000/stats;csv";
+const STATS_PATH: &str = "/stats";
+/// The backend of apiservers, as haproxy.cfg names it and HAProxy's statistics show it.
+pub const BACKEND: &str = "kube-apiserver";
 
 /// How long HAProxy may take to (re)start and find a healthy apiserver.
 const READY_TIMEOUT_SECS: u64 = 60;
@@ -63,9 +74,9 @@ defaults
 frontend kube-apiserver
     # All addresses, so it serves the virtual IP on whichever node holds it.
     bind *:{api_port}
-    default_backend kube-apiserver
+    default_backend {BACKEND}
 
-backend kube-apiserver
+backend {BACKEND}
     balance roundrobin
     # A refused connection is retried on another apiserver at once, so clients do not
     # notice an apiserver that stopped before the health check has taken it out.
@@ -76,11 +87,14 @@ backend kube-apiserver
     # anonymous requests are refused; a closed port is what a stopped apiserver shows.
     default-server check inter 2s fall 2 rise 2
 {backends}
-# Loopback only: answers while HAProxy runs, for keepalived's check.
-frontend monitor
+# Loopback only: answers while HAProxy runs, for keepalived's check, and shows (read
+# only) which apiservers the health check has UP, for the lab's own checks.
+listen monitor
     mode http
     bind {MONITOR_BIND}
     monitor-uri {MONITOR_PATH}
+    stats enable
+    stats uri {STATS_PATH}
 ",
         api_port = network.api_port,
     );
@@ -119,7 +133,30 @@ frontend monitor
             ),
             timeout_secs: READY_TIMEOUT_SECS,
         });
+        // HAProxy starts with every server UP and takes one out only after failed checks,
+        // and an apiserver restarted by an earlier stage may still be DOWN here: wait
+        // until the health check has brought every one back.
+        actions.checks.push(CheckSpec {
+            description: format!("HAProxy on {} has every apiserver UP", node.name),
+            script: every_apiserver_up(topology.nodes_with(Role::Master).map(|master| master.name.as_str())),
+            timeout_secs: READY_TIMEOUT_SECS,
+        });
     }
+}
+
+/// A script that fails, naming the apiservers and their states, unless HAProxy's
+/// statistics show every one of `masters` UP in the apiserver backend (column 18 of
+/// the CSV is the server's `status`).
+fn every_apiserver_up<'a>(masters: impl Iterator<Item = &'a str>) -> String {
+    let masters: Vec<&str> = masters.collect();
+    let script = r#"stats=$(curl --silent --show-error --fail --max-time 5 'STATS') || exit 1
+not_up=
+for master in MASTERS; do
+    status=$(printf '%s\n' "$stats" | awk -F, -v server="$master" '$1 == "BACKEND" && $2 == server { print $18 }')
+    [ "$status" = UP ] || not_up="$not_up $master (${status:-not in the backend})"
+done
+[ -z "$not_up" ] || { echo "not UP in HAProxy's health check:$not_up" >&2; exit 1; }"#;
+    script.replace("STATS", STATS_CSV_URL).replace("MASTERS", &masters.join(" ")).replace("BACKEND", BACKEND)
 }
 
 #[cfg(test)]
@@ -148,6 +185,43 @@ mod tests {
         let config = file(&stage, "master1", "/etc/haproxy/haproxy.cfg");
         assert!(config.contains("    bind 127.0.0.1:9000\n    monitor-uri /healthz\n"));
         assert_eq!(MONITOR_URL, format!("http://{MONITOR_BIND}{MONITOR_PATH}"));
+        assert!(config.contains("    stats enable\n    stats uri /stats\n"));
+        assert_eq!(STATS_CSV_URL, format!("http://{MONITOR_BIND}{STATS_PATH};csv"));
+    }
+
+    /// Runs the "every apiserver UP" check against `csv` served by a stand-in `curl`.
+    fn every_apiserver_up_against(csv: &str) -> std::process::Output {
+        let bin = tempfile::tempdir().unwrap();
+        let csv_file = bin.path().join("stats.csv");
+        std::fs::write(&csv_file, csv).unwrap();
+        let curl = bin.path().join("curl");
+        std::fs::write(&curl, format!("#!/bin/sh\ncat {}\n", csv_file.display())).unwrap();
+        std::fs::set_permissions(&curl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+        let script = every_apiserver_up(["master1", "master2", "master3"].into_iter());
+        std::process::Command::new("sh").arg("-c").arg(script).env("PATH", path).output().unwrap()
+    }
+
+    #[test]
+    fn the_stage_waits_for_every_apiserver_up_in_haproxys_health_check() {
+        let header = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight\n";
+        let row = |server: &str, status: &str| format!("kube-apiserver,{server},0,0,0,0,,0,0,0,,0,,0,0,0,0,{status},1\n");
+        let frontend = "kube-apiserver,FRONTEND,,,0,0,2000,0,0,0,0,0,0,,,,,OPEN,\n";
+        let all_up = format!("{header}{frontend}{}{}{}", row("master1", "UP"), row("master2", "UP"), row("master3", "UP"));
+        assert!(every_apiserver_up_against(&all_up).status.success());
+
+        let one_down = all_up.replace("master2,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP", "master2,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN");
+        let output = every_apiserver_up_against(&one_down);
+        assert!(!output.status.success());
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "not UP in HAProxy's health check: master2 (DOWN)\n");
+
+        let unchecked = all_up.replace(",UP,", ",no check,");
+        let output = every_apiserver_up_against(&unchecked);
+        assert!(String::from_utf8_lossy(&output.stderr).contains("master1 (no check) master2 (no check)"));
+
+        let missing = format!("{header}{}", row("master1", "UP"));
+        let output = every_apiserver_up_against(&missing);
+        assert!(String::from_utf8_lossy(&output.stderr).contains("master3 (not in the backend)"));
     }
 
     #[test]
