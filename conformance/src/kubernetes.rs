@@ -220,31 +220,55 @@ pub async fn kubectl(args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// What kind of Service `web_service_endpoints` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    ClusterIp,
+    /// Also answers on a node port on every node that runs kube-proxy.
+    NodePort,
+}
+
+/// The Service `web_service_endpoints` made.
+#[derive(Debug, Clone)]
+pub struct WebService {
+    pub name: String,
+    pub cluster_ip: String,
+    pub node_port: Option<u16>,
+    /// How long its Endpoints took to list the pod, from the Service's creation.
+    pub endpoints_after: Duration,
+}
+
 /// Creates the Service `web` in `namespace` in front of the pods labelled `WEB_LABEL`
 /// and waits until its Endpoints list `pod_ip` as ready, within `deadline` (stretched by
-/// the lab's patience). Returns how long that took from the Service's creation: the
-/// controller manager's endpoints controller, fed by watches through the apiservers, at
-/// work.
+/// the lab's patience). The Endpoints' delay is the controller manager's endpoints
+/// controller, fed by watches through the apiservers, at work.
 pub async fn web_service_endpoints(
     client: &kube::Client,
     namespace: &str,
     pod_ip: &str,
     deadline: Duration,
-) -> Duration {
+    kind: ServiceKind,
+) -> WebService {
     let (label_key, label_value) = WEB_LABEL.split_once('=').expect("KEY=VALUE");
+    let service_type = match kind {
+        ServiceKind::ClusterIp => "ClusterIP",
+        ServiceKind::NodePort => "NodePort",
+    };
     let service: Service = serde_json::from_value(json!({
         "metadata": { "name": "web" },
         "spec": {
+            "type": service_type,
             "selector": { label_key: label_value },
             "ports": [{ "name": "http", "protocol": "TCP", "port": 80, "targetPort": images::WEB_PORT }],
         },
     }))
     .expect("a valid Service");
     let created = Instant::now();
-    Api::<Service>::namespaced(client.clone(), namespace)
+    let service = Api::<Service>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &service)
         .await
         .unwrap_or_else(|error| panic!("cannot create the Service: {error}"));
+    let spec = service.spec.unwrap_or_default();
     let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), namespace);
     eventually(&format!("the Endpoints of Service web list {pod_ip}"), deadline, || async {
         let found = endpoints.get_opt("web").await.map_err(|error| error.to_string())?;
@@ -262,5 +286,10 @@ pub async fn web_service_endpoints(
         }
     })
     .await;
-    created.elapsed()
+    WebService {
+        name: "web".to_string(),
+        cluster_ip: spec.cluster_ip.expect("a Service gets a cluster IP"),
+        node_port: spec.ports.and_then(|ports| ports.first().and_then(|port| port.node_port)).map(|port| port as u16),
+        endpoints_after: created.elapsed(),
+    }
 }

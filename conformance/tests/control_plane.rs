@@ -4,7 +4,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use conformance::{lab, ready_pods, web_deployment, web_service_endpoints, Identity, TestNamespace, WEB_LABEL};
+use conformance::{
+    lab, ready_pods, web_deployment, web_service_endpoints, Identity, ServiceKind, TestNamespace, WEB_LABEL,
+};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -142,7 +144,9 @@ fn a_new_service_gets_its_endpoints_within_seconds() {
         let pods = ready_pods(&client, namespace.name(), WEB_LABEL, 1, POD_READY_TIMEOUT).await;
         let pod_ip = pods[0].status.as_ref().and_then(|status| status.pod_ip.clone()).expect("a ready pod has an IP");
 
-        let took = web_service_endpoints(&client, namespace.name(), &pod_ip, ENDPOINTS_DEADLINE).await;
+        let service =
+            web_service_endpoints(&client, namespace.name(), &pod_ip, ENDPOINTS_DEADLINE, ServiceKind::ClusterIp).await;
+        let took = service.endpoints_after;
         println!("the Endpoints of a new Service listed its ready pod {took:.1?} after the Service was created");
         namespace.delete().await;
     });

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conformance::{
-    flag, lab, ready_pods, web_deployment, web_service_endpoints, Drill, HttpsClient, Identity, TestNamespace,
-    WEB_LABEL,
+    eventually, flag, lab, ready_pods, web_deployment, web_service_endpoints, Drill, HttpsClient, Identity, Lookup,
+    RecordType, ServiceKind, TestNamespace, Transport, WebService, WEB_LABEL,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -21,7 +21,7 @@ use kube::api::PostParams;
 use kube::Api;
 use provisioner::paths::NODE_INTERFACE;
 use provisioner::pki::names;
-use provisioner::stages::{etcd, keepalived, kube_apiserver, load_balancer};
+use provisioner::stages::{dns_addon, etcd, keepalived, kube_apiserver, kube_proxy, load_balancer};
 use provisioner::topology::{Node, Role};
 use serde_json::json;
 
@@ -662,15 +662,17 @@ const ENDPOINTS_DEADLINE: Duration = Duration::from_secs(40);
 /// Stops two of the three etcd members until etcd has ended a watch of every apiserver with
 /// "no leader" (their journals say so): writes through the API must fail meanwhile (etcd
 /// has no quorum), work again within 30 s of the members' start, and the cluster's watches
-/// must have recovered: a Service created afterwards gets its Endpoints (the controller
-/// manager's informers, fed by the apiservers' watch caches, which etcd's "no leader"
-/// ended) within 40 s. Prints how long the loss lasted, how long writes took to resume and
-/// the Endpoints to appear.
+/// must have recovered: a NodePort Service created afterwards gets its Endpoints (the
+/// controller manager's informers, whose watches etcd's "no leader" ended) within 40 s,
+/// and then answers on its node port on every node running kube-proxy and by name in the
+/// cluster DNS within 75 s each (their own watches; see `PROXY_SYNC_TIMEOUT`). Prints how
+/// long the loss lasted, how long writes took to resume, and each of those delays.
 ///
-/// Turn it red: give every controller manager a leader lease that outlasts the Endpoints
-/// deadline (`--leader-elect-lease-duration=120s --leader-elect-renew-deadline=5s
-/// --leader-elect-retry-period=2s`): the leader gives up during the loss, and no other
-/// takes over until its lease has expired.
+/// Turn it red: `cargo lab break etcd-data-dir-moved`; or give every controller manager a
+/// leader lease that outlasts the Endpoints deadline (`--leader-elect-lease-duration=120s
+/// --leader-elect-renew-deadline=5s --leader-elect-retry-period=2s`); or drop
+/// `--watch-cache=false` from the apiservers (Kubernetes 1.20's watch cache then leaves
+/// the masters' kube-proxy watches silent for 5 to 10 minutes: seen 2026-12-04).
 #[test]
 fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
     if !lab().applies("an etcd quorum loss", Role::Etcd, 3) {
@@ -755,14 +757,94 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
         unit.restore().unwrap_or_else(|error| panic!("{error}"));
     }
 
-    let endpoints_after = lab.block_on(web_service_endpoints(&client, namespace.name(), &pod_ip, ENDPOINTS_DEADLINE));
+    let service = lab.block_on(web_service_endpoints(
+        &client,
+        namespace.name(),
+        &pod_ip,
+        ENDPOINTS_DEADLINE,
+        ServiceKind::NodePort,
+    ));
+    // The controller manager is one watcher of Services; kube-proxy on every node and the
+    // cluster DNS server are others, each on its own watch that etcd's "no leader" ended.
+    let proxies_after = every_proxy_serves(&service);
+    let dns_after = cluster_dns_answers(&service, namespace.name());
     lab.block_on(namespace.delete());
     let watches_ended: Vec<String> =
         watches_ended.iter().map(|(master, after)| format!("{master} {after:.1?}")).collect();
     println!(
         "etcd without quorum for {lost_for:.1?} (apiservers' watches ended with \"no leader\" after {}): writes failed \
          meanwhile and resumed {resumed_after:.1?} after the members' start; a new Service had its Endpoints \
-         {endpoints_after:.1?} after its creation",
-        watches_ended.join(", ")
+         {:.1?} after its creation, answered on its node port on every node running kube-proxy {proxies_after:.1?} \
+         and in the cluster DNS {dns_after:.1?} after that",
+        watches_ended.join(", "),
+        service.endpoints_after
     );
+}
+
+/// How long kube-proxy may take, after a quorum loss, to program a Service whose Endpoints
+/// exist. etcd's "no leader" ended its watches, and its lists failed while etcd had no
+/// leader; client-go's reflector waits between failed lists with a backoff that doubles
+/// up to 30 s, with up to as much again of jitter, so its next list may come up to 60 s
+/// after quorum returned (44 s measured, 2026-12-04).
+const PROXY_SYNC_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long the cluster DNS server may take to answer for a new Service after a quorum
+/// loss: its watch requests last 30 s (`lab_dns::watch`) and kube-rs backs off failed
+/// ones up to 30 s as well (19 s measured, 2026-12-04).
+const DNS_SYNC_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Waits until `service`'s node port answers 200 on every node that runs kube-proxy, at
+/// most `PROXY_SYNC_TIMEOUT` (stretched by the lab's patience) for each; returns how long
+/// it took for all.
+fn every_proxy_serves(service: &WebService) -> Duration {
+    let lab = lab();
+    let node_port = service.node_port.expect("a NodePort Service has a node port");
+    let started = Instant::now();
+    let http = lab.https(Identity::Anonymous, REQUEST_TIMEOUT);
+    for node in lab.topology.nodes.iter().filter(|node| kube_proxy::runs_on(node)) {
+        let url = format!("http://{}:{node_port}/", node.address);
+        lab.block_on(eventually(
+            &format!(
+                "kube-proxy on {} serves the Service created after the quorum loss (GET {url}; its Service watch \
+                 did not recover: `cargo lab logs {} --unit {}`)",
+                node.name,
+                node.name,
+                kube_proxy::UNIT
+            ),
+            PROXY_SYNC_TIMEOUT,
+            || async {
+                match http.get(&url).await {
+                    Ok(reply) if reply.status == 200 => Ok(()),
+                    Ok(reply) => Err(format!("HTTP {}", reply.status)),
+                    Err(error) => Err(error.to_string()),
+                }
+            },
+        ));
+    }
+    started.elapsed()
+}
+
+/// Waits until the cluster DNS server answers `service`'s name in `namespace` with its
+/// cluster IP, at most `DNS_SYNC_TIMEOUT` (stretched by the lab's patience); returns how
+/// long.
+fn cluster_dns_answers(service: &WebService, namespace: &str) -> Duration {
+    let lab = lab();
+    let started = Instant::now();
+    let name = format!("{}.{namespace}.svc.{}.", service.name, lab.status.cluster_domain);
+    let resolver = lab.resolver(Transport::Udp);
+    lab.block_on(eventually(
+        &format!(
+            "the cluster DNS server answers A {name} with {} (its Service watch did not recover: `kubectl -n \
+             kube-system logs deployment/{}`)",
+            service.cluster_ip,
+            dns_addon::NAME
+        ),
+        DNS_SYNC_TIMEOUT,
+        || async {
+            match resolver.lookup(&name, RecordType::A).await {
+                Lookup::Answers(records) if records == [service.cluster_ip.clone()] => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    ));
+    started.elapsed()
 }

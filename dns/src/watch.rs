@@ -45,16 +45,22 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
     Client::try_from(config).map_err(Error::Client)
 }
 
+/// How long one watch request lasts before the server ends it and the watcher asks again
+/// from the last resource version it saw. Kubernetes 1.20's apiserver can leave a watch
+/// open but silent after etcd lost its quorum (kubernetes#97294, #116122); asking again
+/// gets the changes it missed, so this bounds how long names can be stale after such an
+/// outage. One request per kind every 30 s is nothing for an apiserver.
+const WATCH_TIMEOUT_SECS: u32 = 30;
+
 /// Watches Services and Endpoints and publishes a new snapshot after every change. Returns
 /// only if a watch stream ends, which kube-rs's watchers do not do on their own.
 pub async fn run(client: Client, publisher: SnapshotSender) -> Result<Infallible, Error> {
     let (services, service_writer) = reflector::store::<Service>();
     let (endpoints, endpoints_writer) = reflector::store::<Endpoints>();
-    let service_events = watcher(Api::<Service>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(service_writer);
-    let endpoint_events =
-        watcher(Api::<Endpoints>::all(client), watcher::Config::default()).default_backoff().reflect(endpoints_writer);
+    let config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECS);
+    let service_events =
+        watcher(Api::<Service>::all(client.clone()), config.clone()).default_backoff().reflect(service_writer);
+    let endpoint_events = watcher(Api::<Endpoints>::all(client), config).default_backoff().reflect(endpoints_writer);
     // One permit coalesces any number of changes that happen while a snapshot is being built.
     let changed = Notify::new();
     tokio::select! {

@@ -89,6 +89,13 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             // exactly the apiservers whose lease is live (the default since 1.11; the
             // older `--apiserver-count` is only read by the master-count reconciler).
             "--endpoint-reconciler-type=lease".to_string(),
+            // Kubernetes 1.20's watch cache has a race (kubernetes#116122, fixed in 1.27):
+            // after etcd ends its watches with "no leader", a client watch that comes back
+            // while the cache is re-listing is accepted and then sent nothing until it
+            // times out, 5 to 10 minutes for kube-proxy. Without the cache every client
+            // watch is an etcd watch, which etcd ends and the client resumes; a lab's
+            // etcd serves that many watches without strain.
+            "--watch-cache=false".to_string(),
             "--v=2".to_string(),
         ];
         let unit = kubernetes_unit("kube-apiserver", &format!("Kubernetes API server on {}", master.name), &flags);

@@ -205,12 +205,15 @@ mod tests {
     #[test]
     fn the_stage_waits_for_every_apiserver_up_in_haproxys_health_check() {
         let header = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight\n";
-        let row = |server: &str, status: &str| format!("kube-apiserver,{server},0,0,0,0,,0,0,0,,0,,0,0,0,0,{status},1\n");
+        let row =
+            |server: &str, status: &str| format!("kube-apiserver,{server},0,0,0,0,,0,0,0,,0,,0,0,0,0,{status},1\n");
         let frontend = "kube-apiserver,FRONTEND,,,0,0,2000,0,0,0,0,0,0,,,,,OPEN,\n";
-        let all_up = format!("{header}{frontend}{}{}{}", row("master1", "UP"), row("master2", "UP"), row("master3", "UP"));
+        let all_up =
+            format!("{header}{frontend}{}{}{}", row("master1", "UP"), row("master2", "UP"), row("master3", "UP"));
         assert!(every_apiserver_up_against(&all_up).status.success());
 
-        let one_down = all_up.replace("master2,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP", "master2,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN");
+        let one_down =
+            all_up.replace("master2,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP", "master2,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN");
         let output = every_apiserver_up_against(&one_down);
         assert!(!output.status.success());
         assert_eq!(String::from_utf8_lossy(&output.stderr), "not UP in HAProxy's health check: master2 (DOWN)\n");
