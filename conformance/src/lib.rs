@@ -333,6 +333,36 @@ impl Lab {
         Drill { name: name.to_string(), started: SystemTime::now(), log: self.state().drills_log() }
     }
 
+    /// The drill of `provisioner::drills::DRILLS` that the test `test_name` runs, and its
+    /// bound stretched by the lab's patience.
+    pub fn drill_of(&self, test_name: &str) -> (&'static provisioner::drills::Drill, Duration) {
+        let drill = provisioner::drills::by_test(test_name)
+            .unwrap_or_else(|| panic!("{test_name} is in no row of provisioner::drills::DRILLS"));
+        (drill, self.patience(drill.bound))
+    }
+
+    /// Writes what `drill` measured into `STATE/drills/NAME.json`, for `lab drill`, and
+    /// says whether `figure` kept within the drill's (stretched) bound.
+    pub fn record_drill(&self, drill: &provisioner::drills::Drill, figure: Duration, detail: &str) -> bool {
+        let bound = self.patience(drill.bound);
+        let record = provisioner::drills::DrillRecord {
+            drill: drill.name.to_string(),
+            seconds: figure.as_secs_f64(),
+            bound_seconds: bound.as_secs_f64(),
+            pass: figure <= bound,
+            detail: detail.to_string(),
+            at: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+        };
+        let dir = self.state().drill_records();
+        let path = dir.join(format!("{}.json", drill.name));
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&path, serde_json::to_string_pretty(&record).expect("a record serializes")));
+        if let Err(error) = written {
+            eprintln!("cannot record the drill {} in {}: {error}", drill.name, path.display());
+        }
+        record.pass
+    }
+
     /// Every drill window recorded for this lab, oldest first.
     pub fn drill_windows(&self) -> Vec<DrillWindow> {
         let text = std::fs::read_to_string(self.state().drills_log()).unwrap_or_default();
@@ -374,31 +404,9 @@ pub fn cargo_lab(args: &[&str]) -> Command {
     command
 }
 
-/// The `cargo` that ran this program, for a cargo command of its own.
-///
-/// Cargo gives a test (and `cargo run` a program) the variables of the package it built
-/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...). They must not reach the inner cargo:
-/// some build scripts (ring's) watch them, so the inner cargo would rebuild half the tree,
-/// and the next outer build would rebuild it back.
-pub fn inner_cargo() -> Command {
-    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let per_package = [
-            "CARGO_MANIFEST_DIR",
-            "CARGO_MANIFEST_PATH",
-            "CARGO_CRATE_NAME",
-            "CARGO_BIN_NAME",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-        ];
-        if name.starts_with("CARGO_PKG_") || per_package.contains(&name.as_ref()) {
-            command.env_remove(name.as_ref());
-        }
-    }
-    command
-}
+/// The `cargo` that ran this program, without the variables of the package it built
+/// (`provisioner::system::inner_cargo`).
+pub use provisioner::system::inner_cargo;
 
 /// The cargo alias that runs `lab` for the lab in `LAB_DIR`: `lab-libvirt`, the CLI
 /// built with the libvirt backend (a cargo feature, so that hosts without libvirt-dev

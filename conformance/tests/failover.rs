@@ -16,12 +16,15 @@ use conformance::{
     RecordType, ServiceKind, TestNamespace, Transport, WebService, WEB_LABEL,
 };
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::PostParams;
 use kube::Api;
 use provisioner::paths::NODE_INTERFACE;
 use provisioner::pki::names;
-use provisioner::stages::{dns_addon, etcd, keepalived, kube_apiserver, kube_proxy, load_balancer};
+use provisioner::stages::{
+    dns_addon, etcd, keepalived, kube_apiserver, kube_controller_manager, kube_proxy, kube_scheduler, load_balancer,
+};
 use provisioner::topology::{Node, Role};
 use serde_json::json;
 
@@ -42,9 +45,6 @@ const ANSWERS_BEFORE: usize = 3;
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How long a stopped unit, started again, may take to be healthy.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(90);
-/// The longest outage a client may see: VRRP notices a stopped keepalived at once, and
-/// HAProxy's health check takes a stopped apiserver out after 2 x 2 s.
-const LONGEST_OUTAGE: Duration = Duration::from_secs(5);
 /// How long HAProxy may take to mark a stopped apiserver DOWN: two failed checks 2 s
 /// apart (`check inter 2s fall 2` in the load balancer stage), and a check's own time.
 const HAPROXY_TAKES_OUT: Duration = Duration::from_secs(6);
@@ -68,6 +68,16 @@ impl StoppedUnit {
         let stopped = StoppedUnit::stop_without_waiting(node, unit, ready);
         lab().sh(node, &format!("systemctl stop {unit}"));
         stopped
+    }
+
+    /// Kills the unit's processes with SIGKILL, as a crash would, and keeps systemd from
+    /// starting it again until the drill restores it.
+    fn kill(node: &str, unit: &'static str, ready: impl Fn() -> Result<(), String> + 'static) -> StoppedUnit {
+        let drill = lab().drill(&format!("{unit} killed on {node}"));
+        let killed =
+            StoppedUnit { node: node.to_string(), unit, ready: Box::new(ready), restored: false, _drill: drill };
+        lab().sh(node, &format!("systemctl kill --signal=SIGKILL {unit} && systemctl stop {unit}"));
+        killed
     }
 
     /// Asks systemd to stop the unit and returns at once, while the unit may still be
@@ -158,6 +168,19 @@ struct RequestStream {
 
 impl RequestStream {
     fn start(client: HttpsClient<'static>, url: String) -> RequestStream {
+        let client = Arc::new(client);
+        RequestStream::start_requests(move |_| {
+            let (client, url) = (Arc::clone(&client), url.clone());
+            Box::pin(async move { matches!(client.get(&url).await, Ok(reply) if reply.status == 200) })
+        })
+    }
+
+    /// Sends `request(n)` for n = 0, 1, 2, ... every 100 ms (one at a time: a request that
+    /// takes longer delays the next); each says whether it succeeded. Sample n of the
+    /// stream is request n.
+    fn start_requests(
+        request: impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static,
+    ) -> RequestStream {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
@@ -166,10 +189,12 @@ impl RequestStream {
             let stop = Arc::clone(&stop);
             let samples = Arc::clone(&samples);
             async move {
+                let mut index = 0;
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
                     let sent = Instant::now();
-                    let ok = matches!(client.get(&url).await, Ok(reply) if reply.status == 200);
+                    let ok = request(index).await;
                     lock(&samples).push(Sample { at: sent - started, ok });
+                    index += 1;
                     tokio::time::sleep_until((sent + REQUEST_INTERVAL).into()).await;
                 }
             }
@@ -201,13 +226,18 @@ impl RequestStream {
         }
     }
 
-    fn finish(mut self) -> Summary {
+    fn finish(self) -> Summary {
+        Summary::of(&self.finish_with_samples())
+    }
+
+    /// Stops the stream and returns every sample, in the order the requests were sent.
+    fn finish_with_samples(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(task) = self.task.take() {
             lab().block_on(task).expect("the request stream ran to its end");
         }
         let samples = lock(&self.samples);
-        Summary::of(&samples)
+        samples.clone()
     }
 }
 
@@ -311,26 +341,50 @@ fn answers(url: String) -> impl Fn() -> Result<(), String> {
 /// load balancer but the holder, so that nobody can take over).
 #[test]
 fn keepalived_moves_the_virtual_ip_when_its_holder_stops() {
+    the_virtual_ip_moves_when_a_unit_stops_on_its_holder(
+        "keepalived_moves_the_virtual_ip_when_its_holder_stops",
+        keepalived::UNIT,
+    );
+}
+
+/// Stops HAProxy on the load balancer holding the virtual IP, leaving keepalived running:
+/// keepalived's check of HAProxy must give the address up, another load balancer must take
+/// it over, and the API through the virtual IP must come back within 5 s. Prints the same
+/// figures as the keepalived drill.
+///
+/// Turn it red: `cargo lab break keepalived-standbys-stopped` (nobody can take over).
+#[test]
+fn keepalived_moves_the_virtual_ip_when_haproxy_stops_on_its_holder() {
+    the_virtual_ip_moves_when_a_unit_stops_on_its_holder(
+        "keepalived_moves_the_virtual_ip_when_haproxy_stops_on_its_holder",
+        load_balancer::UNIT,
+    );
+}
+
+/// The virtual IP drills: stops `unit` on the load balancer holding the virtual IP while
+/// requests go through it every 100 ms, waits until another one holds it, and checks the
+/// outage clients saw against the drill's bound.
+fn the_virtual_ip_moves_when_a_unit_stops_on_its_holder(test_name: &str, unit: &'static str) {
     if !lab().applies("a virtual IP failover", Role::Lb, 2) {
         return;
     }
     let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let lab = lab();
+    let (drill, longest_outage) = lab.drill_of(test_name);
     let holders = vip_holders();
     assert_eq!(holders.len(), 1, "exactly one load balancer must hold the virtual IP before the test: {holders:?}");
     let holder = holders[0].clone();
     let client = lab.https(Identity::Certificate(names::ADMIN), REQUEST_TIMEOUT);
     let stream = RequestStream::start(client, through_vip("/healthz"));
-    let longest_outage = lab.patience(LONGEST_OUTAGE);
     assert!(
         stream.wait_for_answers(Duration::ZERO, ANSWERS_BEFORE, longest_outage),
         "the API did not answer through the virtual IP before the drill"
     );
 
     let stopped_at = stream.elapsed();
-    let mut stopped = StoppedUnit::stop(&holder, keepalived::UNIT, {
+    let mut stopped = StoppedUnit::stop(&holder, unit, {
         let holder = holder.clone();
-        move || match lab.try_sh(&holder, &format!("systemctl is-active {}", keepalived::UNIT)) {
+        move || match lab.try_sh(&holder, &format!("systemctl is-active {unit}")) {
             Ok(output) if output.status == 0 => Ok(()),
             Ok(output) => Err(output.stdout.trim().to_string()),
             Err(error) => Err(error.to_string()),
@@ -354,13 +408,14 @@ fn keepalived_moves_the_virtual_ip_when_its_holder_stops() {
     let summary = stream.finish();
     let restored_in = stopped.restore().unwrap_or_else(|error| panic!("{error}"));
 
-    println!(
-        "keepalived stopped on {holder}: {new_holder} held the virtual IP {:.1?} later; through the virtual IP {summary}; \
-         keepalived on {holder} active again after {restored_in:.1?}",
-        moved_after
+    let detail = format!(
+        "{unit} stopped on {holder}: {new_holder} held the virtual IP {moved_after:.1?} later; through the virtual \
+         IP {summary}"
     );
+    println!("{detail}; {unit} on {holder} active again after {restored_in:.1?}");
+    let within = lab.record_drill(drill, summary.longest_outage, &detail);
     assert!(summary.answering_at_the_end, "the API did not answer through the virtual IP after the move: {summary}");
-    assert!(summary.longest_outage <= longest_outage, "clients saw too long an outage: {summary}");
+    assert!(within, "clients saw too long an outage (bound {longest_outage:?}): {summary}");
     let holders = vip_holders();
     assert_eq!(holders.len(), 1, "exactly one load balancer must hold the virtual IP afterwards: {holders:?}");
 }
@@ -390,9 +445,9 @@ fn the_api_keeps_answering_when_one_apiserver_stops() {
     if let Err(error) = wait_for_haproxy(&victim.name, "UP", lab.patience(HAPROXY_BRINGS_BACK)) {
         panic!("before the drill: {error}");
     }
+    let (drill, longest_outage) = lab.drill_of("the_api_keeps_answering_when_one_apiserver_stops");
     let client = lab.https(Identity::Certificate(names::ADMIN), REQUEST_TIMEOUT);
     let stream = RequestStream::start(client, through_vip("/healthz"));
-    let longest_outage = lab.patience(LONGEST_OUTAGE);
     assert!(
         stream.wait_for_answers(Duration::ZERO, ANSWERS_BEFORE, longest_outage),
         "the API did not answer through the virtual IP before the drill"
@@ -424,8 +479,13 @@ fn the_api_keeps_answering_when_one_apiserver_stops() {
         victim.name,
         taken_out.join(", ")
     );
+    let within = lab.record_drill(
+        drill,
+        summary.longest_outage,
+        &format!("HAProxy took it out after {}; through the virtual IP {summary}", taken_out.join(", ")),
+    );
     assert!(summary.answering_at_the_end, "the API stopped answering through the virtual IP: {summary}");
-    assert!(summary.longest_outage <= longest_outage, "clients saw too long an outage: {summary}");
+    assert!(within, "clients saw too long an outage (bound {longest_outage:?}): {summary}");
 }
 
 /// Watches HAProxy's statistics on every load balancer (every `POLL_INTERVAL`) until
@@ -593,7 +653,7 @@ fn the_api_keeps_answering_when_the_first_etcd_member_stops() {
         .collect();
     let client = lab.https(Identity::Certificate(names::ADMIN), REQUEST_TIMEOUT);
     streams.push(("the virtual IP".to_string(), RequestStream::start(client, through_vip(read))));
-    let longest_outage = lab.patience(LONGEST_OUTAGE);
+    let (drill, longest_outage) = lab.drill_of("the_api_keeps_answering_when_the_first_etcd_member_stops");
     for (name, stream) in &streams {
         assert!(
             stream.wait_for_answers(Duration::ZERO, ANSWERS_BEFORE, longest_outage),
@@ -601,15 +661,7 @@ fn the_api_keeps_answering_when_the_first_etcd_member_stops() {
         );
     }
 
-    let health = format!("https://{}:{}/health", member.address, etcd::CLIENT_PORT);
-    let mut stopped = StoppedUnit::stop(&member.name, etcd::UNIT, move || {
-        let client = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), REQUEST_TIMEOUT);
-        match lab.block_on(client.get(&health)) {
-            Ok(reply) if reply.status == 200 && reply.body.contains(r#""health":"true""#) => Ok(()),
-            Ok(reply) => Err(reply.body),
-            Err(error) => Err(error.to_string()),
-        }
-    });
+    let mut stopped = StoppedUnit::stop(&member.name, etcd::UNIT, etcd_healthy(member));
     // Every stream must be answered again, steadily, after the stop; the assertions below
     // say how long the outage was if one is not.
     let stopped_at: Vec<Duration> = streams.iter().map(|(_, stream)| stream.elapsed()).collect();
@@ -633,10 +685,210 @@ fn the_api_keeps_answering_when_the_first_etcd_member_stops() {
         "  a namespace was created and deleted meanwhile; etcd on {} healthy {restored_in:.1?} after its start",
         member.name
     );
+    let longest = summaries.iter().map(|(_, summary)| summary.longest_outage).max().unwrap_or_default();
+    let detail: Vec<String> = summaries.iter().map(|(name, summary)| format!("through {name}: {summary}")).collect();
+    lab.record_drill(drill, longest, &format!("etcd stopped on {}; reads {}", member.name, detail.join("; ")));
     for (name, summary) in &summaries {
         assert!(summary.answering_at_the_end, "reads through {name} failed at the end: {summary}");
         assert!(summary.longest_outage <= longest_outage, "reads through {name} saw too long an outage: {summary}");
     }
+}
+
+/// Kills (SIGKILL) the etcd leader while a writer creates a numbered ConfigMap through the
+/// virtual IP every 100 ms: the remaining members elect a new leader, and writes must
+/// fail for at most two of the lab's election timeouts and a second (6 s; see
+/// `provisioner::drills`); afterwards every ConfigMap the API acknowledged (HTTP 201)
+/// must exist. Prints the outage and the counts.
+///
+/// Turn it red: `cargo lab break etcd-member-stopped` first (with one member down, the
+/// kill leaves etcd without a quorum, and writes stop until the drill restores the
+/// leader).
+#[test]
+fn writes_resume_and_none_is_lost_when_the_etcd_leader_is_killed() {
+    if !lab().applies("an etcd leader failover", Role::Etcd, 3) {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lab = lab();
+    let (drill, longest_outage) = lab.drill_of("writes_resume_and_none_is_lost_when_the_etcd_leader_is_killed");
+    let client = lab.kube();
+    let namespace = lab.block_on(TestNamespace::create(&client, "etcd-leader"));
+    let leader = etcd_leader().unwrap_or_else(|error| panic!("{error}"));
+
+    let writer = Arc::new(lab.https(Identity::Certificate(names::ADMIN), REQUEST_TIMEOUT));
+    let url = through_vip(&format!("/api/v1/namespaces/{}/configmaps", namespace.name()));
+    let stream = RequestStream::start_requests(move |index| {
+        let (writer, url) = (Arc::clone(&writer), url.clone());
+        Box::pin(async move {
+            let body = format!(r#"{{"metadata":{{"name":"write-{index}"}}}}"#);
+            matches!(writer.post_json(&url, &body).await, Ok(reply) if reply.status == 201)
+        })
+    });
+    assert!(
+        stream.wait_for_answers(Duration::ZERO, ANSWERS_BEFORE, longest_outage),
+        "writes through the virtual IP did not succeed before the drill"
+    );
+
+    let killed_at = stream.elapsed();
+    let mut killed = StoppedUnit::kill(&leader.name, etcd::UNIT, etcd_healthy(leader));
+    stream.wait_for_answers(killed_at, STEADY_ANSWERS, longest_outage * 2 + REQUEST_INTERVAL * STEADY_ANSWERS as u32);
+    let samples = stream.finish_with_samples();
+    let new_leader = etcd_leader();
+    let restored_in = killed.restore().unwrap_or_else(|error| panic!("{error}"));
+
+    let acknowledged: Vec<String> =
+        samples.iter().enumerate().filter(|(_, sample)| sample.ok).map(|(index, _)| format!("write-{index}")).collect();
+    let stored: std::collections::BTreeSet<String> = lab
+        .block_on(Api::<ConfigMap>::namespaced(client.clone(), namespace.name()).list(&Default::default()))
+        .unwrap_or_else(|error| panic!("cannot list the drill's ConfigMaps: {error}"))
+        .items
+        .into_iter()
+        .filter_map(|configmap| configmap.metadata.name)
+        .collect();
+    lab.block_on(namespace.delete());
+    let lost: Vec<&String> = acknowledged.iter().filter(|name| !stored.contains(*name)).collect();
+    let summary = Summary::of(&samples);
+    let new_leader = new_leader.map(|node| node.name.clone()).unwrap_or_else(|error| error);
+    let detail = format!(
+        "etcd killed on its leader {}; new leader {new_leader}; writes through the virtual IP {summary}; {} \
+         acknowledged, {} lost",
+        leader.name,
+        acknowledged.len(),
+        lost.len()
+    );
+    println!("{detail}; etcd on {} healthy again {restored_in:.1?} after its start", leader.name);
+    let within = lab.record_drill(drill, summary.longest_outage, &detail);
+    assert!(lost.is_empty(), "writes the API acknowledged are gone after the etcd leader was killed: {lost:?}");
+    assert!(summary.answering_at_the_end, "writes did not succeed again after the etcd leader was killed: {summary}");
+    assert!(within, "writes failed for too long (bound {longest_outage:?}): {summary}");
+}
+
+/// The etcd member that is the leader now, asked of every member through etcd's gRPC
+/// gateway (`/v3/maintenance/status`: each answers its own ID and the leader's).
+fn etcd_leader() -> Result<&'static Node, String> {
+    let lab = lab();
+    let client = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), REQUEST_TIMEOUT);
+    let mut answers = Vec::new();
+    for member in lab.nodes_with(Role::Etcd) {
+        let url = format!("https://{}:{}/v3/maintenance/status", member.address, etcd::CLIENT_PORT);
+        let Ok(reply) = lab.block_on(client.post_json(&url, "{}")) else { continue };
+        let Ok(status) = serde_json::from_str::<serde_json::Value>(&reply.body) else { continue };
+        let own = status["header"]["member_id"].as_str().unwrap_or_default().to_string();
+        let leader = status["leader"].as_str().unwrap_or_default().to_string();
+        if !own.is_empty() && own == leader {
+            return Ok(member);
+        }
+        answers.push(format!("{}: {}", member.name, reply.body.trim()));
+    }
+    Err(format!("no etcd member says it is the leader: {answers:?}"))
+}
+
+/// A readiness check: `member`'s etcd answers /health with `"health":"true"`.
+fn etcd_healthy(member: &Node) -> impl Fn() -> Result<(), String> {
+    let health = format!("https://{}:{}/health", member.address, etcd::CLIENT_PORT);
+    move || {
+        let lab = lab();
+        let client = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), REQUEST_TIMEOUT);
+        match lab.block_on(client.get(&health)) {
+            Ok(reply) if reply.status == 200 && reply.body.contains(r#""health":"true""#) => Ok(()),
+            Ok(reply) => Err(reply.body),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+/// The components that elect a leader through a Lease in kube-system, with their units.
+const LEADER_ELECTED: [(&str, &str); 2] =
+    [("kube-controller-manager", kube_controller_manager::UNIT), ("kube-scheduler", kube_scheduler::UNIT)];
+
+/// Kills (SIGKILL) the kube-controller-manager and the kube-scheduler that hold their
+/// leases: another master must hold each lease within 20 s (the lease lasts 15 s, and a
+/// standby tries every 2 s). Prints who took over and when.
+///
+/// Turn it red: `cargo lab break controller-manager-stopped --node NODE` and
+/// `cargo lab break scheduler-stopped --node NODE` on every other master first (no
+/// standby is left to take over).
+#[test]
+fn another_master_leads_when_the_controller_manager_and_scheduler_leaders_are_killed() {
+    if !lab().applies("a leader failover", Role::Master, 2) {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lab = lab();
+    let (drill, bound) =
+        lab.drill_of("another_master_leads_when_the_controller_manager_and_scheduler_leaders_are_killed");
+    let holders: Vec<String> = LEADER_ELECTED
+        .iter()
+        .map(|(lease, _)| lease_holder(lease).unwrap_or_else(|error| panic!("before the drill: {error}")))
+        .collect();
+    let started = Instant::now();
+    let mut killed: Vec<StoppedUnit> = LEADER_ELECTED
+        .iter()
+        .zip(&holders)
+        .map(|((_, unit), holder)| {
+            let (node, unit) = (holder.clone(), *unit);
+            StoppedUnit::kill(holder, unit, move || match lab.try_sh(&node, &format!("systemctl is-active {unit}")) {
+                Ok(output) if output.status == 0 => Ok(()),
+                Ok(output) => Err(output.stdout.trim().to_string()),
+                Err(error) => Err(error.to_string()),
+            })
+        })
+        .collect();
+    let deadline = bound * 2;
+    let mut taken_over: Vec<Option<(String, Duration)>> = vec![None; LEADER_ELECTED.len()];
+    while taken_over.iter().any(Option::is_none) && started.elapsed() < deadline {
+        for (((lease, _), holder), taken) in LEADER_ELECTED.iter().zip(&holders).zip(taken_over.iter_mut()) {
+            if taken.is_none() {
+                if let Ok(now) = lease_holder(lease) {
+                    if now != *holder {
+                        *taken = Some((now, started.elapsed()));
+                    }
+                }
+            }
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    for unit in &mut killed {
+        unit.restore().unwrap_or_else(|error| panic!("{error}"));
+    }
+
+    let accounts: Vec<String> = LEADER_ELECTED
+        .iter()
+        .zip(&holders)
+        .zip(&taken_over)
+        .map(|(((lease, _), holder), taken)| match taken {
+            Some((now, after)) => format!("{lease}: {holder} killed, {now} leading {after:.1?} later"),
+            None => format!("{lease}: {holder} killed, no other master leading after {deadline:?}"),
+        })
+        .collect();
+    let detail = accounts.join("; ");
+    println!("{detail}");
+    let slowest = taken_over.iter().map(|taken| taken.as_ref().map_or(deadline, |(_, after)| *after)).max();
+    let within = lab.record_drill(drill, slowest.unwrap_or_default(), &detail);
+    assert!(within, "another master did not take every lease over within {bound:?}: {detail}");
+}
+
+/// The master whose component holds the Lease kube-system/`lease` and renewed it within
+/// its duration.
+fn lease_holder(lease: &str) -> Result<String, String> {
+    let lab = lab();
+    let found = lab
+        .block_on(Api::<Lease>::namespaced(lab.kube(), "kube-system").get(lease))
+        .map_err(|error| format!("cannot read the lease kube-system/{lease}: {error}"))?;
+    let spec = found.spec.unwrap_or_default();
+    // Leader election writes `NODE_UUID` as the holder's identity.
+    let holder = spec.holder_identity.unwrap_or_default();
+    let node = holder.split('_').next().unwrap_or_default().to_string();
+    let duration_ms = i64::from(spec.lease_duration_seconds.unwrap_or_default()) * 1000;
+    let renewed_ms = spec.renew_time.map(|time| time.0.as_millisecond()).unwrap_or_default();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_millis() as i64;
+    if node.is_empty() || now_ms - renewed_ms > duration_ms {
+        return Err(format!(
+            "nobody leads kube-system/{lease} (holder {holder:?}, renewed {} ms ago)",
+            now_ms - renewed_ms
+        ));
+    }
+    Ok(node)
 }
 
 /// What an apiserver logs when etcd ends one of its watches because it has no leader
@@ -650,8 +902,6 @@ const WATCH_ENDED_WITHOUT_LEADER: &str = "watch chan error: etcdserver: no leade
 const ELECTION_TIMEOUTS_UNTIL_NO_LEADER: u32 = 6;
 /// What the apiservers' logging and the journal may add to that.
 const JOURNAL_DELAY: Duration = Duration::from_secs(5);
-/// How long writes may take to work again once the members are back.
-const WRITES_RESUME: Duration = Duration::from_secs(30);
 /// How long a new Service may take to get its Endpoints once writes work again. The
 /// controller manager cannot renew its lease while etcd has no quorum; past its renew
 /// deadline (10 s) it exits, systemd starts it again 5 s later, and it waits for the old
@@ -680,6 +930,7 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
     }
     let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let lab = lab();
+    let (drill, writes_resume) = lab.drill_of("writes_and_watches_recover_after_etcd_loses_its_quorum");
     let client = lab.kube();
     // A ready pod to put a Service in front of, made while the lab is whole.
     let (namespace, pod_ip) = lab.block_on(async {
@@ -693,17 +944,6 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
         (namespace, pod_ip)
     });
     let members = lab.nodes_with(Role::Etcd);
-    let etcd_health = |member: &Node| {
-        let health = format!("https://{}:{}/health", member.address, etcd::CLIENT_PORT);
-        move || {
-            let client = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), REQUEST_TIMEOUT);
-            match lab.block_on(client.get(&health)) {
-                Ok(reply) if reply.status == 200 && reply.body.contains(r#""health":"true""#) => Ok(()),
-                Ok(reply) => Err(reply.body),
-                Err(error) => Err(error.to_string()),
-            }
-        }
-    };
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace.name());
     let write = |name: &str| {
         let configmap: ConfigMap =
@@ -716,7 +956,7 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
     };
 
     let mut stopped: Vec<StoppedUnit> =
-        members[1..].iter().map(|member| StoppedUnit::stop(&member.name, etcd::UNIT, etcd_health(member))).collect();
+        members[1..].iter().map(|member| StoppedUnit::stop(&member.name, etcd::UNIT, etcd_healthy(member))).collect();
     let lost_at = SystemTime::now();
     let during = write("during-the-loss");
     assert!(
@@ -748,14 +988,21 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
             break started.elapsed();
         }
         assert!(
-            started.elapsed() < lab.patience(WRITES_RESUME),
-            "writes did not resume within {WRITES_RESUME:?} of the etcd members' start"
+            started.elapsed() < writes_resume,
+            "writes did not resume within {writes_resume:?} of the etcd members' start"
         );
         std::thread::sleep(Duration::from_millis(500));
     };
     for mut unit in stopped {
         unit.restore().unwrap_or_else(|error| panic!("{error}"));
     }
+    lab.record_drill(
+        drill,
+        resumed_after,
+        &format!(
+            "etcd without quorum for {lost_for:.1?}; writes failed meanwhile and resumed after the members' start"
+        ),
+    );
 
     let service = lab.block_on(web_service_endpoints(
         &client,

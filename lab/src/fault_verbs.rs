@@ -119,7 +119,7 @@ pub fn restore(paths: &Paths, name: Option<&str>, json: bool) -> Result<(), Fail
 
 /// The lab of this state directory; without one, the fault verbs have nothing to act
 /// on, which is a usage error like a wrong fault name.
-fn existing(paths: &Paths) -> Result<Lab, Failure> {
+pub(crate) fn existing(paths: &Paths) -> Result<Lab, Failure> {
     paths.existing_lab().map_err(|failure| match failure.error.downcast_ref::<LabError>() {
         Some(LabError::NoLab { .. }) => Failure { exit: Exit::Usage, error: failure.error },
         _ => failure,

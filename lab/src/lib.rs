@@ -11,6 +11,7 @@ use provisioner::lab::{Lab, LabError, LabPaths, Real, UpOptions};
 use provisioner::topology::Backend;
 
 mod doctor;
+mod drill_verb;
 mod fault_verbs;
 mod kubeconfig;
 mod machine_verbs;
@@ -156,6 +157,15 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Run the failover drills against the lab (conformance tests, from the source
+    /// checkout) and print what each measured against its bound.
+    Drill {
+        /// Only this drill (default: every one).
+        name: Option<String>,
+        /// The table as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Undo injected faults and converge the lab to its plan; returns once the
     /// cluster serves again.
     Restore {
@@ -270,6 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Verb::Faults { json } => fault_verbs::list(&paths, json),
         Verb::Break { fault, node, json } => fault_verbs::break_fault(&paths, &fault, node.as_deref(), json),
         Verb::Restore { fault, all: _, json } => fault_verbs::restore(&paths, fault.as_deref(), json),
+        Verb::Drill { name, json } => drill_verb::drill(&paths, name.as_deref(), json),
     };
     done.map(|()| Exit::Success.into())
 }
@@ -343,7 +354,7 @@ impl Paths {
 
 /// The checkout this `lab` was built from, while it is still there: under `cargo lab`
 /// always; after `cargo install --path lab` only until the checkout is removed.
-fn source_checkout() -> Option<PathBuf> {
+pub(crate) fn source_checkout() -> Option<PathBuf> {
     let repository = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
     repository.join("lab.toml").is_file().then(|| repository.to_owned())
 }

@@ -502,6 +502,15 @@ fn faults_json_lists_the_catalogue_with_the_tests_each_fault_turns_red() {
 }
 
 #[test]
+fn drill_refuses_a_wrong_drill_or_no_lab_with_exit_2() {
+    let setup = Setup::new();
+    setup.lab().args(["drill", "no-such-drill"]).assert().code(2).stderr(predicate::str::contains(
+        "error: no drill named \"no-such-drill\"; the drills are: keepalived-stopped-on-vip-holder,",
+    ));
+    setup.lab().args(["drill", "etcd-leader-killed"]).assert().code(2).stderr(predicate::str::contains("no lab in"));
+}
+
+#[test]
 fn break_and_restore_refuse_a_wrong_fault_or_node_or_no_lab_with_exit_2() {
     let setup = Setup::new();
     setup.lab().args(["break", "no-such-fault"]).assert().code(2).stderr(predicate::str::contains(

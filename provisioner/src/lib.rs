@@ -3,6 +3,7 @@
 
 pub mod artifacts;
 pub mod debian;
+pub mod drills;
 pub mod executor;
 pub mod faults;
 pub mod host;

@@ -82,4 +82,10 @@ impl StateDir {
     pub fn drills_log(&self) -> PathBuf {
         self.root.join("drills.log")
     }
+
+    /// What each drill measured the last time it ran: `NAME.json`, one
+    /// `provisioner::drills::DrillRecord` each.
+    pub fn drill_records(&self) -> PathBuf {
+        self.root.join("drills")
+    }
 }

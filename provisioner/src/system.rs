@@ -489,6 +489,33 @@ impl System for RecordingSystem {
     }
 }
 
+/// The `cargo` that ran this program, for a cargo command of its own (the lab-dns build,
+/// `lab drill`'s test run, the conformance suite's `cargo lab`).
+///
+/// Cargo gives a test (and `cargo run` a program) the variables of the package it built
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...). They must not reach the inner cargo:
+/// some build scripts (ring's) watch them, so the inner cargo would rebuild half the tree,
+/// and the next outer build would rebuild it back.
+pub fn inner_cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let per_package = [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+        ];
+        if name.starts_with("CARGO_PKG_") || per_package.contains(&name.as_ref()) {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

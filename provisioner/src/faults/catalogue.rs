@@ -150,9 +150,11 @@ pub static CATALOGUE: &[Fault] = &[
         scope: Scope::One { role: Role::Etcd, default: DefaultNode::Last, needs: 1 },
         summary: "the etcd member on {nodes} is stopped",
         symptom: "componentstatuses shows an etcd member unhealthy",
+        // With one member gone, killing the leader leaves no quorum: the leader drill fails.
         breaks: &[
             "etcd::every_member_is_healthy_over_mutual_tls",
             "componentstatuses::scheduler_controller_manager_and_every_etcd_member_are_healthy",
+            "failover::writes_resume_and_none_is_lost_when_the_etcd_leader_is_killed",
         ],
         inject: |_, nodes| on_each(nodes, &stop(etcd::UNIT)),
         undo: nothing,
@@ -447,6 +449,34 @@ pub static CATALOGUE: &[Fault] = &[
         in_force: |context, _| lease_expired(context, "kube-scheduler"),
         healed: |context, _| lease_renewed(context, "kube-scheduler"),
     },
+    Fault {
+        name: "leader-standbys-stopped",
+        stage: Stage::KubeControllerManager,
+        scope: Scope::Every { role: Role::Master },
+        summary: "kube-controller-manager and kube-scheduler run only where they hold their leases (stopped on the \
+                  other masters of {nodes})",
+        symptom: "nothing seems wrong until a leader fails; then nobody takes its work over",
+        breaks: &["failover::another_master_leads_when_the_controller_manager_and_scheduler_leaders_are_killed"],
+        // Leader election names the holder `HOSTNAME_UUID`, and a node's hostname is its name.
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "for pair in kube-controller-manager:{controller_manager} kube-scheduler:{scheduler}; do \
+                     lease=${{pair%%:*}}; unit=${{pair#*:}}; \
+                     holder=$({kubectl} --namespace kube-system get lease $lease -o jsonpath='{{.spec.holderIdentity}}') \
+                     || exit 1; \
+                     case \"$holder\" in \"$(hostname)\"_*) ;; *) systemctl stop $unit ;; esac; done",
+                    controller_manager = kube_controller_manager::UNIT,
+                    scheduler = kube_scheduler::UNIT,
+                    kubectl = kubectl()
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: nothing,
+        healed: nothing,
+    },
     // --- HAProxy and keepalived (handbook 000 section 8) ---
     Fault {
         name: "haproxy-blind-to-apiservers",
@@ -490,7 +520,10 @@ pub static CATALOGUE: &[Fault] = &[
         scope: Scope::Every { role: Role::Lb },
         summary: "keepalived runs only on the load balancer holding the virtual IP (stopped on the others of {nodes})",
         symptom: "nothing seems wrong until the virtual IP's holder fails; then the API is gone",
-        breaks: &["failover::keepalived_moves_the_virtual_ip_when_its_holder_stops"],
+        breaks: &[
+            "failover::keepalived_moves_the_virtual_ip_when_its_holder_stops",
+            "failover::keepalived_moves_the_virtual_ip_when_haproxy_stops_on_its_holder",
+        ],
         inject: |context, nodes| {
             on_each(
                 nodes,

@@ -1,0 +1,169 @@
+//! The failover drills: what each one does to the lab, what it measures and the bound it
+//! must stay within. The drills themselves are conformance tests (the `failover` group,
+//! run one at a time); this table is what they and `lab drill` share, so that a bound is
+//! written once. Each drill writes a [`DrillRecord`] into the state directory when it has
+//! its figure; `lab drill` runs the tests and prints those records.
+//!
+//! Bounds are for machines at full speed; the drills stretch them by the lab's time
+//! scale (emulated VMs), as every other deadline of the suite.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One drill of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drill {
+    /// A short kebab-case name, as `lab drill NAME` takes it.
+    pub name: &'static str,
+    /// The conformance test that runs it, as `BINARY::TEST`.
+    pub test: &'static str,
+    /// What the drill does to the lab, for a learner.
+    pub action: &'static str,
+    /// What it measures, the figure its record holds.
+    pub measures: &'static str,
+    /// The most the figure may be.
+    pub bound: Duration,
+}
+
+impl Drill {
+    /// The test's function name, without its binary.
+    pub fn test_name(&self) -> &'static str {
+        self.test.split_once("::").map_or(self.test, |(_, name)| name)
+    }
+}
+
+/// Every drill, in the order `lab drill` runs them.
+pub const DRILLS: &[Drill] = &[
+    Drill {
+        name: "keepalived-stopped-on-vip-holder",
+        test: "failover::keepalived_moves_the_virtual_ip_when_its_holder_stops",
+        action: "stops keepalived on the load balancer holding the virtual IP",
+        measures: "the longest API outage through the virtual IP",
+        bound: Duration::from_secs(5),
+    },
+    Drill {
+        name: "haproxy-stopped-on-vip-holder",
+        test: "failover::keepalived_moves_the_virtual_ip_when_haproxy_stops_on_its_holder",
+        action: "stops HAProxy on the load balancer holding the virtual IP; keepalived stays up",
+        measures: "the longest API outage through the virtual IP, until keepalived's check moved it",
+        bound: Duration::from_secs(5),
+    },
+    Drill {
+        name: "apiserver-stopped",
+        test: "failover::the_api_keeps_answering_when_one_apiserver_stops",
+        action: "stops the apiserver on the master holding the virtual IP",
+        measures: "the longest API outage through the virtual IP",
+        bound: Duration::from_secs(5),
+    },
+    Drill {
+        name: "etcd-leader-killed",
+        test: "failover::writes_resume_and_none_is_lost_when_the_etcd_leader_is_killed",
+        action: "kills (SIGKILL) the etcd leader while a writer creates a ConfigMap every 100 ms",
+        measures: "the longest time writes through the virtual IP failed (none acknowledged may be lost)",
+        // A follower calls an election one to two election timeouts after the leader's
+        // last heartbeat, and the apiserver's next try goes to the new leader: 2.5 to 5 s
+        // and a second. (With etcd's default 1 s timeout it would be 1 to 2 s; the lab
+        // waits longer so that a member starved of CPU on a shared host does not cause
+        // elections, see `stages::etcd`.)
+        bound: Duration::from_millis(2 * crate::stages::etcd::ELECTION_TIMEOUT_MS as u64 + 1000),
+    },
+    Drill {
+        name: "first-etcd-member-stopped",
+        test: "failover::the_api_keeps_answering_when_the_first_etcd_member_stops",
+        action: "stops the etcd member listed first in the apiservers' --etcd-servers",
+        measures: "the longest outage of reads through each apiserver and the virtual IP",
+        bound: Duration::from_secs(5),
+    },
+    Drill {
+        name: "etcd-quorum-lost",
+        test: "failover::writes_and_watches_recover_after_etcd_loses_its_quorum",
+        action: "stops two of the three etcd members until etcd ends the apiservers' watches",
+        measures: "how long writes took to resume after the members started",
+        bound: Duration::from_secs(30),
+    },
+    Drill {
+        name: "control-plane-leaders-killed",
+        test: "failover::another_master_leads_when_the_controller_manager_and_scheduler_leaders_are_killed",
+        action: "kills (SIGKILL) the kube-controller-manager and kube-scheduler holding their leases",
+        measures: "how long until another master held both leases",
+        bound: Duration::from_secs(20),
+    },
+];
+
+/// The drill named `name`.
+pub fn by_name(name: &str) -> Option<&'static Drill> {
+    DRILLS.iter().find(|drill| drill.name == name)
+}
+
+/// The drill that `test` (`BINARY::TEST` or the bare test name) runs.
+pub fn by_test(test: &str) -> Option<&'static Drill> {
+    DRILLS.iter().find(|drill| drill.test == test || drill.test_name() == test)
+}
+
+/// What one run of a drill measured, as it writes it to `STATE/drills/NAME.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillRecord {
+    pub drill: String,
+    /// The figure, in seconds.
+    pub seconds: f64,
+    /// The bound the figure was held to, stretched by the lab's time scale, in seconds.
+    pub bound_seconds: f64,
+    pub pass: bool,
+    /// The drill's own one-line account (counts, per-node times).
+    pub detail: String,
+    /// When the record was written, in seconds since the epoch.
+    pub at: f64,
+}
+
+/// The record `drill` left in `records_dir`, if any.
+pub fn read_record(records_dir: &Path, drill: &Drill) -> Option<DrillRecord> {
+    let text = std::fs::read_to_string(records_dir.join(format!("{}.json", drill.name))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drill_names_are_unique_kebab_case_and_tests_are_failover_tests() {
+        let mut names: Vec<&str> = DRILLS.iter().map(|drill| drill.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DRILLS.len(), "duplicate drill names");
+        for drill in DRILLS {
+            assert!(drill.name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{}", drill.name);
+            assert!(drill.test.starts_with("failover::"), "{} runs {}", drill.name, drill.test);
+            assert!(drill.bound > Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn a_drill_is_found_by_name_and_by_test() {
+        let drill = by_name("etcd-leader-killed").expect("the etcd leader drill");
+        assert_eq!(by_test(drill.test), Some(drill));
+        assert_eq!(by_test(drill.test_name()), Some(drill));
+        assert_eq!(by_name("no-such-drill"), None);
+    }
+
+    #[test]
+    fn a_record_reads_back_and_a_missing_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let drill = &DRILLS[0];
+        assert_eq!(read_record(dir.path(), drill), None);
+        let record = DrillRecord {
+            drill: drill.name.to_string(),
+            seconds: 1.5,
+            bound_seconds: 5.0,
+            pass: true,
+            detail: "0 of 40 requests failed".to_string(),
+            at: 1.0,
+        };
+        std::fs::write(dir.path().join(format!("{}.json", drill.name)), serde_json::to_string(&record).unwrap())
+            .unwrap();
+        assert_eq!(read_record(dir.path(), drill), Some(record));
+    }
+}
