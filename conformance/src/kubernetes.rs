@@ -180,7 +180,7 @@ pub async fn ready_pods(
     let what = format!("{count} ready pods with {selector} in {namespace}");
     eventually(&what, timeout, || async {
         let list = pods.list(&ListParams::default().labels(selector)).await.map_err(|error| error.to_string())?;
-        let ready: Vec<Pod> = list.items.into_iter().filter(is_ready).collect();
+        let ready: Vec<Pod> = list.items.into_iter().filter(pod_is_ready).collect();
         if ready.len() == count {
             Ok(ready)
         } else {
@@ -190,7 +190,8 @@ pub async fn ready_pods(
     .await
 }
 
-fn is_ready(pod: &Pod) -> bool {
+/// Whether the pod's Ready condition is True.
+pub fn pod_is_ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|status| status.conditions.as_ref()).is_some_and(|conditions| {
         conditions.iter().any(|condition| condition.type_ == "Ready" && condition.status == "True")
     })

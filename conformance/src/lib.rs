@@ -52,8 +52,8 @@ use provisioner::topology::{Node, Role, Topology};
 
 pub use https::{HttpsClient, HttpsError, Identity, Reply};
 pub use kubernetes::{
-    eventually, kubectl, ready_pods, web_deployment, web_service_endpoints, ServiceKind, TestNamespace, WebService,
-    WEB_LABEL,
+    eventually, kubectl, pod_is_ready, ready_pods, web_deployment, web_service_endpoints, ServiceKind, TestNamespace,
+    WebService, WEB_LABEL,
 };
 pub use net::{Listener, PortState, Targets, UnsafeTarget};
 pub use resolver::{ClusterResolver, Lookup, RecordType, Transport};
@@ -334,22 +334,27 @@ impl Lab {
     }
 
     /// The drill of `provisioner::drills::DRILLS` that the test `test_name` runs, and its
-    /// bound stretched by the lab's patience.
+    /// time bound stretched by the lab's patience (panics for a drill bounded otherwise).
     pub fn drill_of(&self, test_name: &str) -> (&'static provisioner::drills::Drill, Duration) {
         let drill = provisioner::drills::by_test(test_name)
             .unwrap_or_else(|| panic!("{test_name} is in no row of provisioner::drills::DRILLS"));
-        (drill, self.patience(drill.bound))
+        match drill.bound {
+            provisioner::drills::Bound::AtMost(bound) => (drill, self.patience(bound)),
+            other => panic!("the drill {} is bounded by {other:?}, not by a time", drill.name),
+        }
     }
 
-    /// Writes what `drill` measured into `STATE/drills/NAME.json`, for `lab drill`, and
-    /// says whether `figure` kept within the drill's (stretched) bound.
-    pub fn record_drill(&self, drill: &provisioner::drills::Drill, figure: Duration, detail: &str) -> bool {
-        let bound = self.patience(drill.bound);
+    /// Writes what `drill` measured (`value` in its bound's unit: seconds, or percent
+    /// answered) into `STATE/drills/NAME.json`, for `lab drill`, and says whether it kept
+    /// within the drill's bound (time bounds stretched by the lab's patience).
+    pub fn record_drill_value(&self, drill: &provisioner::drills::Drill, value: f64, detail: &str) -> bool {
+        let bound = drill.bound.value(f64::from(self.status.time_scale));
         let record = provisioner::drills::DrillRecord {
             drill: drill.name.to_string(),
-            seconds: figure.as_secs_f64(),
-            bound_seconds: bound.as_secs_f64(),
-            pass: figure <= bound,
+            value,
+            unit: drill.bound.unit().to_string(),
+            bound,
+            pass: drill.bound.holds(value, bound),
             detail: detail.to_string(),
             at: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
         };
@@ -361,6 +366,11 @@ impl Lab {
             eprintln!("cannot record the drill {} in {}: {error}", drill.name, path.display());
         }
         record.pass
+    }
+
+    /// `record_drill_value` for a drill bounded by a time.
+    pub fn record_drill(&self, drill: &provisioner::drills::Drill, figure: Duration, detail: &str) -> bool {
+        self.record_drill_value(drill, figure.as_secs_f64(), detail)
     }
 
     /// Every drill window recorded for this lab, oldest first.

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conformance::{
-    eventually, flag, lab, ready_pods, web_deployment, web_service_endpoints, Drill, HttpsClient, Identity, Lookup,
-    RecordType, ServiceKind, TestNamespace, Transport, WebService, WEB_LABEL,
+    eventually, flag, lab, pod_is_ready, ready_pods, web_deployment, web_service_endpoints, Drill, HttpsClient,
+    Identity, Lookup, RecordType, ServiceKind, TestNamespace, Transport, WebService, WEB_LABEL,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
 use provisioner::paths::NODE_INTERFACE;
 use provisioner::pki::names;
@@ -795,6 +795,116 @@ fn etcd_healthy(member: &Node) -> impl Fn() -> Result<(), String> {
             Err(error) => Err(error.to_string()),
         }
     }
+}
+
+/// How long the query stream of the DNS drill goes on after the deleted pod is gone.
+const DNS_DRILL_AFTER_READY: Duration = Duration::from_secs(3);
+/// How long the deleted DNS pod's replacement may take to be ready.
+const DNS_REPLACEMENT_READY: Duration = Duration::from_secs(60);
+
+/// Deletes one of the cluster DNS pods while the host asks the cluster DNS for the
+/// `kubernetes` Service's address 10 times a second: at least 99% of the queries must be
+/// answered, from before the deletion until the deleted pod is gone and its replacement
+/// is ready, and another pod must have been ready all along (the Deployment runs two).
+/// kube-proxy takes a deleted pod out of the Service as soon as it is deleted, and the
+/// pod keeps answering for 5 s after its SIGTERM (lab-dns's lame duck) for a node that is
+/// slower. Prints the counts.
+///
+/// Turn it red: `cargo lab break dns-one-replica` (the cluster DNS then hangs on one pod).
+#[test]
+fn cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted() {
+    if !lab().applies("a cluster DNS pod failover", Role::Worker, 2) {
+        return;
+    }
+    let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lab = lab();
+    let drill = provisioner::drills::by_test("cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted")
+        .expect("the DNS drill is in provisioner::drills");
+    let _window = lab.drill("a cluster DNS pod deleted");
+    let resolver = Arc::new(lab.resolver(Transport::Udp));
+    let name = format!("kubernetes.default.svc.{}.", lab.status.cluster_domain);
+    let expected = vec![lab.kubernetes_service_ip().to_string()];
+    let stream = RequestStream::start_requests(move |_| {
+        let (resolver, name, expected) = (Arc::clone(&resolver), name.clone(), expected.clone());
+        Box::pin(async move { resolver.lookup(&name, RecordType::A).await == Lookup::Answers(expected) })
+    });
+    assert!(
+        stream.wait_for_answers(Duration::ZERO, ANSWERS_BEFORE, lab.patience(Duration::from_secs(5))),
+        "the cluster DNS did not answer before the drill"
+    );
+
+    let client = lab.kube();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let selector = format!("k8s-app={}", dns_addon::NAME);
+    // Pods of an earlier drill may still be terminating: they are not counted.
+    let before: Vec<Pod> = lab
+        .block_on(pods.list(&ListParams::default().labels(&selector)))
+        .unwrap_or_else(|error| panic!("cannot list the cluster DNS pods: {error}"))
+        .items
+        .into_iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .collect();
+    // One pod alone makes the cluster DNS depend on it; the drill does not delete it.
+    assert!(
+        before.len() >= 2,
+        "the cluster DNS runs {} pod(s): deleting one would leave it to a lame duck and a pod still starting; \
+         the Deployment asks for {}",
+        before.len(),
+        dns_addon::REPLICAS
+    );
+    let victim = before.first().and_then(|pod| pod.metadata.name.clone()).expect("a cluster DNS pod runs");
+    let deleted_at = Instant::now();
+    lab.block_on(pods.delete(&victim, &DeleteParams::default()))
+        .unwrap_or_else(|error| panic!("cannot delete the cluster DNS pod {victim}: {error}"));
+    // The deleted pod stays Ready while it terminates: wait for as many ready pods as
+    // before that are not going away.
+    let wanted = before.len();
+    let replaced = lab.block_on(eventually(
+        &format!("{wanted} ready cluster DNS pods besides the deleted {victim}"),
+        DNS_REPLACEMENT_READY,
+        || async {
+            let list = pods.list(&ListParams::default().labels(&selector)).await.map_err(|error| error.to_string())?;
+            let staying: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|pod| pod.metadata.deletion_timestamp.is_none() && pod_is_ready(pod))
+                .collect();
+            if staying.len() == wanted {
+                Ok(staying)
+            } else {
+                Err(format!("{} ready", staying.len()))
+            }
+        },
+    ));
+    let replaced_after = deleted_at.elapsed();
+    // The stream goes on until the deleted pod has stopped answering and is gone, and a
+    // little longer: the moment it stops is when a node still sending it queries fails.
+    lab.block_on(eventually(&format!("the deleted {victim} is gone"), DNS_REPLACEMENT_READY, || async {
+        match pods.get_opt(&victim).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) => Err("still terminating".to_string()),
+            Err(error) => Err(error.to_string()),
+        }
+    }));
+    let gone_after = deleted_at.elapsed();
+    std::thread::sleep(DNS_DRILL_AFTER_READY);
+    let samples = stream.finish_with_samples();
+
+    let answered = samples.iter().filter(|sample| sample.ok).count();
+    let percent = 100.0 * answered as f64 / samples.len().max(1) as f64;
+    let replacements: Vec<String> = replaced
+        .iter()
+        .filter_map(|pod| pod.metadata.name.clone())
+        .filter(|pod| before.iter().all(|old| old.metadata.name.as_ref() != Some(pod)))
+        .collect();
+    let detail = format!(
+        "deleted {victim}; {replacements:?} ready {replaced_after:.1?} later, {victim} gone after {gone_after:.1?}; \
+         {answered} of {} queries answered ({percent:.1}%)",
+        samples.len()
+    );
+    println!("{detail}");
+    let within = lab.record_drill_value(drill, percent, &detail);
+    assert!(within, "the cluster DNS answered too few queries while one of its pods was replaced: {detail}");
 }
 
 /// The components that elect a leader through a Lease in kube-system, with their units.

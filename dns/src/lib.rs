@@ -25,6 +25,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use hickory_proto::rr::Name;
@@ -65,6 +66,11 @@ pub struct Options {
     /// the in-cluster service account.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Seconds to keep answering after SIGTERM before stopping (a lame duck): kubelet sends
+    /// SIGTERM when the pod is deleted, and kube-proxy on every node still sends queries
+    /// here until it has seen the pod leave the Service's endpoints, about a second later.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub lame_duck: u64,
 }
 
 /// Why the server could not start or stopped.
@@ -136,7 +142,7 @@ pub async fn run(options: Options) -> Result<(), Error> {
     let probe_listener = TcpListener::bind(options.probe_listen)
         .await
         .map_err(|source| Error::ProbeBind { address: options.probe_listen, source })?;
-    let shutdown = termination_signal()?;
+    let shutdown = termination_signal(Duration::from_secs(options.lame_duck))?;
     info!(dns = %dns.local_addr(), probes = %options.probe_listen, domain = %options.domain, "serving");
     tokio::select! {
         result = dns.serve(shutdown) => result,
@@ -145,14 +151,21 @@ pub async fn run(options: Options) -> Result<(), Error> {
     }
 }
 
-/// A future that completes on SIGTERM (what kubelet sends to stop a pod) or SIGINT.
-fn termination_signal() -> Result<impl std::future::Future<Output = ()> + Send + 'static, Error> {
+/// A future that completes `lame_duck` after SIGTERM (what kubelet sends to stop a pod),
+/// or at once on SIGINT (a person at a terminal).
+fn termination_signal(lame_duck: Duration) -> Result<impl std::future::Future<Output = ()> + Send + 'static, Error> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).map_err(Error::Signal)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
     Ok(async move {
         tokio::select! {
-            _ = terminate.recv() => info!("SIGTERM received, shutting down"),
+            _ = terminate.recv() => {
+                info!(seconds = lame_duck.as_secs(), "SIGTERM received, answering a while longer before shutting down");
+                tokio::select! {
+                    () = tokio::time::sleep(lame_duck) => info!("shutting down"),
+                    _ = interrupt.recv() => info!("SIGINT received, shutting down"),
+                }
+            }
             _ = interrupt.recv() => info!("SIGINT received, shutting down"),
         }
     })

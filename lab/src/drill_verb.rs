@@ -9,7 +9,7 @@
 
 use std::os::fd::AsFd as _;
 use std::process::Stdio;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Context as _};
 use provisioner::drills::{self, Drill, DrillRecord, DRILLS};
@@ -76,12 +76,13 @@ pub fn drill(paths: &Paths, name: Option<&str>, json: bool) -> Result<(), Failur
                     "drill": outcome.drill.name,
                     "action": outcome.drill.action,
                     "measures": outcome.drill.measures,
-                    "seconds": outcome.record.as_ref().map(|record| record.seconds),
-                    // A drill stretches its bound by the lab's time scale when it records.
-                    "bound_seconds": outcome
+                    "value": outcome.record.as_ref().map(|record| record.value),
+                    "unit": outcome.drill.bound.unit(),
+                    // A drill stretches a time bound by the lab's time scale when it records.
+                    "bound": outcome
                         .record
                         .as_ref()
-                        .map_or(outcome.drill.bound.as_secs_f64(), |record| record.bound_seconds),
+                        .map_or(outcome.drill.bound.value(1.0), |record| record.bound),
                     "pass": outcome.passed(),
                     "detail": outcome.record.as_ref().map(|record| record.detail.clone()),
                 })
@@ -110,11 +111,15 @@ fn table(outcomes: &[Outcome]) -> String {
     for outcome in outcomes {
         let (figure, bound, result) = match &outcome.record {
             Some(record) => (
-                format!("{:.1} s", record.seconds),
-                format!("{:.0} s", record.bound_seconds),
+                format!("{:.1} {}", record.value, record.unit),
+                format!("{:.0} {}", record.bound, record.unit),
                 if record.pass { "PASS" } else { "FAIL" },
             ),
-            None => ("-".to_string(), seconds(outcome.drill.bound), "FAIL"),
+            None => (
+                "-".to_string(),
+                format!("{:.0} {}", outcome.drill.bound.value(1.0), outcome.drill.bound.unit()),
+                "FAIL",
+            ),
         };
         lines.push(format!(
             "{:width$}  {figure:>8}  {bound:>6}  {result:6}  {}",
@@ -122,10 +127,6 @@ fn table(outcomes: &[Outcome]) -> String {
         ));
     }
     lines.join("\n")
-}
-
-fn seconds(duration: Duration) -> String {
-    format!("{:.0} s", duration.as_secs_f64())
 }
 
 #[cfg(test)]
@@ -136,8 +137,9 @@ mod tests {
     fn the_table_shows_figures_bounds_and_drills_without_a_record_as_failed() {
         let record = DrillRecord {
             drill: DRILLS[0].name.to_string(),
-            seconds: 2.34,
-            bound_seconds: 5.0,
+            value: 2.34,
+            unit: "s".to_string(),
+            bound: 5.0,
             pass: true,
             detail: String::new(),
             at: 0.0,

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// One drill of the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Drill {
     /// A short kebab-case name, as `lab drill NAME` takes it.
     pub name: &'static str,
@@ -23,8 +23,42 @@ pub struct Drill {
     pub action: &'static str,
     /// What it measures, the figure its record holds.
     pub measures: &'static str,
-    /// The most the figure may be.
-    pub bound: Duration,
+    /// What the figure must keep within.
+    pub bound: Bound,
+}
+
+/// A drill's bound: a time the figure may not exceed, or a share of requests that must
+/// have been answered.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Bound {
+    AtMost(Duration),
+    AnsweredAtLeastPercent(f64),
+}
+
+impl Bound {
+    /// The unit the figure and the bound are written in.
+    pub fn unit(&self) -> &'static str {
+        match self {
+            Bound::AtMost(_) => "s",
+            Bound::AnsweredAtLeastPercent(_) => "%",
+        }
+    }
+
+    /// The bound as a number in its unit, time bounds stretched by `time_scale`.
+    pub fn value(&self, time_scale: f64) -> f64 {
+        match self {
+            Bound::AtMost(duration) => duration.as_secs_f64() * time_scale,
+            Bound::AnsweredAtLeastPercent(percent) => *percent,
+        }
+    }
+
+    /// Whether `figure` (in the bound's unit) keeps within a bound of `bound`.
+    pub fn holds(&self, figure: f64, bound: f64) -> bool {
+        match self {
+            Bound::AtMost(_) => figure <= bound,
+            Bound::AnsweredAtLeastPercent(_) => figure >= bound,
+        }
+    }
 }
 
 impl Drill {
@@ -41,21 +75,21 @@ pub const DRILLS: &[Drill] = &[
         test: "failover::keepalived_moves_the_virtual_ip_when_its_holder_stops",
         action: "stops keepalived on the load balancer holding the virtual IP",
         measures: "the longest API outage through the virtual IP",
-        bound: Duration::from_secs(5),
+        bound: Bound::AtMost(Duration::from_secs(5)),
     },
     Drill {
         name: "haproxy-stopped-on-vip-holder",
         test: "failover::keepalived_moves_the_virtual_ip_when_haproxy_stops_on_its_holder",
         action: "stops HAProxy on the load balancer holding the virtual IP; keepalived stays up",
         measures: "the longest API outage through the virtual IP, until keepalived's check moved it",
-        bound: Duration::from_secs(5),
+        bound: Bound::AtMost(Duration::from_secs(5)),
     },
     Drill {
         name: "apiserver-stopped",
         test: "failover::the_api_keeps_answering_when_one_apiserver_stops",
         action: "stops the apiserver on the master holding the virtual IP",
         measures: "the longest API outage through the virtual IP",
-        bound: Duration::from_secs(5),
+        bound: Bound::AtMost(Duration::from_secs(5)),
     },
     Drill {
         name: "etcd-leader-killed",
@@ -67,28 +101,35 @@ pub const DRILLS: &[Drill] = &[
         // and a second. (With etcd's default 1 s timeout it would be 1 to 2 s; the lab
         // waits longer so that a member starved of CPU on a shared host does not cause
         // elections, see `stages::etcd`.)
-        bound: Duration::from_millis(2 * crate::stages::etcd::ELECTION_TIMEOUT_MS as u64 + 1000),
+        bound: Bound::AtMost(Duration::from_millis(2 * crate::stages::etcd::ELECTION_TIMEOUT_MS as u64 + 1000)),
     },
     Drill {
         name: "first-etcd-member-stopped",
         test: "failover::the_api_keeps_answering_when_the_first_etcd_member_stops",
         action: "stops the etcd member listed first in the apiservers' --etcd-servers",
         measures: "the longest outage of reads through each apiserver and the virtual IP",
-        bound: Duration::from_secs(5),
+        bound: Bound::AtMost(Duration::from_secs(5)),
     },
     Drill {
         name: "etcd-quorum-lost",
         test: "failover::writes_and_watches_recover_after_etcd_loses_its_quorum",
         action: "stops two of the three etcd members until etcd ends the apiservers' watches",
         measures: "how long writes took to resume after the members started",
-        bound: Duration::from_secs(30),
+        bound: Bound::AtMost(Duration::from_secs(30)),
+    },
+    Drill {
+        name: "dns-pod-deleted",
+        test: "failover::cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted",
+        action: "deletes one cluster DNS pod while the host asks the cluster DNS 10 times a second",
+        measures: "the share of queries answered, from before the deletion until the pod is gone and replaced",
+        bound: Bound::AnsweredAtLeastPercent(99.0),
     },
     Drill {
         name: "control-plane-leaders-killed",
         test: "failover::another_master_leads_when_the_controller_manager_and_scheduler_leaders_are_killed",
         action: "kills (SIGKILL) the kube-controller-manager and kube-scheduler holding their leases",
         measures: "how long until another master held both leases",
-        bound: Duration::from_secs(20),
+        bound: Bound::AtMost(Duration::from_secs(20)),
     },
 ];
 
@@ -107,10 +148,13 @@ pub fn by_test(test: &str) -> Option<&'static Drill> {
 #[serde(deny_unknown_fields)]
 pub struct DrillRecord {
     pub drill: String,
-    /// The figure, in seconds.
-    pub seconds: f64,
-    /// The bound the figure was held to, stretched by the lab's time scale, in seconds.
-    pub bound_seconds: f64,
+    /// The figure, in `unit`.
+    pub value: f64,
+    /// `s` (seconds) or `%` (of requests answered).
+    pub unit: String,
+    /// The bound the figure was held to, in `unit`; time bounds stretched by the lab's
+    /// time scale.
+    pub bound: f64,
     pub pass: bool,
     /// The drill's own one-line account (counts, per-node times).
     pub detail: String,
@@ -137,8 +181,19 @@ mod tests {
         for drill in DRILLS {
             assert!(drill.name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{}", drill.name);
             assert!(drill.test.starts_with("failover::"), "{} runs {}", drill.name, drill.test);
-            assert!(drill.bound > Duration::ZERO);
+            assert!(drill.bound.value(1.0) > 0.0);
         }
+    }
+
+    #[test]
+    fn time_bounds_stretch_and_hold_below_share_bounds_hold_above() {
+        let time = Bound::AtMost(Duration::from_secs(5));
+        assert_eq!(time.value(2.0), 10.0);
+        assert!(time.holds(10.0, 10.0) && !time.holds(10.1, 10.0));
+        let share = Bound::AnsweredAtLeastPercent(99.0);
+        assert_eq!(share.value(2.0), 99.0);
+        assert!(share.holds(99.5, 99.0) && !share.holds(98.9, 99.0));
+        assert_eq!((time.unit(), share.unit()), ("s", "%"));
     }
 
     #[test]
@@ -156,8 +211,9 @@ mod tests {
         assert_eq!(read_record(dir.path(), drill), None);
         let record = DrillRecord {
             drill: drill.name.to_string(),
-            seconds: 1.5,
-            bound_seconds: 5.0,
+            value: 1.5,
+            unit: "s".to_string(),
+            bound: 5.0,
             pass: true,
             detail: "0 of 40 requests failed".to_string(),
             at: 1.0,

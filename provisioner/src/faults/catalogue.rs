@@ -737,6 +737,37 @@ pub static CATALOGUE: &[Fault] = &[
     },
     // --- the DNS addon (handbook 000 section 11) ---
     Fault {
+        name: "dns-one-replica",
+        stage: Stage::DnsAddon,
+        scope: Scope::Cluster { via: Role::Master, needs: 1 },
+        summary: "the cluster DNS Deployment runs one replica instead of two (through {nodes})",
+        symptom: "nothing seems wrong until that pod or its node fails; then no name resolves",
+        breaks: &["failover::cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "{kubectl} --namespace kube-system scale deployment {name} --replicas=1 && \
+                     {kubectl} --namespace kube-system rollout status deployment {name} --timeout=120s",
+                    kubectl = kubectl(),
+                    name = dns_addon::NAME
+                ),
+            )
+        },
+        undo: |_, nodes| on_each(nodes, &format!("{} apply -f {}", kubectl(), dns_addon::manifest_path())),
+        in_force: nothing,
+        healed: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "{} --namespace kube-system rollout status deployment {} --timeout=120s",
+                    kubectl(),
+                    dns_addon::NAME
+                ),
+            )
+        },
+    },
+    Fault {
         name: "dns-scaled-to-zero",
         stage: Stage::DnsAddon,
         scope: Scope::Cluster { via: Role::Master, needs: 1 },

@@ -244,6 +244,9 @@ fn lab_dns_manifest(network: &Network) -> String {
         # Unknown addresses of the Service range are NXDOMAIN here, not forwarded.
         - --reverse-cidr={service_cidr}
         - --ttl={TTL_SECS}
+        # Answers for 5 s after SIGTERM, while kube-proxy on every node takes a deleted
+        # pod out of the Service (CoreDNS's `lameduck 5s`).
+        - --lame-duck=5
         livenessProbe:
           httpGet:
             path: /healthz
@@ -444,7 +447,8 @@ mod tests {
                 "--listen=0.0.0.0:53",
                 "--probe-listen=0.0.0.0:8080",
                 "--reverse-cidr=10.32.0.0/24",
-                "--ttl=5"
+                "--ttl=5",
+                "--lame-duck=5"
             ]
         );
         assert!(!manifest.contains("- --upstream"), "the offline lab has no upstream resolver");
