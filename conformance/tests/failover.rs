@@ -907,6 +907,10 @@ fn cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted() {
     assert!(within, "the cluster DNS answered too few queries while one of its pods was replaced: {detail}");
 }
 
+/// How long a lease may be without a leader before the leader drill starts: a restarted
+/// leader waits out its old lease (15 s) and tries every 2 s.
+const LEASE_HELD: Duration = Duration::from_secs(30);
+
 /// The components that elect a leader through a Lease in kube-system, with their units.
 const LEADER_ELECTED: [(&str, &str); 2] =
     [("kube-controller-manager", kube_controller_manager::UNIT), ("kube-scheduler", kube_scheduler::UNIT)];
@@ -927,9 +931,15 @@ fn another_master_leads_when_the_controller_manager_and_scheduler_leaders_are_ki
     let lab = lab();
     let (drill, bound) =
         lab.drill_of("another_master_leads_when_the_controller_manager_and_scheduler_leaders_are_killed");
+    // A leader that restarted (after the quorum drill, or this drill run before) waits
+    // for its old lease to expire before it leads again.
     let holders: Vec<String> = LEADER_ELECTED
         .iter()
-        .map(|(lease, _)| lease_holder(lease).unwrap_or_else(|error| panic!("before the drill: {error}")))
+        .map(|(lease, _)| {
+            lab.block_on(eventually(&format!("a master leads {lease} before the drill"), LEASE_HELD, || async {
+                lease_holder_now(lease).await
+            }))
+        })
         .collect();
     let started = Instant::now();
     let mut killed: Vec<StoppedUnit> = LEADER_ELECTED
@@ -981,9 +991,14 @@ fn another_master_leads_when_the_controller_manager_and_scheduler_leaders_are_ki
 /// The master whose component holds the Lease kube-system/`lease` and renewed it within
 /// its duration.
 fn lease_holder(lease: &str) -> Result<String, String> {
-    let lab = lab();
-    let found = lab
-        .block_on(Api::<Lease>::namespaced(lab.kube(), "kube-system").get(lease))
+    lab().block_on(lease_holder_now(lease))
+}
+
+/// `lease_holder`, for use inside the lab's runtime.
+async fn lease_holder_now(lease: &str) -> Result<String, String> {
+    let found = Api::<Lease>::namespaced(lab().kube(), "kube-system")
+        .get(lease)
+        .await
         .map_err(|error| format!("cannot read the lease kube-system/{lease}: {error}"))?;
     let spec = found.spec.unwrap_or_default();
     // Leader election writes `NODE_UUID` as the holder's identity.

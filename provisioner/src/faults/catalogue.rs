@@ -475,7 +475,12 @@ pub static CATALOGUE: &[Fault] = &[
         },
         undo: nothing,
         in_force: nothing,
-        healed: nothing,
+        // The leaders that the drill killed and restarted wait out their old leases.
+        healed: |context, _| {
+            let mut steps = lease_renewed(context, "kube-controller-manager");
+            steps.extend(lease_renewed(context, "kube-scheduler"));
+            steps
+        },
     },
     // --- HAProxy and keepalived (handbook 000 section 8) ---
     Fault {
