@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -40,7 +40,11 @@ struct Row {
     /// The named tests that passed while the fault was in force: the finding.
     stayed_green: Vec<String>,
     break_seconds: f64,
+    /// How long the named tests took to run while the fault was in force.
+    red_seconds: f64,
     restore_seconds: f64,
+    /// How long they took to run again after the restore.
+    green_seconds: f64,
     /// The named tests that failed after the restore.
     still_red: Vec<String>,
     error: Option<String>,
@@ -89,8 +93,8 @@ fn run(only: &[String], json_file: Option<PathBuf>) -> Result<bool, String> {
     // name that is no test is a catalogue that drifted from the suite.
     let tests = suite_tests()?;
     let named: BTreeSet<&str> = catalogue.iter().flat_map(|fault| fault.breaks.iter().map(String::as_str)).collect();
-    let uncovered: Vec<&String> = tests.iter().filter(|test| !named.contains(test.as_str())).collect();
-    let unknown: Vec<&str> = named.iter().copied().filter(|name| !tests.contains(*name)).collect();
+    let uncovered: Vec<&String> = tests.keys().filter(|test| !named.contains(test.as_str())).collect();
+    let unknown: Vec<&str> = named.iter().copied().filter(|name| !tests.contains_key(*name)).collect();
     for test in &uncovered {
         println!("finding: no fault turns {test} red");
     }
@@ -104,7 +108,7 @@ fn run(only: &[String], json_file: Option<PathBuf>) -> Result<bool, String> {
             println!("{}: skipped, {reason}", fault.name);
             continue;
         }
-        let row = prove(&lab, fault);
+        let row = prove(&lab, fault, &tests);
         println!(
             "{}: {} (red {}/{}, restored in {:.1} s)",
             fault.name,
@@ -140,7 +144,7 @@ fn run(only: &[String], json_file: Option<PathBuf>) -> Result<bool, String> {
 }
 
 /// Breaks, tests red, restores, tests green.
-fn prove(lab: &PathBuf, fault: &Fault) -> Row {
+fn prove(lab: &PathBuf, fault: &Fault, suite: &BTreeMap<String, SuiteTest>) -> Row {
     let mut row = Row { fault: fault.name.clone(), ..Row::default() };
     let broke = Instant::now();
     let broken = capture(Command::new(lab).args(["break", &fault.name, "--json"]));
@@ -148,7 +152,10 @@ fn prove(lab: &PathBuf, fault: &Fault) -> Row {
     if let Err(error) = broken {
         row.error = Some(format!("break: {error}"));
     } else {
-        match run_tests(&fault.breaks) {
+        let testing = Instant::now();
+        let results = run_tests(&fault.breaks, suite);
+        row.red_seconds = testing.elapsed().as_secs_f64();
+        match results {
             Ok(results) => {
                 for test in &fault.breaks {
                     match results.get(test) {
@@ -168,7 +175,10 @@ fn prove(lab: &PathBuf, fault: &Fault) -> Row {
         row.error.get_or_insert(format!("restore: {error}"));
         return row;
     }
-    match run_tests(&fault.breaks) {
+    let testing = Instant::now();
+    let results = run_tests(&fault.breaks, suite);
+    row.green_seconds = testing.elapsed().as_secs_f64();
+    match results {
         Ok(results) => {
             row.still_red = fault.breaks.iter().filter(|test| results.get(*test) != Some(&true)).cloned().collect()
         }
@@ -179,49 +189,104 @@ fn prove(lab: &PathBuf, fault: &Fault) -> Row {
     row
 }
 
-/// Runs the named tests (`BINARY::TEST`) with nextest and returns whether each passed.
-fn run_tests(tests: &[String]) -> Result<BTreeMap<String, bool>, String> {
-    let filter = tests
-        .iter()
-        .map(|test| {
-            let (binary, name) = test.split_once("::").unwrap_or(("", test));
-            format!("(binary(={binary}) & test(={name}))")
-        })
-        .collect::<Vec<_>>()
-        .join(" | ");
-    let output = conformance::inner_cargo()
-        .args(["nextest", "run", "-p", "conformance", "--locked", "--no-fail-fast", "--profile", "fault-proof"])
-        .args(["--message-format", "libtest-json", "-E", &filter])
-        .env("NEXTEST_EXPERIMENTAL_LIBTEST_JSON", "1")
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|error| format!("cannot run cargo nextest: {error}"))?;
-    let mut results = BTreeMap::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(event) = serde_json::from_str::<Value>(line) else { continue };
-        if event["type"] != "test" {
-            continue;
-        }
-        // nextest names a test `CRATE::BINARY$TEST`.
-        let Some(name) = event["name"].as_str() else { continue };
-        let Some((binary, test)) = name.split_once('$') else { continue };
-        let binary = binary.rsplit("::").next().unwrap_or(binary);
-        match event["event"].as_str() {
-            Some("ok") => results.insert(format!("{binary}::{test}"), true),
-            Some("failed") => results.insert(format!("{binary}::{test}"), false),
-            _ => None,
-        };
-    }
-    if results.is_empty() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-        return Err(format!("nextest ran none of them: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")));
-    }
-    Ok(results)
+/// One test of the conformance suite, as nextest lists it.
+struct SuiteTest {
+    binary: String,
+    binary_path: PathBuf,
+    /// The directory nextest runs the test in (the package's).
+    cwd: PathBuf,
+    name: String,
+    /// Left out of the suite's default run (a drill that restarts the whole lab).
+    ignored: bool,
 }
 
-/// Every test of the conformance suite as `BINARY::TEST`.
-fn suite_tests() -> Result<BTreeSet<String>, String> {
+impl SuiteTest {
+    /// A test that has not finished within this long is stopped with everything it
+    /// started, and counts as failed: some tests wait, while a fault is in force, for
+    /// what never comes. The drills left out of the default run restart the whole lab
+    /// and take longer.
+    fn timeout(&self) -> Duration {
+        if self.ignored {
+            Duration::from_secs(600)
+        } else {
+            Duration::from_secs(120)
+        }
+    }
+}
+
+/// Runs the named tests (`BINARY::TEST`) and returns whether each passed. Each runs in
+/// a process of its own, as under nextest, straight from the binary nextest listed: a
+/// `cargo nextest run` per fault would spend seconds on cargo and on listing the suite
+/// each time. The named tests run side by side, except when one is a failover drill:
+/// those stop parts of the lab and run one at a time, as in the suite.
+fn run_tests(tests: &[String], suite: &BTreeMap<String, SuiteTest>) -> Result<BTreeMap<String, bool>, String> {
+    let chosen: Vec<&SuiteTest> = tests
+        .iter()
+        .map(|test| suite.get(test).ok_or_else(|| format!("{test} is not a test of the suite")))
+        .collect::<Result<_, _>>()?;
+    let one_at_a_time = chosen.iter().any(|test| test.binary == "failover");
+    let results: Vec<(String, Result<bool, String>)> = if one_at_a_time {
+        chosen.iter().map(|test| (format!("{}::{}", test.binary, test.name), run_test(test))).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = chosen
+                .iter()
+                .map(|test| (format!("{}::{}", test.binary, test.name), scope.spawn(|| run_test(test))))
+                .collect();
+            running
+                .into_iter()
+                .map(|(name, handle)| (name, handle.join().unwrap_or_else(|_| Err("the runner panicked".to_string()))))
+                .collect()
+        })
+    };
+    results.into_iter().map(|(name, passed)| passed.map(|passed| (name, passed))).collect()
+}
+
+/// Runs one test in its own process; a test that outlives its timeout is killed and
+/// failed. An error means the test could not be run at all.
+fn run_test(test: &SuiteTest) -> Result<bool, String> {
+    use std::os::unix::process::CommandExt as _;
+    let mut child = Command::new(&test.binary_path)
+        .args(["--exact", &test.name, "--test-threads", "1", "--include-ignored"])
+        .current_dir(&test.cwd)
+        // Its own process group, so that a timeout stops what the test started too.
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|error| format!("cannot run {}: {error}", test.binary_path.display()))?;
+    // Read while the test runs: a failing test's report can be larger than the pipe.
+    let mut pipe = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut stdout = String::new();
+        let _ = pipe.read_to_string(&mut stdout);
+        stdout
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < test.timeout() => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) => {
+                let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
+                let _ = child.wait();
+                return Ok(false);
+            }
+            Err(error) => return Err(format!("cannot wait for {}: {error}", test.name)),
+        }
+    };
+    let stdout = reader.join().unwrap_or_default();
+    // A filter that matched nothing passes too: that is no result.
+    if !stdout.contains("running 1 test") {
+        return Err(format!("{} ran no test named {}", test.binary_path.display(), test.name));
+    }
+    Ok(status.success())
+}
+
+/// Every test of the conformance suite by `BINARY::TEST`. Listing builds the suite.
+fn suite_tests() -> Result<BTreeMap<String, SuiteTest>, String> {
     let listed = capture(conformance::inner_cargo().args([
         "nextest",
         "list",
@@ -232,15 +297,27 @@ fn suite_tests() -> Result<BTreeSet<String>, String> {
         "json",
     ]))?;
     let list: Value = serde_json::from_str(&listed).map_err(|error| format!("nextest's list is not JSON: {error}"))?;
-    let mut tests = BTreeSet::new();
+    let mut tests = BTreeMap::new();
     for suite in list["rust-suites"].as_object().into_iter().flat_map(|suites| suites.values()) {
         // The library's own unit tests check the suite's helpers, not the lab.
         if suite["kind"] == "lib" {
             continue;
         }
         let binary = suite["binary-name"].as_str().unwrap_or_default();
-        for test in suite["testcases"].as_object().into_iter().flat_map(|cases| cases.keys()) {
-            tests.insert(format!("{binary}::{test}"));
+        let (Some(binary_path), Some(cwd)) = (suite["binary-path"].as_str(), suite["cwd"].as_str()) else {
+            return Err(format!("nextest's list gives no binary path or directory for {binary}"));
+        };
+        for (name, case) in suite["testcases"].as_object().into_iter().flatten() {
+            tests.insert(
+                format!("{binary}::{name}"),
+                SuiteTest {
+                    binary: binary.to_string(),
+                    binary_path: PathBuf::from(binary_path),
+                    cwd: PathBuf::from(cwd),
+                    name: name.clone(),
+                    ignored: case["ignored"] == true,
+                },
+            );
         }
     }
     Ok(tests)

@@ -210,10 +210,9 @@ fn ensure_lab_dns_binary(workspace_dir: &Path, cache_dir: &Path, progress: &dyn 
     // Under `cargo run` or `cargo test`, CARGO names the cargo of the toolchain that
     // built the lab; cargo holds no lock once it has started the program, so running it
     // again from here is safe.
-    let cargo = std::env::var_os("CARGO")
-        .map(PathBuf::from)
-        .or_else(|| system::program_exists("cargo").then(|| PathBuf::from("cargo")));
-    let cargo = cargo.ok_or(ArtifactError::NoCargo { step: STEP })?;
+    if std::env::var_os("CARGO").is_none() && !system::program_exists("cargo") {
+        return Err(ArtifactError::NoCargo { step: STEP });
+    }
     let target_dir = lab_dns_target_dir(cache_dir);
     let log = destination.with_file_name("build.log");
     create_dir(STEP, &target_dir)?;
@@ -224,7 +223,10 @@ fn ensure_lab_dns_binary(workspace_dir: &Path, cache_dir: &Path, progress: &dyn 
             log.display()
         ));
     }
-    let mut command = Command::new(cargo);
+    // Without the variables of the package that ran the lab, which would make this
+    // build and the next one from elsewhere (`cargo lab up`, the fault proof, a test)
+    // rebuild each other's dependencies.
+    let mut command = system::inner_cargo();
     command
         .current_dir(workspace_dir)
         .args(["build", "--release", "--locked", "--package", "lab-dns", "--target-dir"])
