@@ -247,6 +247,44 @@ pub static CATALOGUE: &[Fault] = &[
         in_force: nothing,
         healed: nothing,
     },
+    // Listed before the faults whose tests are drills, because the fault proof goes in
+    // this order: the election check this fault turns red leaves out every election
+    // up to 15 s after a drill, and the proof would break this fault seconds after
+    // such a drill passed.
+    Fault {
+        name: "etcd-leader-moved",
+        stage: Stage::Etcd,
+        scope: Scope::Cluster { via: Role::Etcd, needs: 2 },
+        summary: "etcd elected a new leader on a healthy cluster (leadership moved through {nodes})",
+        symptom: "every watch of the apiservers broke once, for no failure anyone can see",
+        breaks: &["etcd::etcd_elected_no_leader_outside_the_failover_drills"],
+        // `move-leader` must be sent to the leader: every member is asked which one
+        // it is (`endpoint status`: endpoint, ID, version, size, is leader, is
+        // learner, ...), and the leadership goes to the first voting member that is not.
+        inject: |context, nodes| {
+            let endpoints = context
+                .topology
+                .nodes_with(Role::Etcd)
+                .map(|node| format!("https://{}:{}", node.address, etcd::CLIENT_PORT))
+                .collect::<Vec<_>>()
+                .join(",");
+            on_each(
+                nodes,
+                &format!(
+                    "status=$({etcdctl} --endpoints={endpoints} endpoint status -w simple) || exit 1; \
+                     leader=$(printf '%s\\n' \"$status\" | awk -F', ' '$5 == \"true\" {{print $1; exit}}'); \
+                     target=$(printf '%s\\n' \"$status\" | awk -F', ' '$5 == \"false\" && $6 == \"false\" {{print $2; exit}}'); \
+                     [ -n \"$leader\" ] && [ -n \"$target\" ] || {{ echo \"no leader or no follower: $status\" >&2; exit 1; }}; \
+                     {etcdctl} --endpoints=\"$leader\" move-leader \"$target\"",
+                    etcdctl = etcdctl_without_endpoints()
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: nothing,
+        healed: nothing,
+    },
+    // --- kube-apiserver (handbook 000 section 7) ---
     Fault {
         name: "etcd-quorum-lost",
         stage: Stage::Etcd,
@@ -327,40 +365,6 @@ pub static CATALOGUE: &[Fault] = &[
         },
         healed: nothing,
     },
-    Fault {
-        name: "etcd-leader-moved",
-        stage: Stage::Etcd,
-        scope: Scope::Cluster { via: Role::Etcd, needs: 2 },
-        summary: "etcd elected a new leader on a healthy cluster (leadership moved through {nodes})",
-        symptom: "every watch of the apiservers broke once, for no failure anyone can see",
-        breaks: &["etcd::etcd_elected_no_leader_outside_the_failover_drills"],
-        // `move-leader` must be sent to the leader: every member is asked which one
-        // it is (`endpoint status`: endpoint, ID, version, size, is leader, is
-        // learner, ...), and the leadership goes to the first voting member that is not.
-        inject: |context, nodes| {
-            let endpoints = context
-                .topology
-                .nodes_with(Role::Etcd)
-                .map(|node| format!("https://{}:{}", node.address, etcd::CLIENT_PORT))
-                .collect::<Vec<_>>()
-                .join(",");
-            on_each(
-                nodes,
-                &format!(
-                    "status=$({etcdctl} --endpoints={endpoints} endpoint status -w simple) || exit 1; \
-                     leader=$(printf '%s\\n' \"$status\" | awk -F', ' '$5 == \"true\" {{print $1; exit}}'); \
-                     target=$(printf '%s\\n' \"$status\" | awk -F', ' '$5 == \"false\" && $6 == \"false\" {{print $2; exit}}'); \
-                     [ -n \"$leader\" ] && [ -n \"$target\" ] || {{ echo \"no leader or no follower: $status\" >&2; exit 1; }}; \
-                     {etcdctl} --endpoints=\"$leader\" move-leader \"$target\"",
-                    etcdctl = etcdctl_without_endpoints()
-                ),
-            )
-        },
-        undo: nothing,
-        in_force: nothing,
-        healed: nothing,
-    },
-    // --- kube-apiserver (handbook 000 section 7) ---
     Fault {
         name: "apiserver-stopped",
         stage: Stage::KubeApiserver,
