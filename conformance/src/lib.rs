@@ -407,6 +407,53 @@ pub fn flag(command_line: &[String], name: &str) -> Option<String> {
     })
 }
 
+/// What a command run by [`run_within`] printed, and how it exited.
+pub struct Completed {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` in a process group of its own and waits at most `timeout` for it.
+/// When the time is up, the whole group is killed (a test, or `cargo lab up` with the
+/// `lab` it started) and the answer is `Ok(None)`. Its output is read while it runs, so
+/// a command that prints more than a pipe holds does not stall.
+pub fn run_within(command: &mut Command, timeout: Duration) -> Result<Option<Completed>, String> {
+    use std::io::Read as _;
+    use std::os::unix::process::CommandExt as _;
+    use std::process::Stdio;
+    let mut child = command
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("cannot run {command:?}: {error}"))?;
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout is piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr is piped")));
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < timeout => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) => {
+                let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
+                let _ = child.wait();
+                return Ok(None);
+            }
+            Err(error) => return Err(format!("cannot wait for {command:?}: {error}")),
+        }
+    };
+    Ok(Some(Completed { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }))
+}
+
 /// `cargo lab ARGS` in the workspace root, as a user would type it.
 pub fn cargo_lab(args: &[&str]) -> Command {
     let mut command = inner_cargo();

@@ -1238,41 +1238,17 @@ fn every_object_and_pod_is_back_after_a_full_restart() {
 /// Runs `cargo lab VERB` for the lab under test and waits at most `timeout` for it; its
 /// output's last lines are the error when it fails.
 fn run_lab(verb: &str, timeout: Duration) -> Result<(), String> {
-    use std::os::unix::process::CommandExt as _;
-    // Its own process group, so that a timeout stops `lab` as well as cargo.
-    let mut child = conformance::cargo_lab(&[verb])
-        .process_group(0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|error| format!("cannot run `cargo lab {verb}`: {error}"))?;
-    let mut stderr = child.stderr.take().expect("stderr is piped");
-    let reader = std::thread::spawn(move || {
-        use std::io::Read as _;
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < timeout => std::thread::sleep(POLL_INTERVAL),
-            Ok(None) => {
-                let _ = std::process::Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
-                let _ = child.wait();
-                return Err(format!("`cargo lab {verb}` did not finish within {timeout:?}"));
-            }
-            Err(error) => return Err(format!("cannot wait for `cargo lab {verb}`: {error}")),
-        }
-    };
-    let output = reader.join().unwrap_or_default();
-    if status.success() {
+    let completed = conformance::run_within(&mut conformance::cargo_lab(&[verb]), timeout)?
+        .ok_or_else(|| format!("`cargo lab {verb}` did not finish within {timeout:?}"))?;
+    if completed.status.success() {
         return Ok(());
     }
-    let tail: Vec<&str> = output.lines().rev().take(5).collect();
-    Err(format!("`cargo lab {verb}` failed ({status}): {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | ")))
+    let tail: Vec<&str> = completed.stderr.lines().rev().take(5).collect();
+    Err(format!(
+        "`cargo lab {verb}` failed ({}): {}",
+        completed.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    ))
 }
 
 /// How long kube-proxy may take, after a quorum loss, to program a Service whose Endpoints

@@ -242,47 +242,20 @@ fn run_tests(tests: &[String], suite: &BTreeMap<String, SuiteTest>) -> Result<BT
     results.into_iter().map(|(name, passed)| passed.map(|passed| (name, passed))).collect()
 }
 
-/// Runs one test in its own process; a test that outlives its timeout is killed and
-/// failed. An error means the test could not be run at all.
+/// Runs one test in its own process (and process group); a test that outlives its
+/// timeout is killed with what it started, and failed. An error means the test could
+/// not be run at all.
 fn run_test(test: &SuiteTest) -> Result<bool, String> {
-    use std::os::unix::process::CommandExt as _;
-    let mut child = Command::new(&test.binary_path)
-        .args(["--exact", &test.name, "--test-threads", "1", "--include-ignored"])
-        .current_dir(&test.cwd)
-        // Its own process group, so that a timeout stops what the test started too.
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|error| format!("cannot run {}: {error}", test.binary_path.display()))?;
-    // Read while the test runs: a failing test's report can be larger than the pipe.
-    let mut pipe = child.stdout.take().expect("stdout is piped");
-    let reader = std::thread::spawn(move || {
-        use std::io::Read as _;
-        let mut stdout = String::new();
-        let _ = pipe.read_to_string(&mut stdout);
-        stdout
-    });
-    let started = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() < test.timeout() => std::thread::sleep(Duration::from_millis(100)),
-            Ok(None) => {
-                let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
-                let _ = child.wait();
-                return Ok(false);
-            }
-            Err(error) => return Err(format!("cannot wait for {}: {error}", test.name)),
-        }
+    let mut command = Command::new(&test.binary_path);
+    command.args(["--exact", &test.name, "--test-threads", "1", "--include-ignored"]).current_dir(&test.cwd);
+    let Some(completed) = conformance::run_within(&mut command, test.timeout())? else {
+        return Ok(false);
     };
-    let stdout = reader.join().unwrap_or_default();
     // A filter that matched nothing passes too: that is no result.
-    if !stdout.contains("running 1 test") {
+    if !completed.stdout.contains("running 1 test") {
         return Err(format!("{} ran no test named {}", test.binary_path.display(), test.name));
     }
-    Ok(status.success())
+    Ok(completed.status.success())
 }
 
 /// Every test of the conformance suite by `BINARY::TEST`. Listing builds the suite.
