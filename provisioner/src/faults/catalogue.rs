@@ -218,13 +218,18 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "etcd lists a member `ghost` that no node runs (added through {nodes})",
         symptom: "etcd's member list has more members than the lab has etcd nodes",
         breaks: &["etcd::member_list_equals_the_topology"],
+        // etcd refuses a new member ("unhealthy cluster") until every member has been
+        // connected for 5 s, as right after a member restarted (a restore does that):
+        // the add is tried again for up to 30 s while that is the reason.
         inject: |context, nodes| {
             let ghost = ghost_address(context);
             on_each(
                 nodes,
                 &format!(
-                    "{etcdctl} member list | grep -qF ', https://{ghost}:{port},' || \
-                     {etcdctl} member add ghost --learner --peer-urls=https://{ghost}:{port}",
+                    "{etcdctl} member list | grep -qF ', https://{ghost}:{port},' || {{ i=0; \
+                     until out=$({etcdctl} member add ghost --learner --peer-urls=https://{ghost}:{port} 2>&1); do \
+                     case \"$out\" in *'unhealthy cluster'*) ;; *) echo \"$out\" >&2; exit 1;; esac; \
+                     i=$((i+1)); [ $i -lt 30 ] || {{ echo \"$out\" >&2; exit 1; }}; sleep 1; done; }}",
                     etcdctl = etcdctl(),
                     port = etcd::PEER_PORT
                 ),
