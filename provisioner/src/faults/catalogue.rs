@@ -70,10 +70,6 @@ fn edit(file: &str, from: &str, to: &str) -> String {
     )
 }
 
-/// Where the `etcd-data-on-tmpfs` fault keeps each member's data: /run is a tmpfs,
-/// emptied when the machine stops.
-const TMPFS_ETCD_DATA: &str = "/run/etcd-data-by-fault";
-
 /// Where the `etcd-data-dir-moved` fault points etcd: a directory nothing is in.
 const EMPTY_ETCD_DATA_DIR: &str = "/var/lib/etcd-moved-by-fault";
 
@@ -289,7 +285,6 @@ pub static CATALOGUE: &[Fault] = &[
         in_force: nothing,
         healed: nothing,
     },
-    // --- kube-apiserver (handbook 000 section 7) ---
     Fault {
         name: "etcd-quorum-lost",
         stage: Stage::Etcd,
@@ -326,50 +321,7 @@ pub static CATALOGUE: &[Fault] = &[
         in_force: nothing,
         healed: nothing,
     },
-    Fault {
-        name: "etcd-data-on-tmpfs",
-        stage: Stage::Etcd,
-        scope: Scope::Every { role: Role::Etcd },
-        summary: "every etcd member ({nodes}) keeps its data in memory (a copy on tmpfs mounted over its data \
-                  directory), so a restart of the machines loses what was written since",
-        symptom: "after `lab down` and `lab up`, objects made before the restart are gone",
-        breaks: &["failover::every_object_and_pod_is_back_after_a_full_restart"],
-        // One member at a time, so that the other two keep the quorum: each is stopped,
-        // its data copied to tmpfs and mounted over the data directory, and started
-        // again (`Type=notify`: the start returns once it has rejoined the cluster).
-        // The disk keeps the data as of the fault; the machines' restart unmounts the
-        // copy, so etcd comes back with what it had then.
-        inject: |_, nodes| {
-            on_each(
-                nodes,
-                &format!(
-                    "{stop} && rm -rf {TMPFS_ETCD_DATA} && cp -a {data} {TMPFS_ETCD_DATA} && \
-                     mount --bind {TMPFS_ETCD_DATA} {data} && systemctl start {unit}",
-                    stop = stop(etcd::UNIT),
-                    data = paths::ETCD_DATA_DIR,
-                    unit = etcd::UNIT
-                ),
-            )
-        },
-        // While the copy is still mounted (no restart since the fault), it is the
-        // member's newest data: it goes back to the disk before the member starts again.
-        undo: |_, nodes| {
-            on_each(
-                nodes,
-                &format!(
-                    "if mountpoint -q {data}; then {stop} && umount {data} && rm -rf {data}/member && \
-                     cp -a {TMPFS_ETCD_DATA}/member {data}/ && systemctl start {unit}; fi && rm -rf {TMPFS_ETCD_DATA}",
-                    stop = stop(etcd::UNIT),
-                    data = paths::ETCD_DATA_DIR,
-                    unit = etcd::UNIT
-                ),
-            )
-        },
-        in_force: |_, nodes| {
-            on_each(nodes, &format!("mountpoint -q {} && systemctl is-active --quiet {}", paths::ETCD_DATA_DIR, etcd::UNIT))
-        },
-        healed: nothing,
-    },
+    // --- kube-apiserver (handbook 000 section 7) ---
     Fault {
         name: "apiserver-stopped",
         stage: Stage::KubeApiserver,
