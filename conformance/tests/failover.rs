@@ -17,7 +17,7 @@ use conformance::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
 use provisioner::paths::NODE_INTERFACE;
@@ -1151,6 +1151,104 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
         watches_ended.join(", "),
         service.endpoints_after
     );
+}
+
+/// How long `lab down` may take to stop every machine.
+const LAB_DOWN_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `lab up` may run after `lab down` before the drill stops it. The drill's
+/// bound is tighter; this only keeps an `up` that hangs from holding the drill.
+const LAB_UP_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long the objects and pods may take to be back once `lab up` has returned.
+const BACK_AFTER_UP: Duration = Duration::from_secs(90);
+
+#[test]
+#[ignore = "restarts every machine of the lab: `cargo lab drill full-restart` runs it"]
+fn every_object_and_pod_is_back_after_a_full_restart() {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lab = lab();
+    let (drill, bound) = lab.drill_of("every_object_and_pod_is_back_after_a_full_restart");
+    let client = lab.kube();
+    // A value nothing else has, so that reading it back proves this Secret survived.
+    let token = format!("{:x}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos());
+    let configmap: ConfigMap = serde_json::from_value(json!({
+        "metadata": { "name": "kept" }, "data": { "made": "before the restart" }
+    }))
+    .expect("a valid ConfigMap");
+    let secret: Secret =
+        serde_json::from_value(json!({ "metadata": { "name": "kept" }, "stringData": { "token": token } }))
+            .expect("a valid Secret");
+    let namespace = lab.block_on(async {
+        let namespace = TestNamespace::create(&client, "full-restart").await;
+        let params = PostParams::default();
+        Api::<ConfigMap>::namespaced(client.clone(), namespace.name())
+            .create(&params, &configmap)
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the ConfigMap: {error}"));
+        Api::<Secret>::namespaced(client.clone(), namespace.name())
+            .create(&params, &secret)
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the Secret: {error}"));
+        Api::<Deployment>::namespaced(client.clone(), namespace.name())
+            .create(&params, &web_deployment(2, false))
+            .await
+            .unwrap_or_else(|error| panic!("cannot create the test app: {error}"));
+        ready_pods(&client, namespace.name(), WEB_LABEL, 2, Duration::from_secs(60)).await;
+        namespace
+    });
+
+    let window = lab.drill("full restart: lab down, lab up");
+    run_lab("down", lab.patience(LAB_DOWN_TIMEOUT)).unwrap_or_else(|error| panic!("{error}"));
+    let started = Instant::now();
+    run_lab("up", lab.patience(LAB_UP_TIMEOUT)).unwrap_or_else(|error| panic!("{error}"));
+    let up_took = started.elapsed();
+    drop(window);
+    let name = namespace.name().to_string();
+    lab.block_on(async {
+        // The client's connections died with the machines: each try makes new ones, and
+        // only an API that does not answer is waited for. An answer without the object
+        // is final: what etcd lost does not come back.
+        let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &name);
+        let kept = eventually("the API answers for the ConfigMap made before the restart", BACK_AFTER_UP, || async {
+            configmaps.get_opt("kept").await.map_err(|error| error.to_string())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the ConfigMap made before the restart is gone: etcd lost what was written"));
+        assert_eq!(kept.data, configmap.data, "the ConfigMap changed across the restart");
+        let secrets = Api::<Secret>::namespaced(client.clone(), &name);
+        let kept = eventually("the API answers for the Secret made before the restart", BACK_AFTER_UP, || async {
+            secrets.get_opt("kept").await.map_err(|error| error.to_string())
+        })
+        .await
+        .unwrap_or_else(|| panic!("the Secret made before the restart is gone: etcd lost what was written"));
+        let value = kept.data.as_ref().and_then(|data| data.get("token")).map(|bytes| bytes.0.clone());
+        assert_eq!(value, Some(token.into_bytes()), "the Secret's value changed across the restart");
+        ready_pods(&client, &name, WEB_LABEL, 2, BACK_AFTER_UP).await;
+    });
+    let back_after = started.elapsed();
+    lab.block_on(namespace.delete());
+    let detail = format!(
+        "`lab up` took {up_took:.1?}; the ConfigMap and Secret read back unchanged and both pods were ready \
+         {back_after:.1?} after its start"
+    );
+    println!("{detail}");
+    let within = lab.record_drill(drill, back_after, &detail);
+    assert!(within, "the lab took longer than {bound:?} to be back after a full restart: {detail}");
+}
+
+/// Runs `cargo lab VERB` for the lab under test and waits at most `timeout` for it; its
+/// output's last lines are the error when it fails.
+fn run_lab(verb: &str, timeout: Duration) -> Result<(), String> {
+    let completed = conformance::run_within(&mut conformance::cargo_lab(&[verb]), timeout)?
+        .ok_or_else(|| format!("`cargo lab {verb}` did not finish within {timeout:?}"))?;
+    if completed.status.success() {
+        return Ok(());
+    }
+    let tail: Vec<&str> = completed.stderr.lines().rev().take(5).collect();
+    Err(format!(
+        "`cargo lab {verb}` failed ({}): {}",
+        completed.status,
+        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+    ))
 }
 
 /// How long kube-proxy may take, after a quorum loss, to program a Service whose Endpoints

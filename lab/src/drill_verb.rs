@@ -53,7 +53,9 @@ pub fn drill(paths: &Paths, name: Option<&str>, json: bool) -> Result<(), Failur
     let status = provisioner::system::inner_cargo()
         .current_dir(&checkout)
         .env("LAB_DIR", &paths.state_dir)
-        .args(["nextest", "run", "--no-fail-fast", "-p", "conformance", "--test", "failover", "-E", &filter])
+        // The drills that restart the whole lab are left out of the suite's default run.
+        .args(["nextest", "run", "--no-fail-fast", "--run-ignored", "all", "-p", "conformance", "--test", "failover"])
+        .args(["-E", &filter])
         .stdout(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned().context("duplicate stderr")?))
         .status()
         .context("cannot run cargo nextest (install it with `cargo install cargo-nextest --locked`)")?;
