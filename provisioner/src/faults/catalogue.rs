@@ -289,7 +289,6 @@ pub static CATALOGUE: &[Fault] = &[
         in_force: nothing,
         healed: nothing,
     },
-    // --- kube-apiserver (handbook 000 section 7) ---
     Fault {
         name: "etcd-quorum-lost",
         stage: Stage::Etcd,
@@ -383,6 +382,7 @@ pub static CATALOGUE: &[Fault] = &[
         },
         healed: nothing,
     },
+    // --- kube-apiserver (handbook 000 section 7) ---
     Fault {
         name: "apiserver-stopped",
         stage: Stage::KubeApiserver,
@@ -409,6 +409,28 @@ pub static CATALOGUE: &[Fault] = &[
                     &paths::unit(kube_apiserver::UNIT),
                     "--anonymous-auth=false",
                     "--anonymous-auth=true",
+                    kube_apiserver::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: apiserver_serves,
+        healed: nothing,
+    },
+    Fault {
+        name: "apiserver-profiling-on",
+        stage: Stage::KubeApiserver,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-apiserver on {nodes} serves Go's profiler at /debug/pprof/",
+        symptom: "anyone allowed to read every path can take CPU and memory profiles of one apiserver",
+        breaks: &["cis::cis_1_2_20_apiservers_serve_no_profiles"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    &paths::unit(kube_apiserver::UNIT),
+                    "--profiling=false",
+                    "--profiling=true",
                     kube_apiserver::UNIT,
                 ),
             )
@@ -551,6 +573,50 @@ pub static CATALOGUE: &[Fault] = &[
             steps.extend(lease_renewed(context, "kube-scheduler"));
             steps
         },
+    },
+    Fault {
+        name: "controller-manager-profiling-on",
+        stage: Stage::KubeControllerManager,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-controller-manager on {nodes} serves Go's profiler at /debug/pprof/",
+        symptom: "anything on that master can take profiles of the controller manager without credentials",
+        breaks: &["cis::cis_1_3_2_controller_managers_serve_no_profiles"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    &paths::unit(kube_controller_manager::UNIT),
+                    "--profiling=false",
+                    "--profiling=true",
+                    kube_controller_manager::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(kube_controller_manager::INSECURE_PORT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "scheduler-profiling-on",
+        stage: Stage::KubeScheduler,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-scheduler on {nodes} serves Go's profiler at /debug/pprof/",
+        symptom: "anything on that master can take profiles of the scheduler without credentials",
+        breaks: &["cis::cis_1_4_1_schedulers_serve_no_profiles"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    paths::KUBE_SCHEDULER_CONFIG,
+                    "enableProfiling: false",
+                    "enableProfiling: true",
+                    kube_scheduler::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(kube_scheduler::INSECURE_PORT)),
+        healed: nothing,
     },
     // --- HAProxy and keepalived (handbook 000 section 8) ---
     Fault {

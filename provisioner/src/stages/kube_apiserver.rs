@@ -89,6 +89,10 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             // exactly the apiservers whose lease is live (the default since 1.11; the
             // older `--apiserver-count` is only read by the master-count reconciler).
             "--endpoint-reconciler-type=lease".to_string(),
+            // CIS 1.2.20: no /debug/pprof. Profiles show how the server spends its time
+            // and memory to anyone allowed to ask, and taking one costs the server CPU;
+            // nobody needs them on a lab's apiserver.
+            "--profiling=false".to_string(),
             // Kubernetes 1.20's watch cache has a race (kubernetes#116122, fixed in 1.27):
             // after etcd ends its watches with "no leader", a client watch that comes back
             // while the cache is re-listing is accepted and then sent nothing until it

@@ -28,7 +28,7 @@ const USER: &str = "system:kube-controller-manager";
 const SECURE_PORT: u16 = 10257;
 /// Plain HTTP health port, bound to loopback only: `kubectl get componentstatuses` in
 /// 1.20 asks `http://127.0.0.1:10252/healthz` on the apiserver's node.
-const INSECURE_PORT: u16 = 10252;
+pub const INSECURE_PORT: u16 = 10252;
 
 /// How long the controller manager may take to start serving health checks.
 const READY_TIMEOUT_SECS: u64 = 60;
@@ -83,6 +83,9 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         format!("--authentication-kubeconfig={kubeconfig_path}"),
         format!("--authorization-kubeconfig={kubeconfig_path}"),
         "--leader-elect=true".to_string(),
+        // CIS 1.3.2: no /debug/pprof, which the plain HTTP port would serve to anything
+        // on the master without authentication.
+        "--profiling=false".to_string(),
     ];
     flags.extend(leader_election_flags(topology));
     flags.extend([

@@ -26,7 +26,7 @@ const USER: &str = "system:kube-scheduler";
 const SECURE_PORT: u16 = 10259;
 /// Plain HTTP health port, bound to loopback only: `kubectl get componentstatuses` in
 /// 1.20 asks `http://127.0.0.1:10251/healthz` on the apiserver's node.
-const INSECURE_PORT: u16 = 10251;
+pub const INSECURE_PORT: u16 = 10251;
 
 /// How long the scheduler may take to start serving health checks.
 const READY_TIMEOUT_SECS: u64 = 60;
@@ -44,7 +44,9 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     );
     // With a configuration file, the plain HTTP health and metrics listeners are set
     // here rather than with the deprecated `--address`/`--port` flags. Both default to
-    // every address; the lab keeps them on loopback.
+    // every address; the lab keeps them on loopback. Profiling is off here too (CIS
+    // 1.4.1, as for the apiserver): the `--profiling` flag is ignored next to a
+    // configuration file.
     let leader_election = LeaderElection::for_topology(topology)
         .map(|timing| {
             format!(
@@ -63,6 +65,7 @@ leaderElection:
   leaderElect: true
 {leader_election}healthzBindAddress: 127.0.0.1:{INSECURE_PORT}
 metricsBindAddress: 127.0.0.1:{INSECURE_PORT}
+enableProfiling: false
 "
     );
     let flags = vec![
