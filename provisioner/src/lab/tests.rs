@@ -66,6 +66,8 @@ impl Machines for FakeMachines {
     fn create_or_start(&self, node: &NodeSpec, _: &NodeImage, key: &str) -> Result<StartOutcome, MachineError> {
         assert!(key.starts_with("ssh-ed25519 "), "the lab's public key goes to every node");
         self.journal.note(format!("machines: start {}", node.name));
+        let preload: Vec<&str> = node.preload.iter().map(|file| file.path.as_str()).collect();
+        self.journal.note(format!("preload on {}: {}", node.name, preload.join(" ")));
         if self.broken.as_deref() == Some(node.name.as_str()) {
             std::fs::create_dir_all(&self.console_dir).unwrap();
             std::fs::write(self.console_dir.join(&node.name), "Kernel panic - not syncing\n").unwrap();
@@ -293,7 +295,14 @@ fn up_runs_every_part_once_and_every_stage_in_handbook_order() {
     let position = |call: &str| calls.iter().position(|seen| seen.starts_with(call)).expect(call);
     assert!(position("preflight") < position("machines: image"), "nothing is made before the preflight");
     assert!(position("machines: network") < position("machines: start"), "routes exist before any node runs");
-    assert!(position("connect") < position("artifacts"));
+    assert!(position("artifacts") < position("machines: start"), "new disks are made with the artifacts");
+    let preloaded = |node: &str| calls.iter().find(|call| call.starts_with(&format!("preload on {node}:"))).unwrap();
+    let worker = preloaded("worker1");
+    for path in ["/usr/local/bin/kubelet", "/usr/local/bin/kube-proxy", "/var/lib/k8s-lab/images/pause-3.2.tar"] {
+        assert!(worker.contains(path), "{path} missing from {worker}");
+    }
+    assert!(!worker.contains("kube-apiserver"), "a worker gets only what its plan puts on it: {worker}");
+    assert!(preloaded("master1").contains("/usr/local/bin/kube-apiserver"));
 
     let plan_order: Vec<Stage> = fixture.lab.plan().unwrap().stages.iter().map(|stage| stage.stage).collect();
     assert_eq!(*recorder.stages.lock().unwrap(), plan_order);
@@ -302,7 +311,7 @@ fn up_runs_every_part_once_and_every_stage_in_handbook_order() {
     assert_eq!(timings["outcome"], "succeeded", "timings.json is written last");
     assert_eq!(timings["failed"], serde_json::Value::Null);
     let steps: Vec<&str> = timings["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["preflight", "image", "network", "machines", "boot", "artifacts", "survey", "readiness"]);
+    assert_eq!(steps, ["preflight", "artifacts", "image", "network", "machines", "boot", "survey", "readiness"]);
     assert_eq!(timings["stages"].as_array().unwrap().len(), plan_order.len());
     assert!(fixture.lab.state().topology_record().exists(), "the state directory is claimed");
 }
@@ -315,6 +324,12 @@ fn up_until_machines_stops_before_the_artifacts_and_stages() {
     assert_eq!(fixture.journal.count("artifacts"), 0);
     assert_eq!(fixture.journal.count("ready"), 0);
     assert_eq!(fixture.journal.count("machines: start "), 2);
+    assert!(fixture
+        .journal
+        .calls()
+        .iter()
+        .filter(|call| call.starts_with("preload on "))
+        .all(|call| call.ends_with(": ")));
 }
 
 #[test]
@@ -593,7 +608,7 @@ fn a_failed_stage_leaves_timings_that_name_it_and_a_bundle_without_secrets() {
     assert_eq!(stages.last().unwrap()["stage"], "hosts");
     assert_eq!(stages.last().unwrap()["outcome"], "failed");
     let steps: Vec<&str> = timings["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["preflight", "image", "network", "machines", "boot", "artifacts", "survey"]);
+    assert_eq!(steps, ["preflight", "artifacts", "image", "network", "machines", "boot", "survey"]);
 
     let rendered = files_under(&only_bundle(&fixture.lab).join("rendered"));
     assert!(rendered.iter().any(|(_, text)| text.contains("BEGIN CERTIFICATE")), "certificates are kept");
@@ -619,13 +634,14 @@ fn a_node_that_does_not_start_leaves_its_console_in_a_bundle_and_timings() {
 }
 
 #[test]
-fn a_failed_artifact_build_leaves_a_bundle_with_the_journals_and_timings() {
+fn a_failed_artifact_build_makes_no_machine_and_leaves_a_bundle_and_timings() {
     let fixture = fixture_with(Vec::new(), Vec::new(), Broken::Artifacts);
     let error = fixture.lab.up(Until::Everything.into(), &Silent).expect_err("the artifacts fail");
     assert!(error.to_string().starts_with("building the lab's artifacts: kubernetes.dir must be set"), "{error}");
     assert!(error.to_string().contains("\nlog bundle: "), "{error}");
     let bundle = only_bundle(&fixture.lab);
-    assert!(bundle.join("master1/etcd.service.log").exists(), "a journal of every node with a session");
+    assert!(bundle.join("error.txt").exists());
+    assert_eq!(fixture.journal.count("machines: start "), 0, "the artifacts come before any machine");
     let timings = timings(&fixture.lab);
     assert_eq!(timings["failed"], "artifacts");
     assert_eq!(timings["stages"], serde_json::json!([]));

@@ -1,4 +1,4 @@
-//! `Lab::up`: preflight, machines, artifacts, then every stage of the plan in
+//! `Lab::up`: preflight, artifacts, machines, then every stage of the plan in
 //! handbook order, and the proof that the cluster serves. Each part is done once:
 //! the topology, the preflight, the PKI and plan, the key pair and one SSH session
 //! per node.
@@ -11,8 +11,8 @@ use super::reporter::Steps;
 use super::{Event, Lab, LabError, Reporter};
 use crate::executor::{Executor, StageReport};
 use crate::host::Host;
-use crate::machines::{self, MachineState, NodeImage, NodeSpec, StartOutcome};
-use crate::plan::{Plan, Stage};
+use crate::machines::{self, MachineState, NodeImage, NodeSpec, PreloadedFile, StartOutcome};
+use crate::plan::{Content, Plan, Stage};
 use crate::preflight::{PreflightError, Report, Status};
 use crate::readiness;
 use crate::ssh::KeyPair;
@@ -157,7 +157,21 @@ impl Lab {
         timeline.claim();
         let plan = self.plan()?;
         let key = self.key_pair()?;
-        let hosts = self.up_machines(plan, &key, reporter, timeline)?;
+        // The artifacts come before the machines, so that a new node's disk can be made
+        // with them in place (`NodeSpec::preload`).
+        let artifacts_ready = until != Until::Machines;
+        if artifacts_ready {
+            timeline
+                .step("artifacts", || self.surroundings.ensure_artifacts(&self.topology, &self.paths.cache_dir, &say))
+                .map_err(|source| {
+                    let bundle = match self.write_log_bundle(plan, &[], &source) {
+                        Ok(dir) => format!("log bundle: {}", dir.display()),
+                        Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
+                    };
+                    LabError::Artifacts { bundle, source }
+                })?;
+        }
+        let hosts = self.up_machines(plan, artifacts_ready, &key, reporter, timeline)?;
         if until == Until::Machines {
             return Ok(Vec::new());
         }
@@ -166,9 +180,6 @@ impl Lab {
             Ok(dir) => format!("log bundle: {}", dir.display()),
             Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
         };
-        timeline
-            .step("artifacts", || self.surroundings.ensure_artifacts(&self.topology, &self.paths.cache_dir, &say))
-            .map_err(|source| LabError::Artifacts { bundle: bundle(&source), source })?;
         let stages = match until {
             Until::Stage(last) => {
                 let count =
@@ -254,6 +265,7 @@ impl Lab {
     fn up_machines(
         &self,
         plan: &Plan,
+        artifacts_ready: bool,
         key: &KeyPair,
         reporter: &dyn Reporter,
         timeline: &Timeline,
@@ -284,7 +296,15 @@ impl Lab {
             Ok(dir) => format!("log bundle: {}", dir.display()),
             Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
         };
-        let nodes: Vec<NodeSpec> = self.topology.nodes.iter().map(NodeSpec::of).collect();
+        let nodes: Vec<NodeSpec> = self
+            .topology
+            .nodes
+            .iter()
+            .map(|node| NodeSpec {
+                preload: if artifacts_ready { preloaded_files(plan, &node.name) } else { Vec::new() },
+                ..NodeSpec::of(node)
+            })
+            .collect();
         timeline.step("machines", || self.start_nodes(&nodes, &image, key, reporter)).map_err(|errors| {
             LabError::NotStarted { total: nodes.len(), bundle: bundle(&errors.join("\n")), errors }
         })?;
@@ -567,6 +587,21 @@ impl Timeline {
             "stages": *self.stages.lock().expect("timeline lock"),
         })
     }
+}
+
+/// The files of the artifact cache that the plan puts on `node`, root's, in stage order.
+fn preloaded_files(plan: &Plan, node: &str) -> Vec<PreloadedFile> {
+    plan.stages
+        .iter()
+        .flat_map(|stage| stage.nodes.iter().filter(|actions| actions.node == node))
+        .flat_map(|actions| &actions.files)
+        .filter_map(|file| match &file.content {
+            Content::Artifact { path } if file.owner == "root" => {
+                Some(PreloadedFile { path: file.path.clone(), mode: file.mode, source: path.clone() })
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn outcome(ok: bool) -> &'static str {

@@ -54,12 +54,37 @@ pub struct NodeSpec {
     pub roles: Vec<Role>,
     /// What a VM gets; nspawn nodes share the host's CPUs and memory and ignore it.
     pub size: MachineSize,
+    /// Files of the artifact cache the plan puts on this node (the Kubernetes binaries,
+    /// the container image archives). A backend that can make them part of a new
+    /// machine's disk at no cost does so, the way kind's node image carries its
+    /// binaries: nspawn lays hard links to them in an overlay layer of their own. The
+    /// stages still compare every file with the plan and write what differs, so a
+    /// backend that ignores this list (the VM backends) only makes the first `up` copy
+    /// them over SSH.
+    pub preload: Vec<PreloadedFile>,
+}
+
+/// A file of the artifact cache, where the plan puts it on a node and with which mode
+/// (owned by root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreloadedFile {
+    /// Absolute path on the node.
+    pub path: String,
+    pub mode: u32,
+    /// The file in the host's artifact cache.
+    pub source: PathBuf,
 }
 
 impl NodeSpec {
     /// A worker node of the default worker size.
     pub fn new(name: &str, address: Ipv4Addr) -> NodeSpec {
-        NodeSpec { name: name.to_string(), address, roles: vec![Role::Worker], size: MachineSize::WORKER }
+        NodeSpec {
+            name: name.to_string(),
+            address,
+            roles: vec![Role::Worker],
+            size: MachineSize::WORKER,
+            preload: Vec::new(),
+        }
     }
 
     /// The machine for a topology node: its `[node.resources]`, else the default size
@@ -76,6 +101,7 @@ impl NodeSpec {
                 cpus: resources.and_then(|resources| resources.cpus).unwrap_or(default.cpus),
                 memory_mib: resources.and_then(|resources| resources.memory_mib).unwrap_or(default.memory_mib),
             },
+            preload: Vec::new(),
         }
     }
 }
@@ -632,7 +658,8 @@ roles = ["etcd", "master", "lb", "worker"]
                 name: "solo".into(),
                 address: Ipv4Addr::new(10, 249, 0, 11),
                 roles: vec![Role::Etcd, Role::Master, Role::Lb, Role::Worker],
-                size: MachineSize::CONTROLLER
+                size: MachineSize::CONTROLLER,
+                preload: Vec::new(),
             }]
         );
         assert_eq!(spec.machines_dir(), Path::new("/state/machines"));

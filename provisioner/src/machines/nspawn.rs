@@ -38,7 +38,7 @@ mod process;
 
 use std::ffi::OsString;
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -47,8 +47,8 @@ use self::cgroups::remove_cgroup_tree;
 use super::hostnet;
 use super::node_config::{self, When};
 use super::{
-    LabSpec, Leftover, MachineError, MachineState, Machines, NodeImage, NodeSpec, Requirement, StartOutcome,
-    StopOutcome,
+    LabSpec, Leftover, MachineError, MachineState, Machines, NodeImage, NodeSpec, PreloadedFile, Requirement,
+    StartOutcome, StopOutcome,
 };
 use crate::plan::HostRoute;
 use crate::system::{self, CommandFailure};
@@ -100,6 +100,9 @@ struct NodePaths {
     pid: PathBuf,
     /// Which image the node's disk was made from: its lower layer forever.
     image: PathBuf,
+    /// The node's artifact files (`NodeSpec::preload`), an overlay layer above the
+    /// image made when the disk is made and kept with it.
+    preloaded: PathBuf,
 }
 
 pub struct Nspawn {
@@ -174,6 +177,7 @@ impl Nspawn {
             console: dir.join("console.log"),
             pid: dir.join("pid"),
             image: dir.join("image"),
+            preloaded: dir.join("preloaded"),
             dir,
         }
     }
@@ -213,8 +217,9 @@ impl Nspawn {
         arguments
     }
 
-    /// Mounts the node's overlay disk at `root` unless it is mounted already.
-    fn mount_disk(&self, node: &str, paths: &NodePaths, lower: &Path) -> Result<(), MachineError> {
+    /// Mounts the node's overlay disk at `root` unless it is mounted already: its own
+    /// upper layer on its preloaded artifacts (where it has them) on the image.
+    fn mount_disk(&self, node: &str, paths: &NodePaths, image: &Path) -> Result<(), MachineError> {
         let mounted = system::is_mount_point(&paths.root)
             .map_err(|error| self.node_error(node, format!("cannot read the mount table: {error}")))?;
         if mounted {
@@ -222,7 +227,12 @@ impl Nspawn {
         }
         // Mount options are comma-separated and the overlay's layer lists are
         // colon-separated: a path with either would be read as something else.
-        for path in [lower, &paths.upper, &paths.work] {
+        let mut lowers = Vec::new();
+        if paths.preloaded.is_dir() {
+            lowers.push(paths.preloaded.as_path());
+        }
+        lowers.push(image);
+        for path in lowers.iter().copied().chain([paths.upper.as_path(), paths.work.as_path()]) {
             let text = path.to_string_lossy();
             if text.contains(',') || text.contains(':') {
                 return Err(self.node_error(
@@ -234,8 +244,13 @@ impl Nspawn {
                 ));
             }
         }
-        let options =
-            format!("lowerdir={},upperdir={},workdir={}", lower.display(), paths.upper.display(), paths.work.display());
+        let lowers: Vec<String> = lowers.iter().map(|path| path.display().to_string()).collect();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            paths.upper.display(),
+            paths.work.display()
+        );
         let mut command = Command::new("mount");
         command.args(["-t", "overlay", "overlay", "-o", &options]).arg(&paths.root);
         system::run(&mut command).map_err(|failure| self.node_error(node, failure.to_string()))?;
@@ -262,6 +277,33 @@ impl Nspawn {
                 recorded.display()
             ),
         ))
+    }
+
+    /// Makes the node's preloaded layer: its artifact files at their paths on the
+    /// node, as hard links into the artifact cache where the cache file already has
+    /// the planned mode (no copy, no space), else as copies. The cache replaces a file
+    /// by renaming a new one into place, never by rewriting it, so a link keeps the
+    /// content the node was made with. Runs before the node's upper layer exists: a
+    /// layer left by an interrupted creation is made again, and a disk, once made,
+    /// always mounts on the same layers.
+    fn lay_preloaded(&self, node: &NodeSpec, paths: &NodePaths) -> Result<(), MachineError> {
+        let name = &node.name;
+        let staging = paths.dir.join("preloaded.partial");
+        for leftover in [&paths.preloaded, &staging] {
+            system::remove_tree(leftover)
+                .map_err(|message| self.node_error(name, format!("cannot remove {}: {message}", leftover.display())))?;
+        }
+        if node.preload.is_empty() {
+            return Ok(());
+        }
+        for file in &node.preload {
+            let target = staging.join(file.path.trim_start_matches('/'));
+            preload_file(&staging, &target, file).map_err(|message| {
+                self.node_error(name, format!("cannot preload {} from {}: {message}", file.path, file.source.display()))
+            })?;
+        }
+        fs::rename(&staging, &paths.preloaded)
+            .map_err(|error| self.node_error(name, format!("cannot rename {} into place: {error}", staging.display())))
     }
 
     /// Stops a node the way `halt` says, then cleans up its cgroups and unmounts
@@ -366,6 +408,35 @@ impl Nspawn {
     }
 }
 
+/// Puts one artifact file at `target` inside the layer `layer`. Every directory it
+/// makes is 0755 whatever the umask: a layer's directories show through on the node
+/// (/usr/local/bin, /var/lib), so they must be what the image has there.
+fn preload_file(layer: &Path, target: &Path, file: &PreloadedFile) -> Result<(), String> {
+    let parent = target.parent().ok_or("no parent directory")?;
+    let relative = parent.strip_prefix(layer).map_err(|_| "outside the layer")?;
+    let mut directory = layer.to_path_buf();
+    let mut directories = vec![directory.clone()];
+    for part in relative.components() {
+        directory.push(part);
+        directories.push(directory.clone());
+    }
+    for directory in directories {
+        if !directory.is_dir() {
+            fs::create_dir(&directory).map_err(|error| format!("{}: {error}", directory.display()))?;
+        }
+        fs::set_permissions(&directory, fs::Permissions::from_mode(0o755))
+            .map_err(|error| format!("{}: {error}", directory.display()))?;
+    }
+    let source = fs::metadata(&file.source).map_err(|error| error.to_string())?;
+    let linkable = source.permissions().mode() & 0o7777 == file.mode && source.uid() == 0;
+    if linkable && fs::hard_link(&file.source, target).is_ok() {
+        return Ok(());
+    }
+    // Another filesystem, or another mode: a copy of its own.
+    fs::copy(&file.source, target).map_err(|error| error.to_string())?;
+    fs::set_permissions(target, fs::Permissions::from_mode(file.mode)).map_err(|error| error.to_string())
+}
+
 impl Machines for Nspawn {
     fn backend(&self) -> Backend {
         Backend::Nspawn
@@ -445,6 +516,9 @@ impl Machines for Nspawn {
         fs::create_dir_all(&paths.dir)
             .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", paths.dir.display())))?;
         let lower = self.lower_layer(name, &paths, image)?;
+        if created {
+            self.lay_preloaded(node, &paths)?;
+        }
         for directory in [&paths.upper, &paths.work, &paths.root, &paths.containerd] {
             fs::create_dir_all(directory)
                 .map_err(|error| self.node_error(name, format!("cannot create {}: {error}", directory.display())))?;
@@ -591,6 +665,50 @@ mod tests {
         let paths = nspawn.paths("master1");
         assert_eq!(paths.root, Path::new("/srv/lab/machines/master1/root"));
         assert_eq!(paths.pid, Path::new("/srv/lab/machines/master1/pid"));
+    }
+
+    #[test]
+    fn a_new_disk_gets_its_artifacts_as_links_or_as_copies_of_the_planned_mode() {
+        let scratch = tempfile::tempdir().expect("temporary directory");
+        let cache = scratch.path().join("cache");
+        fs::create_dir_all(&cache).unwrap();
+        let binary = cache.join("kubelet");
+        fs::write(&binary, b"a binary").unwrap();
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+        let archive = cache.join("pause.tar");
+        fs::write(&archive, b"an archive").unwrap();
+        fs::set_permissions(&archive, fs::Permissions::from_mode(0o600)).unwrap();
+        let mut nspawn = backend(Supervisor::Processes);
+        nspawn.spec.state_dir = scratch.path().join("state");
+        let mut node = NodeSpec::new("worker1", Ipv4Addr::new(10, 240, 0, 21));
+        node.preload = vec![
+            PreloadedFile { path: "/usr/local/bin/kubelet".into(), mode: 0o755, source: binary.clone() },
+            PreloadedFile { path: "/var/lib/k8s-lab/images/pause.tar".into(), mode: 0o644, source: archive.clone() },
+        ];
+        let paths = nspawn.paths("worker1");
+        // What an interrupted creation left: made again from scratch.
+        fs::create_dir_all(paths.dir.join("preloaded.partial/stale")).unwrap();
+
+        nspawn.lay_preloaded(&node, &paths).expect("the layer is made");
+
+        let linked = fs::metadata(paths.preloaded.join("usr/local/bin/kubelet")).unwrap();
+        let source = fs::metadata(&binary).unwrap();
+        // Only a root-owned cache file is linked: a node must not see another owner.
+        assert_eq!(linked.ino() == source.ino(), source.uid() == 0);
+        assert_eq!(linked.permissions().mode() & 0o7777, 0o755);
+        let copied = fs::metadata(paths.preloaded.join("var/lib/k8s-lab/images/pause.tar")).unwrap();
+        assert_ne!(copied.ino(), fs::metadata(&archive).unwrap().ino(), "another mode: a copy, the cache untouched");
+        assert_eq!(copied.permissions().mode() & 0o7777, 0o644);
+        assert_eq!(fs::metadata(&archive).unwrap().permissions().mode() & 0o7777, 0o600);
+        for directory in ["", "usr", "usr/local", "usr/local/bin", "var/lib/k8s-lab/images"] {
+            let mode = fs::metadata(paths.preloaded.join(directory)).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o755, "{directory}");
+        }
+        assert!(!paths.dir.join("preloaded.partial").exists());
+
+        node.preload.clear();
+        nspawn.lay_preloaded(&node, &paths).expect("no layer");
+        assert!(!paths.preloaded.exists(), "a node with nothing to preload mounts the image alone");
     }
 
     #[test]

@@ -507,6 +507,7 @@ mod tests {
                     address: Ipv4Addr::new(10, 244, 0, 11),
                     roles: vec![Role::Etcd, Role::Master, Role::Lb],
                     size: MachineSize::CONTROLLER,
+                    preload: Vec::new(),
                 },
                 NodeSpec::new("worker1", Ipv4Addr::new(10, 244, 0, 21)),
             ],

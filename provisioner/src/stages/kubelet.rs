@@ -115,8 +115,9 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             commands.push(CommandSpec {
                 description: format!("record {pod_cidr} as the pod range of node {}", worker.name),
                 script: format!(
-                    "for attempt in $(seq {REGISTRATION_TIMEOUT_SECS}); do \
-                     {kubectl} get node {name} >/dev/null 2>&1 && break; sleep 1; done; \
+                    "give_up=$(($(date +%s) + {REGISTRATION_TIMEOUT_SECS})); \
+                     until {kubectl} get node {name} >/dev/null 2>&1 || [ $(date +%s) -ge $give_up ]; do \
+                     sleep 0.2; done; \
                      [ \"$({kubectl} get node {name} -o jsonpath='{{.spec.podCIDR}}')\" = {pod_cidr} ] || \
                      {kubectl} patch node {name} --type merge \
                      -p '{{\"spec\":{{\"podCIDR\":\"{pod_cidr}\",\"podCIDRs\":[\"{pod_cidr}\"]}}}}'",
