@@ -493,32 +493,45 @@ impl System for RecordingSystem {
 /// `lab drill`'s test run, the conformance suite's `cargo lab`).
 ///
 /// Cargo gives a test (and `cargo run` a program) the variables of the package it built
-/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...). They must not reach the inner cargo:
-/// some build scripts (ring's) watch them, so the inner cargo would rebuild half the tree,
-/// and the next outer build would rebuild it back.
+/// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ..., and `OUT_DIR` when the package has a
+/// build script, as the provisioner has). They must not reach the inner cargo: ring's
+/// build script watches them, so the inner cargo would rebuild half the tree (ring,
+/// rustls, kube: 45 s for lab-dns), and the next build from another package (the
+/// provisioner's tests, then `cargo lab up`) would rebuild it back.
 pub fn inner_cargo() -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string()));
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let per_package = [
-            "CARGO_MANIFEST_DIR",
-            "CARGO_MANIFEST_PATH",
-            "CARGO_CRATE_NAME",
-            "CARGO_BIN_NAME",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-        ];
-        if name.starts_with("CARGO_PKG_") || per_package.contains(&name.as_ref()) {
-            command.env_remove(name.as_ref());
-        }
+    for name in per_package_variables(std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned())) {
+        command.env_remove(name);
     }
     command
+}
+
+/// Which of `names` cargo sets for one package only.
+fn per_package_variables(names: impl Iterator<Item = String>) -> Vec<String> {
+    let per_package = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    names.filter(|name| name.starts_with("CARGO_PKG_") || per_package.contains(&name.as_str())).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_inner_cargo_gets_none_of_the_outer_packages_variables() {
+        let names = ["OUT_DIR", "CARGO_PKG_NAME", "CARGO_MANIFEST_DIR", "CARGO", "CARGO_HOME", "PATH", "RUSTFLAGS"];
+        let removed = per_package_variables(names.iter().map(|name| name.to_string()));
+        assert_eq!(removed, ["OUT_DIR", "CARGO_PKG_NAME", "CARGO_MANIFEST_DIR"]);
+    }
 
     #[test]
     fn mount_points_undo_the_kernel_escapes() {
