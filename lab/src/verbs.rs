@@ -94,9 +94,10 @@ pub fn render(paths: &Paths, dir: &Path) -> Result<(), Failure> {
         .filter(|file| matches!(file.content, Content::Secret(_)))
         .count();
     println!(
-        "wrote {written} files for {} nodes under {} ({secrets} of them private keys, mode 0600)",
+        "wrote {written} files for {} nodes under {} ({secrets} of them secret, written as `{}`)",
         plan.nodes.len(),
-        dir.display()
+        dir.display(),
+        provisioner::render::SECRET_LEFT_OUT.trim_end()
     );
     Ok(())
 }

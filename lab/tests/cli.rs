@@ -292,6 +292,37 @@ fn plan_json_is_one_json_document_without_key_material() {
         assert!(!stdout.contains(&base64[..40]), "a key in base64 is in the plan");
     }
     assert!(keys > 10, "the plan's PKI was issued ({keys} keys)");
+    let encryption_key = std::fs::read_to_string(setup.state_dir().join("pki/secrets-encryption.key")).unwrap();
+    assert!(!stdout.contains(encryption_key.trim()), "the Secrets' encryption key is in the plan");
+}
+
+#[test]
+fn render_writes_every_file_but_no_secret() {
+    let setup = Setup::new();
+    setup.lab().args(["render", "out"]).assert().code(0).stdout(predicate::str::contains("secret, written as"));
+    let encryption_key = std::fs::read_to_string(setup.state_dir().join("pki/secrets-encryption.key")).unwrap();
+    let out = setup.dir.path().join("out");
+    let mut files = 0;
+    let mut left_out = 0;
+    let mut pending = vec![out.clone()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            files += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            for marker in ["PRIVATE KEY", "client-key-data", encryption_key.trim()] {
+                assert!(!text.contains(marker), "{} holds {marker:?}", path.display());
+            }
+            left_out += usize::from(text == provisioner::render::SECRET_LEFT_OUT);
+        }
+    }
+    assert!(files > 50 && left_out > 10, "{files} files, {left_out} of them secret");
+    let config = out.join("master1/etc/kubernetes/encryption-config.yaml");
+    assert_eq!(std::fs::read_to_string(config).unwrap(), provisioner::render::SECRET_LEFT_OUT);
 }
 
 #[test]

@@ -224,6 +224,9 @@ pub struct Bundle {
     pub certificates: BTreeMap<String, Issued>,
     /// The service-account signing key pair: (public PEM, private PEM).
     pub service_account: Issued,
+    /// The AES key the apiservers encrypt Secrets in etcd with (CIS 1.2.33): 32 random
+    /// bytes, base64, as an EncryptionConfiguration names it.
+    pub secrets_encryption_key: String,
 }
 
 impl Bundle {
@@ -367,7 +370,8 @@ impl Store {
         }
 
         let service_account = self.load_or_create_service_account()?;
-        Ok(Bundle { ca: authority.issued, certificates, service_account })
+        let secrets_encryption_key = self.load_or_create_secrets_encryption_key()?;
+        Ok(Bundle { ca: authority.issued, certificates, service_account, secrets_encryption_key })
     }
 
     /// Creates the PKI directory readable by its owner only, and tightens it if an
@@ -478,6 +482,49 @@ impl Store {
         }
         Ok(service_account)
     }
+
+    /// Where the Secrets' encryption key is kept.
+    pub fn secrets_encryption_key_path(&self) -> PathBuf {
+        self.dir.join(SECRETS_ENCRYPTION_KEY_FILE)
+    }
+
+    fn load_or_create_secrets_encryption_key(&self) -> Result<String, PkiError> {
+        let path = self.secrets_encryption_key_path();
+        match read_secret(&path)? {
+            // A damaged key is an error rather than replaced: with a new key, every
+            // Secret the cluster has stored would be unreadable.
+            Some(text) => {
+                let key = text.trim();
+                match BASE64_STANDARD.decode(key) {
+                    Ok(bytes) if bytes.len() == SECRETS_ENCRYPTION_KEY_BYTES => Ok(key.to_string()),
+                    _ => Err(PkiError::Load {
+                        path,
+                        message: format!("not {SECRETS_ENCRYPTION_KEY_BYTES} bytes in base64"),
+                    }),
+                }
+            }
+            None => {
+                let key = generate_secrets_encryption_key()?;
+                write_atomically(&path, &format!("{key}\n"), 0o600)?;
+                Ok(key)
+            }
+        }
+    }
+}
+
+/// The file in the PKI directory that holds the Secrets' encryption key.
+const SECRETS_ENCRYPTION_KEY_FILE: &str = "secrets-encryption.key";
+/// AES-256: the longest key the `aescbc` provider takes.
+const SECRETS_ENCRYPTION_KEY_BYTES: usize = 32;
+
+/// A fresh key for the `aescbc` provider, from the kernel's random source.
+fn generate_secrets_encryption_key() -> Result<String, PkiError> {
+    let source = Path::new("/dev/urandom");
+    let mut key = [0u8; SECRETS_ENCRYPTION_KEY_BYTES];
+    fs::File::open(source)
+        .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut key))
+        .map_err(|source_error| PkiError::Io { path: source.to_path_buf(), source: source_error })?;
+    Ok(BASE64_STANDARD.encode(key))
 }
 
 /// The identity a stored certificate carries, in the shape of a spec, or `None` if
@@ -583,7 +630,12 @@ pub fn issue_in_memory(specs: &[CertificateSpec]) -> Result<Bundle, PkiError> {
         .iter()
         .map(|spec| Ok((spec.name.clone(), authority.issue(spec, now)?)))
         .collect::<Result<_, PkiError>>()?;
-    Ok(Bundle { ca: authority.issued, certificates, service_account: generate_service_account()? })
+    Ok(Bundle {
+        ca: authority.issued,
+        certificates,
+        service_account: generate_service_account()?,
+        secrets_encryption_key: generate_secrets_encryption_key()?,
+    })
 }
 
 /// A kubeconfig with embedded credentials for one user against `server`.

@@ -11,22 +11,15 @@ pub enum RenderError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
-/// What to write in place of a secret file's content where secrets must not go.
+/// What a secret file holds in a rendering, in place of its content.
 pub const SECRET_LEFT_OUT: &str = "<secret: left out>\n";
 
-/// Writes each node's text and secret files to `dir/NODE/PATH` (artifacts are listed
-/// in `dir/NODE/ARTIFACTS`, not copied). Returns the number of files written.
+/// Writes each node's files to `dir/NODE/PATH` with their planned modes. Secret files
+/// (private keys, kubeconfigs with keys, the Secrets' encryption key) hold
+/// `SECRET_LEFT_OUT`: no secret leaves the state directory, not for a learner's copy
+/// and not in a log bundle, which leaves the host with CI's evidence. Artifacts are
+/// listed in `dir/NODE/ARTIFACTS`, not copied. Returns the number of files written.
 pub fn render(plan: &Plan, dir: &Path) -> Result<usize, RenderError> {
-    render_files(plan, dir, true)
-}
-
-/// Like `render`, with `SECRET_LEFT_OUT` in every secret file (private keys,
-/// kubeconfigs with keys): for log bundles, which leave the host with CI's evidence.
-pub fn render_without_secrets(plan: &Plan, dir: &Path) -> Result<usize, RenderError> {
-    render_files(plan, dir, false)
-}
-
-fn render_files(plan: &Plan, dir: &Path, with_secrets: bool) -> Result<usize, RenderError> {
     let mut written = 0;
     let mut artifact_lists: std::collections::BTreeMap<String, String> = Default::default();
     for stage in &plan.stages {
@@ -36,7 +29,6 @@ fn render_files(plan: &Plan, dir: &Path, with_secrets: bool) -> Result<usize, Re
                 let target = node_dir.join(file.path.trim_start_matches('/'));
                 let bytes = match &file.content {
                     Content::Text(text) => text.as_bytes(),
-                    Content::Secret(text) if with_secrets => text.as_bytes(),
                     Content::Secret(_) => SECRET_LEFT_OUT.as_bytes(),
                     Content::Artifact { path } => {
                         let list = artifact_lists.entry(actions.node.clone()).or_default();
@@ -57,12 +49,9 @@ fn render_files(plan: &Plan, dir: &Path, with_secrets: bool) -> Result<usize, Re
 }
 
 fn write(target: &Path, bytes: &[u8], mode: u32) -> Result<(), RenderError> {
-    use std::os::unix::fs::PermissionsExt;
     let error = |source| RenderError::Write { path: target.to_owned(), source };
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(error)?;
     }
-    std::fs::write(target, bytes).map_err(error)?;
-    std::fs::set_permissions(target, std::fs::Permissions::from_mode(mode)).map_err(error)?;
-    Ok(())
+    crate::system::write_atomically(target, bytes, mode).map_err(error)
 }

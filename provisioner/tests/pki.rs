@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use base64::prelude::{Engine, BASE64_STANDARD};
 use provisioner::artifacts::Artifacts;
 use provisioner::paths;
 use provisioner::pki::{self, names, Bundle, CertificateSpec, Issued, PkiError, Store, Usage};
@@ -282,11 +283,12 @@ fn the_store_keeps_everything_private_and_reuses_it() {
     let files = snapshot(&store);
     let mut stems: Vec<String> = specs.iter().map(|spec| spec.name.clone()).collect();
     stems.extend(["ca".to_string(), "service-account".to_string()]);
-    let expected_files: BTreeSet<String> =
+    let mut expected_files: BTreeSet<String> =
         stems.iter().flat_map(|stem| [format!("{stem}.pem"), format!("{stem}-key.pem")]).collect();
+    expected_files.insert("secrets-encryption.key".to_string());
     assert_eq!(files.keys().cloned().collect::<BTreeSet<_>>(), expected_files, "no temporary files left");
     for name in files.keys() {
-        let wanted = if name.ends_with("-key.pem") { 0o600 } else { 0o644 };
+        let wanted = if name.ends_with("-key.pem") || name.ends_with(".key") { 0o600 } else { 0o644 };
         assert_eq!(mode(&store.dir.join(name)), wanted, "mode of {name}");
     }
     assert_eq!(files["ca.pem"], first.ca.cert_pem.as_bytes());
@@ -294,12 +296,16 @@ fn the_store_keeps_everything_private_and_reuses_it() {
     assert_eq!(files["service-account.pem"], first.service_account.cert_pem.as_bytes());
     assert_eq!(files["service-account-key.pem"], first.service_account.key_pem.as_bytes());
     assert_eq!(files["apiserver.pem"], first.get(names::APISERVER).cert_pem.as_bytes());
+    assert_eq!(files["secrets-encryption.key"], format!("{}\n", first.secrets_encryption_key).as_bytes());
+    let key = BASE64_STANDARD.decode(&first.secrets_encryption_key).expect("base64");
+    assert_eq!(key.len(), 32, "AES-256");
 
     let second = load(&store, &specs);
     assert_eq!(snapshot(&store), files, "a second run rewrites nothing");
     assert_eq!(second.ca, first.ca);
     assert_eq!(second.certificates, first.certificates);
     assert_eq!(second.service_account, first.service_account);
+    assert_eq!(second.secrets_encryption_key, first.secrets_encryption_key, "the key is kept: Secrets stay readable");
 }
 
 #[test]

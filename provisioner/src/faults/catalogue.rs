@@ -70,6 +70,19 @@ fn edit(file: &str, from: &str, to: &str) -> String {
     )
 }
 
+/// Moves the `identity` provider in front of `aescbc` in the EncryptionConfiguration:
+/// the first provider encrypts what is written, and both still decrypt. Fails when the
+/// file does not end its providers with `identity`, as the plan writes it.
+fn identity_provider_first() -> String {
+    let file = paths::ENCRYPTION_CONFIG;
+    let identity = "      - identity: {}";
+    let providers = kube_apiserver::ENCRYPTION_PROVIDERS_LINE;
+    format!(
+        "{{ grep -qxF -- '{identity}' {file} || {{ echo '{file} lists no `{identity}`' >&2; exit 1; }}; }} && \
+         sed -i -e '/^{identity}$/d' -e 's/^{providers}$/&\\n{identity}/' {file}"
+    )
+}
+
 /// Where the `etcd-data-on-tmpfs` fault keeps each member's data: /run is a tmpfs,
 /// emptied when the machine stops.
 const TMPFS_ETCD_DATA: &str = "/run/etcd-data-by-fault";
@@ -434,6 +447,43 @@ pub static CATALOGUE: &[Fault] = &[
                     kube_apiserver::UNIT,
                 ),
             )
+        },
+        undo: nothing,
+        in_force: apiserver_serves,
+        healed: nothing,
+    },
+    Fault {
+        name: "apiserver-audit-log-off",
+        stage: Stage::KubeApiserver,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-apiserver on {nodes} runs with an empty `--audit-log-path`: it writes no audit log",
+        symptom: "requests served by one apiserver leave no record of who made them",
+        breaks: &["cis::cis_1_2_21_to_24_apiservers_write_an_audit_log"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    &paths::unit(kube_apiserver::UNIT),
+                    &format!("--audit-log-path={}", paths::AUDIT_LOG),
+                    "--audit-log-path=",
+                    kube_apiserver::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: apiserver_serves,
+        healed: nothing,
+    },
+    Fault {
+        name: "secrets-stored-in-clear",
+        stage: Stage::KubeApiserver,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-apiserver on {nodes} lists the identity provider first: it writes Secrets to etcd unencrypted",
+        symptom: "Secrets written through one apiserver can be read by anyone with a copy of etcd's data; \
+                  it still reads the encrypted ones, so nothing else shows it",
+        breaks: &["cis::cis_1_2_32_and_33_apiservers_encrypt_secrets_in_etcd"],
+        inject: |_, nodes| {
+            on_each(nodes, &format!("{} && systemctl restart {}", identity_provider_first(), kube_apiserver::UNIT))
         },
         undo: nothing,
         in_force: apiserver_serves,

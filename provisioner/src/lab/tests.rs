@@ -617,6 +617,14 @@ fn a_failed_stage_leaves_timings_that_name_it_and_a_bundle_without_secrets() {
     }
     let key = rendered.iter().find(|(path, _)| path.ends_with("etc/etcd/pki/server-key.pem")).expect("a key file");
     assert_eq!(key.1, crate::render::SECRET_LEFT_OUT);
+    let encryption_key =
+        std::fs::read_to_string(crate::pki::Store::new(fixture.lab.state().root()).secrets_encryption_key_path())
+            .expect("the Secrets' encryption key is kept with the PKI");
+    for (path, text) in &rendered {
+        assert!(!text.contains(encryption_key.trim()), "{} holds the Secrets' encryption key", path.display());
+    }
+    let config = rendered.iter().find(|(path, _)| path.ends_with("etc/kubernetes/encryption-config.yaml"));
+    assert_eq!(config.expect("the encryption config").1, crate::render::SECRET_LEFT_OUT);
 }
 
 #[test]

@@ -482,7 +482,7 @@ impl Lab {
         let dir = self.state.logs_dir().join(format!("bundle-{stamp}"));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("error.txt"), error.to_string())?;
-        crate::render::render_without_secrets(plan, &dir.join("rendered")).map_err(std::io::Error::other)?;
+        crate::render::render(plan, &dir.join("rendered")).map_err(std::io::Error::other)?;
         for host in hosts {
             let node_dir = dir.join(host.name());
             std::fs::create_dir_all(&node_dir)?;

@@ -14,6 +14,15 @@
 //! virtual IP in front of them. The `kubernetes` Service's endpoints list every live
 //! apiserver thanks to the lease endpoint reconciler.
 //!
+//! Two more files make the apiserver one a security review accepts (CIS Kubernetes
+//! Benchmark 1.2.21-1.2.24 and 1.2.32-1.2.33). An audit log records who did what
+//! through the API and when, which is how an administrator finds out what happened to
+//! a cluster; the policy leaves out the heartbeats every component sends every few
+//! seconds and logs every other request's metadata, never a body, so no Secret ends up
+//! in the log. And Secrets are encrypted before they reach etcd, with a key the lab
+//! makes and keeps with its PKI: a copy of etcd's data directory or a backup of it
+//! does not give away every password and token in the cluster.
+//!
 //! The apiserver also calls kubelets (logs, exec, port-forward) with its
 //! apiserver-kubelet-client certificate. The PKI issues it with O=system:masters, as
 //! kubeadm does, so RBAC already allows those calls and no extra ClusterRoleBinding is
@@ -22,7 +31,7 @@
 use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
-use crate::plan::{CheckSpec, Context, StagePlan};
+use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
 use crate::stages::{install_unit, kubernetes_unit};
 use crate::topology::Role;
 
@@ -36,6 +45,100 @@ const READY_TIMEOUT_SECS: u64 = 120;
 /// to its own Node and the pods bound to it.
 const ADMISSION_PLUGINS: &str =
     "NamespaceLifecycle,NodeRestriction,LimitRanger,ServiceAccount,DefaultStorageClass,ResourceQuota";
+
+/// CIS 1.2.22-1.2.24: the audit log is rotated at 100 MB, and rotated files are kept
+/// for 30 days, at most 10 of them.
+const AUDIT_LOG_MAX_SIZE_MB: u32 = 100;
+const AUDIT_LOG_MAX_AGE_DAYS: u32 = 30;
+const AUDIT_LOG_MAX_BACKUPS: u32 = 10;
+
+/// The name of the Secrets' encryption key in the EncryptionConfiguration, which the
+/// apiserver writes in front of every value it encrypts (`k8s:enc:aescbc:v1:key1:`).
+pub const ENCRYPTION_KEY_NAME: &str = "key1";
+/// The line of the EncryptionConfiguration that lists its providers; the first one
+/// encrypts what is written, and every one listed can decrypt what is read.
+pub const ENCRYPTION_PROVIDERS_LINE: &str = "    providers:";
+
+/// Secrets are encrypted with AES-CBC (the `aescbc` provider CIS 1.2.33 names) before
+/// they are written to etcd. `identity` comes second so that Secrets written before
+/// encryption was turned on (by an older lab) can still be read; they are encrypted
+/// when next written.
+fn encryption_config(key: &str) -> String {
+    format!(
+        "# Written by the k8s lab; `lab up` overwrites local changes.
+# CIS 1.2.32-1.2.33: Secrets are encrypted before they are written to etcd.
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources:
+      - secrets
+{ENCRYPTION_PROVIDERS_LINE}
+      - aescbc:
+          keys:
+            - name: {ENCRYPTION_KEY_NAME}
+              secret: {key}
+      - identity: {{}}
+"
+    )
+}
+
+/// What the apiservers write to their audit logs (CIS 1.2.21 wants a log; kube-bench
+/// reads only that a policy is given). Metadata level logs who made a request, what it
+/// was, when, from where and the answer's status, never a request or response body:
+/// Secrets never reach the log.
+fn audit_policy() -> String {
+    r#"# Written by the k8s lab; `lab up` overwrites local changes.
+apiVersion: audit.k8s.io/v1
+kind: Policy
+# One event per request, when the answer starts or the request fails; not also when
+# it was received.
+omitStages:
+  - RequestReceived
+rules:
+  # The heartbeats: leader election (leases, and the endpoints locks of Kubernetes
+  # 1.20's controller manager and scheduler), node leases and node status, renewed
+  # every few seconds by every component. They would fill the log with nothing anyone
+  # asks about.
+  - level: None
+    verbs: ["get", "update", "patch"]
+    resources:
+      - group: coordination.k8s.io
+        resources: ["leases"]
+  - level: None
+    users: ["system:kube-controller-manager", "system:kube-scheduler"]
+    verbs: ["get", "update"]
+    namespaces: ["kube-system"]
+    resources:
+      - group: ""
+        resources: ["endpoints"]
+  - level: None
+    userGroups: ["system:nodes"]
+    verbs: ["get", "patch", "update"]
+    resources:
+      - group: ""
+        resources: ["nodes", "nodes/status"]
+  # The control plane's own reading: the apiservers' reconcilers, and the watches the
+  # controller manager, the scheduler and kube-proxy open again and again.
+  - level: None
+    users: ["system:apiserver"]
+    verbs: ["get", "list", "watch"]
+  - level: None
+    users: ["system:kube-controller-manager", "system:kube-scheduler", "system:kube-proxy"]
+    verbs: ["watch"]
+  # Health checks and events.
+  - level: None
+    nonResourceURLs: ["/healthz*", "/livez*", "/readyz*", "/version"]
+  - level: None
+    resources:
+      - group: ""
+        resources: ["events"]
+      - group: events.k8s.io
+        resources: ["events"]
+  # Everything else: who, what, when and the answer.
+  - level: Metadata
+"#
+    .to_string()
+}
 
 pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
@@ -93,6 +196,14 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             // and memory to anyone allowed to ask, and taking one costs the server CPU;
             // nobody needs them on a lab's apiserver.
             "--profiling=false".to_string(),
+            // CIS 1.2.21-1.2.24: an audit log, rotated by size and kept for a while.
+            format!("--audit-policy-file={}", paths::AUDIT_POLICY),
+            format!("--audit-log-path={}", paths::AUDIT_LOG),
+            format!("--audit-log-maxage={AUDIT_LOG_MAX_AGE_DAYS}"),
+            format!("--audit-log-maxbackup={AUDIT_LOG_MAX_BACKUPS}"),
+            format!("--audit-log-maxsize={AUDIT_LOG_MAX_SIZE_MB}"),
+            // CIS 1.2.32-1.2.33: Secrets encrypted in etcd.
+            format!("--encryption-provider-config={}", paths::ENCRYPTION_CONFIG),
             // Kubernetes 1.20's watch cache has a race (kubernetes#116122, fixed in 1.27):
             // after etcd ends its watches with "no leader", a client watch that comes back
             // while the cache is re-listing is accepted and then sent nothing until it
@@ -105,11 +216,23 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         let unit = kubernetes_unit("kube-apiserver", &format!("Kubernetes API server on {}", master.name), &flags);
 
         let actions = stage.node(&master.name);
+        actions
+            .files
+            .push(FileSpec::secret(paths::ENCRYPTION_CONFIG, encryption_config(&context.pki.secrets_encryption_key)));
+        actions.files.push(FileSpec::text(paths::AUDIT_POLICY, 0o600, audit_policy()));
+        // The log holds who did what in the cluster: root's only.
+        actions.commands.push(CommandSpec {
+            description: "make the audit log's directory".to_string(),
+            script: format!("install -d -m 0700 {}", audit_log_dir()),
+            when: RunWhen::Always,
+        });
         install_unit(
             actions,
             UNIT,
             unit,
             &[
+                paths::ENCRYPTION_CONFIG,
+                paths::AUDIT_POLICY,
                 &ca,
                 &serving_cert,
                 &serving_key,
@@ -137,10 +260,17 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     }
 }
 
+/// The directory of the audit log.
+fn audit_log_dir() -> &'static str {
+    paths::AUDIT_LOG.rsplit_once('/').map_or("/", |(dir, _)| dir)
+}
+
 #[cfg(test)]
 mod tests {
-    use crate::plan::Stage;
-    use crate::stages::test_support::{file, flag, planned_nodes, stage_for, topology};
+    use super::ENCRYPTION_PROVIDERS_LINE;
+    use crate::paths;
+    use crate::plan::{Content, Stage};
+    use crate::stages::test_support::{actions_on, file, flag, planned_nodes, stage_for, topology};
 
     const UNIT_PATH: &str = "/etc/systemd/system/kube-apiserver.service";
 
@@ -161,6 +291,33 @@ mod tests {
         assert_eq!(flag(unit, "client-ca-file"), "/etc/kubernetes/pki/ca.pem");
         assert_eq!(flag(unit, "kubelet-certificate-authority"), "/etc/kubernetes/pki/ca.pem");
         assert!(flag(unit, "enable-admission-plugins").split(',').any(|plugin| plugin == "NodeRestriction"));
+    }
+
+    #[test]
+    fn keeps_an_audit_log_and_encrypts_secrets_with_the_lab_key() {
+        let stage = stage_for("lab.toml", Stage::KubeApiserver);
+        let unit = file(&stage, "master1", UNIT_PATH);
+        assert_eq!(flag(unit, "audit-policy-file"), paths::AUDIT_POLICY);
+        assert_eq!(flag(unit, "audit-log-path"), paths::AUDIT_LOG);
+        assert_eq!(
+            [flag(unit, "audit-log-maxage"), flag(unit, "audit-log-maxbackup"), flag(unit, "audit-log-maxsize")],
+            ["30", "10", "100"]
+        );
+        assert_eq!(flag(unit, "encryption-provider-config"), paths::ENCRYPTION_CONFIG);
+
+        let actions = actions_on(&stage, "master1");
+        let config = actions.files.iter().find(|file| file.path == paths::ENCRYPTION_CONFIG).unwrap();
+        assert!(matches!(config.content, Content::Secret(_)), "the key is never shown");
+        assert_eq!((config.mode, config.owner.as_str()), (0o600, "root"));
+        let text = file(&stage, "master1", paths::ENCRYPTION_CONFIG);
+        let aescbc = text.find("- aescbc:").expect("aescbc");
+        assert!(aescbc < text.find("- identity: {}").expect("identity"), "aescbc writes, identity only reads");
+        assert!(text.contains(&format!("{ENCRYPTION_PROVIDERS_LINE}\n      - aescbc:")), "the fault edits this");
+        assert!(text.contains("secret: c2VjcmV0cy1lbmNyeXB0aW9uLWtleS1wbGFjZWhvbGRlcg=="));
+        let restarts = &actions.units[0].restart_when_changed;
+        assert!(restarts.iter().any(|path| path == paths::ENCRYPTION_CONFIG));
+        assert!(restarts.iter().any(|path| path == paths::AUDIT_POLICY));
+        assert!(actions.commands.iter().any(|command| command.script == "install -d -m 0700 /var/log/kubernetes"));
     }
 
     #[test]

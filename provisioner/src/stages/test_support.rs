@@ -24,7 +24,12 @@ fn placeholder(name: &str) -> Issued {
 fn bundle(topology: &Topology) -> Bundle {
     let certificates: BTreeMap<String, Issued> =
         crate::pki::specs(topology).into_iter().map(|spec| (spec.name.clone(), placeholder(&spec.name))).collect();
-    Bundle { ca: placeholder("ca"), certificates, service_account: placeholder("service-account") }
+    Bundle {
+        ca: placeholder("ca"),
+        certificates,
+        service_account: placeholder("service-account"),
+        secrets_encryption_key: "c2VjcmV0cy1lbmNyeXB0aW9uLWtleS1wbGFjZWhvbGRlcg==".to_string(),
+    }
 }
 
 /// One stage's plan for a repository topology.
