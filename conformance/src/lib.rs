@@ -12,7 +12,9 @@
 //! - a resolver that asks only the cluster DNS, over UDP or TCP ([`Lab::resolver`]);
 //! - TCP probes that tell an open port from a refused and a filtered one ([`Lab::probe`]);
 //! - a shell on every node over SSH with the lab's key ([`Lab::sh`]), and what listens on
-//!   each node's TCP ports ([`Lab::listeners`]).
+//!   each node's TCP ports ([`Lab::listeners`]);
+//! - the TLS versions and ciphers a server accepts, asked on its own node
+//!   ([`Lab::tls_policy_problems`]).
 //!
 //! When no lab is running, every test fails with one line saying how to start one.
 //!
@@ -32,6 +34,7 @@ mod https;
 mod kubernetes;
 mod net;
 mod resolver;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -57,6 +60,7 @@ pub use kubernetes::{
 };
 pub use net::{Listener, PortState, Targets, UnsafeTarget};
 pub use resolver::{ClusterResolver, Lookup, RecordType, Transport};
+pub use tls::TlsPolicy;
 
 /// How long an SSH connection to a running node may take to come up.
 const SSH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

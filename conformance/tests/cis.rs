@@ -5,10 +5,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::prelude::{Engine, BASE64_STANDARD};
-use conformance::{flag, lab, Identity, TestNamespace};
+use conformance::{flag, lab, Identity, TestNamespace, TlsPolicy};
 use provisioner::paths;
 use provisioner::pki::names;
-use provisioner::stages::{etcd, kube_apiserver, kube_controller_manager, kube_scheduler};
+use provisioner::stages::{etcd, kube_apiserver, kube_controller_manager, kube_scheduler, kubelet};
 use provisioner::topology::Role;
 use serde_json::{json, Value};
 
@@ -218,6 +218,44 @@ fn cis_1_2_32_and_33_apiservers_encrypt_secrets_in_etcd() {
         }
     }
     lab.block_on(namespace.delete());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// CIS 1.2.34: every apiserver speaks TLS 1.2 or newer with strong ciphers only
+/// (`--tls-min-version`, `--tls-cipher-suites`). On each master, a TLS 1.1 handshake and
+/// a TLS 1.2 one with a CBC cipher are refused, and a TLS 1.2 one with AES-GCM accepted.
+///
+/// Turn it red: `cargo lab break apiserver-old-tls-and-weak-ciphers` (one apiserver with
+/// `--tls-min-version=VersionTLS10` and no `--tls-cipher-suites`: it accepts both).
+#[test]
+fn cis_1_2_34_apiservers_refuse_old_tls_and_weak_ciphers() {
+    let lab = lab();
+    let port = lab.topology.network.apiserver_port;
+    let problems: Vec<String> = lab
+        .nodes_with(Role::Master)
+        .iter()
+        .flat_map(|master| {
+            lab.tls_policy_problems(&master.name, master.address, port, None, TlsPolicy::Tls12AndStrongCiphers)
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// CIS 4.2.13: every kubelet's API speaks TLS 1.2 or newer with strong ciphers only
+/// (`tlsMinVersion`, `tlsCipherSuites`), asked as for the apiservers.
+///
+/// Turn it red: `cargo lab break kubelet-old-tls-and-weak-ciphers`.
+#[test]
+fn cis_4_2_13_kubelets_refuse_old_tls_and_weak_ciphers() {
+    let lab = lab();
+    let problems: Vec<String> = lab
+        .nodes_with(Role::Worker)
+        .iter()
+        .flat_map(|worker| {
+            let port = kubelet::API_PORT;
+            lab.tls_policy_problems(&worker.name, worker.address, port, None, TlsPolicy::Tls12AndStrongCiphers)
+        })
+        .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

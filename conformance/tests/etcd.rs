@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use conformance::{lab, HttpsError, Identity};
+use conformance::{lab, HttpsError, Identity, TlsPolicy};
 use futures::future::join_all;
+use provisioner::paths::{self, pki_files};
 use provisioner::pki::names;
-use provisioner::stages::etcd::CLIENT_PORT;
+use provisioner::stages::etcd::{CLIENT_PORT, PEER_PORT};
 use provisioner::topology::Role;
 use serde_json::Value;
 
@@ -249,4 +250,34 @@ fn etcd_elected_no_leader_outside_the_failover_drills() {
         "etcd elected a leader with no drill running; its members' journals say why (`cargo lab logs NODE --unit etcd.service`):\n{}",
         unexplained.join("\n")
     );
+}
+
+/// Both of each member's ports speak strong ciphers only (`--cipher-suites`, what CIS
+/// 1.2.34 asks of the apiserver): TLS 1.2 with a CBC cipher is refused, TLS 1.2 with
+/// AES-GCM accepted. etcd 3.4 requires TLS 1.2 whatever it is told (it has no setting
+/// for it), so there is no TLS 1.1 check that could fail. Asked on each member with its
+/// own certificates, since both ports require one.
+///
+/// Turn it red: `cargo lab break etcd-weak-ciphers` (one member without
+/// `--cipher-suites`, on Go's defaults).
+#[test]
+fn every_member_refuses_weak_ciphers() {
+    let lab = lab();
+    let certificate = |file: &str| paths::etcd_pki(file);
+    let client = (certificate(pki_files::ETCD_SERVER_CERT), certificate(pki_files::ETCD_SERVER_KEY));
+    let peer = (certificate(pki_files::ETCD_PEER_CERT), certificate(pki_files::ETCD_PEER_KEY));
+    let mut problems = Vec::new();
+    for member in lab.nodes_with(Role::Etcd) {
+        for (port, (cert, key)) in [(CLIENT_PORT, &client), (PEER_PORT, &peer)] {
+            let client = Some((cert.as_str(), key.as_str()));
+            problems.extend(lab.tls_policy_problems(
+                &member.name,
+                member.address,
+                port,
+                client,
+                TlsPolicy::StrongCiphers,
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

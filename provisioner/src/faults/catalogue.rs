@@ -70,6 +70,16 @@ fn edit(file: &str, from: &str, to: &str) -> String {
     )
 }
 
+/// Deletes the line of `file` that holds `setting` (each flag of a unit is a line of its
+/// own, never the last, so the unit's command line stays whole); fails when there is
+/// none.
+fn delete_line(file: &str, setting: &str) -> String {
+    format!(
+        "{{ grep -qF -- '{setting}' {file} || {{ echo '{file} has no `{setting}`' >&2; exit 1; }}; }} && \
+         sed -i '/{setting}/d' {file}"
+    )
+}
+
 /// Moves the `identity` provider in front of `aescbc` in the EncryptionConfiguration:
 /// the first provider encrypts what is written, and both still decrypt. Fails when the
 /// file does not end its providers with `identity`, as the plan writes it.
@@ -199,6 +209,28 @@ pub static CATALOGUE: &[Fault] = &[
                     "{} && {}",
                     edit(&unit, "  --client-cert-auth=true", "  --client-cert-auth=false"),
                     edit_and_restart(&unit, &trusted_ca, "  --trusted-ca-file= \\", etcd::UNIT)
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(etcd::CLIENT_PORT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-weak-ciphers",
+        stage: Stage::Etcd,
+        scope: Scope::One { role: Role::Etcd, default: DefaultNode::Last, needs: 1 },
+        summary: "the etcd member on {nodes} runs without --cipher-suites",
+        symptom: "one etcd member accepts CBC ciphers with SHA-1 from clients and peers",
+        breaks: &["etcd::every_member_refuses_weak_ciphers"],
+        inject: |_, nodes| {
+            let unit = paths::unit(etcd::UNIT);
+            on_each(
+                nodes,
+                &format!(
+                    "{} && systemctl daemon-reload && systemctl restart {}",
+                    delete_line(&unit, "--cipher-suites="),
+                    etcd::UNIT
                 ),
             )
         },
@@ -484,6 +516,29 @@ pub static CATALOGUE: &[Fault] = &[
         breaks: &["cis::cis_1_2_32_and_33_apiservers_encrypt_secrets_in_etcd"],
         inject: |_, nodes| {
             on_each(nodes, &format!("{} && systemctl restart {}", identity_provider_first(), kube_apiserver::UNIT))
+        },
+        undo: nothing,
+        in_force: apiserver_serves,
+        healed: nothing,
+    },
+    Fault {
+        name: "apiserver-old-tls-and-weak-ciphers",
+        stage: Stage::KubeApiserver,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-apiserver on {nodes} runs with --tls-min-version=VersionTLS10 and without --tls-cipher-suites",
+        symptom: "one apiserver accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1, which an attacker in the path can weaken",
+        breaks: &["cis::cis_1_2_34_apiservers_refuse_old_tls_and_weak_ciphers"],
+        inject: |_, nodes| {
+            let unit = paths::unit(kube_apiserver::UNIT);
+            on_each(
+                nodes,
+                &format!(
+                    "{} && {} && systemctl daemon-reload && systemctl restart {}",
+                    delete_line(&unit, "--tls-cipher-suites="),
+                    edit(&unit, "--tls-min-version=VersionTLS12", "--tls-min-version=VersionTLS10"),
+                    kube_apiserver::UNIT
+                ),
+            )
         },
         undo: nothing,
         in_force: apiserver_serves,
@@ -810,6 +865,32 @@ pub static CATALOGUE: &[Fault] = &[
         healed: nothing,
     },
     Fault {
+        name: "kubelet-old-tls-and-weak-ciphers",
+        stage: Stage::Kubelet,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "the kubelet on {nodes} runs with tlsMinVersion VersionTLS10 and without tlsCipherSuites",
+        symptom: "one kubelet's API accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1",
+        breaks: &["cis::cis_4_2_13_kubelets_refuse_old_tls_and_weak_ciphers"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "{} && {}",
+                    delete_line(kubelet::CONFIG, "tlsCipherSuites:"),
+                    edit_and_restart(
+                        kubelet::CONFIG,
+                        "tlsMinVersion: VersionTLS12",
+                        "tlsMinVersion: VersionTLS10",
+                        kubelet::UNIT
+                    )
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: kubelet_serves,
+        healed: nothing,
+    },
+    Fault {
         name: "kubelet-anonymous-auth",
         stage: Stage::Kubelet,
         scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
@@ -978,11 +1059,13 @@ pub static CATALOGUE: &[Fault] = &[
             on_each(nodes, &format!("{} --namespace kube-system scale deployment {} --replicas=0", kubectl(), dns_addon::NAME))
         },
         undo: |_, nodes| on_each(nodes, &format!("{} apply -f {}", kubectl(), dns_addon::manifest_path())),
+        // In force once the Service has no endpoints: the pods may still be in their
+        // lame-duck seconds, but nothing sends them queries any more.
         in_force: |_, nodes| {
             on_each(
                 nodes,
                 &format!(
-                    "[ -z \"$({} --namespace kube-system get pods -l k8s-app={} -o name)\" ]",
+                    "[ -z \"$({} --namespace kube-system get endpoints {} -o jsonpath='{{.subsets}}')\" ]",
                     kubectl(),
                     dns_addon::NAME
                 ),

@@ -32,7 +32,7 @@ use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
 use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
-use crate::stages::{install_unit, kubernetes_unit};
+use crate::stages::{install_unit, kubernetes_unit, TLS_CIPHER_SUITES, TLS_MIN_VERSION};
 use crate::topology::Role;
 
 /// The unit this stage writes and starts on every master.
@@ -188,6 +188,10 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             format!("--service-node-port-range={}", network.node_port_range),
             format!("--tls-cert-file={serving_cert}"),
             format!("--tls-private-key-file={serving_key}"),
+            // CIS 1.2.34: TLS 1.2 or newer and strong ciphers only; Go's defaults would
+            // also take TLS 1.0 and CBC ciphers with SHA-1.
+            format!("--tls-min-version={TLS_MIN_VERSION}"),
+            format!("--tls-cipher-suites={}", TLS_CIPHER_SUITES.join(",")),
             // Each apiserver keeps a lease in etcd and the `kubernetes` endpoints list
             // exactly the apiservers whose lease is live (the default since 1.11; the
             // older `--apiserver-count` is only read by the master-count reconciler).
@@ -291,6 +295,9 @@ mod tests {
         assert_eq!(flag(unit, "client-ca-file"), "/etc/kubernetes/pki/ca.pem");
         assert_eq!(flag(unit, "kubelet-certificate-authority"), "/etc/kubernetes/pki/ca.pem");
         assert!(flag(unit, "enable-admission-plugins").split(',').any(|plugin| plugin == "NodeRestriction"));
+        assert_eq!(flag(unit, "tls-min-version"), "VersionTLS12");
+        let suites = flag(unit, "tls-cipher-suites");
+        assert!(suites.split(',').all(|suite| suite.starts_with("TLS_ECDHE_") && !suite.contains("CBC")), "{suites}");
     }
 
     #[test]

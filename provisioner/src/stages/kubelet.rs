@@ -46,7 +46,7 @@
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
-use crate::stages::{container_runtime, install_unit, pod_network};
+use crate::stages::{container_runtime, install_unit, pod_network, TLS_CIPHER_SUITES, TLS_MIN_VERSION};
 use crate::topology::{Node, PodNetwork, Role};
 
 /// The unit this stage writes and starts on every worker.
@@ -142,6 +142,9 @@ address: {address}
 port: {API_PORT}
 tlsCertFile: {cert}
 tlsPrivateKeyFile: {key}
+# CIS 4.2.13: TLS 1.2 or newer and strong ciphers only.
+tlsMinVersion: {tls_min_version}
+tlsCipherSuites: [{tls_cipher_suites}]
 # No unauthenticated read-only port.
 readOnlyPort: 0
 authentication:
@@ -190,6 +193,8 @@ runtimeRequestTimeout: 15m
         domain = network.cluster_domain,
         cluster_dns = network.cluster_dns,
         pod_cidr = context.pod_cidrs[&worker.name],
+        tls_min_version = TLS_MIN_VERSION,
+        tls_cipher_suites = TLS_CIPHER_SUITES.join(", "),
     )
 }
 
@@ -312,6 +317,8 @@ mod tests {
         assert!(config.contains("readOnlyPort: 0\n"));
         assert!(config.contains("tlsCertFile: /etc/kubernetes/pki/kubelet.pem\n"));
         assert!(config.contains("tlsPrivateKeyFile: /etc/kubernetes/pki/kubelet-key.pem\n"));
+        assert!(config.contains("tlsMinVersion: VersionTLS12\n"));
+        assert!(config.contains(&format!("tlsCipherSuites: [{}]\n", crate::stages::TLS_CIPHER_SUITES.join(", "))));
     }
 
     #[test]

@@ -191,6 +191,25 @@ impl LeaderElection {
     }
 }
 
+/// The TLS cipher suites the lab's servers accept (CIS 1.2.34 and 4.2.13): ECDHE key
+/// exchange for forward secrecy and AEAD ciphers only, as CIS lists them, in Go's names,
+/// which the apiservers, kubelets and etcd all take. Every lab certificate has an ECDSA
+/// key; the RSA suites are there for certificates a user brings. A TLS 1.0 or 1.1
+/// client finds no suite here it can use, and TLS 1.3's suites are not configurable in
+/// Go and all strong.
+pub const TLS_CIPHER_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+];
+
+/// The oldest TLS version the lab's Kubernetes servers speak, in their flags' terms
+/// (etcd 3.4 has no such flag: its cipher suites alone keep TLS 1.0 and 1.1 out).
+pub const TLS_MIN_VERSION: &str = "VersionTLS12";
+
 /// What differs between the lab's daemon units; everything else is shared.
 pub struct ServiceUnit<'a> {
     pub description: &'a str,
