@@ -124,6 +124,10 @@ pub struct Executor<'a> {
     /// machines at the host's speed, and a VM under software emulation is many
     /// times slower (`Machines::time_scale`).
     timeout_scale: u32,
+    /// The files each node had written in this run, by every stage so far. A unit
+    /// restarts when one of its inputs changed in an earlier stage too: the PKI stage
+    /// writes the certificates that etcd's and the apiservers' units read.
+    written: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
 impl<'a> Executor<'a> {
@@ -133,6 +137,7 @@ impl<'a> Executor<'a> {
             digests: DigestCache::default(),
             check_interval: CHECK_INTERVAL,
             timeout_scale: 1,
+            written: Mutex::default(),
         }
     }
 
@@ -181,7 +186,8 @@ impl<'a> Executor<'a> {
                 .nodes
                 .iter()
                 .map(|actions| {
-                    let converged = survey.is_converged(stage.stage, &actions.node);
+                    let converged =
+                        survey.is_converged(stage.stage, &actions.node) && self.earlier_writes_for(actions).is_empty();
                     scope.spawn(move || {
                         if converged {
                             self.check_node(stage.stage, actions, progress)
@@ -269,8 +275,12 @@ impl<'a> Executor<'a> {
 
         // 4. Units. `--no-block` lets members that wait for each other (etcd's quorum)
         // start together; the readiness checks do the waiting.
+        let earlier = self.earlier_writes_for(actions);
         for unit in &actions.units {
-            let restart = unit.restart_when_changed.iter().any(|path| changed.contains(path.as_str()));
+            let restart = unit
+                .restart_when_changed
+                .iter()
+                .any(|path| changed.contains(path.as_str()) || earlier.contains(path.as_str()));
             let script = format!(
                 "systemctl enable --quiet {name} && {action}",
                 name = unit.name,
@@ -306,6 +316,8 @@ impl<'a> Executor<'a> {
 
         if !changed.is_empty() {
             self.run_command(host, stage, "clear the in-progress mark", &format!("rm -f {marker}"))?;
+            let mut written = self.written.lock().expect("written files lock");
+            written.entry(node.to_string()).or_default().extend(changed.iter().map(|path| path.to_string()));
         }
 
         // 5. Readiness.
@@ -318,6 +330,21 @@ impl<'a> Executor<'a> {
         let digest = self.stage_digest(actions).map_err(host_error)?;
         self.run_command(host, stage, "record what the stage applied", &record_script(stage, actions, &digest))?;
         Ok(report)
+    }
+
+    /// The inputs of `actions`' units that an earlier stage of this run wrote on its node.
+    fn earlier_writes_for(&self, actions: &NodeActions) -> BTreeSet<String> {
+        let written = self.written.lock().expect("written files lock");
+        let Some(on_node) = written.get(&actions.node) else {
+            return BTreeSet::new();
+        };
+        actions
+            .units
+            .iter()
+            .flat_map(|unit| &unit.restart_when_changed)
+            .filter(|path| on_node.contains(path.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// The connected host called `node`; `stage` is what the error names.

@@ -163,8 +163,13 @@ fn a_stage_for_an_unknown_node_is_an_error_naming_it() {
 
 /// The digest a first run records for `etcd_like_stage` on master1.
 fn recorded_digest() -> String {
+    recorded_digest_of(&etcd_like_stage())
+}
+
+/// The digest a first run records for `stage` on master1.
+fn recorded_digest_of(stage: &StagePlan) -> String {
     let host = RecordingHost::new("master1");
-    Executor::new([&host as &dyn Host]).run_stage(&etcd_like_stage(), &Silent).expect("stage runs");
+    Executor::new([&host as &dyn Host]).run_stage(stage, &Silent).expect("stage runs");
     host.calls()
         .iter()
         .find_map(|call| match call {
@@ -227,6 +232,44 @@ fn a_hand_edited_file_or_a_stopped_unit_makes_the_stage_run_again() {
             "the stage compares its files again"
         );
     }
+}
+
+/// A certificate the PKI stage writes is an input of etcd's unit, which the etcd stage
+/// owns: the etcd stage restarts etcd although its own files did not change, even on a
+/// node the survey found converged. etcd reads its trusted CAs only when it starts.
+#[test]
+fn a_unit_restarts_when_an_earlier_stage_wrote_one_of_its_inputs() {
+    const CA: &str = "/etc/etcd/pki/ca.pem";
+    let mut pki = StagePlan::new(Stage::Pki, "test chapter");
+    pki.node("master1").files.push(FileSpec::text(CA, 0o644, "CA\n"));
+    let mut etcd = etcd_like_stage();
+    etcd.nodes[0].units[0].restart_when_changed.push(CA.into());
+
+    let digest = recorded_digest_of(&etcd);
+    let host = RecordingHost::new("master1");
+    host.reply(SURVEY_QUERY, survey_answer(&digest, "40 11 1700000000 644 root", &[]));
+    let converged_files = format!(
+        "{} 644 root {UNIT}\n{} 600 root {CONFIG}\n",
+        sha("[Service]\nExecStart=/usr/bin/etcd\n"),
+        sha("ETCD_NAME=master1\n")
+    );
+    host.reply(FILE_STATE_QUERY, Output { status: 0, stdout: converged_files, stderr: String::new() });
+    host.reply("systemctl enable", Output { status: 0, stdout: "restarted\n".into(), stderr: String::new() });
+    let executor = Executor::new([&host as &dyn Host]);
+    let survey = executor.survey(std::slice::from_ref(&etcd)).expect("survey runs");
+    assert!(survey.is_converged(Stage::Etcd, "master1"), "etcd's own files are as recorded");
+
+    executor.run_stage(&pki, &Silent).expect("the PKI stage runs");
+    let report = executor.run_stage_surveyed(&etcd, &survey, &Silent).expect("the etcd stage runs");
+
+    assert!(
+        host.calls().iter().any(
+            |call| matches!(call, Call::Run(script) if script.contains("systemctl restart --no-block etcd.service"))
+        ),
+        "etcd restarts for the new CA: {:?}",
+        host.calls()
+    );
+    assert_eq!((report.changed_files(), report.changed_units()), (0, 1));
 }
 
 #[test]
