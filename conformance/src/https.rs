@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use provisioner::pki::Store;
+use provisioner::pki::{self, Store};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
@@ -63,6 +63,9 @@ pub enum HttpsError {
     Request { method: &'static str, url: String, message: String },
 }
 
+const JSON: &str = "application/json";
+const MERGE_PATCH: &str = "application/merge-patch+json";
+
 /// How many times `get_unless_timeout` asks before it reports the timeout.
 pub const REFUSAL_ATTEMPTS: usize = 3;
 
@@ -87,9 +90,14 @@ impl<'a> HttpsClient<'a> {
         timeout: Duration,
         targets: &'a Targets,
     ) -> Result<Self, HttpsError> {
+        // Servers are checked against both of the lab's CAs: the cluster's (apiservers,
+        // kubelets) and etcd's own (its members). What each server accepts from the
+        // client is what the tests look at.
         let mut roots = RootCertStore::empty();
-        for certificate in read_certificates(&pki.cert_path("ca"))? {
-            roots.add(certificate)?;
+        for stem in [pki::CA_STEM, pki::ETCD_CA_STEM] {
+            for certificate in read_certificates(&pki.cert_path(stem))? {
+                roots.add(certificate)?;
+            }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider)
@@ -119,7 +127,7 @@ impl<'a> HttpsClient<'a> {
     }
 
     pub async fn get(&self, url: impl AsRef<str>) -> Result<Reply, HttpsError> {
-        self.send("GET", url.as_ref(), Bytes::new()).await
+        self.send("GET", url.as_ref(), JSON, Bytes::new()).await
     }
 
     /// GETs `url` until the outcome is not a timeout, at most `REFUSAL_ATTEMPTS` times,
@@ -138,10 +146,21 @@ impl<'a> HttpsClient<'a> {
 
     /// POSTs a JSON body, as etcd's gRPC gateway expects.
     pub async fn post_json(&self, url: impl AsRef<str>, body: &str) -> Result<Reply, HttpsError> {
-        self.send("POST", url.as_ref(), Bytes::copy_from_slice(body.as_bytes())).await
+        self.send("POST", url.as_ref(), JSON, Bytes::copy_from_slice(body.as_bytes())).await
     }
 
-    async fn send(&self, method: &'static str, url: &str, body: Bytes) -> Result<Reply, HttpsError> {
+    /// PATCHes an object of the Kubernetes API with a JSON merge patch.
+    pub async fn merge_patch(&self, url: impl AsRef<str>, patch: &str) -> Result<Reply, HttpsError> {
+        self.send("PATCH", url.as_ref(), MERGE_PATCH, Bytes::copy_from_slice(patch.as_bytes())).await
+    }
+
+    async fn send(
+        &self,
+        method: &'static str,
+        url: &str,
+        content_type: &'static str,
+        body: Bytes,
+    ) -> Result<Reply, HttpsError> {
         let uri: hyper::Uri = url.parse().map_err(|error: hyper::http::uri::InvalidUri| HttpsError::Url {
             url: url.to_string(),
             message: error.to_string(),
@@ -160,7 +179,7 @@ impl<'a> HttpsClient<'a> {
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(body))
             .map_err(|error| HttpsError::Request { method, url: url.to_string(), message: error.to_string() })?;
         let failed = |error: &(dyn std::error::Error + 'static)| classify(method, url, self.timeout, error);
@@ -286,7 +305,7 @@ mod tests {
     use std::net::{Ipv4Addr, TcpListener};
     use std::thread::JoinHandle;
 
-    use provisioner::pki::{CertificateSpec, Usage};
+    use provisioner::pki::{Authority, CertificateSpec, Usage};
     use rustls::server::WebPkiClientVerifier;
     use rustls::version::{TLS12, TLS13};
     use rustls::{AlertDescription, ServerConfig, ServerConnection, StreamOwned, SupportedProtocolVersion};
@@ -305,6 +324,7 @@ mod tests {
         let store = Store::new(state.path());
         let spec = |name: &str, usage: Usage| CertificateSpec {
             name: name.to_string(),
+            authority: Authority::Cluster,
             common_name: name.to_string(),
             organization: None,
             dns_names: Vec::new(),

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::prelude::{Engine, BASE64_STANDARD};
-use conformance::{flag, lab, Identity, TestNamespace, TlsPolicy};
+use conformance::{flag, lab, HttpsError, Identity, TestNamespace, TlsPolicy};
 use provisioner::paths;
 use provisioner::pki::names;
 use provisioner::stages::{etcd, kube_apiserver, kube_controller_manager, kube_scheduler, kubelet};
@@ -16,8 +16,133 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an apiserver may take to write a request's event to its audit log. The log
 /// backend writes each event as the request is answered; this is for a loaded host.
 const AUDIT_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a request through an apiserver's node proxy to a kubelet may take.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The label the NodeRestriction check puts on nodes and removes again.
+const PROBE_LABEL: &str = "conformance.k8s-lab.local/node-restriction-probe";
 /// Where Go's profiler answers when a component serves it.
 const PROFILING_PATH: &str = "/debug/pprof/";
+
+/// CIS 1.1.11: every etcd member's data directory is 0700, so only its owner can list
+/// or read the database (Debian's etcd package makes it so, and etcd keeps it so). The
+/// owner is the package's `etcd` user, but etcd runs as root, as in the handbook, so
+/// CIS 1.1.12 (etcd under its own user, owning its data) is not met.
+///
+/// Turn it red: `cargo lab break etcd-data-dir-readable-by-all` (one member's data
+/// directory at 0755).
+#[test]
+fn cis_1_1_11_etcd_data_directories_are_private() {
+    let lab = lab();
+    let problems: Vec<String> = lab
+        .nodes_with(Role::Etcd)
+        .iter()
+        .filter_map(|member| {
+            let mode = lab.sh(&member.name, &format!("stat -c '%a' {}", paths::ETCD_DATA_DIR));
+            (mode.trim() != "700").then(|| format!("{}: {} is {}", member.name, paths::ETCD_DATA_DIR, mode.trim()))
+        })
+        .collect();
+    assert!(problems.is_empty(), "etcd data directories not 0700:\n{}", problems.join("\n"));
+}
+
+/// CIS 1.2.5 and 4.2.10: every apiserver reaches every kubelet, through the node proxy
+/// that `kubectl logs` and `kubectl exec` also take, and each kubelet serves the
+/// certificate the lab CA issued for it (`tlsCertFile`), which the apiserver checks
+/// against that CA (`--kubelet-certificate-authority`). The refusal is the other half:
+/// a kubelet that serves any other certificate cannot be reached, which the fault below
+/// shows (an apiserver that did not check would reach it as before).
+///
+/// Turn it red: `cargo lab break kubelet-serving-cert-self-signed` (one kubelet serves a
+/// certificate for its name and address that it signed itself; the apiservers answer 500
+/// with `x509: certificate signed by unknown authority`).
+#[test]
+fn cis_1_2_5_and_4_2_10_apiservers_reach_kubelets_by_their_lab_certificates_only() {
+    let lab = lab();
+    let admin = lab.https(Identity::Certificate(names::ADMIN), PROXY_TIMEOUT);
+    let port = lab.topology.network.apiserver_port;
+    let mut problems = Vec::new();
+    for master in lab.nodes_with(Role::Master) {
+        for worker in lab.nodes_with(Role::Worker) {
+            let url = format!("https://{}:{port}/api/v1/nodes/{}/proxy/healthz", master.address, worker.name);
+            match lab.block_on(admin.get(&url)) {
+                Ok(reply) if reply.status == 200 && reply.body.trim() == "ok" => {}
+                Ok(reply) => problems.push(format!("GET {url}: HTTP {}: {}", reply.status, reply.body.trim())),
+                Err(error) => problems.push(error.to_string()),
+            }
+        }
+    }
+    assert!(problems.is_empty(), "an apiserver cannot reach a kubelet it should trust:\n{}", problems.join("\n"));
+}
+
+/// CIS 1.2.16: the NodeRestriction admission plugin limits each kubelet to its own Node
+/// object. On every apiserver, with the first worker's own credentials, a label on its
+/// own Node is accepted and one on the second worker's Node is refused (403, by the
+/// admission plugin, since the Node authorizer lets any kubelet write nodes): without
+/// it, a kubelet broken into could label other nodes to draw workloads with their
+/// secrets onto itself. The labels are removed again with the admin's credentials.
+///
+/// Turn it red: `cargo lab break apiserver-node-restriction-off` (one apiserver without
+/// the plugin lets the first worker label the second).
+#[test]
+fn cis_1_2_16_apiservers_let_a_kubelet_modify_only_its_own_node() {
+    let lab = lab();
+    if !lab.applies("a kubelet modifying another node", Role::Worker, 2) {
+        return;
+    }
+    let workers = lab.nodes_with(Role::Worker);
+    let (own, other) = (workers[0], workers[1]);
+    let kubelet = lab.https(Identity::Certificate(&names::kubelet(&own.name)), TIMEOUT);
+    let admin = lab.https(Identity::Certificate(names::ADMIN), TIMEOUT);
+    let port = lab.topology.network.apiserver_port;
+    let mut problems = Vec::new();
+    for master in lab.nodes_with(Role::Master) {
+        let node_url = |node: &str| format!("https://{}:{port}/api/v1/nodes/{node}", master.address);
+        let patch = |client: &conformance::HttpsClient, node: &str, value: Value| {
+            let body = json!({ "metadata": { "labels": { PROBE_LABEL: value } } }).to_string();
+            lab.block_on(client.merge_patch(node_url(node), &body))
+        };
+        match patch(&kubelet, &own.name, json!(master.name)) {
+            Ok(reply) if reply.status == 200 => {}
+            Ok(reply) => problems.push(format!(
+                "{}: {} may not label its own node: HTTP {}: {}",
+                master.name,
+                own.name,
+                reply.status,
+                status_message(&reply.body)
+            )),
+            Err(error) => problems.push(format!("{}: {error}", master.name)),
+        }
+        match patch(&kubelet, &other.name, json!(master.name)) {
+            Ok(reply) if reply.status == 403 && reply.body.contains("not allowed to modify node") => {}
+            Ok(reply) => problems.push(format!(
+                "{}: {} labelling {}: HTTP {} instead of 403 from NodeRestriction: {}",
+                master.name,
+                own.name,
+                other.name,
+                reply.status,
+                status_message(&reply.body)
+            )),
+            Err(error) => problems.push(format!("{}: {error}", master.name)),
+        }
+        for node in [own, other] {
+            if let Err(error) = patch(&admin, &node.name, Value::Null) {
+                problems.push(format!(
+                    "{}: the admin cannot remove the probe label from {}: {error}",
+                    master.name, node.name
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// What an API reply says in a line: a Status's message, or that an object came back.
+fn status_message(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
+        Ok(reply) if reply["kind"] == "Status" => reply["message"].as_str().unwrap_or_default().to_string(),
+        Ok(reply) => format!("the {} came back changed", reply["kind"].as_str().unwrap_or("object")),
+        Err(_) => body.chars().take(200).collect(),
+    }
+}
 
 /// CIS 1.2.20: no apiserver serves profiles (`--profiling=false`). Asked with the admin's
 /// certificate, which may read every path, so that only a server without the profiler
@@ -238,6 +363,105 @@ fn cis_1_2_34_apiservers_refuse_old_tls_and_weak_ciphers() {
             lab.tls_policy_problems(&master.name, master.address, port, None, TlsPolicy::Tls12AndStrongCiphers)
         })
         .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// CIS 2.7: etcd trusts its own CA only. On every member, the client port refuses the
+/// admin's certificate, which the cluster CA signed and which the apiservers let do
+/// anything (a TLS alert, not an HTTP answer), and accepts the apiservers' client
+/// certificate from etcd's CA; the peer port refuses a kubelet's certificate.
+///
+/// Turn it red: `cargo lab break etcd-trusts-the-cluster-ca` (one member trusts the
+/// cluster CA besides its own and answers the admin's certificate).
+#[test]
+fn cis_2_7_etcd_trusts_only_its_own_ca() {
+    let lab = lab();
+    let admin = lab.https(Identity::Certificate(names::ADMIN), TIMEOUT);
+    let apiserver = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), TIMEOUT);
+    let worker = lab.nodes_with(Role::Worker).first().map(|worker| names::kubelet(&worker.name));
+    let kubelet = worker.as_deref().map(|stem| lab.https(Identity::Certificate(stem), TIMEOUT));
+    let mut problems = Vec::new();
+    for member in lab.nodes_with(Role::Etcd) {
+        let client_url = format!("https://{}:{}/version", member.address, etcd::CLIENT_PORT);
+        match lab.block_on(admin.get_unless_timeout(&client_url)) {
+            Err(HttpsError::TlsRejected { .. }) => {}
+            Ok(reply) => problems.push(format!(
+                "{}: the client port answers the admin's certificate from the cluster CA: HTTP {}",
+                member.name, reply.status
+            )),
+            Err(error) => problems.push(format!("{}: no TLS refusal of the admin's certificate: {error}", member.name)),
+        }
+        match lab.block_on(apiserver.get(&client_url)) {
+            Ok(reply) if reply.status == 200 => {}
+            Ok(reply) => {
+                problems.push(format!("{}: the apiservers' certificate gets HTTP {}", member.name, reply.status))
+            }
+            Err(error) => problems.push(format!("{}: the apiservers' certificate: {error}", member.name)),
+        }
+        if let Some(kubelet) = &kubelet {
+            let peer_url = format!("https://{}:{}/version", member.address, etcd::PEER_PORT);
+            match lab.block_on(kubelet.get_unless_timeout(&peer_url)) {
+                Err(HttpsError::TlsRejected { .. }) => {}
+                Ok(reply) => problems.push(format!(
+                    "{}: the peer port answers a kubelet's certificate: HTTP {}",
+                    member.name, reply.status
+                )),
+                Err(error) => {
+                    problems.push(format!("{}: no TLS refusal of a kubelet's certificate: {error}", member.name))
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// CIS 4.2.6: every kubelet runs with `protectKernelDefaults: true`, as its own
+/// configuration endpoint reports it (`/configz`, through the apiserver's node proxy):
+/// it checks the kernel settings it needs and refuses to start when one differs, rather
+/// than changing the kernel. The node set them (`kubelet::KERNEL_SETTINGS_FILE`), so
+/// each must hold on the node, or the kubelet would not be running.
+///
+/// Turn it red: `cargo lab break kubelet-changes-kernel-settings` (one kubelet with
+/// `protectKernelDefaults: false`).
+#[test]
+fn cis_4_2_6_kubelets_protect_kernel_defaults() {
+    let lab = lab();
+    let admin = lab.https(Identity::Certificate(names::ADMIN), PROXY_TIMEOUT);
+    let master = lab.nodes_with(Role::Master)[0];
+    let port = lab.topology.network.apiserver_port;
+    let mut problems = Vec::new();
+    for worker in lab.nodes_with(Role::Worker) {
+        let url = format!("https://{}:{port}/api/v1/nodes/{}/proxy/configz", master.address, worker.name);
+        let configz = match lab.block_on(admin.get(&url)) {
+            Ok(reply) if reply.status == 200 => reply.body,
+            Ok(reply) => {
+                problems.push(format!("GET {url}: HTTP {}: {}", reply.status, reply.body.trim()));
+                continue;
+            }
+            Err(error) => {
+                problems.push(error.to_string());
+                continue;
+            }
+        };
+        let protect: Option<bool> = serde_json::from_str::<Value>(&configz)
+            .ok()
+            .and_then(|configz| configz["kubeletconfig"]["protectKernelDefaults"].as_bool());
+        if protect != Some(true) {
+            problems.push(format!("{}: the kubelet runs with protectKernelDefaults {protect:?}", worker.name));
+        }
+        let differing = lab.sh(
+            &worker.name,
+            &format!(
+                "grep -E '^[a-z]' {file} | while read -r key _ value; do \
+                   actual=$(sysctl -n \"$key\"); [ \"$actual\" = \"$value\" ] || echo \"$key is $actual, not $value\"; \
+                 done",
+                file = kubelet::KERNEL_SETTINGS_FILE
+            ),
+        );
+        if !differing.trim().is_empty() {
+            problems.push(format!("{}: {}", worker.name, differing.trim().replace('\n', "; ")));
+        }
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

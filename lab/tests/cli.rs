@@ -273,13 +273,20 @@ fn plan_json_is_one_json_document_without_key_material() {
     // Not one line of any key the plan was made with, in any encoding the plan uses.
     let mut keys = 0;
     for entry in std::fs::read_dir(setup.state_dir().join("pki")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
         if !text.contains("PRIVATE KEY") {
             continue;
         }
         keys += 1;
-        for line in text.lines().filter(|line| !line.starts_with("-----")) {
-            assert!(!stdout.contains(line), "a key's line is in the plan");
+        // An EC key's last PEM line is mostly its public key, which its certificate
+        // carries too and, one time in three, at the same base64 alignment: a line that
+        // is in the certificate is public.
+        let certificate = std::fs::read_to_string(path.to_string_lossy().replace("-key.pem", ".pem"))
+            .map(|pem| pem.lines().filter(|line| !line.starts_with("-----")).collect::<String>())
+            .unwrap_or_default();
+        for line in text.lines().filter(|line| !line.starts_with("-----") && !certificate.contains(line)) {
+            assert!(!stdout.contains(line), "a line of {} is in the plan", path.display());
         }
         let encoded = provisioner::pki::kubeconfig(
             "c",

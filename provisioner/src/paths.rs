@@ -47,8 +47,12 @@ pub fn unit(name: &str) -> String {
 /// The PKI stage writes these files and the component stages point their flags at them,
 /// so both sides take the names from here, e.g. `etcd_pki(pki_files::ETCD_SERVER_CERT)`.
 pub mod pki_files {
-    /// The cluster CA certificate (in both directories).
+    /// In `KUBERNETES_PKI_DIR`, the cluster CA's certificate; in `ETCD_PKI_DIR`, etcd's
+    /// own CA's, the only one etcd trusts (as kubeadm's `etcd/ca.crt`).
     pub const CA_CERT: &str = "ca.pem";
+    /// In `KUBERNETES_PKI_DIR` on masters: etcd's CA, which the apiserver checks the
+    /// members' certificates against.
+    pub const ETCD_CA_CERT: &str = "etcd-ca.pem";
     /// The cluster CA private key: masters only, for the controller-manager's CSR signer.
     pub const CA_KEY: &str = "ca-key.pem";
 

@@ -1,10 +1,17 @@
 //! The lab's PKI (handbook chapter 3, done with rcgen instead of CFSSL).
 //!
-//! `specs` is pure: it lists every certificate the topology needs, with subject, SANs
-//! and usages. `Store::load_or_issue` is the only part that does I/O: it keeps the CA,
-//! the certificates and the service-account key pair in the lab state directory
-//! (private keys mode 0600), makes what is missing and reuses what is there, so the
-//! lab keeps one identity across `up`, `down` and re-runs.
+//! `specs` is pure: it lists every certificate the topology needs, with subject, SANs,
+//! usages and the CA that signs it. `Store::load_or_issue` is the only part that does
+//! I/O: it keeps the CAs, the certificates and the service-account key pair in the lab
+//! state directory (private keys mode 0600), makes what is missing and reuses what is
+//! there, so the lab keeps one identity across `up`, `down` and re-runs.
+//!
+//! There are two CAs (CIS 2.7). The cluster CA signs the apiservers', the kubelets' and
+//! every Kubernetes client's certificates; etcd's own CA signs only the etcd members'
+//! certificates and the apiservers' client certificate towards etcd, and etcd trusts
+//! nothing else. With one CA for both, any certificate of the cluster (a kubelet's, on
+//! a worker anyone may break into) would open etcd, and with it every object of the
+//! cluster, to its holder. The etcd CA's key never leaves the host.
 //!
 //! Every key is ECDSA P-256. Kubernetes 1.20 and etcd 3.4 are Go programs whose TLS
 //! stack accepts ECDSA certificates everywhere, and rcgen's default `ring` backend can
@@ -38,12 +45,24 @@ pub enum Usage {
     ClientAuth,
 }
 
-/// One certificate the lab issues from its CA.
+/// Which of the lab's CAs signs a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Authority {
+    /// The cluster CA: the apiservers, the kubelets, every client of the API.
+    Cluster,
+    /// etcd's own CA: the members and their clients, nothing else.
+    Etcd,
+}
+
+/// One certificate the lab issues from one of its CAs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CertificateSpec {
     /// File stem in the state directory and the key of `Bundle::certificates`,
     /// e.g. `etcd-server-master1`.
     pub name: String,
+    /// The CA that signs it.
+    pub authority: Authority,
     pub common_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub organization: Option<String>,
@@ -75,9 +94,12 @@ pub mod names {
 
 /// Subject common name of the cluster CA.
 pub const CA_COMMON_NAME: &str = "k8s-lab CA";
+/// Subject common name of etcd's CA.
+pub const ETCD_CA_COMMON_NAME: &str = "k8s-lab etcd CA";
 
 /// File stems in the PKI directory besides the certificates named by their spec.
-const CA_STEM: &str = "ca";
+pub const CA_STEM: &str = "ca";
+pub const ETCD_CA_STEM: &str = "etcd-ca";
 const SERVICE_ACCOUNT_STEM: &str = "service-account";
 
 /// The CA outlives any lab by far, so re-running `lab up` years later still trusts
@@ -122,6 +144,7 @@ pub fn specs(topology: &Topology) -> Vec<CertificateSpec> {
         }
         specs.push(CertificateSpec {
             name: names::etcd_server(&member.name),
+            authority: Authority::Etcd,
             common_name: member.name.clone(),
             organization: None,
             dns_names: server_dns_names,
@@ -133,6 +156,7 @@ pub fn specs(topology: &Topology) -> Vec<CertificateSpec> {
         // against the peer URL they were given for exactly this member.
         specs.push(CertificateSpec {
             name: names::etcd_peer(&member.name),
+            authority: Authority::Etcd,
             common_name: member.name.clone(),
             organization: None,
             dns_names: own_dns_names,
@@ -141,7 +165,10 @@ pub fn specs(topology: &Topology) -> Vec<CertificateSpec> {
         });
     }
 
-    specs.push(client(names::APISERVER_ETCD_CLIENT, "kube-apiserver-etcd-client", None));
+    specs.push(CertificateSpec {
+        authority: Authority::Etcd,
+        ..client(names::APISERVER_ETCD_CLIENT, "kube-apiserver-etcd-client", None)
+    });
 
     let masters: Vec<&Node> = topology.nodes_with(Role::Master).collect();
     let mut apiserver_ips = vec![IpAddr::V4(network.vip)];
@@ -163,6 +190,7 @@ pub fn specs(topology: &Topology) -> Vec<CertificateSpec> {
     }
     specs.push(CertificateSpec {
         name: names::APISERVER.to_string(),
+        authority: Authority::Cluster,
         common_name: "kube-apiserver".to_string(),
         organization: None,
         dns_names: apiserver_dns,
@@ -181,6 +209,7 @@ pub fn specs(topology: &Topology) -> Vec<CertificateSpec> {
     for worker in topology.nodes_with(Role::Worker) {
         specs.push(CertificateSpec {
             name: names::kubelet(&worker.name),
+            authority: Authority::Cluster,
             common_name: format!("system:node:{}", worker.name),
             organization: Some("system:nodes".to_string()),
             dns_names: vec![worker.name.clone()],
@@ -191,10 +220,11 @@ pub fn specs(topology: &Topology) -> Vec<CertificateSpec> {
     specs
 }
 
-/// A client-only certificate without SANs.
+/// A client-only certificate of the cluster CA without SANs.
 fn client(name: &str, common_name: &str, organization: Option<&str>) -> CertificateSpec {
     CertificateSpec {
         name: name.to_string(),
+        authority: Authority::Cluster,
         common_name: common_name.to_string(),
         organization: organization.map(str::to_string),
         dns_names: Vec::new(),
@@ -219,7 +249,10 @@ pub struct Issued {
 /// The lab's whole PKI, loaded into memory for the planner.
 #[derive(Debug, Clone)]
 pub struct Bundle {
+    /// The cluster CA.
     pub ca: Issued,
+    /// etcd's CA: the plan uses its certificate only; its key stays on the host.
+    pub etcd_ca: Issued,
     /// By `CertificateSpec::name`.
     pub certificates: BTreeMap<String, Issued>,
     /// The service-account signing key pair: (public PEM, private PEM).
@@ -248,27 +281,43 @@ pub enum PkiError {
     Load { path: PathBuf, message: String },
 }
 
-/// The CA's certificate and key, ready to sign.
-struct Authority {
+/// A CA's certificate and key, ready to sign.
+struct Signer {
     issued: Issued,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl Authority {
+    fn stem(self) -> &'static str {
+        match self {
+            Authority::Cluster => CA_STEM,
+            Authority::Etcd => ETCD_CA_STEM,
+        }
+    }
+
+    fn common_name(self) -> &'static str {
+        match self {
+            Authority::Cluster => CA_COMMON_NAME,
+            Authority::Etcd => ETCD_CA_COMMON_NAME,
+        }
+    }
+}
+
+impl Signer {
     /// A fresh self-signed CA.
-    fn generate(now: OffsetDateTime) -> Result<Authority, PkiError> {
-        let issue_error = |source| PkiError::Issue { name: CA_STEM.to_string(), source };
+    fn generate(authority: Authority, now: OffsetDateTime) -> Result<Signer, PkiError> {
+        let issue_error = |source| PkiError::Issue { name: authority.stem().to_string(), source };
         let key = KeyPair::generate().map_err(issue_error)?;
         let mut params = CertificateParams::default();
         params.not_before = now - CLOCK_SKEW;
         params.not_after = now + CA_VALIDITY;
-        params.distinguished_name = distinguished_name(CA_COMMON_NAME, None);
+        params.distinguished_name = distinguished_name(authority.common_name(), None);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let cert_pem = params.self_signed(&key).map_err(issue_error)?.pem();
         let key_pem = key.serialize_pem();
-        Ok(Authority { issued: Issued { cert_pem, key_pem }, issuer: Issuer::new(params, key) })
+        Ok(Signer { issued: Issued { cert_pem, key_pem }, issuer: Issuer::new(params, key) })
     }
 
     /// Signs a fresh key pair for `spec`.
@@ -338,27 +387,35 @@ impl Store {
         self.dir.join(format!("{stem}-key.pem"))
     }
 
-    /// Loads the CA and every certificate in `specs`, issuing what is missing or
+    /// Loads both CAs and every certificate in `specs`, issuing what is missing or
     /// whose stored subject/SANs no longer match its spec.
     ///
-    /// A leaf is also re-issued when it is unreadable, not signed by the stored CA,
-    /// does not match its key, or expires within `RENEW_BEFORE`. The CA is never
-    /// replaced while its certificate exists: a CA certificate without a usable key
-    /// is an error, because a new CA would silently invalidate every running node.
+    /// A leaf is also re-issued when it is unreadable, not signed by its spec's CA
+    /// (a lab made before etcd had a CA of its own), does not match its key, or
+    /// expires within `RENEW_BEFORE`. A CA is never replaced while its certificate
+    /// exists: a CA certificate without a usable key is an error, because a new CA
+    /// would silently invalidate every running node.
     pub fn load_or_issue(&self, specs: &[CertificateSpec]) -> Result<Bundle, PkiError> {
         self.prepare_dir()?;
         let now = OffsetDateTime::now_utc();
-        let authority = self.load_or_create_authority(now)?;
-        let ca_der = pem_to_der(&authority.issued.cert_pem, &self.cert_path(CA_STEM))?;
-        let ca_cert = parse_der(&ca_der, &self.cert_path(CA_STEM))?;
+        let cluster = self.load_or_create_signer(Authority::Cluster, now)?;
+        let etcd = self.load_or_create_signer(Authority::Etcd, now)?;
+        let cluster_der = pem_to_der(&cluster.issued.cert_pem, &self.cert_path(CA_STEM))?;
+        let cluster_cert = parse_der(&cluster_der, &self.cert_path(CA_STEM))?;
+        let etcd_der = pem_to_der(&etcd.issued.cert_pem, &self.cert_path(ETCD_CA_STEM))?;
+        let etcd_cert = parse_der(&etcd_der, &self.cert_path(ETCD_CA_STEM))?;
 
         let mut certificates = BTreeMap::new();
         for spec in specs {
-            let issued = match self.load_leaf(spec, ca_cert.public_key(), now)? {
+            let (signer, signer_cert) = match spec.authority {
+                Authority::Cluster => (&cluster, &cluster_cert),
+                Authority::Etcd => (&etcd, &etcd_cert),
+            };
+            let issued = match self.load_leaf(spec, signer_cert.public_key(), now)? {
                 Ok(issued) => issued,
                 Err(reason) => {
                     tracing::info!(certificate = %spec.name, %reason, "issuing certificate");
-                    let issued = authority.issue(spec, now)?;
+                    let issued = signer.issue(spec, now)?;
                     // Key first: if the run stops between the two writes, the old
                     // certificate no longer matches the new key and is re-issued next time.
                     write_atomically(&self.key_path(&spec.name), &issued.key_pem, 0o600)?;
@@ -371,7 +428,7 @@ impl Store {
 
         let service_account = self.load_or_create_service_account()?;
         let secrets_encryption_key = self.load_or_create_secrets_encryption_key()?;
-        Ok(Bundle { ca: authority.issued, certificates, service_account, secrets_encryption_key })
+        Ok(Bundle { ca: cluster.issued, etcd_ca: etcd.issued, certificates, service_account, secrets_encryption_key })
     }
 
     /// Creates the PKI directory readable by its owner only, and tightens it if an
@@ -388,15 +445,15 @@ impl Store {
         fs::set_permissions(&self.dir, Permissions::from_mode(0o700)).map_err(io_error)
     }
 
-    fn load_or_create_authority(&self, now: OffsetDateTime) -> Result<Authority, PkiError> {
-        let cert_path = self.cert_path(CA_STEM);
-        let key_path = self.key_path(CA_STEM);
+    fn load_or_create_signer(&self, authority: Authority, now: OffsetDateTime) -> Result<Signer, PkiError> {
+        let cert_path = self.cert_path(authority.stem());
+        let key_path = self.key_path(authority.stem());
         let Some(cert_pem) = read_optional(&cert_path)? else {
-            tracing::info!(path = %cert_path.display(), "creating the lab CA");
-            let authority = Authority::generate(now)?;
-            write_atomically(&key_path, &authority.issued.key_pem, 0o600)?;
-            write_atomically(&cert_path, &authority.issued.cert_pem, 0o644)?;
-            return Ok(authority);
+            tracing::info!(path = %cert_path.display(), "creating the {}", authority.common_name());
+            let signer = Signer::generate(authority, now)?;
+            write_atomically(&key_path, &signer.issued.key_pem, 0o600)?;
+            write_atomically(&cert_path, &signer.issued.cert_pem, 0o644)?;
+            return Ok(signer);
         };
         let key_pem = read_secret(&key_path)?.ok_or_else(|| PkiError::Load {
             path: key_path.clone(),
@@ -419,7 +476,7 @@ impl Store {
         }
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
             .map_err(|error| load_error(&cert_path, format!("cannot sign with this CA: {error}")))?;
-        Ok(Authority { issued: Issued { cert_pem, key_pem }, issuer })
+        Ok(Signer { issued: Issued { cert_pem, key_pem }, issuer })
     }
 
     /// The stored certificate and key for `spec`, or why they must be re-issued.
@@ -447,12 +504,12 @@ impl Store {
             return Ok(Err("certificate and key do not belong together".to_string()));
         }
         if cert.verify_signature(Some(ca_public_key)).is_err() {
-            return Ok(Err("not signed by the lab CA".to_string()));
+            return Ok(Err(format!("not signed by the {}", spec.authority.common_name())));
         }
         if cert.validity().not_after.timestamp() < (now + RENEW_BEFORE).unix_timestamp() {
             return Ok(Err("expires soon".to_string()));
         }
-        match describe(&spec.name, &cert) {
+        match describe(&spec.name, spec.authority, &cert) {
             Some(stored) if same_identity(&stored, spec) => Ok(Ok(Issued { cert_pem, key_pem })),
             _ => Ok(Err("subject, SANs or usages changed".to_string())),
         }
@@ -527,9 +584,9 @@ fn generate_secrets_encryption_key() -> Result<String, PkiError> {
     Ok(BASE64_STANDARD.encode(key))
 }
 
-/// The identity a stored certificate carries, in the shape of a spec, or `None` if
-/// its extensions cannot be read.
-fn describe(name: &str, cert: &X509Certificate<'_>) -> Option<CertificateSpec> {
+/// The identity a stored certificate carries, in the shape of a spec (signed by
+/// `authority`, which the caller checked), or `None` if its extensions cannot be read.
+fn describe(name: &str, authority: Authority, cert: &X509Certificate<'_>) -> Option<CertificateSpec> {
     let attribute = |mut values: Vec<Option<&str>>| -> Option<Option<String>> {
         match values.len() {
             0 => Some(None),
@@ -561,7 +618,15 @@ fn describe(name: &str, cert: &X509Certificate<'_>) -> Option<CertificateSpec> {
             usages.push(Usage::ClientAuth);
         }
     }
-    Some(CertificateSpec { name: name.to_string(), common_name, organization, dns_names, ip_addresses, usages })
+    Some(CertificateSpec {
+        name: name.to_string(),
+        authority,
+        common_name,
+        organization,
+        dns_names,
+        ip_addresses,
+        usages,
+    })
 }
 
 /// Equal subjects, SANs in the same order, and the same set of usages.
@@ -625,13 +690,21 @@ fn write_atomically(path: &Path, contents: &str, mode: u32) -> Result<(), PkiErr
 /// Issues a fresh bundle in memory (tests, and `lab plan` before any state exists).
 pub fn issue_in_memory(specs: &[CertificateSpec]) -> Result<Bundle, PkiError> {
     let now = OffsetDateTime::now_utc();
-    let authority = Authority::generate(now)?;
+    let cluster = Signer::generate(Authority::Cluster, now)?;
+    let etcd = Signer::generate(Authority::Etcd, now)?;
     let certificates = specs
         .iter()
-        .map(|spec| Ok((spec.name.clone(), authority.issue(spec, now)?)))
+        .map(|spec| {
+            let signer = match spec.authority {
+                Authority::Cluster => &cluster,
+                Authority::Etcd => &etcd,
+            };
+            Ok((spec.name.clone(), signer.issue(spec, now)?))
+        })
         .collect::<Result<_, PkiError>>()?;
     Ok(Bundle {
-        ca: authority.issued,
+        ca: cluster.issued,
+        etcd_ca: etcd.issued,
         certificates,
         service_account: generate_service_account()?,
         secrets_encryption_key: generate_secrets_encryption_key()?,

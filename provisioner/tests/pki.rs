@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use base64::prelude::{Engine, BASE64_STANDARD};
 use provisioner::artifacts::Artifacts;
 use provisioner::paths;
-use provisioner::pki::{self, names, Bundle, CertificateSpec, Issued, PkiError, Store, Usage};
+use provisioner::pki::{self, names, Authority, Bundle, CertificateSpec, Issued, PkiError, Store, Usage};
 use provisioner::plan::{self, Content, Plan, PlanInputs, Stage};
 use provisioner::topology::{Role, Topology};
 use x509_parser::extensions::GeneralName;
@@ -177,22 +177,50 @@ fn specs_list_exactly_the_certificates_of_the_issue_in_order() {
     assert_eq!(pki::specs(&default_topology()), specs, "specs are deterministic");
 }
 
-#[test]
-fn every_certificate_has_its_subject_sans_and_usages_and_verifies_against_the_ca() {
-    let topology = default_topology();
-    let bundle = pki::issue_in_memory(&pki::specs(&topology)).expect("pki issues");
-
-    let ca_der = der(&bundle.ca.cert_pem);
+/// Checks that `issued` is a self-signed CA called `common_name` that lives about ten
+/// years and goes with its key.
+fn assert_is_a_ca(issued: &pki::Issued, common_name: &str) {
+    let ca_der = der(&issued.cert_pem);
     let ca = parse(&ca_der);
-    assert!(ca.is_ca(), "the CA is a CA");
-    assert_eq!(ca.subject(), ca.issuer(), "the CA is self-signed");
+    assert!(ca.is_ca(), "{common_name} is a CA");
+    assert_eq!(ca.subject(), ca.issuer(), "{common_name} is self-signed");
     ca.verify_signature(None).expect("the CA's self-signature verifies");
     let ca_usage = ca.key_usage().unwrap().expect("the CA has key usage").value;
     assert!(ca_usage.key_cert_sign() && ca_usage.crl_sign() && ca_usage.digital_signature());
-    assert_eq!(ca.subject().iter_common_name().next().unwrap().as_str().unwrap(), pki::CA_COMMON_NAME);
-    assert_key_matches(&ca, &bundle.ca.key_pem, "ca");
+    assert_eq!(ca.subject().iter_common_name().next().unwrap().as_str().unwrap(), common_name);
+    assert_key_matches(&ca, &issued.key_pem, common_name);
     let ca_lifetime = ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp();
-    assert!(ca_lifetime > 9 * 365 * 86_400, "the CA lives about ten years");
+    assert!(ca_lifetime > 9 * 365 * 86_400, "{common_name} lives about ten years");
+}
+
+#[test]
+fn every_certificate_has_its_subject_sans_and_usages_and_verifies_against_its_ca_only() {
+    let topology = default_topology();
+    let specs = pki::specs(&topology);
+    let bundle = pki::issue_in_memory(&specs).expect("pki issues");
+    assert_is_a_ca(&bundle.ca, pki::CA_COMMON_NAME);
+    assert_is_a_ca(&bundle.etcd_ca, pki::ETCD_CA_COMMON_NAME);
+    let cluster_der = der(&bundle.ca.cert_pem);
+    let cluster = parse(&cluster_der);
+    let etcd_der = der(&bundle.etcd_ca.cert_pem);
+    let etcd = parse(&etcd_der);
+
+    // etcd's CA signs etcd's members and the apiservers' client towards etcd, nothing
+    // else (CIS 2.7); the cluster CA signs everything else.
+    let by_etcd_ca: Vec<&str> =
+        specs.iter().filter(|spec| spec.authority == Authority::Etcd).map(|spec| spec.name.as_str()).collect();
+    assert_eq!(
+        by_etcd_ca,
+        [
+            "etcd-server-master1",
+            "etcd-peer-master1",
+            "etcd-server-master2",
+            "etcd-peer-master2",
+            "etcd-server-master3",
+            "etcd-peer-master3",
+            names::APISERVER_ETCD_CLIENT
+        ]
+    );
 
     let expected = expected_default_lab();
     assert_eq!(bundle.certificates.len(), expected.len());
@@ -205,9 +233,14 @@ fn every_certificate_has_its_subject_sans_and_usages_and_verifies_against_the_ca
         let usage = leaf.key_usage().unwrap().unwrap_or_else(|| panic!("{name} has key usage")).value;
         assert!(usage.digital_signature() && usage.key_encipherment(), "{name}: key usage");
         assert!(!usage.key_cert_sign(), "{name} cannot sign certificates");
+        let (ca, other) = match specs.iter().find(|spec| spec.name == name).unwrap().authority {
+            Authority::Cluster => (&cluster, &etcd),
+            Authority::Etcd => (&etcd, &cluster),
+        };
         assert_eq!(leaf.issuer(), ca.subject(), "{name}: issuer");
         leaf.verify_signature(Some(ca.public_key()))
-            .unwrap_or_else(|error| panic!("{name} does not verify against the CA: {error}"));
+            .unwrap_or_else(|error| panic!("{name} does not verify against its CA: {error}"));
+        assert!(leaf.verify_signature(Some(other.public_key())).is_err(), "{name} verifies against the other CA");
         assert_key_matches(&leaf, &issued.key_pem, &name);
         let now = x509_parser::time::ASN1Time::now().timestamp();
         assert!(leaf.validity().not_before.timestamp() < now, "{name} is valid already");
@@ -282,7 +315,7 @@ fn the_store_keeps_everything_private_and_reuses_it() {
     assert_eq!(mode(&store.dir), 0o700, "the PKI directory is private");
     let files = snapshot(&store);
     let mut stems: Vec<String> = specs.iter().map(|spec| spec.name.clone()).collect();
-    stems.extend(["ca".to_string(), "service-account".to_string()]);
+    stems.extend(["ca".to_string(), "etcd-ca".to_string(), "service-account".to_string()]);
     let mut expected_files: BTreeSet<String> =
         stems.iter().flat_map(|stem| [format!("{stem}.pem"), format!("{stem}-key.pem")]).collect();
     expected_files.insert("secrets-encryption.key".to_string());
@@ -293,6 +326,8 @@ fn the_store_keeps_everything_private_and_reuses_it() {
     }
     assert_eq!(files["ca.pem"], first.ca.cert_pem.as_bytes());
     assert_eq!(files["ca-key.pem"], first.ca.key_pem.as_bytes());
+    assert_eq!(files["etcd-ca.pem"], first.etcd_ca.cert_pem.as_bytes());
+    assert_eq!(files["etcd-ca-key.pem"], first.etcd_ca.key_pem.as_bytes());
     assert_eq!(files["service-account.pem"], first.service_account.cert_pem.as_bytes());
     assert_eq!(files["service-account-key.pem"], first.service_account.key_pem.as_bytes());
     assert_eq!(files["apiserver.pem"], first.get(names::APISERVER).cert_pem.as_bytes());
@@ -303,9 +338,41 @@ fn the_store_keeps_everything_private_and_reuses_it() {
     let second = load(&store, &specs);
     assert_eq!(snapshot(&store), files, "a second run rewrites nothing");
     assert_eq!(second.ca, first.ca);
+    assert_eq!(second.etcd_ca, first.etcd_ca);
     assert_eq!(second.certificates, first.certificates);
     assert_eq!(second.service_account, first.service_account);
     assert_eq!(second.secrets_encryption_key, first.secrets_encryption_key, "the key is kept: Secrets stay readable");
+}
+
+/// A lab made before etcd had a CA of its own: its etcd certificates, signed by the
+/// cluster CA, are issued again from a new etcd CA; nothing else changes.
+#[test]
+fn certificates_signed_by_the_wrong_ca_are_issued_again_by_theirs() {
+    let state = tempfile::tempdir().unwrap();
+    let store = Store::new(state.path());
+    let specs = pki::specs(&default_topology());
+    let cluster_signed: Vec<CertificateSpec> =
+        specs.iter().map(|spec| CertificateSpec { authority: Authority::Cluster, ..spec.clone() }).collect();
+    load(&store, &cluster_signed);
+    std::fs::remove_file(store.cert_path("etcd-ca")).unwrap();
+    std::fs::remove_file(store.key_path("etcd-ca")).unwrap();
+    let before = snapshot(&store);
+
+    let bundle = load(&store, &specs);
+    let after = snapshot(&store);
+    let changed: BTreeSet<String> = after
+        .iter()
+        .filter(|(name, bytes)| before.get(*name) != Some(bytes))
+        .map(|(name, _)| name.trim_end_matches(".pem").trim_end_matches("-key").to_string())
+        .collect();
+    let mut expected: BTreeSet<String> =
+        specs.iter().filter(|spec| spec.authority == Authority::Etcd).map(|spec| spec.name.clone()).collect();
+    expected.insert("etcd-ca".to_string());
+    assert_eq!(changed, expected);
+    let etcd_der = der(&bundle.etcd_ca.cert_pem);
+    let etcd = parse(&etcd_der);
+    let client_der = der(&bundle.get(names::APISERVER_ETCD_CLIENT).cert_pem);
+    parse(&client_der).verify_signature(Some(etcd.public_key())).expect("signed by etcd's CA");
 }
 
 #[test]
@@ -405,12 +472,21 @@ fn default_plan() -> (Topology, Bundle, Plan) {
 }
 
 #[test]
-fn no_worker_ever_receives_the_ca_key_and_every_key_is_secret() {
+fn no_worker_ever_receives_the_ca_key_no_node_etcds_ca_key_and_every_key_is_secret() {
     let (topology, bundle, plan) = default_plan();
     for stage in &plan.stages {
         for actions in &stage.nodes {
             let node = topology.node(&actions.node).expect("planned node exists");
             for file in &actions.files {
+                if let Content::Text(text) | Content::Secret(text) = &file.content {
+                    assert!(
+                        !text.contains(bundle.etcd_ca.key_pem.trim()),
+                        "stage {} gives {} etcd's CA key in {}",
+                        stage.stage,
+                        node.name,
+                        file.path
+                    );
+                }
                 let carries_ca_key = match &file.content {
                     Content::Text(text) | Content::Secret(text) => text.contains(bundle.ca.key_pem.trim()),
                     Content::Artifact { .. } => false,
@@ -459,11 +535,12 @@ fn the_pki_stage_gives_each_node_what_its_roles_need() {
     let kubernetes = paths::kubernetes_pki;
     use paths::pki_files::*;
     let mut master1 = BTreeMap::new();
-    master1.insert(etcd(CA_CERT), certificate(&bundle.ca.cert_pem));
+    master1.insert(etcd(CA_CERT), certificate(&bundle.etcd_ca.cert_pem));
     pair(&mut master1, bundle.get("etcd-server-master1"), etcd(ETCD_SERVER_CERT), etcd(ETCD_SERVER_KEY));
     pair(&mut master1, bundle.get("etcd-peer-master1"), etcd(ETCD_PEER_CERT), etcd(ETCD_PEER_KEY));
     master1.insert(kubernetes(CA_CERT), certificate(&bundle.ca.cert_pem));
     master1.insert(kubernetes(CA_KEY), secret(&bundle.ca.key_pem));
+    master1.insert(kubernetes(ETCD_CA_CERT), certificate(&bundle.etcd_ca.cert_pem));
     pair(&mut master1, bundle.get(names::APISERVER), kubernetes(APISERVER_CERT), kubernetes(APISERVER_KEY));
     pair(
         &mut master1,

@@ -4,13 +4,13 @@
 //! whole service is used only where "the service runs" is the property.
 
 use super::{DefaultNode, Fault, FaultContext, Scope, Step};
-use crate::paths;
 use crate::plan::Stage;
 use crate::stages::{
     container_runtime, dns_addon, etcd, firewall, keepalived, kube_apiserver, kube_controller_manager, kube_proxy,
     kube_scheduler, kubelet, load_balancer, pod_network,
 };
 use crate::topology::{Node, Role};
+use crate::{paths, pki};
 
 /// kubectl with the admin kubeconfig, on the first master.
 fn kubectl() -> String {
@@ -18,7 +18,7 @@ fn kubectl() -> String {
 }
 
 /// etcdctl on an etcd member, talking to its own member with the member's peer
-/// certificate (the cluster CA signs it for client use too).
+/// certificate (etcd's CA signs it for client use too).
 fn etcdctl() -> String {
     format!("{} --endpoints=https://127.0.0.1:{}", etcdctl_without_endpoints(), etcd::CLIENT_PORT)
 }
@@ -100,6 +100,10 @@ const TMPFS_ETCD_DATA: &str = "/run/etcd-data-by-fault";
 /// Where the `etcd-data-dir-moved` fault points etcd: a directory nothing is in.
 const EMPTY_ETCD_DATA_DIR: &str = "/var/lib/etcd-moved-by-fault";
 
+/// Where the `kubelet-serving-cert-self-signed` fault puts the certificate it makes (the
+/// kubelet's default `--cert-dir`).
+const SELF_SIGNED_KUBELET_DIR: &str = "/var/lib/kubelet/pki";
+
 /// `text` as a literal sed pattern (basic regular expression, `|` as the delimiter).
 fn sed_pattern(text: &str) -> String {
     text.replace('\\', "\\\\")
@@ -133,6 +137,23 @@ fn lease_expired(context: &FaultContext, component: &str) -> Vec<Step> {
             kubectl = kubectl()
         ),
     )]
+}
+
+/// Deletes the lease of `component`, whose holders are all stopped. A process that
+/// finds a lease held by someone else waits a whole lease duration from the moment it
+/// first read it, however long ago the holder stopped renewing it (client-go's leader
+/// election trusts no clock but its own), so without this the restore would wait 15 s
+/// more for a lease nobody holds; with no lease, the first process to start creates it.
+fn forget_lease(context: &FaultContext, component: &str) -> Vec<Step> {
+    vec![Step::on(
+        context.first(Role::Master),
+        format!("{kubectl} --namespace kube-system delete lease {component} --ignore-not-found", kubectl = kubectl()),
+    )]
+}
+
+/// The apiserver flag of `apiserver-etcd-first-member-only`.
+fn only_first_etcd_member(context: &FaultContext) -> String {
+    format!("--etcd-servers=https://{}:{}", context.first(Role::Etcd).address, etcd::CLIENT_PORT)
 }
 
 /// The lease of `component` was renewed within its duration: a leader leads again.
@@ -236,6 +257,44 @@ pub static CATALOGUE: &[Fault] = &[
         },
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &listening(etcd::CLIENT_PORT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-trusts-the-cluster-ca",
+        stage: Stage::Etcd,
+        scope: Scope::One { role: Role::Etcd, default: DefaultNode::Last, needs: 1 },
+        summary: "the etcd member on {nodes} trusts the cluster CA besides its own, so any certificate of the \
+                  cluster opens it",
+        symptom: "a kubelet's or the admin's certificate reads and writes every object straight from that member",
+        breaks: &["cis::cis_2_7_etcd_trusts_only_its_own_ca"],
+        // The cluster CA joins etcd's own in the file etcd reads its trusted CAs from.
+        inject: |context, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "printf '%s\\n' '{pem}' >> {trusted} && systemctl restart {unit}",
+                    pem = context.cluster_ca_pem.trim(),
+                    trusted = paths::etcd_pki(paths::pki_files::CA_CERT),
+                    unit = etcd::UNIT
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(etcd::CLIENT_PORT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-data-dir-readable-by-all",
+        stage: Stage::Etcd,
+        scope: Scope::One { role: Role::Etcd, default: DefaultNode::Last, needs: 1 },
+        summary: "the etcd data directory on {nodes} is mode 0755, so every user of the node can list it",
+        symptom: "nothing visible: any process on that node can see the database's files and their sizes",
+        breaks: &["cis::cis_1_1_11_etcd_data_directories_are_private"],
+        inject: |_, nodes| on_each(nodes, &format!("chmod 0755 {}", paths::ETCD_DATA_DIR)),
+        // Debian's etcd package makes the data directory 0700, and nothing in the lab's
+        // plan owns the directory itself, so `lab up` would not see the mode.
+        undo: |_, nodes| on_each(nodes, &format!("chmod 0700 {}", paths::ETCD_DATA_DIR)),
+        in_force: nothing,
         healed: nothing,
     },
     Fault {
@@ -485,6 +544,28 @@ pub static CATALOGUE: &[Fault] = &[
         healed: nothing,
     },
     Fault {
+        name: "apiserver-node-restriction-off",
+        stage: Stage::KubeApiserver,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-apiserver on {nodes} runs without the NodeRestriction admission plugin",
+        symptom: "through one apiserver, a kubelet's credentials can relabel any node and so draw any pod onto it",
+        breaks: &["cis::cis_1_2_16_apiservers_let_a_kubelet_modify_only_its_own_node"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    &paths::unit(kube_apiserver::UNIT),
+                    ",NodeRestriction,",
+                    ",",
+                    kube_apiserver::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: apiserver_serves,
+        healed: nothing,
+    },
+    Fault {
         name: "apiserver-audit-log-off",
         stage: Stage::KubeApiserver,
         scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
@@ -579,18 +660,37 @@ pub static CATALOGUE: &[Fault] = &[
                 .nodes_with(Role::Etcd)
                 .map(|node| format!("https://{}:{}", node.address, etcd::CLIENT_PORT))
                 .collect();
+            // All of them restart side by side (`--no-block`), in the time one takes:
+            // the API is down for those seconds, and `lab break` returns once each
+            // serves again with the new flag.
             on_each(
                 nodes,
-                &edit_and_restart(
-                    &paths::unit(kube_apiserver::UNIT),
-                    &format!("--etcd-servers={}", members.join(",")),
-                    &format!("--etcd-servers={}", members[0]),
-                    kube_apiserver::UNIT,
+                &format!(
+                    "{} && systemctl daemon-reload && systemctl restart --no-block {}",
+                    edit(
+                        &paths::unit(kube_apiserver::UNIT),
+                        &format!("--etcd-servers={}", members.join(",")),
+                        &only_first_etcd_member(context),
+                    ),
+                    kube_apiserver::UNIT
                 ),
             )
         },
         undo: nothing,
-        in_force: apiserver_serves,
+        // Each apiserver serves again, and it is the restarted one: its command line
+        // names only the first member.
+        in_force: |context, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "tr '\\0' '\\n' < /proc/$(systemctl show --property MainPID --value {unit})/cmdline \
+                     | grep -qxF -- '{flag}' && {serves}",
+                    unit = kube_apiserver::UNIT,
+                    flag = only_first_etcd_member(context),
+                    serves = listening(context.topology.network.apiserver_port)
+                ),
+            )
+        },
         healed: nothing,
     },
     // --- kube-controller-manager and kube-scheduler (handbook 000 sections 7.3, 7.4) ---
@@ -602,7 +702,7 @@ pub static CATALOGUE: &[Fault] = &[
         symptom: "Deployments stop making pods and new Services get no endpoints",
         breaks: &["control_plane::one_controller_manager_holds_the_leader_lease"],
         inject: |_, nodes| on_each(nodes, &stop(kube_controller_manager::UNIT)),
-        undo: nothing,
+        undo: |context, _| forget_lease(context, "kube-controller-manager"),
         in_force: |context, _| lease_expired(context, "kube-controller-manager"),
         healed: |context, _| lease_renewed(context, "kube-controller-manager"),
     },
@@ -642,7 +742,7 @@ pub static CATALOGUE: &[Fault] = &[
             "componentstatuses::scheduler_controller_manager_and_every_etcd_member_are_healthy",
         ],
         inject: |_, nodes| on_each(nodes, &stop(kube_scheduler::UNIT)),
-        undo: nothing,
+        undo: |context, _| forget_lease(context, "kube-scheduler"),
         in_force: |context, _| lease_expired(context, "kube-scheduler"),
         healed: |context, _| lease_renewed(context, "kube-scheduler"),
     },
@@ -888,6 +988,112 @@ pub static CATALOGUE: &[Fault] = &[
         },
         undo: nothing,
         in_force: kubelet_serves,
+        healed: nothing,
+    },
+    Fault {
+        name: "kubelet-serving-cert-self-signed",
+        stage: Stage::Kubelet,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "the kubelet on {nodes} serves a certificate for its own name and address that it signed itself, \
+                  not one of the lab CA's",
+        symptom: "`kubectl logs` and `kubectl exec` fail for that node's pods with `x509: certificate signed by \
+                  unknown authority`",
+        breaks: &[
+            "cis::cis_1_2_5_and_4_2_10_apiservers_reach_kubelets_by_their_lab_certificates_only",
+            "security::kubelets_refuse_anonymous_requests_and_authorize_through_the_apiserver",
+        ],
+        // Everything but the issuer is right (the node's name and address, a server
+        // key usage), so that only checking the CA can tell it from the lab's own.
+        inject: |_, nodes| {
+            nodes
+                .iter()
+                .map(|node| {
+                    Step::on(
+                        node,
+                        format!(
+                            "mkdir -p {dir} && openssl req -x509 -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+                             -keyout {dir}/kubelet.key -out {dir}/kubelet.crt -days 1 -subj '/CN=system:node:{name}' \
+                             -addext 'subjectAltName=DNS:{name},IP:{address}' -addext 'extendedKeyUsage=serverAuth' \
+                             2>/dev/null && {cert} && {key} && systemctl restart {unit}",
+                            dir = SELF_SIGNED_KUBELET_DIR,
+                            name = node.name,
+                            address = node.address,
+                            cert = edit(
+                                kubelet::CONFIG,
+                                &format!("tlsCertFile: {}", paths::kubernetes_pki(paths::pki_files::KUBELET_CERT)),
+                                &format!("tlsCertFile: {SELF_SIGNED_KUBELET_DIR}/kubelet.crt"),
+                            ),
+                            key = edit(
+                                kubelet::CONFIG,
+                                &format!("tlsPrivateKeyFile: {}", paths::kubernetes_pki(paths::pki_files::KUBELET_KEY)),
+                                &format!("tlsPrivateKeyFile: {SELF_SIGNED_KUBELET_DIR}/kubelet.key"),
+                            ),
+                            unit = kubelet::UNIT
+                        ),
+                    )
+                })
+                .collect()
+        },
+        undo: |_, nodes| on_each(nodes, &format!("rm -f {dir}/kubelet.crt {dir}/kubelet.key", dir = SELF_SIGNED_KUBELET_DIR)),
+        // The certificate on the kubelet's port (on the node's address) is one the lab
+        // CA did not issue.
+        in_force: |_, nodes| {
+            nodes
+                .iter()
+                .map(|node| {
+                    Step::on(
+                        node,
+                        format!(
+                            "issuer=$(openssl s_client -connect {address}:{port} </dev/null 2>/dev/null \
+                             | openssl x509 -noout -issuer) && [ -n \"$issuer\" ] && ! echo \"$issuer\" | grep -qF '{ca}'",
+                            address = node.address,
+                            port = kubelet::API_PORT,
+                            ca = pki::CA_COMMON_NAME
+                        ),
+                    )
+                })
+                .collect()
+        },
+        healed: nothing,
+    },
+    Fault {
+        name: "kubelet-changes-kernel-settings",
+        stage: Stage::Kubelet,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "the kubelet on {nodes} runs with protectKernelDefaults: false",
+        symptom: "nothing visible: that kubelet would change kernel settings it disagrees with instead of refusing \
+                  to start",
+        breaks: &["cis::cis_4_2_6_kubelets_protect_kernel_defaults"],
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    kubelet::CONFIG,
+                    "protectKernelDefaults: true",
+                    "protectKernelDefaults: false",
+                    kubelet::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        // The running kubelet reports the setting, as the test reads it (a false one is
+        // left out of its configuration's JSON).
+        in_force: |context, nodes| {
+            nodes
+                .iter()
+                .map(|node| {
+                    Step::on(
+                        context.first(Role::Master),
+                        format!(
+                            "configz=$({kubectl} get --raw /api/v1/nodes/{name}/proxy/configz) && \
+                             ! echo \"$configz\" | grep -qF '\"protectKernelDefaults\":true'",
+                            kubectl = kubectl(),
+                            name = node.name
+                        ),
+                    )
+                })
+                .collect()
+        },
         healed: nothing,
     },
     Fault {

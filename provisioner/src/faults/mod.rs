@@ -107,11 +107,13 @@ pub struct FaultContext<'a> {
     pub topology: &'a Topology,
     /// Each worker's pod range, as the planner gives it.
     pub pod_cidrs: BTreeMap<String, Ipv4Net>,
+    /// The cluster CA's certificate (PEM), which a fault can make etcd trust.
+    pub cluster_ca_pem: String,
 }
 
 impl<'a> FaultContext<'a> {
-    pub fn new(topology: &'a Topology) -> FaultContext<'a> {
-        FaultContext { topology, pod_cidrs: plan::pod_cidrs(topology) }
+    pub fn new(topology: &'a Topology, cluster_ca_pem: String) -> FaultContext<'a> {
+        FaultContext { topology, pod_cidrs: plan::pod_cidrs(topology), cluster_ca_pem }
     }
 
     fn first(&self, role: Role) -> &'a Node {

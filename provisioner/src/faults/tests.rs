@@ -86,7 +86,7 @@ fn every_text_a_fault_edits_is_in_the_planned_file_it_edits() {
     for file in ["lab.toml", "examples/separate-etcd.toml"] {
         let topology = test_support::topology(file);
         let plan = plan_of(&topology);
-        let context = FaultContext::new(&topology);
+        let context = FaultContext::new(&topology, CLUSTER_CA_PEM.to_string());
         for fault in CATALOGUE {
             let nodes = nodes_of(fault, &topology);
             for step in fault.inject_steps(&context, &nodes) {
@@ -124,7 +124,7 @@ fn guards(script: &str) -> Vec<(String, String)> {
 #[test]
 fn every_fault_makes_its_scripts_for_the_default_lab_and_only_for_its_nodes() {
     let topology = default_lab();
-    let context = FaultContext::new(&topology);
+    let context = FaultContext::new(&topology, CLUSTER_CA_PEM.to_string());
     let names: BTreeSet<&str> = topology.nodes.iter().map(|node| node.name.as_str()).collect();
     for fault in CATALOGUE {
         let nodes = nodes_of(fault, &topology);
@@ -146,7 +146,7 @@ fn every_fault_makes_its_scripts_for_the_default_lab_and_only_for_its_nodes() {
 #[test]
 fn the_ghost_member_gets_an_address_that_nothing_in_the_lab_has() {
     let topology = default_lab();
-    let context = FaultContext::new(&topology);
+    let context = FaultContext::new(&topology, CLUSTER_CA_PEM.to_string());
     let ghost = catalogue_ghost(&context);
     assert!(topology.network.node_subnet.contains(&ghost));
     assert!(topology.nodes.iter().all(|node| node.address != ghost));
@@ -168,3 +168,6 @@ fn a_poll_is_bounded_in_count_and_says_what_did_not_hold() {
     assert!(script.contains("-lt 120"), "{script}");
     assert!(script.contains("still not true after 60 s: test -e /x"), "{script}");
 }
+
+/// What the faults get as the cluster CA's certificate: only its place in a script matters.
+const CLUSTER_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";

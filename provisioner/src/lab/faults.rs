@@ -15,6 +15,7 @@ use super::{Event, Lab, LabError, Reporter};
 use crate::faults::{self, Fault, FaultContext, FaultError, InForce, Step, Targets, IN_FORCE_TIMEOUT};
 use crate::host::Host;
 use crate::machines::MachineState;
+use crate::pki;
 use crate::plan;
 use crate::ssh::KeyPair;
 use crate::text;
@@ -129,7 +130,7 @@ impl Lab {
         });
         self.record_faults(&in_force)?;
 
-        let context = FaultContext::new(&self.topology);
+        let context = self.fault_context()?;
         for step in fault.inject_steps(&context, &nodes) {
             sessions.run(&step).map_err(|message| step_error(fault, &step, message))?;
         }
@@ -173,7 +174,7 @@ impl Lab {
                 in_force.into_iter().partition(|record| record.fault == name)
             }
         };
-        let context = FaultContext::new(&self.topology);
+        let context = self.fault_context()?;
         let sessions = if chosen.is_empty() { None } else { Some(Sessions::open(self)?) };
         let nodes_of = |record: &InForce| -> Vec<&Node> {
             record.nodes.iter().filter_map(|name| self.topology.node(name)).collect()
@@ -202,6 +203,18 @@ impl Lab {
             }
         }
         Ok(Restored { faults: chosen.into_iter().map(|record| record.fault).collect(), up, elapsed: started.elapsed() })
+    }
+}
+
+impl Lab {
+    /// What the fault scripts are made from, with the cluster CA's certificate from the
+    /// lab's PKI directory.
+    fn fault_context(&self) -> Result<FaultContext<'_>, LabError> {
+        let store = pki::Store::new(self.state.root());
+        let path = store.cert_path(pki::CA_STEM);
+        let cluster_ca_pem = std::fs::read_to_string(&path)
+            .map_err(|source| LabError::Pki { dir: store.dir.clone(), source: pki::PkiError::Io { path, source } })?;
+        Ok(FaultContext::new(&self.topology, cluster_ca_pem))
     }
 }
 

@@ -158,20 +158,27 @@ impl Lab {
         let plan = self.plan()?;
         let key = self.key_pair()?;
         // The artifacts come before the machines, so that a new node's disk can be made
-        // with them in place (`NodeSpec::preload`).
+        // with them in place (`NodeSpec::preload`). The node image does not depend on
+        // them: on a fresh host it is built meanwhile (mmdebstrap mostly waits on the
+        // disk and dpkg while the Kubernetes build keeps the CPUs busy).
         let artifacts_ready = until != Until::Machines;
-        if artifacts_ready {
-            timeline
-                .step("artifacts", || self.surroundings.ensure_artifacts(&self.topology, &self.paths.cache_dir, &say))
-                .map_err(|source| {
-                    let bundle = match self.write_log_bundle(plan, &[], &source) {
-                        Ok(dir) => format!("log bundle: {}", dir.display()),
-                        Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
-                    };
-                    LabError::Artifacts { bundle, source }
-                })?;
+        let (image, artifacts) = std::thread::scope(|scope| {
+            let image = scope.spawn(|| ensure_image(machines, reporter, timeline));
+            let artifacts = artifacts_ready.then(|| {
+                timeline.step("artifacts", || {
+                    self.surroundings.ensure_artifacts(&self.topology, &self.paths.cache_dir, &say)
+                })
+            });
+            (image.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), artifacts)
+        });
+        if let Some(Err(source)) = artifacts {
+            let bundle = match self.write_log_bundle(plan, &[], &source) {
+                Ok(dir) => format!("log bundle: {}", dir.display()),
+                Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
+            };
+            return Err(LabError::Artifacts { bundle, source });
         }
-        let hosts = self.up_machines(plan, artifacts_ready, &key, reporter, timeline)?;
+        let hosts = self.up_machines(plan, &image?, artifacts_ready, &key, reporter, timeline)?;
         if until == Until::Machines {
             return Ok(Vec::new());
         }
@@ -260,11 +267,12 @@ impl Lab {
         Ok(reports)
     }
 
-    /// Node image, lab network, every node created or started at once, and every
-    /// node answering SSH: one session per node, kept for the stages.
+    /// Lab network, every node created or started at once from `image`, and every node
+    /// answering SSH: one session per node, kept for the stages.
     fn up_machines(
         &self,
         plan: &Plan,
+        image: &NodeImage,
         artifacts_ready: bool,
         key: &KeyPair,
         reporter: &dyn Reporter,
@@ -272,11 +280,6 @@ impl Lab {
     ) -> Result<Vec<Box<dyn Host>>, LabError> {
         let say = |text: &str| reporter.report(Event::Progress(text));
         let machines = self.machines()?;
-        let step = Instant::now();
-        let image = timeline.step("image", || machines.ensure_image(&|line| say(&format!("image: {line}"))))?;
-        let verb = if image.from_cache { "used the cached" } else { "built" };
-        say(&format!("image: {verb} {} ({})", image.root.display(), seconds(step)));
-
         let step = Instant::now();
         let network = timeline.step("network", || machines.ensure_network(&plan.network.host_routes))?;
         say(&format!(
@@ -305,7 +308,7 @@ impl Lab {
                 ..NodeSpec::of(node)
             })
             .collect();
-        timeline.step("machines", || self.start_nodes(&nodes, &image, key, reporter)).map_err(|errors| {
+        timeline.step("machines", || self.start_nodes(&nodes, image, key, reporter)).map_err(|errors| {
             LabError::NotStarted { total: nodes.len(), bundle: bundle(&errors.join("\n")), errors }
         })?;
         let hosts = timeline
@@ -587,6 +590,21 @@ impl Timeline {
             "stages": *self.stages.lock().expect("timeline lock"),
         })
     }
+}
+
+/// The node image, built or found in the cache, with its progress and its step in the
+/// timeline.
+fn ensure_image(
+    machines: &dyn machines::Machines,
+    reporter: &dyn Reporter,
+    timeline: &Timeline,
+) -> Result<NodeImage, LabError> {
+    let say = |text: &str| reporter.report(Event::Progress(text));
+    let step = Instant::now();
+    let image = timeline.step("image", || machines.ensure_image(&|line| say(&format!("image: {line}"))))?;
+    let verb = if image.from_cache { "used the cached" } else { "built" };
+    say(&format!("image: {verb} {} ({})", image.root.display(), seconds(step)));
+    Ok(image)
 }
 
 /// The files of the artifact cache that the plan puts on `node`, root's, in stage order.

@@ -9,10 +9,12 @@
 //! of a stage in parallel matters here: started one after another, the first member
 //! would wait forever for peers that are not started yet.
 //!
-//! Both of etcd's ports use mutual TLS with the lab CA: clients (kube-apiserver,
-//! etcdctl) talk to port 2379 and must present a client certificate
-//! (`--client-cert-auth`); members replicate over port 2380 and must present their peer
-//! certificate (`--peer-client-cert-auth`). The PKI stage has already put each member's
+//! Both of etcd's ports use mutual TLS with etcd's own CA (CIS 2.7: a CA that signs
+//! nothing but etcd's members and their clients, so that no kubelet's or other
+//! cluster certificate opens the database): clients (kube-apiserver, etcdctl) talk to
+//! port 2379 and must present a client certificate (`--client-cert-auth`); members
+//! replicate over port 2380 and must present their peer certificate
+//! (`--peer-client-cert-auth`). The PKI stage has already put each member's
 //! own certificates in place; this stage writes the unit that starts the member, and
 //! checks that it answers as healthy, which also proves the cluster has quorum.
 //!

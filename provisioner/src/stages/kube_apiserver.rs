@@ -145,6 +145,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let network = &topology.network;
 
     let ca = paths::kubernetes_pki(pki_files::CA_CERT);
+    let etcd_ca = paths::kubernetes_pki(pki_files::ETCD_CA_CERT);
     let serving_cert = paths::kubernetes_pki(pki_files::APISERVER_CERT);
     let serving_key = paths::kubernetes_pki(pki_files::APISERVER_KEY);
     let etcd_client_cert = paths::kubernetes_pki(pki_files::APISERVER_ETCD_CLIENT_CERT);
@@ -168,8 +169,9 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             "--authorization-mode=Node,RBAC".to_string(),
             format!("--client-ca-file={ca}"),
             format!("--enable-admission-plugins={ADMISSION_PLUGINS}"),
-            // One CA signs everything in the lab, etcd's certificates included.
-            format!("--etcd-cafile={ca}"),
+            // etcd's certificates come from etcd's own CA (CIS 2.7), as does the
+            // client certificate below: no other certificate of the cluster opens etcd.
+            format!("--etcd-cafile={etcd_ca}"),
             format!("--etcd-certfile={etcd_client_cert}"),
             format!("--etcd-keyfile={etcd_client_key}"),
             format!("--etcd-servers={}", context.etcd_client_urls()),
@@ -238,6 +240,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
                 paths::ENCRYPTION_CONFIG,
                 paths::AUDIT_POLICY,
                 &ca,
+                &etcd_ca,
                 &serving_cert,
                 &serving_key,
                 &etcd_client_cert,

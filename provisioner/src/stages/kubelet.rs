@@ -22,8 +22,10 @@
 //!
 //! - /dev/kmsg must exist (the kubelet's cAdvisor watches it for OOM kills); a link to
 //!   /dev/console is enough.
-//! - /proc/sys must be writable: the kubelet sets kernel tunables when it starts
-//!   (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...). The kernel is
+//! - /proc/sys must be writable: the node sets the kernel settings the kubelet
+//!   expects (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...; the list
+//!   is `KERNEL_SETTINGS`), and the kubelet, with `protectKernelDefaults` (CIS 4.2.6),
+//!   refuses to start when one differs instead of changing it itself. The kernel is
 //!   the host's, so these settings change the host too, as they do under kind.
 //! - The nodes share the host's cgroup tree, so each kubelet gets its own cgroup root
 //!   (`cgroupRoot`); with the default root every worker would manage the same
@@ -57,6 +59,19 @@ pub const PREP_UNIT: &str = "lab-kubelet-prep.service";
 pub const CONFIG: &str = "/var/lib/kubelet/config.yaml";
 /// The script `lab-kubelet-prep.service` runs.
 const PREP_SCRIPT: &str = "/usr/local/libexec/k8s-lab/kubelet-prep";
+/// The kernel settings the kubelet checks at start, applied by the prep script.
+pub const KERNEL_SETTINGS_FILE: &str = "/etc/sysctl.d/90-kubelet.conf";
+/// What a kubelet with `protectKernelDefaults: true` requires of the kernel (Kubernetes
+/// 1.20's container manager): memory overcommit on, no panic on an OOM, and a reboot 10
+/// seconds after a panic, which an oops also causes; key quotas for the containers.
+const KERNEL_SETTINGS: &[(&str, &str)] = &[
+    ("vm.overcommit_memory", "1"),
+    ("vm.panic_on_oom", "0"),
+    ("kernel.panic", "10"),
+    ("kernel.panic_on_oops", "1"),
+    ("kernel.keys.root_maxkeys", "1000000"),
+    ("kernel.keys.root_maxbytes", "25000000"),
+];
 /// The kubelet's plain-HTTP health endpoint, on loopback.
 pub const HEALTHZ_PORT: u16 = 10248;
 /// The kubelet's HTTPS API, reached by the apiservers.
@@ -86,7 +101,8 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         );
         let actions = stage.node(&worker.name);
         actions.files.push(FileSpec::text(PREP_SCRIPT, 0o755, prep_script(&cgroup_root)));
-        install_unit(actions, PREP_UNIT, prep_unit(), &[PREP_SCRIPT]);
+        actions.files.push(FileSpec::text(KERNEL_SETTINGS_FILE, 0o644, kernel_settings()));
+        install_unit(actions, PREP_UNIT, prep_unit(), &[PREP_SCRIPT, KERNEL_SETTINGS_FILE]);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config(context, worker, &cgroup_root)));
         actions.files.push(FileSpec::secret(&kubeconfig_path, kubeconfig));
         install_unit(actions, UNIT, unit(worker, &kubeconfig_path), &[CONFIG, &kubeconfig_path, &ca, &cert, &key]);
@@ -174,8 +190,10 @@ cgroupDriver: cgroupfs
 cgroupRoot: /{cgroup_root}
 # A container cannot turn the host's swap off.
 failSwapOn: false
-# The kubelet may set the kernel tunables it wants (/proc/sys is made writable first).
-protectKernelDefaults: false
+# CIS 4.2.6: the kubelet checks the kernel settings it needs and refuses to start
+# when one differs, instead of changing the kernel itself; the node sets them first
+# ({kernel_settings_file}).
+protectKernelDefaults: true
 # Disk figures are the host's, shared by all nodes: no disk-pressure eviction.
 evictionHard:
   memory.available: 100Mi
@@ -195,6 +213,7 @@ runtimeRequestTimeout: 15m
         pod_cidr = context.pod_cidrs[&worker.name],
         tls_min_version = TLS_MIN_VERSION,
         tls_cipher_suites = TLS_CIPHER_SUITES.join(", "),
+        kernel_settings_file = KERNEL_SETTINGS_FILE,
     )
 }
 
@@ -257,7 +276,22 @@ WantedBy=multi-user.target
     )
 }
 
-/// What the kubelet needs from a container node; every step is a no-op on a VM.
+/// The kernel settings file: every setting `KERNEL_SETTINGS` names.
+fn kernel_settings() -> String {
+    let mut text = String::from(
+        "# Written by the k8s lab; `lab up` overwrites local changes.\n\
+         # What the kubelet (protectKernelDefaults: true) requires of the kernel; the\n\
+         # kubelet's prep unit applies it before every kubelet start. On an nspawn node\n\
+         # the kernel is the host's: these settings are the host's too.\n",
+    );
+    for (key, value) in KERNEL_SETTINGS {
+        text.push_str(&format!("{key} = {value}\n"));
+    }
+    text
+}
+
+/// What the kubelet needs from a container node; every step but the kernel settings is
+/// a no-op on a VM.
 fn prep_script(cgroup_root: &str) -> String {
     format!(
         r#"#!/bin/sh
@@ -269,10 +303,11 @@ set -eu
 # without /dev/kmsg, which systemd-nspawn does not create.
 [ -e /dev/kmsg ] || ln -s /dev/console /dev/kmsg
 
-# The kubelet sets kernel tunables at start; systemd-nspawn mounts /proc/sys
+# The kernel settings the kubelet checks at start; systemd-nspawn mounts /proc/sys
 # read-only. Writing a value back unchanged shows whether it is writable.
 sysctl -q -w vm.overcommit_memory="$(sysctl -n vm.overcommit_memory)" 2>/dev/null ||
     mount -o remount,rw /proc/sys
+sysctl -q -p {KERNEL_SETTINGS_FILE}
 
 # Pods with the node's DNS settings get a copy of /etc/resolv.conf; without the file
 # the kubelet cannot start them. A node without upstream DNS gets an empty one.
@@ -319,6 +354,17 @@ mod tests {
         assert!(config.contains("tlsPrivateKeyFile: /etc/kubernetes/pki/kubelet-key.pem\n"));
         assert!(config.contains("tlsMinVersion: VersionTLS12\n"));
         assert!(config.contains(&format!("tlsCipherSuites: [{}]\n", crate::stages::TLS_CIPHER_SUITES.join(", "))));
+    }
+
+    #[test]
+    fn kubelet_checks_the_kernel_settings_that_the_node_applies_before_it_starts() {
+        let stage = stage_for("lab.toml", Stage::Kubelet);
+        assert!(file(&stage, "worker1", CONFIG).contains("protectKernelDefaults: true\n"));
+        let settings = file(&stage, "worker1", KERNEL_SETTINGS_FILE);
+        for (key, value) in KERNEL_SETTINGS {
+            assert!(settings.contains(&format!("\n{key} = {value}\n")), "{key} missing from:\n{settings}");
+        }
+        assert!(file(&stage, "worker1", PREP_SCRIPT).contains(&format!("sysctl -q -p {KERNEL_SETTINGS_FILE}\n")));
     }
 
     #[test]

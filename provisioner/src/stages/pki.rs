@@ -6,11 +6,14 @@
 //! what its roles need, so a compromised worker holds no key that could mint new
 //! identities (never the CA key) and no key of another node:
 //!
-//! - an etcd member: the CA certificate and its own serving and peer certificates;
-//! - a master: the CA certificate and key (kube-controller-manager signs kubelet
-//!   certificate requests with them), kube-apiserver's serving certificate, its client
-//!   certificates towards etcd and the kubelets, and the service-account key pair;
-//! - a worker: the CA certificate and its own kubelet certificate.
+//! - an etcd member: etcd's CA certificate and its own serving and peer certificates;
+//! - a master: the cluster CA certificate and key (kube-controller-manager signs kubelet
+//!   certificate requests with them), etcd's CA certificate, kube-apiserver's serving
+//!   certificate, its client certificates towards etcd and the kubelets, and the
+//!   service-account key pair;
+//! - a worker: the cluster CA certificate and its own kubelet certificate.
+//!
+//! etcd's CA is a CA of its own (CIS 2.7, see `pki`), and its key stays on the host.
 //!
 //! Private keys are mode 0600, certificates 0644, all owned by root: the lab's own
 //! unit files run etcd and the Kubernetes components as root, so no other user
@@ -29,7 +32,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         let actions = stage.node(&node.name);
 
         if node.has(Role::Etcd) {
-            actions.files.push(certificate(paths::etcd_pki(pki_files::CA_CERT), &pki.ca.cert_pem));
+            actions.files.push(certificate(paths::etcd_pki(pki_files::CA_CERT), &pki.etcd_ca.cert_pem));
             install(
                 actions,
                 pki.get(&names::etcd_server(&node.name)),
@@ -50,6 +53,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
 
         if node.has(Role::Master) {
             actions.files.push(FileSpec::secret(paths::kubernetes_pki(pki_files::CA_KEY), &pki.ca.key_pem));
+            actions.files.push(certificate(paths::kubernetes_pki(pki_files::ETCD_CA_CERT), &pki.etcd_ca.cert_pem));
             install(
                 actions,
                 pki.get(names::APISERVER),

@@ -26,6 +26,7 @@ fn bundle(topology: &Topology) -> Bundle {
         crate::pki::specs(topology).into_iter().map(|spec| (spec.name.clone(), placeholder(&spec.name))).collect();
     Bundle {
         ca: placeholder("ca"),
+        etcd_ca: placeholder("etcd-ca"),
         certificates,
         service_account: placeholder("service-account"),
         secrets_encryption_key: "c2VjcmV0cy1lbmNyeXB0aW9uLWtleS1wbGFjZWhvbGRlcg==".to_string(),
