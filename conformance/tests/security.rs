@@ -1,17 +1,18 @@
 //! Secure by default: no anonymous access anywhere, authorization on every API, mutual TLS
 //! between etcd members, private keys and kubeconfigs readable by root only, health and
-//! metrics ports on loopback only (firewall.rs), and the CA key only where the controller
-//! manager signs with it.
+//! metrics ports on loopback only (firewall.rs) and with strong TLS, and the CA key only
+//! where the controller manager signs with it.
 //!
 //! Where it can, each test checks behaviour from the outside (the answer a request gets)
 //! and not only the flag that should cause it.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use conformance::{flag, lab, HttpsError, Identity};
+use conformance::{flag, lab, HttpsError, Identity, TlsPolicy};
 use provisioner::paths;
 use provisioner::pki::names;
-use provisioner::stages::{etcd, kube_apiserver, kube_proxy, kubelet};
+use provisioner::stages::{etcd, kube_apiserver, kube_controller_manager, kube_proxy, kube_scheduler, kubelet};
 use provisioner::topology::Role;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -252,4 +253,25 @@ fn workers_have_no_ca_private_key() {
         let found = lab.sh(&worker.name, &script);
         assert!(found.trim().is_empty(), "{} holds the CA private key: {}", worker.name, found.trim());
     }
+}
+
+/// The controller managers' and schedulers' HTTPS ports (health and metrics, on
+/// loopback) speak TLS 1.2 or newer with strong ciphers only, as the apiservers do:
+/// asked on each master with OpenSSL, as for CIS 1.2.34.
+///
+/// Turn it red: `cargo lab break controller-manager-old-tls-and-weak-ciphers` or
+/// `cargo lab break scheduler-old-tls-and-weak-ciphers`.
+#[test]
+fn controller_managers_and_schedulers_refuse_old_tls_and_weak_ciphers() {
+    let lab = lab();
+    let problems: Vec<String> = lab
+        .nodes_with(Role::Master)
+        .iter()
+        .flat_map(|master| {
+            [kube_controller_manager::SECURE_PORT, kube_scheduler::SECURE_PORT].into_iter().flat_map(|port| {
+                lab.tls_policy_problems(&master.name, Ipv4Addr::LOCALHOST, port, None, TlsPolicy::Tls12AndStrongCiphers)
+            })
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -780,6 +780,52 @@ pub static CATALOGUE: &[Fault] = &[
         },
     },
     Fault {
+        name: "controller-manager-old-tls-and-weak-ciphers",
+        stage: Stage::KubeControllerManager,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-controller-manager on {nodes} runs with --tls-min-version=VersionTLS10 and without --tls-cipher-suites",
+        symptom: "its HTTPS port on loopback accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1",
+        breaks: &["security::controller_managers_and_schedulers_refuse_old_tls_and_weak_ciphers"],
+        inject: |_, nodes| {
+            let unit = paths::unit(kube_controller_manager::UNIT);
+            on_each(
+                nodes,
+                &format!(
+                    "{} && {} && systemctl daemon-reload && systemctl restart {}",
+                    edit(&unit, "--tls-min-version=VersionTLS12", "--tls-min-version=VersionTLS10"),
+                    delete_line(&unit, "--tls-cipher-suites="),
+                    kube_controller_manager::UNIT
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(kube_controller_manager::SECURE_PORT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "scheduler-old-tls-and-weak-ciphers",
+        stage: Stage::KubeScheduler,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-scheduler on {nodes} runs with --tls-min-version=VersionTLS10 and without --tls-cipher-suites",
+        symptom: "its HTTPS port on loopback accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1",
+        breaks: &["security::controller_managers_and_schedulers_refuse_old_tls_and_weak_ciphers"],
+        inject: |_, nodes| {
+            let unit = paths::unit(kube_scheduler::UNIT);
+            on_each(
+                nodes,
+                &format!(
+                    "{} && {} && systemctl daemon-reload && systemctl restart {}",
+                    edit(&unit, "--tls-min-version=VersionTLS12", "--tls-min-version=VersionTLS10"),
+                    delete_line(&unit, "--tls-cipher-suites="),
+                    kube_scheduler::UNIT
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(kube_scheduler::SECURE_PORT)),
+        healed: nothing,
+    },
+    Fault {
         name: "controller-manager-profiling-on",
         stage: Stage::KubeControllerManager,
         scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },

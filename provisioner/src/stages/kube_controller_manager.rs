@@ -17,7 +17,9 @@ use std::net::Ipv4Addr;
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
 use crate::plan::{Context, FileSpec, StagePlan};
-use crate::stages::{install_unit, kubernetes_unit, loopback_health_checks, LeaderElection};
+use crate::stages::{
+    install_unit, kubernetes_unit, loopback_health_checks, LeaderElection, TLS_CIPHER_SUITES, TLS_MIN_VERSION,
+};
 use crate::topology::{Role, Topology};
 
 /// The unit this stage writes and starts on every master.
@@ -25,7 +27,7 @@ pub const UNIT: &str = "kube-controller-manager.service";
 /// The user name its certificate carries (CN), which Kubernetes' built-in RBAC knows.
 const USER: &str = "system:kube-controller-manager";
 /// HTTPS port for health and metrics, with authentication (the 1.20 default).
-const SECURE_PORT: u16 = 10257;
+pub const SECURE_PORT: u16 = 10257;
 /// Plain HTTP health port, bound to loopback only: `kubectl get componentstatuses` in
 /// 1.20 asks `http://127.0.0.1:10252/healthz` on the apiserver's node.
 pub const INSECURE_PORT: u16 = 10252;
@@ -65,6 +67,10 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         // Health and metrics on loopback only: nothing outside the master needs them.
         "--bind-address=127.0.0.1".to_string(),
         format!("--secure-port={SECURE_PORT}"),
+        // The same TLS as the apiserver's (CIS 1.2.34 asks it of the apiserver): Go's
+        // defaults would also take TLS 1.0 and CBC ciphers with SHA-1.
+        format!("--tls-min-version={TLS_MIN_VERSION}"),
+        format!("--tls-cipher-suites={}", TLS_CIPHER_SUITES.join(",")),
         "--address=127.0.0.1".to_string(),
         format!("--port={INSECURE_PORT}"),
         // The plan gives every worker a fixed /24 of the pod range, and the pod network

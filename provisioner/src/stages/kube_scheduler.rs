@@ -15,7 +15,9 @@ use std::net::Ipv4Addr;
 use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{Context, FileSpec, StagePlan};
-use crate::stages::{install_unit, kubernetes_unit, loopback_health_checks, LeaderElection};
+use crate::stages::{
+    install_unit, kubernetes_unit, loopback_health_checks, LeaderElection, TLS_CIPHER_SUITES, TLS_MIN_VERSION,
+};
 use crate::topology::Role;
 
 /// The unit this stage writes and starts on every master.
@@ -23,7 +25,7 @@ pub const UNIT: &str = "kube-scheduler.service";
 /// The user name its certificate carries (CN), which Kubernetes' built-in RBAC knows.
 const USER: &str = "system:kube-scheduler";
 /// HTTPS port for health and metrics, with authentication (the 1.20 default).
-const SECURE_PORT: u16 = 10259;
+pub const SECURE_PORT: u16 = 10259;
 /// Plain HTTP health port, bound to loopback only: `kubectl get componentstatuses` in
 /// 1.20 asks `http://127.0.0.1:10251/healthz` on the apiserver's node.
 pub const INSECURE_PORT: u16 = 10251;
@@ -76,6 +78,10 @@ enableProfiling: false
         format!("--authorization-kubeconfig={kubeconfig_path}"),
         "--bind-address=127.0.0.1".to_string(),
         format!("--secure-port={SECURE_PORT}"),
+        // The same TLS as the apiserver's (CIS 1.2.34 asks it of the apiserver): Go's
+        // defaults would also take TLS 1.0 and CBC ciphers with SHA-1.
+        format!("--tls-min-version={TLS_MIN_VERSION}"),
+        format!("--tls-cipher-suites={}", TLS_CIPHER_SUITES.join(",")),
         "--v=2".to_string(),
     ];
     for master in topology.nodes_with(Role::Master) {
