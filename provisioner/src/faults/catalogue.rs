@@ -151,6 +151,16 @@ fn forget_lease(context: &FaultContext, component: &str) -> Vec<Step> {
     )]
 }
 
+/// Lets `unit`'s HTTPS port take TLS 1.0 and Go's default ciphers, and restarts it.
+fn old_tls_and_weak_ciphers(unit: &str) -> String {
+    let file = paths::unit(unit);
+    format!(
+        "{} && {} && systemctl daemon-reload && systemctl restart {unit}",
+        edit(&file, "--tls-min-version=VersionTLS12", "--tls-min-version=VersionTLS10"),
+        delete_line(&file, "--tls-cipher-suites="),
+    )
+}
+
 /// The apiserver flag of `apiserver-etcd-first-member-only`.
 fn only_first_etcd_member(context: &FaultContext) -> String {
     format!("--etcd-servers=https://{}:{}", context.first(Role::Etcd).address, etcd::CLIENT_PORT)
@@ -786,18 +796,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-controller-manager on {nodes} runs with --tls-min-version=VersionTLS10 and without --tls-cipher-suites",
         symptom: "its HTTPS port on loopback accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1",
         breaks: &["security::controller_managers_and_schedulers_refuse_old_tls_and_weak_ciphers"],
-        inject: |_, nodes| {
-            let unit = paths::unit(kube_controller_manager::UNIT);
-            on_each(
-                nodes,
-                &format!(
-                    "{} && {} && systemctl daemon-reload && systemctl restart {}",
-                    edit(&unit, "--tls-min-version=VersionTLS12", "--tls-min-version=VersionTLS10"),
-                    delete_line(&unit, "--tls-cipher-suites="),
-                    kube_controller_manager::UNIT
-                ),
-            )
-        },
+        inject: |_, nodes| on_each(nodes, &old_tls_and_weak_ciphers(kube_controller_manager::UNIT)),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &listening(kube_controller_manager::SECURE_PORT)),
         healed: nothing,
@@ -809,18 +808,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-scheduler on {nodes} runs with --tls-min-version=VersionTLS10 and without --tls-cipher-suites",
         symptom: "its HTTPS port on loopback accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1",
         breaks: &["security::controller_managers_and_schedulers_refuse_old_tls_and_weak_ciphers"],
-        inject: |_, nodes| {
-            let unit = paths::unit(kube_scheduler::UNIT);
-            on_each(
-                nodes,
-                &format!(
-                    "{} && {} && systemctl daemon-reload && systemctl restart {}",
-                    edit(&unit, "--tls-min-version=VersionTLS12", "--tls-min-version=VersionTLS10"),
-                    delete_line(&unit, "--tls-cipher-suites="),
-                    kube_scheduler::UNIT
-                ),
-            )
-        },
+        inject: |_, nodes| on_each(nodes, &old_tls_and_weak_ciphers(kube_scheduler::UNIT)),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &listening(kube_scheduler::SECURE_PORT)),
         healed: nothing,
