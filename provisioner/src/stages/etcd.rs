@@ -137,6 +137,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             notify: true,
             command: paths::ETCD_BIN,
             flags: &flags,
+            stop_timeout: None,
         });
 
         let actions = stage.node(&member.name);

@@ -109,6 +109,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             "kube-controller-manager",
             &format!("Kubernetes controller manager on {}", master.name),
             &flags,
+            None,
         );
 
         let actions = stage.node(&master.name);

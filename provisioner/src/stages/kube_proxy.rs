@@ -110,6 +110,7 @@ conntrack:
             "kube-proxy",
             &format!("Kubernetes kube-proxy on {}", node.name),
             &[format!("--config={CONFIG}"), "--v=2".to_string()],
+            None,
         );
 
         let actions = stage.node(&node.name);

@@ -220,6 +220,15 @@ pub struct ServiceUnit<'a> {
     pub command: &'a str,
     /// `--flag=value` arguments, one per line in the unit for readability.
     pub flags: &'a [String],
+    /// How long systemd lets the daemon shut down after SIGTERM before it kills it,
+    /// where the node's default (10 s) does not suit it.
+    pub stop_timeout: Option<StopTimeout<'a>>,
+}
+
+/// A daemon's own stop timeout and why it has one, which the unit says in a comment.
+pub struct StopTimeout<'a> {
+    pub seconds: u32,
+    pub why: &'a str,
 }
 
 /// A systemd service for one of the lab's long-running daemons (etcd and the control
@@ -233,6 +242,10 @@ pub fn service_unit(unit: &ServiceUnit<'_>) -> String {
         exec_start.push_str(flag);
     }
     let service_type = if unit.notify { "notify" } else { "simple" };
+    let stop_timeout = unit.stop_timeout.as_ref().map_or(String::new(), |stop| {
+        let why: String = stop.why.lines().map(|line| format!("# {}\n", line.trim())).collect();
+        format!("{why}TimeoutStopSec={}s\n", stop.seconds)
+    });
     format!(
         "# Written by the k8s lab; `lab up` overwrites local changes.
 [Unit]
@@ -246,7 +259,7 @@ Type={service_type}
 ExecStart={exec_start}
 Restart=on-failure
 RestartSec=5
-# Every client watch is an open connection.
+{stop_timeout}# Every client watch is an open connection.
 LimitNOFILE=65536
 
 [Install]
@@ -259,7 +272,12 @@ WantedBy=multi-user.target
 
 /// The unit of one of the Kubernetes daemons from the lab's binaries, documented by its
 /// command-line reference for the lab's Kubernetes version.
-pub fn kubernetes_unit(component: &str, description: &str, flags: &[String]) -> String {
+pub fn kubernetes_unit(
+    component: &str,
+    description: &str,
+    flags: &[String],
+    stop_timeout: Option<StopTimeout<'_>>,
+) -> String {
     service_unit(&ServiceUnit {
         description,
         documentation: &format!(
@@ -268,6 +286,7 @@ pub fn kubernetes_unit(component: &str, description: &str, flags: &[String]) -> 
         notify: false,
         command: &format!("{}/{component}", paths::BIN_DIR),
         flags,
+        stop_timeout,
     })
 }
 
