@@ -30,6 +30,7 @@ pub fn list(paths: &Paths, json: bool) -> Result<(), Failure> {
                 "not_applicable": applies.as_ref().err().map(ToString::to_string),
                 "takes_node": matches!(fault.scope, faults::Scope::One { .. }),
                 "breaks": fault.breaks,
+                "proof": fault.proof,
                 "in_force": in_force.iter().any(|record| record.fault == fault.name),
             })
         })

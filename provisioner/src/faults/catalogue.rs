@@ -3,7 +3,7 @@
 //! property allows: a flag in one unit, one mode, one route, one member. Stopping a
 //! whole service is used only where "the service runs" is the property.
 
-use super::{DefaultNode, Fault, FaultContext, Scope, Step};
+use super::{DefaultNode, Fault, FaultContext, Proof, Scope, Step};
 use crate::plan::Stage;
 use crate::stages::{
     container_runtime, dns_addon, etcd, firewall, keepalived, kube_apiserver, kube_controller_manager, kube_proxy,
@@ -214,6 +214,7 @@ pub static CATALOGUE: &[Fault] = &[
             "componentstatuses::scheduler_controller_manager_and_every_etcd_member_are_healthy",
             "failover::writes_resume_and_none_is_lost_when_the_etcd_leader_is_killed",
         ],
+        proof: Proof::Alone,
         inject: |_, nodes| on_each(nodes, &stop(etcd::UNIT)),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &inactive(etcd::UNIT)),
@@ -229,6 +230,7 @@ pub static CATALOGUE: &[Fault] = &[
             "etcd::clients_without_a_certificate_are_refused",
             "security::etcd_requires_client_and_peer_certificates",
         ],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             let unit = paths::unit(etcd::UNIT);
             // etcd asks for client certificates whenever it has a CA to check them
@@ -254,6 +256,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the etcd member on {nodes} runs without --cipher-suites",
         symptom: "one etcd member accepts CBC ciphers with SHA-1 from clients and peers",
         breaks: &["etcd::every_member_refuses_weak_ciphers"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             let unit = paths::unit(etcd::UNIT);
             on_each(
@@ -277,6 +280,7 @@ pub static CATALOGUE: &[Fault] = &[
                   cluster opens it",
         symptom: "a kubelet's or the admin's certificate reads and writes every object straight from that member",
         breaks: &["cis::cis_2_7_etcd_trusts_only_its_own_ca"],
+        proof: Proof::AfterOthers,
         // The cluster CA joins etcd's own in the file etcd reads its trusted CAs from.
         inject: |context, nodes| {
             on_each(
@@ -300,6 +304,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the etcd data directory on {nodes} is mode 0755, so every user of the node can list it",
         symptom: "nothing visible: any process on that node can see the database's files and their sizes",
         breaks: &["cis::cis_1_1_11_etcd_data_directories_are_private"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| on_each(nodes, &format!("chmod 0755 {}", paths::ETCD_DATA_DIR)),
         // Debian's etcd package makes the data directory 0700, and nothing in the lab's
         // plan owns the directory itself, so `lab up` would not see the mode.
@@ -314,6 +319,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the etcd member on {nodes} accepts peers without a certificate (--peer-client-cert-auth=false)",
         symptom: "anything that reaches port 2380 can join the etcd cluster's raft traffic",
         breaks: &["security::etcd_requires_client_and_peer_certificates"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             let unit = paths::unit(etcd::UNIT);
             on_each(
@@ -332,6 +338,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "etcd lists a member `ghost` that no node runs (added through {nodes})",
         symptom: "etcd's member list has more members than the lab has etcd nodes",
         breaks: &["etcd::member_list_equals_the_topology"],
+        proof: Proof::Alone,
         // etcd refuses a new member ("unhealthy cluster") until every member has been
         // connected for 5 s, as right after a member restarted (a restore does that):
         // the add is tried again for up to 30 s while that is the reason.
@@ -377,6 +384,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "etcd elected a new leader on a healthy cluster (leadership moved through {nodes})",
         symptom: "every watch of the apiservers broke once, for no failure anyone can see",
         breaks: &["etcd::etcd_elected_no_leader_outside_the_failover_drills"],
+        proof: Proof::Alone,
         // `move-leader` must be sent to the leader: every member is asked which one
         // it is (`endpoint status`: endpoint, ID, version, size, is leader, is
         // learner, ...), and the leadership goes to the first voting member that is not.
@@ -410,6 +418,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the etcd members on {nodes} are stopped, so the others have no quorum",
         symptom: "every write to the API hangs and fails",
         breaks: &["etcd::exactly_one_leader"],
+        proof: Proof::Alone,
         inject: |_, nodes| on_each(nodes, &stop(etcd::UNIT)),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &inactive(etcd::UNIT)),
@@ -422,6 +431,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the etcd units on {nodes} point at an empty data directory, which takes effect at their next start",
         symptom: "nothing, until two etcd members restart: then they cannot rejoin and the quorum never returns",
         breaks: &["failover::writes_and_watches_recover_after_etcd_loses_its_quorum"],
+        proof: Proof::Alone,
         // Only the unit file changes (and systemd rereads it): the running members keep
         // their data until the next start, which is the moment the property is about.
         inject: |_, nodes| {
@@ -447,6 +457,7 @@ pub static CATALOGUE: &[Fault] = &[
                   directory), so a restart of the machines loses what was written since",
         symptom: "after `lab down` and `lab up`, objects made before the restart are gone",
         breaks: &["failover::every_object_and_pod_is_back_after_a_full_restart"],
+        proof: Proof::Alone,
         // Every member is stopped before any is copied, so that the disks keep one
         // moment of the cluster: a member copied, started and copied again later would
         // come back after the restart with less than it had acknowledged to its peers,
@@ -504,6 +515,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-apiserver on {nodes} is stopped",
         symptom: "one master's API address refuses connections",
         breaks: &["control_plane::every_apiserver_answers_directly"],
+        proof: Proof::Alone,
         inject: |_, nodes| on_each(nodes, &stop(kube_apiserver::UNIT)),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &inactive(kube_apiserver::UNIT)),
@@ -516,6 +528,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-apiserver on {nodes} authenticates requests without credentials as system:anonymous",
         symptom: "a request with no certificate or token is answered 403 by one apiserver, not 401",
         breaks: &["security::apiservers_refuse_anonymous_requests"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -538,6 +551,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-apiserver on {nodes} serves Go's profiler at /debug/pprof/",
         symptom: "anyone allowed to read every path can take CPU and memory profiles of one apiserver",
         breaks: &["cis::cis_1_2_20_apiservers_serve_no_profiles"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -560,6 +574,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-apiserver on {nodes} runs without the NodeRestriction admission plugin",
         symptom: "through one apiserver, a kubelet's credentials can relabel any node and so draw any pod onto it",
         breaks: &["cis::cis_1_2_16_apiservers_let_a_kubelet_modify_only_its_own_node"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -582,6 +597,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-apiserver on {nodes} runs with an empty `--audit-log-path`: it writes no audit log",
         symptom: "requests served by one apiserver leave no record of who made them",
         breaks: &["cis::cis_1_2_21_to_24_apiservers_write_an_audit_log"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -605,6 +621,7 @@ pub static CATALOGUE: &[Fault] = &[
         symptom: "Secrets written through one apiserver can be read by anyone with a copy of etcd's data; \
                   it still reads the encrypted ones, so nothing else shows it",
         breaks: &["cis::cis_1_2_32_and_33_apiservers_encrypt_secrets_in_etcd"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(nodes, &format!("{} && systemctl restart {}", identity_provider_first(), kube_apiserver::UNIT))
         },
@@ -619,6 +636,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-apiserver on {nodes} runs with --tls-min-version=VersionTLS10 and without --tls-cipher-suites",
         symptom: "one apiserver accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1, which an attacker in the path can weaken",
         breaks: &["cis::cis_1_2_34_apiservers_refuse_old_tls_and_weak_ciphers"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             let unit = paths::unit(kube_apiserver::UNIT);
             on_each(
@@ -642,6 +660,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-apiserver on {nodes} authorizes with RBAC only, without the Node authorizer",
         symptom: "kubelets are forbidden to read their own Node through one apiserver",
         breaks: &["security::apiservers_authorize_with_node_and_rbac"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -664,6 +683,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "every kube-apiserver ({nodes}) knows only the first etcd member (--etcd-servers)",
         symptom: "the API stops when one etcd member stops, though etcd keeps its quorum",
         breaks: &["failover::the_api_keeps_answering_when_the_first_etcd_member_stops"],
+        proof: Proof::Alone,
         inject: |context, nodes| {
             let members: Vec<String> = context
                 .topology
@@ -711,6 +731,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-controller-manager is stopped on every master ({nodes})",
         symptom: "Deployments stop making pods and new Services get no endpoints",
         breaks: &["control_plane::one_controller_manager_holds_the_leader_lease"],
+        proof: Proof::Alone,
         inject: |_, nodes| on_each(nodes, &stop(kube_controller_manager::UNIT)),
         undo: |context, _| forget_lease(context, "kube-controller-manager"),
         in_force: |context, _| lease_expired(context, "kube-controller-manager"),
@@ -726,6 +747,7 @@ pub static CATALOGUE: &[Fault] = &[
             "control_plane::a_new_service_gets_its_endpoints_within_seconds",
             "dns::a_headless_service_has_an_a_record_per_ready_pod",
         ],
+        proof: Proof::Alone,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -751,6 +773,7 @@ pub static CATALOGUE: &[Fault] = &[
             "control_plane::one_scheduler_holds_the_leader_lease",
             "componentstatuses::scheduler_controller_manager_and_every_etcd_member_are_healthy",
         ],
+        proof: Proof::Alone,
         inject: |_, nodes| on_each(nodes, &stop(kube_scheduler::UNIT)),
         undo: |context, _| forget_lease(context, "kube-scheduler"),
         in_force: |context, _| lease_expired(context, "kube-scheduler"),
@@ -764,6 +787,7 @@ pub static CATALOGUE: &[Fault] = &[
                   other masters of {nodes})",
         symptom: "nothing seems wrong until a leader fails; then nobody takes its work over",
         breaks: &["failover::another_master_leads_when_the_controller_manager_and_scheduler_leaders_are_killed"],
+        proof: Proof::Alone,
         // Leader election names the holder `HOSTNAME_UUID`, and a node's hostname is its name.
         inject: |_, nodes| {
             on_each(
@@ -796,6 +820,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-controller-manager on {nodes} runs with --tls-min-version=VersionTLS10 and without --tls-cipher-suites",
         symptom: "its HTTPS port on loopback accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1",
         breaks: &["security::controller_managers_and_schedulers_refuse_old_tls_and_weak_ciphers"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| on_each(nodes, &old_tls_and_weak_ciphers(kube_controller_manager::UNIT)),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &listening(kube_controller_manager::SECURE_PORT)),
@@ -808,6 +833,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-scheduler on {nodes} runs with --tls-min-version=VersionTLS10 and without --tls-cipher-suites",
         symptom: "its HTTPS port on loopback accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1",
         breaks: &["security::controller_managers_and_schedulers_refuse_old_tls_and_weak_ciphers"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| on_each(nodes, &old_tls_and_weak_ciphers(kube_scheduler::UNIT)),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &listening(kube_scheduler::SECURE_PORT)),
@@ -820,6 +846,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-controller-manager on {nodes} serves Go's profiler at /debug/pprof/",
         symptom: "anything on that master can take profiles of the controller manager without credentials",
         breaks: &["cis::cis_1_3_2_controller_managers_serve_no_profiles"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -842,6 +869,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-scheduler on {nodes} serves Go's profiler at /debug/pprof/",
         symptom: "anything on that master can take profiles of the scheduler without credentials",
         breaks: &["cis::cis_1_4_1_schedulers_serve_no_profiles"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -865,6 +893,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "HAProxy on {nodes} does not health-check the apiservers, so it never takes a stopped one out",
         symptom: "a stopped apiserver stays in HAProxy's backend; connections to it are refused and saved only by retries",
         breaks: &["failover::the_api_keeps_answering_when_one_apiserver_stops"],
+        proof: Proof::Alone,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -887,6 +916,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "keepalived is stopped on every load balancer ({nodes}), so none holds the virtual IP",
         symptom: "the API address in every kubeconfig does not answer",
         breaks: &["control_plane::the_api_answers_through_the_virtual_ip"],
+        proof: Proof::Alone,
         inject: |_, nodes| on_each(nodes, &stop(keepalived::UNIT)),
         undo: nothing,
         in_force: |context, nodes| {
@@ -904,6 +934,7 @@ pub static CATALOGUE: &[Fault] = &[
             "failover::keepalived_moves_the_virtual_ip_when_its_holder_stops",
             "failover::keepalived_moves_the_virtual_ip_when_haproxy_stops_on_its_holder",
         ],
+        proof: Proof::Alone,
         inject: |context, nodes| {
             on_each(
                 nodes,
@@ -925,6 +956,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the virtual IP is also on {nodes}, which keepalived did not elect (split brain)",
         symptom: "API requests through the virtual IP go to two load balancers at random",
         breaks: &["control_plane::exactly_one_master_holds_the_virtual_ip"],
+        proof: Proof::Alone,
         inject: |context, nodes| {
             let vip = context.vip_with_prefix();
             on_each(
@@ -959,6 +991,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "{nodes} has no route to the pod range of the other workers",
         symptom: "pods on one worker cannot reach pods on the others",
         breaks: &["nodeport::pods_reach_pods_on_other_workers"],
+        proof: Proof::Alone,
         inject: |context, nodes| {
             let node = nodes[0];
             let others: Vec<String> = context
@@ -981,6 +1014,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "containerd on {nodes} is stopped, so its kubelet reports the node NotReady",
         symptom: "one node is NotReady and new pods are not started there",
         breaks: &["nodes::every_worker_is_ready_with_its_planned_pod_range_and_address"],
+        proof: Proof::Alone,
         inject: |_, nodes| on_each(nodes, &stop(container_runtime::UNIT)),
         undo: nothing,
         in_force: |context, nodes| node_ready(context, nodes, false),
@@ -993,6 +1027,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the kubelet on {nodes} serves its unauthenticated read-only port 10255",
         symptom: "anyone who reaches the node can list its pods and their environment without credentials",
         breaks: &["security::kubelets_serve_no_read_only_port"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| on_each(nodes, &edit_and_restart(kubelet::CONFIG, "readOnlyPort: 0", "readOnlyPort: 10255", kubelet::UNIT)),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &listening(10255)),
@@ -1005,6 +1040,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the kubelet on {nodes} runs with tlsMinVersion VersionTLS10 and without tlsCipherSuites",
         symptom: "one kubelet's API accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1",
         breaks: &["cis::cis_4_2_13_kubelets_refuse_old_tls_and_weak_ciphers"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -1036,6 +1072,7 @@ pub static CATALOGUE: &[Fault] = &[
             "cis::cis_1_2_5_and_4_2_10_apiservers_reach_kubelets_by_their_lab_certificates_only",
             "security::kubelets_refuse_anonymous_requests_and_authorize_through_the_apiserver",
         ],
+        proof: Proof::AfterOthers,
         // Everything but the issuer is right (the node's name and address, a server
         // key usage), so that only checking the CA can tell it from the lab's own.
         inject: |_, nodes| {
@@ -1098,6 +1135,7 @@ pub static CATALOGUE: &[Fault] = &[
         symptom: "nothing visible: that kubelet would change kernel settings it disagrees with instead of refusing \
                   to start",
         breaks: &["cis::cis_4_2_6_kubelets_protect_kernel_defaults"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -1137,6 +1175,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the kubelet on {nodes} lets requests without credentials in as system:anonymous",
         symptom: "the kubelet API answers 403 instead of 401 to a request without a certificate",
         breaks: &["security::kubelets_refuse_anonymous_requests_and_authorize_through_the_apiserver"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -1159,6 +1198,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the kubelets on {nodes} give new pods a name server that is not the cluster DNS",
         symptom: "new pods cannot resolve Service names, while the cluster DNS answers the host",
         breaks: &["dns::pods_resolve_service_names"],
+        proof: Proof::Alone,
         inject: |context, nodes| {
             let network = &context.topology.network;
             // The `kubernetes` Service's address: inside the service range, routed, and
@@ -1185,6 +1225,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-proxy's kubeconfig on {nodes}, which embeds its private key, is readable by every user",
         symptom: "any process on the node can act as kube-proxy against the API",
         breaks: &["security::private_keys_and_kubeconfigs_are_readable_by_root_only"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| on_each(nodes, &format!("chmod 0644 {}", paths::kubeconfig("kube-proxy"))),
         undo: nothing,
         in_force: nothing,
@@ -1197,6 +1238,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "{nodes} has a file named like the CA's private key",
         symptom: "a worker that is broken into could mint any cluster identity",
         breaks: &["security::workers_have_no_ca_private_key"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| on_each(nodes, &format!("touch {}", paths::kubernetes_pki(paths::pki_files::CA_KEY))),
         undo: |_, nodes| on_each(nodes, &format!("rm -f {}", paths::kubernetes_pki(paths::pki_files::CA_KEY))),
         in_force: nothing,
@@ -1210,6 +1252,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-proxy on {nodes} serves NodePorts on loopback only (nodePortAddresses: 127.0.0.0/8)",
         symptom: "a NodePort Service answers on every node but one",
         breaks: &["nodeport::a_node_port_answers_on_every_node_running_kube_proxy"],
+        proof: Proof::Alone,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -1232,6 +1275,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "kube-proxy on {nodes} serves its metrics on every address, not only on loopback",
         symptom: "nothing, until the firewall is off: then port 10249 answers anyone",
         breaks: &["firewall::health_and_metrics_ports_listen_on_loopback_only"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -1255,6 +1299,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "the cluster DNS Deployment runs one replica instead of two (through {nodes})",
         symptom: "nothing seems wrong until that pod or its node fails; then no name resolves",
         breaks: &["failover::cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted"],
+        proof: Proof::Alone,
         inject: |_, nodes| {
             on_each(
                 nodes,
@@ -1295,6 +1340,7 @@ pub static CATALOGUE: &[Fault] = &[
             "dns::the_kubernetes_service_address_has_a_ptr_record",
             "dns::pods_resolve_service_names",
         ],
+        proof: Proof::Alone,
         inject: |_, nodes| {
             on_each(nodes, &format!("{} --namespace kube-system scale deployment {} --replicas=0", kubectl(), dns_addon::NAME))
         },
@@ -1321,6 +1367,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "firewalld on {nodes} is stopped",
         symptom: "every port of one node is open to the node network",
         breaks: &["firewall::firewalld_runs_on_every_node"],
+        proof: Proof::Alone,
         inject: |_, nodes| on_each(nodes, &stop(firewall::UNIT)),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &inactive(firewall::UNIT)),
@@ -1333,6 +1380,7 @@ pub static CATALOGUE: &[Fault] = &[
         summary: "{nodes}'s firewall lets the node network reach port 12345/tcp, which is in no port table",
         symptom: "a port that only the node itself should use answers from other machines",
         breaks: &["firewall::reachable_ports_equal_the_port_table"],
+        proof: Proof::AfterOthers,
         inject: |_, nodes| on_each(nodes, &format!("firewall-cmd --zone={} --add-port=12345/tcp", firewall::ZONE)),
         undo: |_, nodes| on_each(nodes, &format!("firewall-cmd --zone={} --remove-port=12345/tcp", firewall::ZONE)),
         in_force: nothing,

@@ -41,6 +41,8 @@ pub struct Fault {
     /// The conformance tests that must fail while the fault is in force, as
     /// `BINARY::TEST` (nextest's binary name and the test function).
     pub breaks: &'static [&'static str],
+    /// Whether the CI proof may break it while other faults are in force.
+    pub proof: Proof,
     /// The scripts that inject the fault, run in order on their nodes.
     inject: fn(&FaultContext, &[&Node]) -> Vec<Step>,
     /// What `lab up` cannot see and so cannot put back, undone before it runs.
@@ -76,6 +78,23 @@ pub enum Scope {
     /// (kubectl with the admin kubeconfig on the first master, etcdctl on the first
     /// etcd member).
     Cluster { via: Role, needs: usize },
+}
+
+/// How the CI proof (`fault-proof`) may break a fault. A fault is proven when its tests
+/// fail while it is in force, having passed just before with everything else as it
+/// was, and pass again after the restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proof {
+    /// With no other fault in force: it disturbs more than the property its tests
+    /// check (a stopped service, a lost quorum, a member more or a leader moved), or its
+    /// tests are failover drills, which stop parts of the lab themselves.
+    Alone,
+    /// While the faults proven before it are still in force, once its tests have been
+    /// seen to pass with them in force: it changes one setting, mode, file or port that
+    /// only its own tests look at. The proof then restores the whole series with one
+    /// `lab restore --all`, which restarts each unit once instead of once per fault.
+    AfterOthers,
 }
 
 /// Which node a one-node fault picks when `--node` does not say.

@@ -171,3 +171,20 @@ fn a_poll_is_bounded_in_count_and_says_what_did_not_hold() {
 
 /// What the faults get as the cluster CA's certificate: only its place in a script matters.
 const CLUSTER_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+
+/// A fault proven while others are in force must disturb nothing but its property: it
+/// acts on one node and names no failover drill (drills stop parts of the lab
+/// themselves and need it whole).
+#[test]
+fn faults_proven_after_others_act_on_one_node_and_name_no_drill() {
+    let after_others: Vec<&Fault> = CATALOGUE.iter().filter(|fault| fault.proof == Proof::AfterOthers).collect();
+    assert!(!after_others.is_empty());
+    for fault in after_others {
+        assert!(matches!(fault.scope, Scope::One { .. }), "{} acts on more than one node", fault.name);
+        assert!(
+            fault.breaks.iter().all(|test| !test.starts_with("failover::")),
+            "{} names a failover drill",
+            fault.name
+        );
+    }
+}
