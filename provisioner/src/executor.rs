@@ -6,7 +6,7 @@
 //! 2. reloads systemd if a unit file changed;
 //! 3. runs the stage's commands (`FilesChanged` ones only if a file changed);
 //! 4. enables every unit, restarts it if one of its inputs changed, starts it if it
-//!    is not running;
+//!    is not running, and waits until systemd has done so (no job left for the unit);
 //! 5. retries each readiness check until it passes or its timeout runs out.
 //!
 //! Once a stage has passed its checks on a node, the executor records there
@@ -113,6 +113,9 @@ impl Progress for Silent {
 /// speed: most checks pass within a second or two of their unit's start, and every
 /// stage waits for its slowest check, so a long pause adds up over fifteen stages.
 const CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the units a stage restarted or started on a node may take to be running,
+/// on machines at the host's speed: an etcd member waits for its peers' quorum.
+const UNIT_JOBS_TIMEOUT_SECS: u64 = 120;
 
 /// Runs stages against connected hosts.
 pub struct Executor<'a> {
@@ -276,6 +279,7 @@ impl<'a> Executor<'a> {
         // 4. Units. `--no-block` lets members that wait for each other (etcd's quorum)
         // start together; the readiness checks do the waiting.
         let earlier = self.earlier_writes_for(actions);
+        let mut acted_on = Vec::new();
         for unit in &actions.units {
             let restart = unit
                 .restart_when_changed
@@ -311,6 +315,33 @@ impl<'a> Executor<'a> {
             if !output.stdout.trim().is_empty() {
                 progress.step(stage, node, &format!("{} {}", output.stdout.trim(), unit.name));
                 report.changed_units.push(unit.name.clone());
+                acted_on.push(unit.name.as_str());
+            }
+        }
+        // A restart queued with `--no-block` may not have begun yet, and a unit being
+        // stopped still serves until its process exits (an etcd leader first tries to hand
+        // its leadership over, for up to 10 s while its peers restart too): the checks
+        // must not pass against the old process. So wait until systemd has no job left
+        // for these units, which means the new processes run (and a `Type=notify` one
+        // said it is ready).
+        if !acted_on.is_empty() {
+            let timeout_secs = UNIT_JOBS_TIMEOUT_SECS * u64::from(self.timeout_scale);
+            let script = format!(
+                "timeout {timeout_secs} sh -c 'while systemctl list-jobs --no-legend {units} | grep -q .; do sleep 0.2; done'",
+                units = acted_on.join(" ")
+            );
+            let output = host.run(&script).map_err(host_error)?;
+            if !output.success() {
+                return Err(ExecError::Unit {
+                    stage,
+                    node: node.to_string(),
+                    unit: acted_on.join(", "),
+                    status: output.status,
+                    journal: format!(
+                        "systemd still had a job for it after {timeout_secs} s\n{}",
+                        journal(host, &acted_on.iter().map(|unit| unit.to_string()).collect::<Vec<_>>())
+                    ),
+                });
             }
         }
 

@@ -65,14 +65,19 @@ fn fresh_node_gets_files_reload_commands_restart_and_check_in_order() {
         "a changed input restarts the unit: {:?}",
         calls[7]
     );
-    assert_eq!(calls[8], Call::Run(format!("rm -f {PENDING_DIR}/etcd")));
-    assert_eq!(calls[9], Call::Run("etcdctl endpoint health".into()));
     assert!(
-        matches!(&calls[10], Call::Run(script) if script.starts_with(&format!("mkdir -p {APPLIED_DIR} && {{ echo 'digest "))),
-        "a stage that passed is recorded: {:?}",
-        calls[10]
+        matches!(&calls[8], Call::Run(script) if script.contains("systemctl list-jobs --no-legend etcd.service")),
+        "the checks wait until the restart has happened, not against the old process: {:?}",
+        calls[8]
     );
-    assert_eq!(calls.len(), 11);
+    assert_eq!(calls[9], Call::Run(format!("rm -f {PENDING_DIR}/etcd")));
+    assert_eq!(calls[10], Call::Run("etcdctl endpoint health".into()));
+    assert!(
+        matches!(&calls[11], Call::Run(script) if script.starts_with(&format!("mkdir -p {APPLIED_DIR} && {{ echo 'digest "))),
+        "a stage that passed is recorded: {:?}",
+        calls[11]
+    );
+    assert_eq!(calls.len(), 12);
     assert_eq!(report.changed_files(), 2);
     assert_eq!(report.changed_units(), 1);
 }
