@@ -24,9 +24,7 @@ const PROBE_LABEL: &str = "conformance.k8s-lab.local/node-restriction-probe";
 const PROFILING_PATH: &str = "/debug/pprof/";
 
 /// CIS 1.1.11: every etcd member's data directory is 0700, so only its owner can list
-/// or read the database (Debian's etcd package makes it so, and etcd keeps it so). The
-/// owner is the package's `etcd` user, but etcd runs as root, as in the handbook, so
-/// CIS 1.1.12 (etcd under its own user, owning its data) is not met.
+/// or read the database (Debian's etcd package makes it so, and etcd keeps it so).
 ///
 /// Turn it red: `cargo lab break etcd-data-dir-readable-by-all` (one member's data
 /// directory at 0755).
@@ -42,6 +40,40 @@ fn cis_1_1_11_etcd_data_directories_are_private() {
         })
         .collect();
     assert!(problems.is_empty(), "etcd data directories not 0700:\n{}", problems.join("\n"));
+}
+
+/// CIS 1.1.12: every etcd member runs as the `etcd` user, which owns its data directory
+/// and everything in it, so a flaw in etcd gives the database and not the node. The
+/// check reads the user of the unit's running process, not the unit file.
+///
+/// Turn it red: `cargo lab break etcd-runs-as-root` (one member's unit without `User=`).
+#[test]
+fn cis_1_1_12_etcd_runs_as_its_own_user_and_owns_its_data() {
+    let lab = lab();
+    let script = format!(
+        "pid=$(systemctl show --property MainPID --value {unit}); \
+         echo \"process $(ps -o user= -p \"$pid\")\"; \
+         echo \"directory $(stat -c %U:%G {dir})\"; \
+         find {dir} ! -user {user} -printf 'foreign %u %p\\n' | head -3",
+        unit = etcd::UNIT,
+        dir = paths::ETCD_DATA_DIR,
+        user = etcd::USER
+    );
+    let expected = [format!("process {}", etcd::USER), format!("directory {0}:{0}", etcd::USER)];
+    let mut problems = Vec::new();
+    for member in lab.nodes_with(Role::Etcd) {
+        let report = lab.sh(&member.name, &script);
+        let lines: Vec<&str> = report.lines().map(str::trim).collect();
+        for want in &expected {
+            if !lines.contains(&want.as_str()) {
+                problems.push(format!("{}: expected `{want}`, found {lines:?}", member.name));
+            }
+        }
+        problems.extend(
+            lines.iter().filter(|line| line.starts_with("foreign ")).map(|line| format!("{}: {line}", member.name)),
+        );
+    }
+    assert!(problems.is_empty(), "etcd not run by {} owning its data:\n{}", etcd::USER, problems.join("\n"));
 }
 
 /// CIS 1.2.5 and 4.2.10: every apiserver reaches every kubelet, through the node proxy

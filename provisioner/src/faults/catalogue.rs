@@ -306,9 +306,37 @@ pub static CATALOGUE: &[Fault] = &[
         breaks: &["cis::cis_1_1_11_etcd_data_directories_are_private"],
         proof: Proof::AfterOthers,
         inject: |_, nodes| on_each(nodes, &format!("chmod 0755 {}", paths::ETCD_DATA_DIR)),
-        // Debian's etcd package makes the data directory 0700, and nothing in the lab's
-        // plan owns the directory itself, so `lab up` would not see the mode.
+        // The etcd stage makes the directory 0700 when it runs, but a converged stage
+        // does not run, and its survey looks at planned files only: `lab up` would not
+        // see the mode.
         undo: |_, nodes| on_each(nodes, &format!("chmod 0700 {}", paths::ETCD_DATA_DIR)),
+        in_force: nothing,
+        healed: nothing,
+    },
+    Fault {
+        name: "etcd-runs-as-root",
+        stage: Stage::Etcd,
+        scope: Scope::One { role: Role::Etcd, default: DefaultNode::Last, needs: 1 },
+        summary: "the etcd member on {nodes} runs as root instead of its own user",
+        symptom: "nothing visible: a flaw in that etcd would give an attacker the node, not only the database",
+        breaks: &["cis::cis_1_1_12_etcd_runs_as_its_own_user_and_owns_its_data"],
+        proof: Proof::AfterOthers,
+        // Only `User=` and `Group=` go: etcd still reads its keys from the credentials,
+        // which root can read too. The files it writes as root are given back to `etcd`
+        // by the stage when `lab up` restores the unit.
+        inject: |_, nodes| {
+            let unit = paths::unit(etcd::UNIT);
+            on_each(
+                nodes,
+                &format!(
+                    "{} && {} && systemctl daemon-reload && systemctl restart {}",
+                    delete_line(&unit, &format!("User={}", etcd::USER)),
+                    delete_line(&unit, &format!("Group={}", etcd::USER)),
+                    etcd::UNIT
+                ),
+            )
+        },
+        undo: nothing,
         in_force: nothing,
         healed: nothing,
     },
@@ -434,14 +462,16 @@ pub static CATALOGUE: &[Fault] = &[
         proof: Proof::Alone,
         // Only the unit file changes (and systemd rereads it): the running members keep
         // their data until the next start, which is the moment the property is about.
+        // The empty directory is made for etcd's user, who could not make it in /var/lib.
         inject: |_, nodes| {
             let unit = paths::unit(etcd::UNIT);
             let from = format!("--data-dir={}", paths::ETCD_DATA_DIR);
             on_each(
                 nodes,
                 &format!(
-                    "{}; systemctl daemon-reload",
-                    edit(&unit, &from, &format!("--data-dir={EMPTY_ETCD_DATA_DIR}"))
+                    "install -d -o {user} -g {user} -m 0700 {EMPTY_ETCD_DATA_DIR} && {}; systemctl daemon-reload",
+                    edit(&unit, &from, &format!("--data-dir={EMPTY_ETCD_DATA_DIR}")),
+                    user = etcd::USER
                 ),
             )
         },

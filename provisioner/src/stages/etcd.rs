@@ -32,14 +32,20 @@
 //! (etcd randomises each follower's timeout between one and two election timeouts)
 //! instead of 1 to 2 s.
 //!
-//! Debian's etcd-server package ships its own `etcd.service` (a single local member
-//! running as user `etcd`); the lab's unit of the same name in /etc/systemd/system takes
-//! precedence over it. It runs etcd as root because the PKI stage makes the keys
-//! readable by root only.
+//! Debian's etcd-server package ships its own `etcd.service` (a single local member)
+//! and the user `etcd`, which owns the data directory; the lab's unit of the same name
+//! in /etc/systemd/system takes precedence over the package's. The handbook runs etcd
+//! as root; the lab runs it as `etcd` (CIS 1.1.12), so a flaw in etcd gives an
+//! attacker the database and not the node. The member's private keys stay root's alone
+//! on disk, as every key of the lab: systemd hands etcd a copy of each at every start
+//! (`LoadCredential=`, under /run/credentials/etcd.service/, readable by `etcd` only).
+//! A member that once ran as root (a lab made by an older version) left files in its
+//! data directory that `etcd` cannot write, so the stage gives them back to `etcd`
+//! before the member starts.
 
 use crate::paths::{self, pki_files};
-use crate::plan::{CheckSpec, Context, StagePlan};
-use crate::stages::{install_unit, service_unit, ServiceUnit, TLS_CIPHER_SUITES};
+use crate::plan::{CheckSpec, CommandSpec, Context, RunWhen, StagePlan};
+use crate::stages::{credential_path, install_unit, service_unit, RunAs, ServiceUnit, TLS_CIPHER_SUITES};
 use crate::topology::Role;
 
 /// The port clients (kube-apiserver, etcdctl) use.
@@ -48,6 +54,11 @@ pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 /// The unit this stage writes and starts on every member.
 pub const UNIT: &str = "etcd.service";
+/// The user etcd runs as: Debian's etcd-server package makes it.
+pub const USER: &str = "etcd";
+/// The names under which etcd finds its private keys among its unit's credentials.
+const SERVER_KEY_CREDENTIAL: &str = "server-key.pem";
+const PEER_KEY_CREDENTIAL: &str = "peer-key.pem";
 
 /// How long a member may take to find its peers and report healthy.
 const READY_TIMEOUT_SECS: u64 = 120;
@@ -114,11 +125,11 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             "--client-cert-auth=true".to_string(),
             format!("--trusted-ca-file={ca}"),
             format!("--cert-file={server_cert}"),
-            format!("--key-file={server_key}"),
+            format!("--key-file={}", credential_path(UNIT, SERVER_KEY_CREDENTIAL)),
             "--peer-client-cert-auth=true".to_string(),
             format!("--peer-trusted-ca-file={ca}"),
             format!("--peer-cert-file={peer_cert}"),
-            format!("--peer-key-file={peer_key}"),
+            format!("--peer-key-file={}", credential_path(UNIT, PEER_KEY_CREDENTIAL)),
             // Strong ciphers only, for clients and peers (as CIS 1.2.34 asks of the
             // apiserver): etcd 3.4 has no minimum TLS version, and with these suites a
             // TLS 1.0 or 1.1 client finds none it can use.
@@ -138,9 +149,21 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             command: paths::ETCD_BIN,
             flags: &flags,
             stop_timeout: None,
+            run_as: Some(RunAs {
+                user: USER,
+                credentials: &[(SERVER_KEY_CREDENTIAL, server_key.clone()), (PEER_KEY_CREDENTIAL, peer_key.clone())],
+            }),
         });
 
         let actions = stage.node(&member.name);
+        actions.commands.push(CommandSpec {
+            description: format!("give {} to the {USER} user", paths::ETCD_DATA_DIR),
+            script: format!(
+                "install -d -o {USER} -g {USER} -m 0700 {dir} && chown -R {USER}:{USER} {dir}",
+                dir = paths::ETCD_DATA_DIR
+            ),
+            when: RunWhen::Always,
+        });
         install_unit(actions, UNIT, unit, &[&ca, &server_cert, &server_key, &peer_cert, &peer_key]);
         // `endpoint health` reads a key through raft, so it succeeds only when the
         // cluster has a leader and quorum, not merely when this process is up. The
@@ -161,7 +184,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
 mod tests {
     use super::*;
     use crate::plan::Stage;
-    use crate::stages::test_support::{file, flag, planned_nodes, stage_for, topology};
+    use crate::stages::test_support::{actions_on, file, flag, planned_nodes, stage_for, topology};
 
     #[test]
     fn every_member_lists_all_three_members() {
@@ -189,9 +212,22 @@ mod tests {
         assert_eq!(flag(unit, "client-cert-auth"), "true");
         assert_eq!(flag(unit, "peer-client-cert-auth"), "true");
         assert_eq!(flag(unit, "cert-file"), "/etc/etcd/pki/server.pem");
-        assert_eq!(flag(unit, "peer-key-file"), "/etc/etcd/pki/peer-key.pem");
         assert_eq!(flag(unit, "cipher-suites"), TLS_CIPHER_SUITES.join(","));
         assert!(unit.contains("Type=notify\n") && unit.contains("Restart=on-failure\n"));
+    }
+
+    /// CIS 1.1.12: etcd runs as `etcd`, and reads its root-only keys as systemd's
+    /// credentials; the data directory is given to `etcd` before the unit starts.
+    #[test]
+    fn member_runs_as_etcd_with_its_keys_as_credentials() {
+        let stage = stage_for("lab.toml", Stage::Etcd);
+        let unit = file(&stage, "master2", "/etc/systemd/system/etcd.service");
+        assert!(unit.contains("User=etcd\nGroup=etcd\n"), "{unit}");
+        assert!(unit.contains("LoadCredential=server-key.pem:/etc/etcd/pki/server-key.pem\n"), "{unit}");
+        assert!(unit.contains("LoadCredential=peer-key.pem:/etc/etcd/pki/peer-key.pem\n"), "{unit}");
+        assert_eq!(flag(unit, "key-file"), "/run/credentials/etcd.service/server-key.pem");
+        assert_eq!(flag(unit, "peer-key-file"), "/run/credentials/etcd.service/peer-key.pem");
+        assert!(actions_on(&stage, "master2").commands[0].script.contains("chown -R etcd:etcd /var/lib/etcd"));
     }
 
     #[test]

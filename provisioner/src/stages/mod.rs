@@ -223,6 +223,23 @@ pub struct ServiceUnit<'a> {
     /// How long systemd lets the daemon shut down after SIGTERM before it kills it,
     /// where the node's default (10 s) does not suit it.
     pub stop_timeout: Option<StopTimeout<'a>>,
+    /// The user the daemon runs as, where not root.
+    pub run_as: Option<RunAs<'a>>,
+}
+
+/// A daemon that runs as a user of its own (`User=`, `Group=`) and reads root-only
+/// files through systemd's credentials (`LoadCredential=`): at each start systemd
+/// copies each file to `/run/credentials/UNIT/NAME`, readable by that user only, so
+/// the files on disk stay root's alone.
+pub struct RunAs<'a> {
+    pub user: &'a str,
+    /// (credential name, root-only file it is loaded from).
+    pub credentials: &'a [(&'a str, String)],
+}
+
+/// Where a unit's process finds the credential `name` that `LoadCredential=` loaded.
+pub fn credential_path(unit: &str, name: &str) -> String {
+    format!("/run/credentials/{unit}/{name}")
 }
 
 /// A daemon's own stop timeout and why it has one, which the unit says in a comment.
@@ -242,6 +259,13 @@ pub fn service_unit(unit: &ServiceUnit<'_>) -> String {
         exec_start.push_str(flag);
     }
     let service_type = if unit.notify { "notify" } else { "simple" };
+    let run_as = unit.run_as.as_ref().map_or(String::new(), |run_as| {
+        let mut settings = format!("User={user}\nGroup={user}\n", user = run_as.user);
+        for (name, file) in run_as.credentials {
+            settings.push_str(&format!("LoadCredential={name}:{file}\n"));
+        }
+        settings
+    });
     let stop_timeout = unit.stop_timeout.as_ref().map_or(String::new(), |stop| {
         let why: String = stop.why.lines().map(|line| format!("# {}\n", line.trim())).collect();
         format!("{why}TimeoutStopSec={}s\n", stop.seconds)
@@ -256,7 +280,7 @@ After=network-online.target
 
 [Service]
 Type={service_type}
-ExecStart={exec_start}
+{run_as}ExecStart={exec_start}
 Restart=on-failure
 RestartSec=5
 {stop_timeout}# Every client watch is an open connection.
@@ -287,6 +311,7 @@ pub fn kubernetes_unit(
         command: &format!("{}/{component}", paths::BIN_DIR),
         flags,
         stop_timeout,
+        run_as: None,
     })
 }
 

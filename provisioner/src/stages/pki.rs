@@ -15,9 +15,10 @@
 //!
 //! etcd's CA is a CA of its own (CIS 2.7, see `pki`), and its key stays on the host.
 //!
-//! Private keys are mode 0600, certificates 0644, all owned by root: the lab's own
-//! unit files run etcd and the Kubernetes components as root, so no other user
-//! needs to read them. Kubeconfigs are written by the stage of the component that uses
+//! Private keys are mode 0600, certificates 0644, all owned by root: the Kubernetes
+//! components run as root, and etcd, which runs as a user of its own, is handed copies
+//! of its keys by systemd at each start (see the etcd stage), so no other user needs to
+//! read them. Kubeconfigs are written by the stage of the component that uses
 //! them.
 
 use crate::paths::{self, pki_files};
