@@ -76,6 +76,52 @@ fn cis_1_1_12_etcd_runs_as_its_own_user_and_owns_its_data() {
     assert!(problems.is_empty(), "etcd not run by {} owning its data:\n{}", etcd::USER, problems.join("\n"));
 }
 
+/// CIS 1.1.9-1.1.10, 1.1.13-1.1.21 and 4.1.1-4.1.10: every file of the lab's
+/// configuration on every node (kubeconfigs, certificates and keys, unit files and their
+/// drop-ins, the CNI configuration, kubelet's and kube-proxy's configuration files) is
+/// owned by root:root and mode 644 or stricter: no user but root can change what the
+/// components run with or whom they trust. (Private keys and kubeconfigs are held to
+/// 0600 by `security::private_keys_and_kubeconfigs_are_readable_by_root_only`.)
+///
+/// Turn it red: `cargo lab break cni-config-writable-by-all` (one worker's CNI
+/// configuration at 0666).
+#[test]
+fn cis_1_1_and_4_1_configuration_files_are_owned_by_root_and_mode_644_or_stricter() {
+    let lab = lab();
+    let places = [
+        paths::KUBERNETES_DIR,
+        "/etc/etcd",
+        paths::CNI_CONF_DIR,
+        paths::SYSTEMD_DIR,
+        "/var/lib/kube-proxy",
+        "/var/lib/kubelet/config.yaml",
+    ];
+    // Files that are not root's, or that anyone but root may write, or that are
+    // executable: 644 or stricter means none of the bits 0133. Not every node has every
+    // place (a worker has no /etc/etcd), so find's complaints about those are dropped.
+    let script = format!(
+        "find {places} -type f -printf . 2>/dev/null | wc -c; \
+         find {places} -type f \\( ! -user root -o ! -group root -o -perm /0133 \\) -printf '%m %u:%g %p\\n' 2>/dev/null; \
+         true",
+        places = places.join(" ")
+    );
+    let mut problems = Vec::new();
+    for node in &lab.topology.nodes {
+        let report = lab.sh(&node.name, &script);
+        let mut lines = report.lines();
+        let checked: usize = lines.next().and_then(|count| count.trim().parse().ok()).unwrap_or(0);
+        if checked == 0 {
+            problems.push(format!("{}: no configuration file found at all", node.name));
+        }
+        problems.extend(lines.filter(|line| !line.trim().is_empty()).map(|line| format!("{}: {line}", node.name)));
+    }
+    assert!(
+        problems.is_empty(),
+        "configuration files not root:root at 644 or stricter (mode owner path):\n{}",
+        problems.join("\n")
+    );
+}
+
 /// CIS 1.2.5 and 4.2.10: every apiserver reaches every kubelet, through the node proxy
 /// that `kubectl logs` and `kubectl exec` also take, and each kubelet serves the
 /// certificate the lab CA issued for it (`tlsCertFile`), which the apiserver checks

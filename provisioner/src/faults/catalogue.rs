@@ -1262,6 +1262,20 @@ pub static CATALOGUE: &[Fault] = &[
         healed: nothing,
     },
     Fault {
+        name: "cni-config-writable-by-all",
+        stage: Stage::PodNetwork,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "the CNI configuration on {nodes} is mode 0666, so any user of the node can rewrite its pod network",
+        symptom: "nothing visible, until someone rewrites the pod network of that node",
+        breaks: &["cis::cis_1_1_and_4_1_configuration_files_are_owned_by_root_and_mode_644_or_stricter"],
+        proof: Proof::AfterOthers,
+        // Whichever pod network the lab runs, its configuration is the one list there.
+        inject: |_, nodes| on_each(nodes, &format!("chmod 0666 {}/*.conflist", paths::CNI_CONF_DIR)),
+        undo: nothing,
+        in_force: nothing,
+        healed: nothing,
+    },
+    Fault {
         name: "ca-key-on-worker",
         stage: Stage::Pki,
         scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
