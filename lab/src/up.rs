@@ -27,12 +27,20 @@ pub fn up(paths: &Paths, options: UpOptions, json: bool) -> Result<(), Failure> 
     if json {
         let lines = JsonLines::new();
         let report = lab.up(options, &lines)?;
+        // After `--until STAGE`, where the lab stopped and which stage comes next.
+        let (stopped_after, next) = match report.until {
+            Until::Stage(stage) => (Some(stage.name()), next_stage(stage).map(Stage::name)),
+            Until::Machines => (Some("machines"), Stage::ALL.first().map(|stage| stage.name())),
+            Until::Everything => (None, None),
+        };
         lines.emit(
             "done",
             serde_json::json!({
                 "total_seconds": report.elapsed.as_secs_f64(),
                 "changed_files": report.changed_files(),
                 "changed_units": report.changed_units(),
+                "stopped_after": stopped_after,
+                "next_stage": next,
             }),
         );
         return Ok(());
@@ -66,6 +74,10 @@ fn summary(report: &UpReport, kubeconfig: &std::path::Path) -> String {
     if files == 0 && units == 0 {
         let _ = writeln!(out, "\nthe lab already matched the plan: changed files and units: 0");
     }
+    if let Until::Stage(stage) = report.until {
+        let _ = write!(out, "\n{}", continue_after(stage));
+        return out;
+    }
     let _ = writeln!(
         out,
         "\nuse the cluster:\n  cargo lab kubectl get nodes\n  export KUBECONFIG={}\n  kubectl get componentstatuses\n  \
@@ -73,4 +85,52 @@ fn summary(report: &UpReport, kubeconfig: &std::path::Path) -> String {
         kubeconfig.display()
     );
     out
+}
+
+/// After `--until STAGE`: where the lab stands and how to go on, one stage at a time or
+/// to the end.
+fn continue_after(stage: Stage) -> String {
+    let done =
+        format!("stopped after stage {} of {}, {}, as asked", position(stage) + 1, Stage::ALL.len(), stage.name());
+    match next_stage(stage) {
+        Some(next) => {
+            let one_more = format!("cargo lab up --until {}", next.name());
+            format!(
+                "{done}; the cluster is not complete yet.\nnext: {}, {}\n  {one_more}  # one more stage\n  \
+                 {:<width$}  # the rest, then the proof that the cluster serves\n",
+                next.name(),
+                next.handbook_section(),
+                "cargo lab up",
+                width = one_more.len()
+            )
+        }
+        None => format!(
+            "{done}: every stage ran, but the final proof that the cluster serves did not.\n  \
+             cargo lab up                # runs it\n"
+        ),
+    }
+}
+
+fn position(stage: Stage) -> usize {
+    Stage::ALL.iter().position(|other| *other == stage).expect("every stage is in Stage::ALL")
+}
+
+/// The stage after `stage` in handbook order, if any.
+fn next_stage(stage: Stage) -> Option<Stage> {
+    Stage::ALL.get(position(stage) + 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopping_early_names_the_next_stage_and_how_to_continue() {
+        let text = continue_after(Stage::Etcd);
+        assert!(text.starts_with("stopped after stage 3 of"), "{text}");
+        assert!(text.contains("next: admin-kubeconfig, Handbook 000 section 5"), "{text}");
+        assert!(text.contains("cargo lab up --until admin-kubeconfig"), "{text}");
+        let last = Stage::ALL[Stage::ALL.len() - 1];
+        assert!(continue_after(last).contains("the final proof that the cluster serves did not"));
+    }
 }
