@@ -73,6 +73,16 @@ struct Row {
 }
 
 impl Row {
+    /// Sorts the fault's tests, run while it was in force, into red and stayed green.
+    fn sort_red(&mut self, fault: &Fault, results: &BTreeMap<String, bool>) {
+        for test in &fault.breaks {
+            match results.get(test) {
+                Some(false) => self.red.push(test.clone()),
+                _ => self.stayed_green.push(test.clone()),
+            }
+        }
+    }
+
     fn proven(&self) -> bool {
         self.error.is_none() && self.stayed_green.is_empty() && self.still_red.is_empty() && !self.red.is_empty()
     }
@@ -242,12 +252,7 @@ fn prove_in_series(lab: &PathBuf, faults: Vec<&Fault>, suite: &BTreeMap<String, 
         row.red_seconds = testing.elapsed().as_secs_f64();
         match results {
             Ok(results) => {
-                for test in &fault.breaks {
-                    match results.get(test) {
-                        Some(false) => row.red.push(test.clone()),
-                        _ => row.stayed_green.push(test.clone()),
-                    }
-                }
+                row.sort_red(fault, &results);
                 seen_before = after.map(|other| (other.name.clone(), results));
             }
             Err(error) => {
@@ -318,14 +323,7 @@ fn prove(lab: &PathBuf, fault: &Fault, suite: &BTreeMap<String, SuiteTest>) -> R
         let results = run_tests(&fault.breaks, suite);
         row.red_seconds = testing.elapsed().as_secs_f64();
         match results {
-            Ok(results) => {
-                for test in &fault.breaks {
-                    match results.get(test) {
-                        Some(false) => row.red.push(test.clone()),
-                        _ => row.stayed_green.push(test.clone()),
-                    }
-                }
-            }
+            Ok(results) => row.sort_red(fault, &results),
             Err(error) => row.error = Some(format!("tests while broken: {error}")),
         }
     }

@@ -151,6 +151,13 @@ fn forget_lease(context: &FaultContext, component: &str) -> Vec<Step> {
     )]
 }
 
+/// Deletes the lines of `unit`'s file that hold `settings`, and restarts it.
+fn restart_without(unit: &str, settings: &[&str]) -> String {
+    let file = paths::unit(unit);
+    let deletions: Vec<String> = settings.iter().map(|setting| delete_line(&file, setting)).collect();
+    format!("{} && systemctl daemon-reload && systemctl restart {unit}", deletions.join(" && "))
+}
+
 /// Lets `unit`'s HTTPS port take TLS 1.0 and Go's default ciphers, and restarts it.
 fn old_tls_and_weak_ciphers(unit: &str) -> String {
     let file = paths::unit(unit);
@@ -257,17 +264,7 @@ pub static CATALOGUE: &[Fault] = &[
         symptom: "one etcd member accepts CBC ciphers with SHA-1 from clients and peers",
         breaks: &["etcd::every_member_refuses_weak_ciphers"],
         proof: Proof::AfterOthers,
-        inject: |_, nodes| {
-            let unit = paths::unit(etcd::UNIT);
-            on_each(
-                nodes,
-                &format!(
-                    "{} && systemctl daemon-reload && systemctl restart {}",
-                    delete_line(&unit, "--cipher-suites="),
-                    etcd::UNIT
-                ),
-            )
-        },
+        inject: |_, nodes| on_each(nodes, &restart_without(etcd::UNIT, &["--cipher-suites="])),
         undo: nothing,
         in_force: |_, nodes| on_each(nodes, &listening(etcd::CLIENT_PORT)),
         healed: nothing,
@@ -325,16 +322,8 @@ pub static CATALOGUE: &[Fault] = &[
         // which root can read too. The files it writes as root are given back to `etcd`
         // by the stage when `lab up` restores the unit.
         inject: |_, nodes| {
-            let unit = paths::unit(etcd::UNIT);
-            on_each(
-                nodes,
-                &format!(
-                    "{} && {} && systemctl daemon-reload && systemctl restart {}",
-                    delete_line(&unit, &format!("User={}", etcd::USER)),
-                    delete_line(&unit, &format!("Group={}", etcd::USER)),
-                    etcd::UNIT
-                ),
-            )
+            let (user, group) = (format!("User={}", etcd::USER), format!("Group={}", etcd::USER));
+            on_each(nodes, &restart_without(etcd::UNIT, &[&user, &group]))
         },
         undo: nothing,
         in_force: nothing,
@@ -667,18 +656,7 @@ pub static CATALOGUE: &[Fault] = &[
         symptom: "one apiserver accepts TLS 1.0 and 1.1 and CBC ciphers with SHA-1, which an attacker in the path can weaken",
         breaks: &["cis::cis_1_2_34_apiservers_refuse_old_tls_and_weak_ciphers"],
         proof: Proof::AfterOthers,
-        inject: |_, nodes| {
-            let unit = paths::unit(kube_apiserver::UNIT);
-            on_each(
-                nodes,
-                &format!(
-                    "{} && {} && systemctl daemon-reload && systemctl restart {}",
-                    delete_line(&unit, "--tls-cipher-suites="),
-                    edit(&unit, "--tls-min-version=VersionTLS12", "--tls-min-version=VersionTLS10"),
-                    kube_apiserver::UNIT
-                ),
-            )
-        },
+        inject: |_, nodes| on_each(nodes, &old_tls_and_weak_ciphers(kube_apiserver::UNIT)),
         undo: nothing,
         in_force: apiserver_serves,
         healed: nothing,
