@@ -122,6 +122,63 @@ fn cis_1_1_and_4_1_configuration_files_are_owned_by_root_and_mode_644_or_stricte
     );
 }
 
+/// How long `lab plan --json` may take (it builds nothing: the lab is up).
+const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// CIS 1.1.9-1.1.10, 1.1.13-1.1.21 and 4.1.1-4.1.10, against the plan: every file
+/// `lab plan --json` puts on a node is there with the mode and owner the plan gives it
+/// (keys and kubeconfigs 0600, the rest root's at 644 or stricter, as the provisioner's
+/// own test keeps the plan). One `stat` per node of every planned path.
+///
+/// Turn it red: `cargo lab break cni-config-writable-by-all` (0666 where the plan says
+/// 0644), or `cargo lab break kubeconfig-world-readable` (0644 where it says 0600).
+#[test]
+fn cis_1_1_and_4_1_every_planned_file_has_its_planned_mode_and_owner() {
+    let lab = lab();
+    let completed = conformance::run_within(&mut conformance::cargo_lab(&["plan", "--json"]), PLAN_TIMEOUT)
+        .unwrap_or_else(|error| panic!("cannot run `cargo lab plan --json`: {error}"))
+        .unwrap_or_else(|| panic!("`cargo lab plan --json` did not finish within {PLAN_TIMEOUT:?}"));
+    assert!(completed.status.success(), "`cargo lab plan --json` failed: {}", completed.stderr);
+    let plan: Value = serde_json::from_str(&completed.stdout).expect("`lab plan --json` prints JSON");
+    // Per node, every planned path with its "MODE OWNER" (a later stage's file wins).
+    let mut planned: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> =
+        std::collections::BTreeMap::new();
+    for stage in plan["stages"].as_array().expect("the plan has stages") {
+        for actions in stage["nodes"].as_array().into_iter().flatten() {
+            let node = actions["node"].as_str().expect("a node's actions name it").to_string();
+            for file in actions["files"].as_array().into_iter().flatten() {
+                let (path, mode, owner) = (file["path"].as_str(), file["mode"].as_str(), file["owner"].as_str());
+                let (Some(path), Some(mode), Some(owner)) = (path, mode, owner) else {
+                    panic!("a planned file without path, mode or owner: {file}");
+                };
+                let mode = u32::from_str_radix(mode, 8).unwrap_or_else(|_| panic!("{path}: mode {mode:?}"));
+                planned.entry(node.clone()).or_default().insert(path.to_string(), format!("{mode:o} {owner}"));
+            }
+        }
+    }
+    assert!(!planned.is_empty(), "the plan puts no file on any node");
+    let mut problems = Vec::new();
+    for (node, files) in &planned {
+        let paths: Vec<&str> = files.keys().map(String::as_str).collect();
+        let found = lab.sh(node, &format!("stat -c '%a %U %n' {} 2>&1; true", paths.join(" ")));
+        let actual: std::collections::BTreeMap<&str, &str> = found
+            .lines()
+            .filter_map(|line| {
+                let (mode_owner, path) = line.rsplit_once(' ')?;
+                Some((path, mode_owner))
+            })
+            .collect();
+        for (path, want) in files {
+            match actual.get(path.as_str()) {
+                Some(have) if have == want => {}
+                Some(have) => problems.push(format!("{node}: {path} is {have}, planned {want}")),
+                None => problems.push(format!("{node}: {path} is missing, planned {want}")),
+            }
+        }
+    }
+    assert!(problems.is_empty(), "planned files differ in mode or owner:\n{}", problems.join("\n"));
+}
+
 /// CIS 1.2.5 and 4.2.10: every apiserver reaches every kubelet, through the node proxy
 /// that `kubectl logs` and `kubectl exec` also take, and each kubelet serves the
 /// certificate the lab CA issued for it (`tlsCertFile`), which the apiserver checks

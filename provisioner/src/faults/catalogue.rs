@@ -1232,7 +1232,10 @@ pub static CATALOGUE: &[Fault] = &[
         scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
         summary: "kube-proxy's kubeconfig on {nodes}, which embeds its private key, is readable by every user",
         symptom: "any process on the node can act as kube-proxy against the API",
-        breaks: &["security::private_keys_and_kubeconfigs_are_readable_by_root_only"],
+        breaks: &[
+            "security::private_keys_and_kubeconfigs_are_readable_by_root_only",
+            "cis::cis_1_1_and_4_1_every_planned_file_has_its_planned_mode_and_owner",
+        ],
         proof: Proof::AfterOthers,
         inject: |_, nodes| on_each(nodes, &format!("chmod 0644 {}", paths::kubeconfig("kube-proxy"))),
         undo: nothing,
@@ -1245,7 +1248,10 @@ pub static CATALOGUE: &[Fault] = &[
         scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
         summary: "the CNI configuration on {nodes} is mode 0666, so any user of the node can rewrite its pod network",
         symptom: "nothing visible, until someone rewrites the pod network of that node",
-        breaks: &["cis::cis_1_1_and_4_1_configuration_files_are_owned_by_root_and_mode_644_or_stricter"],
+        breaks: &[
+            "cis::cis_1_1_and_4_1_configuration_files_are_owned_by_root_and_mode_644_or_stricter",
+            "cis::cis_1_1_and_4_1_every_planned_file_has_its_planned_mode_and_owner",
+        ],
         proof: Proof::AfterOthers,
         // Whichever pod network the lab runs, its configuration is the one list there.
         inject: |_, nodes| on_each(nodes, &format!("chmod 0666 {}/*.conflist", paths::CNI_CONF_DIR)),

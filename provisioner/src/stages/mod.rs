@@ -416,6 +416,35 @@ mod tests {
         names
     }
 
+    /// CIS 1.1.9-1.1.10, 1.1.13-1.1.21 and 4.1.1-4.1.10 ask of every configuration
+    /// file (kubeconfigs, certificates and keys, unit files, the CNI configuration,
+    /// kubelet's and kube-proxy's configuration): owned by root, mode 644 or stricter.
+    /// The conformance suite checks the nodes against the plan; this keeps the plan so.
+    #[test]
+    fn every_planned_configuration_file_is_roots_at_644_or_stricter() {
+        let places = ["/etc/", "/var/lib/kubelet/", "/var/lib/kube-proxy/"];
+        for lab in ["lab.toml", "examples/minimal.toml", "examples/separate-etcd.toml"] {
+            let topology = test_support::topology(lab);
+            for stage in Stage::ALL {
+                let plan = test_support::stage_for_topology(&topology, stage);
+                for actions in &plan.nodes {
+                    for file in
+                        actions.files.iter().filter(|file| places.iter().any(|place| file.path.starts_with(place)))
+                    {
+                        assert!(
+                            file.owner == "root" && file.mode & 0o133 == 0,
+                            "{lab}: {} on {} is {} {:o}",
+                            file.path,
+                            actions.node,
+                            file.owner,
+                            file.mode
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn registry_has_one_row_per_variant_in_variant_order() {
         let variants = stage_variant_names();
