@@ -10,9 +10,9 @@
 //!   pause binary's source (`build/pause/linux/pause.c`);
 //! - `go-build/` is Go's build cache for the Kubernetes build;
 //! - `busybox/` holds the static busybox the web image is made of;
-//! - `lab-dns/` holds the lab's DNS server: `target/` is the cargo target directory
-//!   it is built in from the workspace's `dns/` crate, `lab-dns` the stripped binary
-//!   its image is made of, `build.log` cargo's output;
+//! - `lab-dns/` holds the lab's DNS server, built from the workspace's `dns/` crate in
+//!   the workspace's own target directory: `lab-dns` the stripped binary its image is
+//!   made of, `build.log` cargo's output;
 //! - `images/NAME.tar` are OCI archives for `ctr images import`, each with a
 //!   `NAME.tar.json` stamp of its inputs' digest: an archive is rewritten only when
 //!   what it is made from changes.

@@ -41,14 +41,6 @@ pub fn lab_dns_binary(cache_dir: &Path) -> PathBuf {
     cache_dir.join("lab-dns").join("lab-dns")
 }
 
-/// The cargo target directory of the lab-dns build. It is the cache's own rather than
-/// the workspace's `target/`: that one is shared with whoever develops the lab, who may
-/// clean it, build it with other flags or hold its lock with a long build, and none of
-/// that should cost a `lab up` a rebuild or a wait.
-pub fn lab_dns_target_dir(cache_dir: &Path) -> PathBuf {
-    cache_dir.join("lab-dns").join("target")
-}
-
 /// A build or download is finished only once its marker exists; the marker is
 /// written after every binary and the checksum list.
 pub(super) fn is_complete(dir: &Path) -> bool {
