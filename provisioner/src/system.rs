@@ -489,6 +489,21 @@ impl System for RecordingSystem {
     }
 }
 
+/// The ID of the host's group `name`, from `/etc/group` (where Debian's packages make
+/// their system groups, such as `kvm`).
+pub fn group_id(name: &str) -> Option<u32> {
+    group_id_in(&fs::read_to_string("/etc/group").ok()?, name)
+}
+
+/// `name`'s ID in the text of a group file: `NAME:PASSWORD:GID:MEMBERS` lines.
+fn group_id_in(groups: &str, name: &str) -> Option<u32> {
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
 /// The `cargo` that ran this program, for a cargo command of its own (the lab-dns build,
 /// `lab drill`'s test run, the conformance suite's `cargo lab`).
 ///
@@ -525,6 +540,15 @@ fn per_package_variables(names: impl Iterator<Item = String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_is_found_by_its_name_in_a_group_file() {
+        let groups = "root:x:0:\nkvm:x:107:\nlibvirt:x:108:alice\nkvmx:x:200:\n";
+        assert_eq!(group_id_in(groups, "kvm"), Some(107));
+        assert_eq!(group_id_in(groups, "libvirt"), Some(108));
+        assert_eq!(group_id_in(groups, "kv"), None);
+        assert_eq!(group_id_in("broken line\n", "broken line"), None);
+    }
 
     #[test]
     fn the_inner_cargo_gets_none_of_the_outer_packages_variables() {

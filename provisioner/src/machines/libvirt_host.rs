@@ -10,6 +10,7 @@
 //! - `virsh` and the parsers of its output, for the Vagrant backend.
 
 use std::fs;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,7 @@ pub fn ensure_libvirtd() -> Result<(), MachineError> {
     fs::create_dir_all(DNSMASQ_STATE_DIR).map_err(|error| MachineError::Host {
         message: format!("cannot create libvirt's dnsmasq state directory {DNSMASQ_STATE_DIR}: {error}"),
     })?;
+    open_kvm_to_its_group()?;
     if daemon_answers(LIBVIRT_SOCKET) {
         return Ok(());
     }
@@ -84,6 +86,33 @@ pub fn ensure_libvirtd() -> Result<(), MachineError> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    Ok(())
+}
+
+/// Gives `/dev/kvm` the group and mode udev's default rules give it (`GROUP="kvm",
+/// MODE="0660"`), where no udev did and it is root's alone.
+///
+/// libvirtd probes QEMU's capabilities as root, where QEMU finds KVM, and checks the
+/// cached result against what its QEMU user (libvirt-qemu, of group kvm) may open.
+/// With `/dev/kvm` at 0600 the two disagree ("KVM was enabled when probing, but it is
+/// not available now"), so libvirtd throws the cache away and probes again, about 20
+/// QEMU runs, before every domain is defined or started: 60 s each under emulation on
+/// this project's hosts, three times per machine for Vagrant. Whether the VMs then use
+/// KVM is still the lab's own decision (`acceleration`, and the probe of a guest
+/// kernel under KVM).
+fn open_kvm_to_its_group() -> Result<(), MachineError> {
+    const KVM: &str = "/dev/kvm";
+    let Ok(metadata) = fs::metadata(KVM) else { return Ok(()) };
+    let Some(group) = system::group_id("kvm") else { return Ok(()) };
+    if metadata.gid() == group && metadata.mode() & 0o060 == 0o060 {
+        return Ok(());
+    }
+    let failed = |error: std::io::Error| MachineError::Host {
+        message: format!("cannot give {KVM} to group kvm at mode 0660, as udev does: {error}"),
+    };
+    std::os::unix::fs::chown(KVM, None, Some(group)).map_err(failed)?;
+    fs::set_permissions(KVM, fs::Permissions::from_mode(0o660)).map_err(failed)?;
+    tracing::info!("gave {KVM} to group kvm at mode 0660, as udev's rules do, so libvirtd keeps its QEMU capabilities");
     Ok(())
 }
 

@@ -48,11 +48,11 @@ pub fn set_up_host(report: &Report, say: &dyn Fn(&str)) -> Result<HostSetup, Pre
     }
     let packages = report.missing_packages();
     if !packages.is_empty() {
-        let plan = plan_install(&packages, simulate_install, available_versions)?;
+        let plan = plan_install(&packages, simulate_install, available_versions, installed_version)?;
         for replacement in &plan.replaced {
             say(&format!(
-                "apt would remove a package of the host's to install these; installing it at the version of the \
-                 release being installed instead: {replacement}"
+                "a package of the host's stands in the way of these (apt would remove it, or finds no solution \
+                 with it); installing it at the version of the release being installed instead: {replacement}"
             ));
         }
         say(&format!("installing {} with apt-get", plan.arguments.join(" ")));
@@ -103,38 +103,63 @@ struct InstallPlan {
 
 /// Plans the install of `packages` so that apt removes nothing: `simulate` runs
 /// `apt-get -s install` (with `--allow-downgrades` when asked) and returns its
-/// output; `versions` lists the versions apt can install of a package.
+/// output, also when apt found no solution; `versions` lists the versions apt can
+/// install of a package, `installed` the version the host has.
+///
+/// A package of the host that stands in the way shows in one of two ways: apt plans
+/// to remove it (`Remv`), or, when other packages of the install hold on to it (as
+/// vagrant-libvirt does with qemu-utils), apt gives up and names the `Breaks` it could
+/// not satisfy. Either way the package is wanted at the version the install brings
+/// of its source (qemu-system-x86 and qemu-utils share their version).
 fn plan_install(
     packages: &[String],
     simulate: impl Fn(&[String], bool) -> Result<String, PreflightError>,
     versions: impl Fn(&str) -> Vec<String>,
+    installed: impl Fn(&str) -> Option<String>,
 ) -> Result<InstallPlan, PreflightError> {
     let simulated = simulate(packages, false)?;
     let removed = removals(&simulated);
-    if removed.is_empty() {
-        return Ok(InstallPlan { arguments: packages.to_vec(), replaced: Vec::new() });
+    let held = unsatisfied_breaks(&simulated);
+    if removed.is_empty() && held.is_empty() {
+        return match unresolved(&simulated) {
+            Some(report) => Err(cannot_resolve(packages, &report)),
+            None => Ok(InstallPlan { arguments: packages.to_vec(), replaced: Vec::new() }),
+        };
     }
-    // Packages of one source (qemu-system-x86 and qemu-utils) share their version:
-    // the removed package is wanted at the version the install brings.
-    let incoming: Vec<String> = installs(&simulated)
+    let mut incoming: Vec<String> = installs(&simulated)
         .into_iter()
         .filter(|(name, _)| packages.contains(name))
         .map(|(_, version)| version)
         .collect();
+    incoming.extend(held.iter().map(|(_, version)| version.clone()));
+    let mut in_the_way: Vec<(String, String)> = removed.clone();
+    for (name, _) in &held {
+        if !in_the_way.iter().any(|(other, _)| other == name) {
+            in_the_way.push((name.clone(), installed(name).unwrap_or_else(|| "(installed)".to_string())));
+        }
+    }
     let mut arguments = packages.to_vec();
     let mut replaced = Vec::new();
-    for (name, old) in &removed {
+    for (name, old) in &in_the_way {
         let available = versions(name);
         let Some(version) = incoming.iter().find(|version| available.contains(version)) else {
-            return Err(would_remove(packages, &removed));
+            return Err(would_remove(packages, &in_the_way));
         };
         arguments.push(format!("{name}={version}"));
         replaced.push(format!("{name} {old} -> {version}"));
     }
-    if !removals(&simulate(&arguments, true)?).is_empty() {
-        return Err(would_remove(packages, &removed));
+    let pinned = simulate(&arguments, true)?;
+    if !removals(&pinned).is_empty() || !unsatisfied_breaks(&pinned).is_empty() {
+        return Err(would_remove(packages, &in_the_way));
+    }
+    if let Some(report) = unresolved(&pinned) {
+        return Err(cannot_resolve(&arguments, &report));
     }
     Ok(InstallPlan { arguments, replaced })
+}
+
+fn cannot_resolve(packages: &[String], report: &str) -> PreflightError {
+    PreflightError::Apt { command: format!("apt-get -s install {}", packages.join(" ")), message: report.to_string() }
 }
 
 fn would_remove(packages: &[String], removed: &[(String, String)]) -> PreflightError {
@@ -155,6 +180,27 @@ fn removals(simulated: &str) -> Vec<(String, String)> {
             let (name, rest) = rest.split_once(' ').unwrap_or((rest, ""));
             let version = rest.trim().strip_prefix('[')?.split(']').next()?;
             Some((name.to_string(), version.to_string()))
+        })
+        .collect()
+}
+
+/// What apt printed about unmet dependencies when it found no solution, if it did not
+/// find one.
+fn unresolved(simulated: &str) -> Option<String> {
+    let start = simulated.find("The following packages have unmet dependencies:")?;
+    Some(crate::text::tail(&simulated[start..], 8))
+}
+
+/// The installed packages whose `Breaks` apt could not satisfy, each with the version
+/// of the package it breaks that apt meant to install:
+/// ` qemu-utils : Breaks: qemu-system-common (< 1:8.0+dfsg-5~) but 1:7.2+dfsg-7 is to be installed`.
+fn unsatisfied_breaks(simulated: &str) -> Vec<(String, String)> {
+    simulated
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.trim().split_once(" : Breaks: ")?;
+            let version = rest.split_once(" but ")?.1.strip_suffix(" is to be installed")?;
+            Some((name.trim().to_string(), version.trim().to_string()))
         })
         .collect()
 }
@@ -183,11 +229,21 @@ fn simulate_install(packages: &[String], allow_downgrades: bool) -> Result<Strin
         command.args(packages).env("DEBIAN_FRONTEND", "noninteractive").stdin(Stdio::null()).output().map_err(
             |error| PreflightError::Apt { command: "apt-get -s install".into(), message: error.to_string() },
         )?;
-    if !output.status.success() {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    // apt's report of a problem it could not solve is on stdout; `plan_install` reads it.
+    if !output.status.success() && unresolved(&stdout).is_none() {
         let message = crate::text::tail(&String::from_utf8_lossy(&output.stderr), 5);
         return Err(PreflightError::Apt { command: format!("apt-get -s install {}", packages.join(" ")), message });
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok(stdout)
+}
+
+/// The version of `package` the host has installed, from `dpkg-query`.
+fn installed_version(package: &str) -> Option<String> {
+    let output =
+        Command::new("dpkg-query").args(["-W", "-f=${Version}", package]).stdin(Stdio::null()).output().ok()?;
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    (output.status.success() && !version.is_empty()).then_some(version)
 }
 
 /// The versions apt knows of `package`, from `apt-cache madison` (`NAME | VERSION | SOURCE`).
@@ -292,7 +348,7 @@ mod tests {
             assert_eq!(package, "qemu-utils");
             strings(&["1:10.0.2+ds-2+deb13u1~bpo12+1", "1:7.2+dfsg-7+deb12u18+b2", "1:7.2+dfsg-7+deb12u15"])
         };
-        let plan = plan_install(&strings(&["qemu-system-x86"]), simulate, versions).expect("a plan");
+        let plan = plan_install(&strings(&["qemu-system-x86"]), simulate, versions, |_| None).expect("a plan");
         assert_eq!(plan.arguments, ["qemu-system-x86", "qemu-utils=1:7.2+dfsg-7+deb12u18+b2"]);
         assert_eq!(plan.replaced, ["qemu-utils 1:10.0.2+ds-2+deb13u1~bpo12+1 -> 1:7.2+dfsg-7+deb12u18+b2"]);
         assert_eq!(calls.borrow().len(), 2, "the pinned install is simulated again before it is done");
@@ -301,9 +357,13 @@ mod tests {
     #[test]
     fn an_install_that_would_still_remove_something_is_refused_with_the_command() {
         let always_removes = |_: &[String], _: bool| Ok(REMOVES_QEMU_UTILS.to_string());
-        let error =
-            plan_install(&strings(&["qemu-system-x86"]), always_removes, |_| strings(&["1:7.2+dfsg-7+deb12u18+b2"]))
-                .expect_err("refused");
+        let error = plan_install(
+            &strings(&["qemu-system-x86"]),
+            always_removes,
+            |_| strings(&["1:7.2+dfsg-7+deb12u18+b2"]),
+            |_| None,
+        )
+        .expect_err("refused");
         assert_eq!(
             error.to_string(),
             "installing qemu-system-x86 would make apt remove qemu-utils 1:10.0.2+ds-2+deb13u1~bpo12+1, and the lab \
@@ -311,13 +371,53 @@ mod tests {
              qemu-system-x86` and then reinstall what it removed"
         );
         let no_matching_version = |_: &[String], _: bool| Ok(REMOVES_QEMU_UTILS.to_string());
-        assert!(plan_install(&strings(&["qemu-system-x86"]), no_matching_version, |_| Vec::new()).is_err());
+        assert!(plan_install(&strings(&["qemu-system-x86"]), no_matching_version, |_| Vec::new(), |_| None).is_err());
+    }
+
+    /// What `apt-get -s install libvirt-daemon-system qemu-system-x86 vagrant
+    /// vagrant-libvirt` printed on the same host: with vagrant-libvirt in the install,
+    /// apt gives up instead of removing qemu-utils.
+    const HELD_BY_QEMU_UTILS: &str = "Some packages could not be installed. This may mean that you have\n\
+        requested an impossible situation or if you are using the unstable\n\
+        The following information may help to resolve the situation:\n\
+        \n\
+        The following packages have unmet dependencies:\n \
+        qemu-utils : Breaks: qemu-system-common (< 1:8.0+dfsg-5~) but 1:7.2+dfsg-7+deb12u18+b3 is to be installed\n";
+
+    #[test]
+    fn a_package_whose_breaks_stop_apt_is_installed_at_the_incoming_release_instead() {
+        assert_eq!(
+            unsatisfied_breaks(HELD_BY_QEMU_UTILS),
+            [("qemu-utils".to_string(), "1:7.2+dfsg-7+deb12u18+b3".to_string())]
+        );
+        let simulate = |packages: &[String], downgrades: bool| {
+            Ok(if downgrades {
+                assert!(packages.contains(&"qemu-utils=1:7.2+dfsg-7+deb12u18+b3".to_string()), "{packages:?}");
+                DOWNGRADES_QEMU_UTILS
+            } else {
+                HELD_BY_QEMU_UTILS
+            }
+            .to_string())
+        };
+        let versions = |_: &str| strings(&["1:7.2+dfsg-7+deb12u18+b3", "1:7.2+dfsg-7+deb12u15"]);
+        let installed = |package: &str| (package == "qemu-utils").then(|| "1:10.0.2+ds-2+deb13u1~bpo12+1".to_string());
+        let wanted = strings(&["qemu-system-x86", "vagrant-libvirt"]);
+        let plan = plan_install(&wanted, simulate, versions, installed).expect("a plan");
+        assert_eq!(plan.arguments, ["qemu-system-x86", "vagrant-libvirt", "qemu-utils=1:7.2+dfsg-7+deb12u18+b3"]);
+        assert_eq!(plan.replaced, ["qemu-utils 1:10.0.2+ds-2+deb13u1~bpo12+1 -> 1:7.2+dfsg-7+deb12u18+b3"]);
+
+        let unsolvable =
+            "The following packages have unmet dependencies:\n foo : Depends: bar but it is not installable\n";
+        let error = plan_install(&strings(&["foo"]), |_, _| Ok(unsolvable.to_string()), |_| Vec::new(), |_| None)
+            .expect_err("no solution");
+        assert!(error.to_string().contains("foo : Depends: bar"), "{error}");
     }
 
     #[test]
     fn an_install_that_removes_nothing_is_planned_as_asked() {
         let clean = |_: &[String], _: bool| Ok("Inst rsync (3.2.7-1 Debian:12.14/oldstable [amd64])\n".to_string());
-        let plan = plan_install(&strings(&["rsync"]), clean, |_| panic!("no versions needed")).expect("a plan");
+        let plan =
+            plan_install(&strings(&["rsync"]), clean, |_| panic!("no versions needed"), |_| None).expect("a plan");
         assert_eq!(plan, InstallPlan { arguments: strings(&["rsync"]), replaced: Vec::new() });
     }
 }

@@ -3,7 +3,7 @@
 //! image, and the steps of a node's life that every backend goes through the same way.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,10 @@ impl TestLab {
     pub fn new(kind: &str, topology: &str) -> TestLab {
         let state =
             tempfile::Builder::new().prefix(&format!("lab-{kind}-")).tempdir().expect("temporary state directory");
+        // Under vagrant-libvirt QEMU runs as libvirt-qemu and opens the disks in the
+        // state directory, so other users may pass through it (not list or read it), as
+        // `lab doctor --backend vagrant` asks of a real lab's state directory.
+        fs::set_permissions(state.path(), fs::Permissions::from_mode(0o711)).expect("open the state directory");
         let file = format!("{kind}-test.toml");
         let topology = Topology::parse(topology, Path::new(&file)).expect("valid topology").topology;
         let bundle = pki::Store::new(state.path()).load_or_issue(&pki::specs(&topology)).expect("lab PKI");

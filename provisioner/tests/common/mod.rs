@@ -1,10 +1,12 @@
 //! Helpers shared by the integration tests that need host tools: a private containerd
 //! that lives only as long as the test, and the checks that decide whether to skip;
-//! `lab`, a lab of one node on a real machine backend.
+//! `lab`, a lab of one node on a real machine backend; `vm`, the smoke test of the VM
+//! backends.
 
 #![allow(dead_code)] // Each test binary uses its own subset of these helpers.
 
 pub mod lab;
+pub mod vm;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt as _;
