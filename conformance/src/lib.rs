@@ -469,13 +469,30 @@ pub fn cargo_lab(args: &[&str]) -> Command {
 /// (`provisioner::system::inner_cargo`).
 pub use provisioner::system::inner_cargo;
 
+/// `cargo lab ARGS --topology FILE` for the verbs that read a topology file (`plan`,
+/// `up`, `down`): FILE is the topology the lab in `LAB_DIR` recorded when it was made,
+/// so that they act on that lab and not on `lab.toml`'s (a lab of
+/// `examples/minimal.toml` has no master2).
+pub fn cargo_lab_for_the_lab(args: &[&str]) -> Command {
+    let mut command = cargo_lab(args);
+    let record = provisioner::state_dir::StateDir::new(state_dir()).topology_record();
+    if record.is_file() {
+        command.arg("--topology").arg(record);
+    }
+    command
+}
+
+/// The lab's state directory: `LAB_DIR`, relative to the workspace root where `cargo
+/// lab` runs, or `.lab` there.
+fn state_dir() -> PathBuf {
+    workspace_root().join(std::env::var_os("LAB_DIR").unwrap_or_else(|| ".lab".into()))
+}
+
 /// The cargo alias that runs `lab` for the lab in `LAB_DIR`: `lab-libvirt`, the CLI
 /// built with the libvirt backend (a cargo feature, so that hosts without libvirt-dev
 /// still build `lab`), when the lab's recorded machines are libvirt's; `lab` otherwise.
 fn lab_alias() -> &'static str {
-    // `cargo lab` runs in the workspace root, where a relative LAB_DIR starts.
-    let state_dir = workspace_root().join(std::env::var_os("LAB_DIR").unwrap_or_else(|| ".lab".into()));
-    match provisioner::machines::recorded_topology(&state_dir) {
+    match provisioner::machines::recorded_topology(&state_dir()) {
         Ok(Some(topology)) if topology.machines.backend == provisioner::topology::Backend::Libvirt => "lab-libvirt",
         _ => "lab",
     }

@@ -135,7 +135,7 @@ const PLAN_TIMEOUT: Duration = Duration::from_secs(120);
 #[test]
 fn cis_1_1_and_4_1_every_planned_file_has_its_planned_mode_and_owner() {
     let lab = lab();
-    let completed = conformance::run_within(&mut conformance::cargo_lab(&["plan", "--json"]), PLAN_TIMEOUT)
+    let completed = conformance::run_within(&mut conformance::cargo_lab_for_the_lab(&["plan", "--json"]), PLAN_TIMEOUT)
         .unwrap_or_else(|error| panic!("cannot run `cargo lab plan --json`: {error}"))
         .unwrap_or_else(|| panic!("`cargo lab plan --json` did not finish within {PLAN_TIMEOUT:?}"));
     assert!(completed.status.success(), "`cargo lab plan --json` failed: {}", completed.stderr);

@@ -1238,7 +1238,7 @@ fn every_object_and_pod_is_back_after_a_full_restart() {
 /// Runs `cargo lab VERB` for the lab under test and waits at most `timeout` for it; its
 /// output's last lines are the error when it fails.
 fn run_lab(verb: &str, timeout: Duration) -> Result<(), String> {
-    let completed = conformance::run_within(&mut conformance::cargo_lab(&[verb]), timeout)?
+    let completed = conformance::run_within(&mut conformance::cargo_lab_for_the_lab(&[verb]), timeout)?
         .ok_or_else(|| format!("`cargo lab {verb}` did not finish within {timeout:?}"))?;
     if completed.status.success() {
         return Ok(());
