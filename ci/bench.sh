@@ -8,6 +8,10 @@
 # second for 60 s (every lost query is counted), then a no-op `lab up`. After the runs:
 # `lab down`, `lab up` after it, and `lab destroy`, once each.
 #
+# With FRESH_ONLY=1 each run stops after the conformance suite, and only `lab destroy`
+# follows the runs: for emulated VMs, where each no-op re-run and the `down`/`up` pair
+# take minutes.
+#
 # Run from the repository root as root; it destroys the lab of the current state
 # directory first. Arguments go to every `lab` command, e.g. `ci/bench.sh --topology
 # examples/minimal.toml --backend vagrant`; with `--backend libvirt` the CLI is built
@@ -15,6 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-3}
+fresh_only=${FRESH_ONLY:-0}
 out=target/bench
 mkdir -p "$out"
 lab=lab
@@ -70,10 +75,12 @@ for run in $(seq "$runs"); do
   time_step "conformance" "$run" cargo nextest run --package conformance
   wait "$probe"
   dns_lost+=("$(cat "$out/dns-lost-$run")")
-  time_step "up (no-op re-run)" "$run" cargo "$lab" "$@" up
+  [ "$fresh_only" = 1 ] || time_step "up (no-op re-run)" "$run" cargo "$lab" "$@" up
 done
-time_step "down" 1 cargo "$lab" "$@" down
-time_step "up (after down)" 1 cargo "$lab" "$@" up
+if [ "$fresh_only" != 1 ]; then
+  time_step "down" 1 cargo "$lab" "$@" down
+  time_step "up (after down)" 1 cargo "$lab" "$@" up
+fi
 time_step "destroy" 1 cargo "$lab" "$@" destroy
 
 # min, median (the middle value; the lower middle for an even count) and max.

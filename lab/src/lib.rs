@@ -1,5 +1,6 @@
 //! The lab CLI. `main` parses arguments, runs one verb and maps its outcome to an
-//! exit code; each verb is a function in `verbs`, `machine_verbs`, `up` or `doctor`.
+//! exit code; each verb is a function in `verbs`, `machine_verbs`, `up`, `doctor`,
+//! `fault_verbs`, `drill_verb` or `bench_verb`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use clap::{ArgAction, Parser, Subcommand};
 use provisioner::lab::{Lab, LabError, LabPaths, Real, UpOptions};
 use provisioner::topology::Backend;
 
+mod bench_verb;
 mod doctor;
 mod drill_verb;
 mod fault_verbs;
@@ -166,6 +168,14 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Check the running lab against the CIS Kubernetes Benchmark (the conformance
+    /// suite's CIS checks, from the source checkout): PASS, FAIL, WARN or INFO per
+    /// recommendation, as kube-bench reports it.
+    Bench {
+        /// The report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Undo injected faults and converge the lab to its plan; returns once the
     /// cluster serves again.
     Restore {
@@ -281,6 +291,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Verb::Break { fault, node, json } => fault_verbs::break_fault(&paths, &fault, node.as_deref(), json),
         Verb::Restore { fault, all: _, json } => fault_verbs::restore(&paths, fault.as_deref(), json),
         Verb::Drill { name, json } => drill_verb::drill(&paths, name.as_deref(), json),
+        Verb::Bench { json } => bench_verb::bench(&paths, json),
     };
     done.map(|()| Exit::Success.into())
 }

@@ -549,6 +549,15 @@ fn drill_refuses_a_wrong_drill_or_no_lab_with_exit_2() {
 }
 
 #[test]
+fn bench_without_a_lab_is_one_line_and_exit_2() {
+    let setup = Setup::new();
+    let output = setup.lab().args(["bench", "--json"]).assert().code(2).get_output().clone();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("error: no lab in ") && stderr.lines().count() == 1, "{stderr}");
+    assert!(output.stdout.is_empty(), "nothing on stdout without a report");
+}
+
+#[test]
 fn break_and_restore_refuse_a_wrong_fault_or_node_or_no_lab_with_exit_2() {
     let setup = Setup::new();
     setup.lab().args(["break", "no-such-fault"]).assert().code(2).stderr(predicate::str::contains(

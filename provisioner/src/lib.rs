@@ -2,6 +2,7 @@
 //! the executor. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod artifacts;
+pub mod benchmark;
 pub mod debian;
 pub mod drills;
 pub mod executor;

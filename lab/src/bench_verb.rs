@@ -1,0 +1,422 @@
+//! `lab bench [--json]`: the CIS Kubernetes Benchmark report of the running lab, in the
+//! manner of kube-bench: `[PASS]`, `[FAIL]`, `[WARN]` or `[INFO]` per recommendation
+//! (`provisioner::benchmark`), with a one-line reason, and a summary.
+//!
+//! The checks are the conformance tests the table names, run with cargo-nextest from the
+//! checkout (as `lab drill` runs the drills), so the report and the suite cannot
+//! disagree. nextest writes each test's outcome and output to a JUnit report (its
+//! `cis-bench` profile, `.config/nextest.toml`), which this reads afterwards.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsFd as _;
+use std::process::Stdio;
+
+use anyhow::{anyhow, Context as _};
+use provisioner::benchmark::{self, Check, Recommendation, BENCHMARK_BINARIES, RECOMMENDATIONS};
+
+use crate::{Exit, Failure, Paths};
+
+/// The nextest profile the checks run with; it writes `junit.xml` under
+/// `NEXTEST_STORE/PROFILE/`.
+const PROFILE: &str = "cis-bench";
+/// Where nextest keeps its reports: its default store, relative to the workspace and
+/// not to cargo's target directory (`.config/nextest.toml` does not move it).
+const NEXTEST_STORE: &str = "target/nextest";
+/// The package the conformance tests are in.
+const SUITE_PACKAGE: &str = "conformance";
+/// The longest reason a line of the report carries; the test output above has the rest.
+const REASON_WIDTH: usize = 160;
+
+/// What one conformance test did, from the JUnit report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TestOutcome {
+    Passed,
+    /// It passed without checking: the topology lacks what it needs (`lab.applies`).
+    NotApplicable(String),
+    Failed(String),
+}
+
+/// A recommendation's place in the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pass,
+    Fail,
+    Warn,
+    Info,
+}
+
+impl Status {
+    fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Warn => "WARN",
+            Status::Info => "INFO",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Debug)]
+struct Row {
+    recommendation: &'static Recommendation,
+    status: Status,
+    reason: String,
+    /// Each named test with its outcome (`None`: nextest did not run it).
+    tests: Vec<(&'static str, Option<TestOutcome>)>,
+}
+
+pub fn bench(paths: &Paths, json: bool) -> Result<(), Failure> {
+    // The checks need a lab; without one this is a usage error, as for `lab break`.
+    crate::fault_verbs::existing(paths)?;
+    let checkout = crate::source_checkout().ok_or_else(|| Failure {
+        exit: Exit::Usage,
+        error: anyhow!("the benchmark's checks are conformance tests: run `lab bench` from the lab's source checkout"),
+    })?;
+    let report = checkout.join(NEXTEST_STORE).join(PROFILE).join("junit.xml");
+    // A report of an earlier run must not stand in for this one.
+    match std::fs::remove_file(&report) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(anyhow!("cannot remove the earlier report {}: {error}", report.display()).into())
+        }
+        _ => {}
+    }
+    // nextest's own progress and the failing tests' output go to stderr, so that stdout
+    // holds only the report.
+    let status = provisioner::system::inner_cargo()
+        .current_dir(&checkout)
+        .env("LAB_DIR", &paths.state_dir)
+        .args(["nextest", "run", "--no-fail-fast", "--profile", PROFILE, "-p", SUITE_PACKAGE])
+        .args(["-E", &filter_expression()])
+        .stdout(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned().context("duplicate stderr")?))
+        .status()
+        .context("cannot run cargo nextest (install it with `cargo install cargo-nextest --locked`)")?;
+    let junit = std::fs::read_to_string(&report).map_err(|error| {
+        anyhow!("cargo nextest ({status}) wrote no report at {}: {error}; its output above says why", report.display())
+    })?;
+    let outcomes = parse_junit(&junit).with_context(|| format!("read {}", report.display()))?;
+    let rows: Vec<Row> = RECOMMENDATIONS.iter().map(|recommendation| evaluate(recommendation, &outcomes)).collect();
+    let unlisted = unlisted_tests(&outcomes);
+    print_report(&rows, &unlisted, json)?;
+
+    let failed: Vec<&str> =
+        rows.iter().filter(|row| row.status == Status::Fail).map(|row| row.recommendation.numbers).collect();
+    if !unlisted.is_empty() {
+        return Err(Failure {
+            exit: Exit::Failure,
+            error: anyhow!(
+                "tests of the benchmark's binaries that no recommendation names: {} (add them to \
+                 provisioner::benchmark)",
+                unlisted.join(", ")
+            ),
+        });
+    }
+    if !failed.is_empty() {
+        return Err(Failure { exit: Exit::Failure, error: anyhow!("CIS checks failed: {}", failed.join("; ")) });
+    }
+    Ok(())
+}
+
+/// The nextest filter: every test the table names, and every test of the benchmark's
+/// own binaries (so that one missing from the table is seen).
+fn filter_expression() -> String {
+    let mut terms: Vec<String> = BENCHMARK_BINARIES.iter().map(|binary| format!("binary(={binary})")).collect();
+    for test in benchmark::tests() {
+        let (binary, name) = test.split_once("::").expect("the table's tests are BINARY::TEST");
+        if !BENCHMARK_BINARIES.contains(&binary) {
+            terms.push(format!("(binary(={binary}) & test(={name}))"));
+        }
+    }
+    terms.join(" | ")
+}
+
+/// Every test case of a nextest JUnit report, by `BINARY::TEST`.
+fn parse_junit(junit: &str) -> anyhow::Result<BTreeMap<String, TestOutcome>> {
+    let document = roxmltree::Document::parse(junit).context("not XML")?;
+    let mut outcomes = BTreeMap::new();
+    for case in document.descendants().filter(|node| node.has_tag_name("testcase")) {
+        let name = case.attribute("name").context("a testcase without a name")?;
+        let class = case.attribute("classname").context("a testcase without a classname")?;
+        // nextest names the binary `PACKAGE::BINARY`.
+        let binary = class.strip_prefix(&format!("{SUITE_PACKAGE}::")).unwrap_or(class);
+        let output: String = case
+            .descendants()
+            .filter(|node| node.is_text())
+            .filter_map(|node| node.text())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let failed = case.children().any(|child| child.has_tag_name("failure") || child.has_tag_name("error"));
+        let outcome = if failed {
+            TestOutcome::Failed(
+                panic_message(&output).unwrap_or_else(|| "failed; the test output above says why".into()),
+            )
+        } else {
+            match output.lines().find_map(|line| line.trim().strip_prefix("not applicable: ")) {
+                Some(reason) => TestOutcome::NotApplicable(reason.to_string()),
+                None => TestOutcome::Passed,
+            }
+        };
+        outcomes.insert(format!("{binary}::{name}"), outcome);
+    }
+    Ok(outcomes)
+}
+
+/// The message of the panic that failed a test: the line after `panicked at FILE:LINE:`
+/// (the message's first line, and its second when the first ends in a colon and
+/// introduces it).
+fn panic_message(output: &str) -> Option<String> {
+    let mut lines = output.lines();
+    while let Some(line) = lines.next() {
+        if line.contains("panicked at ") {
+            let mut message = lines.next()?.trim().to_string();
+            if message.ends_with(':') {
+                if let Some(detail) = lines.next().map(str::trim).filter(|detail| !detail.is_empty()) {
+                    message = format!("{message} {detail}");
+                }
+            }
+            return (!message.is_empty()).then(|| one_line(&message));
+        }
+    }
+    None
+}
+
+fn one_line(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(REASON_WIDTH) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+fn evaluate(recommendation: &'static Recommendation, outcomes: &BTreeMap<String, TestOutcome>) -> Row {
+    let (status, reason, tests) = match recommendation.checked_by {
+        Check::ByTheComponents(reason) => (Status::Info, reason.to_string(), Vec::new()),
+        Check::NotFollowed(reason) => (Status::Warn, format!("not followed: {reason}"), Vec::new()),
+        Check::Tests(names) => {
+            let tests: Vec<(&'static str, Option<TestOutcome>)> =
+                names.iter().map(|name| (*name, outcomes.get(*name).cloned())).collect();
+            let failures: Vec<String> = tests
+                .iter()
+                .filter_map(|(name, outcome)| match outcome {
+                    None => Some(format!("{name} did not run")),
+                    Some(TestOutcome::Failed(reason)) => Some(format!("{name}: {reason}")),
+                    Some(_) => None,
+                })
+                .collect();
+            let not_applicable: Vec<&str> = tests
+                .iter()
+                .filter_map(|(_, outcome)| match outcome {
+                    Some(TestOutcome::NotApplicable(reason)) => Some(reason.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if let Some(first) = failures.first() {
+                (Status::Fail, first.clone(), tests)
+            } else if not_applicable.len() == tests.len() {
+                (Status::Info, format!("not applicable: {}", not_applicable[0]), tests)
+            } else {
+                let names: Vec<&str> =
+                    names.iter().map(|name| name.split_once("::").map_or(*name, |(_, n)| n)).collect();
+                (Status::Pass, format!("checked by {}", names.join(", ")), tests)
+            }
+        }
+    };
+    Row { recommendation, status, reason, tests }
+}
+
+/// Tests of the benchmark's binaries that no row names.
+fn unlisted_tests(outcomes: &BTreeMap<String, TestOutcome>) -> Vec<String> {
+    let named = benchmark::tests();
+    outcomes
+        .keys()
+        .filter(|test| test.split_once("::").is_some_and(|(binary, _)| BENCHMARK_BINARIES.contains(&binary)))
+        .filter(|test| !named.contains(&test.as_str()))
+        .cloned()
+        .collect()
+}
+
+fn print_report(rows: &[Row], unlisted: &[String], json: bool) -> Result<(), Failure> {
+    let count = |status: Status| rows.iter().filter(|row| row.status == status).count();
+    if json {
+        let recommendations: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| {
+                let tests: Vec<serde_json::Value> = row
+                    .tests
+                    .iter()
+                    .map(|(name, outcome)| {
+                        let (result, reason) = match outcome {
+                            None => ("not-run", None),
+                            Some(TestOutcome::Passed) => ("pass", None),
+                            Some(TestOutcome::NotApplicable(reason)) => ("not-applicable", Some(reason)),
+                            Some(TestOutcome::Failed(reason)) => ("fail", Some(reason)),
+                        };
+                        serde_json::json!({ "test": name, "result": result, "reason": reason })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "numbers": row.recommendation.numbers,
+                    "title": row.recommendation.title,
+                    "status": row.status.label(),
+                    "reason": row.reason,
+                    "tests": tests,
+                })
+            })
+            .collect();
+        let report = serde_json::json!({
+            "benchmark": "cis-1.20",
+            "recommendations": recommendations,
+            "unlisted_tests": unlisted,
+            "summary": {
+                "pass": count(Status::Pass),
+                "fail": count(Status::Fail),
+                "warn": count(Status::Warn),
+                "info": count(Status::Info),
+            },
+        });
+        return crate::machine_verbs::print_stdout(
+            &serde_json::to_string_pretty(&report).context("serialize the report")?,
+        );
+    }
+    crate::machine_verbs::print_stdout(&text_report(rows, unlisted))
+}
+
+/// The report as kube-bench prints it: a status, the numbers and title, the reason on
+/// the next line, then the summary.
+fn text_report(rows: &[Row], unlisted: &[String]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::from("CIS Kubernetes Benchmark (kube-bench profile cis-1.20)\n");
+    for row in rows {
+        let _ = writeln!(text, "[{}] {} {}", row.status.label(), row.recommendation.numbers, row.recommendation.title);
+        let _ = writeln!(text, "       {}", row.reason);
+    }
+    for test in unlisted {
+        let _ = writeln!(text, "[FAIL] {test} is a benchmark test that no recommendation names");
+    }
+    let _ = writeln!(text, "\n== Summary ==");
+    for status in [Status::Pass, Status::Fail, Status::Warn, Status::Info] {
+        let _ = writeln!(text, "{} checks {}", rows.iter().filter(|row| row.status == status).count(), status.label());
+    }
+    text.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report as nextest writes it: one test passed, two failed with a panic, one
+    /// passed without checking (not applicable), one of another binary.
+    const JUNIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites name="nextest-run" tests="5" failures="2" errors="0">
+    <testsuite name="conformance::cis" tests="4" disabled="0" errors="0" failures="2">
+        <testcase name="cis_1_1_11_etcd_data_directories_are_private" classname="conformance::cis" time="0.4">
+            <system-out>running 1 test
+test cis_1_1_11_etcd_data_directories_are_private ... ok
+</system-out>
+        </testcase>
+        <testcase name="cis_1_2_20_apiservers_serve_no_profiles" classname="conformance::cis" time="0.5">
+            <failure type="test failure with exit code 101">thread &apos;cis_1_2_20_apiservers_serve_no_profiles&apos; panicked at conformance/tests/cis.rs:300:5:
+master2: GET /debug/pprof/ answered 200, not 404
+note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace</failure>
+        </testcase>
+        <testcase name="cis_1_2_21_to_24_apiservers_write_an_audit_log" classname="conformance::cis" time="0.5">
+            <failure type="test failure with exit code 101">thread &apos;cis_1_2_21_to_24_apiservers_write_an_audit_log&apos; panicked at conformance/tests/cis.rs:400:9:
+requests missing from the audit logs:
+  master1: GET /unique-path
+</failure>
+        </testcase>
+        <testcase name="cis_1_2_16_apiservers_let_a_kubelet_modify_only_its_own_node" classname="conformance::cis" time="0.1">
+            <system-err>not applicable: NodeRestriction needs 2 nodes with role worker; this topology has 1
+</system-err>
+        </testcase>
+    </testsuite>
+    <testsuite name="conformance::security" tests="1" disabled="0" errors="0" failures="0">
+        <testcase name="kubelets_serve_no_read_only_port" classname="conformance::security" time="0.3"/>
+    </testsuite>
+</testsuites>"#;
+
+    fn outcomes() -> BTreeMap<String, TestOutcome> {
+        parse_junit(JUNIT).expect("the sample report parses")
+    }
+
+    fn row(numbers: &str) -> &'static Recommendation {
+        RECOMMENDATIONS.iter().find(|row| row.numbers == numbers).expect("a row of the table")
+    }
+
+    #[test]
+    fn the_junit_report_gives_each_test_its_outcome_and_the_panic_message() {
+        let outcomes = outcomes();
+        assert_eq!(outcomes["cis::cis_1_1_11_etcd_data_directories_are_private"], TestOutcome::Passed);
+        assert_eq!(
+            outcomes["cis::cis_1_2_20_apiservers_serve_no_profiles"],
+            TestOutcome::Failed("master2: GET /debug/pprof/ answered 200, not 404".into())
+        );
+        assert_eq!(
+            outcomes["cis::cis_1_2_21_to_24_apiservers_write_an_audit_log"],
+            TestOutcome::Failed("requests missing from the audit logs: master1: GET /unique-path".into()),
+            "a first line that ends in a colon takes the next one with it"
+        );
+        assert_eq!(
+            outcomes["cis::cis_1_2_16_apiservers_let_a_kubelet_modify_only_its_own_node"],
+            TestOutcome::NotApplicable("NodeRestriction needs 2 nodes with role worker; this topology has 1".into())
+        );
+        assert_eq!(outcomes["security::kubelets_serve_no_read_only_port"], TestOutcome::Passed);
+        assert!(parse_junit("<testsuites><testcase/></testsuites>").is_err(), "a testcase without a name");
+    }
+
+    #[test]
+    fn a_recommendation_passes_fails_or_is_not_applicable_by_its_tests() {
+        let outcomes = outcomes();
+        let passed = evaluate(row("1.1.11"), &outcomes);
+        assert_eq!(passed.status, Status::Pass, "{passed:?}");
+        let failed = evaluate(row("1.2.20"), &outcomes);
+        assert_eq!(failed.status, Status::Fail);
+        assert!(failed.reason.contains("cis_1_2_20") && failed.reason.contains("answered 200"), "{failed:?}");
+        let not_applicable = evaluate(row("1.2.16"), &outcomes);
+        assert_eq!(not_applicable.status, Status::Info);
+        assert!(not_applicable.reason.starts_with("not applicable: NodeRestriction"), "{not_applicable:?}");
+        // A named test that nextest did not run fails its row: nothing checked it.
+        let not_run = evaluate(row("4.2.6"), &outcomes);
+        assert_eq!(not_run.status, Status::Fail);
+        assert!(not_run.reason.ends_with("did not run"), "{not_run:?}");
+    }
+
+    #[test]
+    fn recommendations_the_lab_does_not_follow_warn_with_the_reason() {
+        let row = evaluate(row("1.3.6, 4.2.11-4.2.12"), &BTreeMap::new());
+        assert_eq!(row.status, Status::Warn);
+        assert!(row.reason.starts_with("not followed: ") && row.reason.contains("Kubernetes 1.20"), "{row:?}");
+        assert_eq!(evaluate(self::row("1.2.18-1.2.19"), &BTreeMap::new()).status, Status::Info);
+    }
+
+    #[test]
+    fn a_test_of_the_benchmark_binaries_that_no_row_names_is_a_finding() {
+        let mut outcomes = outcomes();
+        assert!(unlisted_tests(&outcomes).is_empty());
+        outcomes.insert("cis::cis_9_9_9_something_new".into(), TestOutcome::Passed);
+        outcomes.insert("nodes::every_node_is_ready".into(), TestOutcome::Passed);
+        assert_eq!(unlisted_tests(&outcomes), vec!["cis::cis_9_9_9_something_new".to_string()]);
+    }
+
+    #[test]
+    fn the_filter_runs_the_benchmark_binaries_and_the_other_named_tests_only() {
+        let filter = filter_expression();
+        assert!(filter.starts_with("binary(=cis) | "), "{filter}");
+        assert!(filter.contains("(binary(=security) & test(=kubelets_serve_no_read_only_port))"), "{filter}");
+        assert!(!filter.contains("test(=cis_"), "the cis binary is run whole: {filter}");
+    }
+
+    #[test]
+    fn the_text_report_has_a_line_per_recommendation_and_a_summary() {
+        let outcomes = outcomes();
+        let rows: Vec<Row> = RECOMMENDATIONS.iter().map(|row| evaluate(row, &outcomes)).collect();
+        let text = text_report(&rows, &["cis::cis_9_9_9_something_new".to_string()]);
+        assert!(text.contains("[PASS] 1.1.11 the etcd data directory is 700 or stricter"), "{text}");
+        assert!(text.contains("[FAIL] 1.2.20 kube-apiserver --profiling=false"), "{text}");
+        assert!(text.contains("[WARN] 1.3.6, 4.2.11-4.2.12"), "{text}");
+        assert!(text.contains("[FAIL] cis::cis_9_9_9_something_new is a benchmark test"), "{text}");
+        let summary: Vec<&str> = text.lines().skip_while(|line| *line != "== Summary ==").collect();
+        assert_eq!(summary.len(), 5, "{text}");
+        assert!(summary[1].ends_with("checks PASS") && summary[4].ends_with("checks INFO"), "{text}");
+    }
+}

@@ -1,0 +1,223 @@
+//! The CIS Kubernetes Benchmark as the lab meets it: one row per recommendation (or
+//! group of recommendations that one check proves), in the numbering of kube-bench's
+//! `cis-1.20` profile (Kubernetes 1.19-1.21), with the conformance tests that check it
+//! by behaviour. `lab bench` runs those tests and prints a kube-bench-style report from
+//! this table, so the report and the suite share one implementation of each check.
+//!
+//! A recommendation the lab does not follow is a row too, with the reason, so that the
+//! report says so rather than leaving it out.
+
+/// One row of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recommendation {
+    /// The benchmark's numbers, as `1.2.21-1.2.24` or `1.2.5, 4.2.10`.
+    pub numbers: &'static str,
+    /// What it asks for, in the benchmark's terms.
+    pub title: &'static str,
+    pub checked_by: Check,
+}
+
+/// How the lab answers a recommendation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Conformance tests (`BINARY::TEST`) that must all pass; each is proven able to fail
+    /// by a fault of the catalogue.
+    Tests(&'static [&'static str]),
+    /// Met by the components themselves, with nothing the lab could set otherwise: said,
+    /// not tested (a test of it could not fail).
+    ByTheComponents(&'static str),
+    /// Not followed, for the reason given.
+    NotFollowed(&'static str),
+}
+
+/// The recommendations, in the benchmark's order.
+pub const RECOMMENDATIONS: &[Recommendation] = &[
+    Recommendation {
+        numbers: "1.1.9-1.1.10, 1.1.13-1.1.21, 4.1.1-4.1.10",
+        title: "configuration files, certificates and keys are owned by root, 644 or stricter, keys and \
+                kubeconfigs 600",
+        checked_by: Check::Tests(&[
+            "cis::cis_1_1_and_4_1_configuration_files_are_owned_by_root_and_mode_644_or_stricter",
+            "cis::cis_1_1_and_4_1_every_planned_file_has_its_planned_mode_and_owner",
+            "security::private_keys_and_kubeconfigs_are_readable_by_root_only",
+        ]),
+    },
+    Recommendation {
+        numbers: "1.1.11",
+        title: "the etcd data directory is 700 or stricter",
+        checked_by: Check::Tests(&["cis::cis_1_1_11_etcd_data_directories_are_private"]),
+    },
+    Recommendation {
+        numbers: "1.1.12",
+        title: "the etcd data directory is owned by etcd:etcd (etcd runs as etcd)",
+        checked_by: Check::Tests(&["cis::cis_1_1_12_etcd_runs_as_its_own_user_and_owns_its_data"]),
+    },
+    Recommendation {
+        numbers: "1.2.1",
+        title: "kube-apiserver --anonymous-auth=false",
+        checked_by: Check::Tests(&["security::apiservers_refuse_anonymous_requests"]),
+    },
+    Recommendation {
+        numbers: "1.2.5, 4.2.10",
+        title: "kube-apiserver --kubelet-certificate-authority; kubelet serves the certificate the lab CA issued",
+        checked_by: Check::Tests(&[
+            "cis::cis_1_2_5_and_4_2_10_apiservers_reach_kubelets_by_their_lab_certificates_only",
+        ]),
+    },
+    Recommendation {
+        numbers: "1.2.7-1.2.9",
+        title: "kube-apiserver --authorization-mode includes Node and RBAC, not AlwaysAllow",
+        checked_by: Check::Tests(&["security::apiservers_authorize_with_node_and_rbac"]),
+    },
+    Recommendation {
+        numbers: "1.2.16",
+        title: "the NodeRestriction admission plugin is on",
+        checked_by: Check::Tests(&["cis::cis_1_2_16_apiservers_let_a_kubelet_modify_only_its_own_node"]),
+    },
+    Recommendation {
+        numbers: "1.2.18-1.2.19",
+        title: "kube-apiserver has no insecure port (--insecure-bind-address unset, --insecure-port=0)",
+        checked_by: Check::ByTheComponents(
+            "Kubernetes 1.20's kube-apiserver accepts no --insecure-port but 0 and serves no insecure port",
+        ),
+    },
+    Recommendation {
+        numbers: "1.2.20",
+        title: "kube-apiserver --profiling=false",
+        checked_by: Check::Tests(&["cis::cis_1_2_20_apiservers_serve_no_profiles"]),
+    },
+    Recommendation {
+        numbers: "1.2.21-1.2.24",
+        title: "kube-apiserver writes an audit log, kept 30 days, 10 files of at most 100 MB",
+        checked_by: Check::Tests(&["cis::cis_1_2_21_to_24_apiservers_write_an_audit_log"]),
+    },
+    Recommendation {
+        numbers: "1.2.32-1.2.33",
+        title: "Secrets are encrypted at rest (--encryption-provider-config with aescbc)",
+        checked_by: Check::Tests(&["cis::cis_1_2_32_and_33_apiservers_encrypt_secrets_in_etcd"]),
+    },
+    Recommendation {
+        numbers: "1.2.34",
+        title: "strong TLS cipher suites only, on kube-apiserver (and on etcd, the controller managers and \
+                the schedulers)",
+        checked_by: Check::Tests(&[
+            "cis::cis_1_2_34_apiservers_refuse_old_tls_and_weak_ciphers",
+            "etcd::every_member_refuses_weak_ciphers",
+            "security::controller_managers_and_schedulers_refuse_old_tls_and_weak_ciphers",
+        ]),
+    },
+    Recommendation {
+        numbers: "1.3.2",
+        title: "kube-controller-manager --profiling=false",
+        checked_by: Check::Tests(&["cis::cis_1_3_2_controller_managers_serve_no_profiles"]),
+    },
+    Recommendation {
+        numbers: "1.3.6, 4.2.11-4.2.12",
+        title: "kubelet certificate rotation (RotateKubeletServerCertificate, --rotate-certificates)",
+        checked_by: Check::NotFollowed(
+            "the lab issues each kubelet's client and serving certificates from its CA for a year and `lab up` \
+             renews any within 30 days of expiry; rotation through the API would need the CA's key on the \
+             masters, and Kubernetes 1.20 approves no serving certificate by itself",
+        ),
+    },
+    Recommendation {
+        numbers: "1.3.7, 1.4.2",
+        title: "kube-controller-manager and kube-scheduler --bind-address=127.0.0.1",
+        checked_by: Check::Tests(&["firewall::health_and_metrics_ports_listen_on_loopback_only"]),
+    },
+    Recommendation {
+        numbers: "1.3.7, 1.4.2 (insecure ports)",
+        title: "kube-controller-manager and kube-scheduler serve no plain HTTP port (--port=0)",
+        checked_by: Check::NotFollowed(
+            "their plain HTTP ports stay on, bound to 127.0.0.1, because Kubernetes 1.20's componentstatuses, \
+             the handbook's check of the control plane, reads them there",
+        ),
+    },
+    Recommendation {
+        numbers: "1.4.1",
+        title: "kube-scheduler --profiling=false",
+        checked_by: Check::Tests(&["cis::cis_1_4_1_schedulers_serve_no_profiles"]),
+    },
+    Recommendation {
+        numbers: "2.1-2.2, 2.4-2.5",
+        title: "etcd serves clients and peers over TLS and requires their certificates",
+        checked_by: Check::Tests(&[
+            "etcd::clients_without_a_certificate_are_refused",
+            "security::etcd_requires_client_and_peer_certificates",
+        ]),
+    },
+    Recommendation {
+        numbers: "2.7",
+        title: "etcd has a CA of its own",
+        checked_by: Check::Tests(&["cis::cis_2_7_etcd_trusts_only_its_own_ca"]),
+    },
+    Recommendation {
+        numbers: "4.2.1-4.2.2",
+        title: "kubelet --anonymous-auth=false, --authorization-mode=Webhook",
+        checked_by: Check::Tests(&["security::kubelets_refuse_anonymous_requests_and_authorize_through_the_apiserver"]),
+    },
+    Recommendation {
+        numbers: "4.2.4",
+        title: "kubelet --read-only-port=0",
+        checked_by: Check::Tests(&["security::kubelets_serve_no_read_only_port"]),
+    },
+    Recommendation {
+        numbers: "4.2.6",
+        title: "kubelet --protect-kernel-defaults=true",
+        checked_by: Check::Tests(&["cis::cis_4_2_6_kubelets_protect_kernel_defaults"]),
+    },
+    Recommendation {
+        numbers: "4.2.13",
+        title: "kubelet strong TLS cipher suites only",
+        checked_by: Check::Tests(&["cis::cis_4_2_13_kubelets_refuse_old_tls_and_weak_ciphers"]),
+    },
+];
+
+/// The conformance test binaries whose every test belongs to some row: a test there that
+/// no row names is reported as a finding.
+pub const BENCHMARK_BINARIES: &[&str] = &["cis"];
+
+/// Every test the rows name, `BINARY::TEST`, each once, in the table's order.
+pub fn tests() -> Vec<&'static str> {
+    let mut tests: Vec<&'static str> = Vec::new();
+    for recommendation in RECOMMENDATIONS {
+        if let Check::Tests(names) = recommendation.checked_by {
+            for name in names {
+                if !tests.contains(name) {
+                    tests.push(name);
+                }
+            }
+        }
+    }
+    tests
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_named_test_is_binary_and_name_and_every_cis_binary_test_carries_its_number() {
+        for test in tests() {
+            let (binary, name) = test.split_once("::").unwrap_or_else(|| panic!("{test} is not BINARY::TEST"));
+            assert!(!binary.is_empty() && !name.is_empty() && !name.contains("::"), "{test}");
+            if BENCHMARK_BINARIES.contains(&binary) {
+                assert!(name.starts_with("cis_"), "{test}: the cis tests' names carry their CIS numbers");
+            }
+        }
+    }
+
+    #[test]
+    fn every_row_has_numbers_a_title_and_a_check() {
+        for recommendation in RECOMMENDATIONS {
+            assert!(recommendation.numbers.starts_with(|c: char| c.is_ascii_digit()), "{recommendation:?}");
+            assert!(!recommendation.title.is_empty(), "{recommendation:?}");
+            match recommendation.checked_by {
+                Check::Tests(names) => assert!(!names.is_empty(), "{recommendation:?}"),
+                Check::ByTheComponents(reason) | Check::NotFollowed(reason) => {
+                    assert!(!reason.is_empty(), "{recommendation:?}")
+                }
+            }
+        }
+    }
+}
