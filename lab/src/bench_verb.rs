@@ -12,7 +12,9 @@ use std::os::fd::AsFd as _;
 use std::process::Stdio;
 
 use anyhow::{anyhow, Context as _};
-use provisioner::benchmark::{self, Check, Recommendation, BENCHMARK_BINARIES, RECOMMENDATIONS};
+use provisioner::benchmark::{
+    self, assess, unlisted_tests, Assessment, Status, TestOutcome, BENCHMARK_BINARIES, RECOMMENDATIONS,
+};
 
 use crate::{Exit, Failure, Paths};
 
@@ -26,45 +28,6 @@ const NEXTEST_STORE: &str = "target/nextest";
 const SUITE_PACKAGE: &str = "conformance";
 /// The longest reason a line of the report carries; the test output above has the rest.
 const REASON_WIDTH: usize = 160;
-
-/// What one conformance test did, from the JUnit report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum TestOutcome {
-    Passed,
-    /// It passed without checking: the topology lacks what it needs (`lab.applies`).
-    NotApplicable(String),
-    Failed(String),
-}
-
-/// A recommendation's place in the report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    Pass,
-    Fail,
-    Warn,
-    Info,
-}
-
-impl Status {
-    fn label(self) -> &'static str {
-        match self {
-            Status::Pass => "PASS",
-            Status::Fail => "FAIL",
-            Status::Warn => "WARN",
-            Status::Info => "INFO",
-        }
-    }
-}
-
-/// One line of the report.
-#[derive(Debug)]
-struct Row {
-    recommendation: &'static Recommendation,
-    status: Status,
-    reason: String,
-    /// Each named test with its outcome (`None`: nextest did not run it).
-    tests: Vec<(&'static str, Option<TestOutcome>)>,
-}
 
 pub fn bench(paths: &Paths, json: bool) -> Result<(), Failure> {
     // The checks need a lab; without one this is a usage error, as for `lab break`.
@@ -95,7 +58,8 @@ pub fn bench(paths: &Paths, json: bool) -> Result<(), Failure> {
         anyhow!("cargo nextest ({status}) wrote no report at {}: {error}; its output above says why", report.display())
     })?;
     let outcomes = parse_junit(&junit).with_context(|| format!("read {}", report.display()))?;
-    let rows: Vec<Row> = RECOMMENDATIONS.iter().map(|recommendation| evaluate(recommendation, &outcomes)).collect();
+    let rows: Vec<Assessment> =
+        RECOMMENDATIONS.iter().map(|recommendation| assess(recommendation, &outcomes)).collect();
     let unlisted = unlisted_tests(&outcomes);
     print_report(&rows, &unlisted, json)?;
 
@@ -188,54 +152,7 @@ fn one_line(text: &str) -> String {
     }
 }
 
-fn evaluate(recommendation: &'static Recommendation, outcomes: &BTreeMap<String, TestOutcome>) -> Row {
-    let (status, reason, tests) = match recommendation.checked_by {
-        Check::ByTheComponents(reason) => (Status::Info, reason.to_string(), Vec::new()),
-        Check::NotFollowed(reason) => (Status::Warn, format!("not followed: {reason}"), Vec::new()),
-        Check::Tests(names) => {
-            let tests: Vec<(&'static str, Option<TestOutcome>)> =
-                names.iter().map(|name| (*name, outcomes.get(*name).cloned())).collect();
-            let failures: Vec<String> = tests
-                .iter()
-                .filter_map(|(name, outcome)| match outcome {
-                    None => Some(format!("{name} did not run")),
-                    Some(TestOutcome::Failed(reason)) => Some(format!("{name}: {reason}")),
-                    Some(_) => None,
-                })
-                .collect();
-            let not_applicable: Vec<&str> = tests
-                .iter()
-                .filter_map(|(_, outcome)| match outcome {
-                    Some(TestOutcome::NotApplicable(reason)) => Some(reason.as_str()),
-                    _ => None,
-                })
-                .collect();
-            if let Some(first) = failures.first() {
-                (Status::Fail, first.clone(), tests)
-            } else if not_applicable.len() == tests.len() {
-                (Status::Info, format!("not applicable: {}", not_applicable[0]), tests)
-            } else {
-                let names: Vec<&str> =
-                    names.iter().map(|name| name.split_once("::").map_or(*name, |(_, n)| n)).collect();
-                (Status::Pass, format!("checked by {}", names.join(", ")), tests)
-            }
-        }
-    };
-    Row { recommendation, status, reason, tests }
-}
-
-/// Tests of the benchmark's binaries that no row names.
-fn unlisted_tests(outcomes: &BTreeMap<String, TestOutcome>) -> Vec<String> {
-    let named = benchmark::tests();
-    outcomes
-        .keys()
-        .filter(|test| test.split_once("::").is_some_and(|(binary, _)| BENCHMARK_BINARIES.contains(&binary)))
-        .filter(|test| !named.contains(&test.as_str()))
-        .cloned()
-        .collect()
-}
-
-fn print_report(rows: &[Row], unlisted: &[String], json: bool) -> Result<(), Failure> {
+fn print_report(rows: &[Assessment], unlisted: &[String], json: bool) -> Result<(), Failure> {
     let count = |status: Status| rows.iter().filter(|row| row.status == status).count();
     if json {
         let recommendations: Vec<serde_json::Value> = rows
@@ -283,7 +200,7 @@ fn print_report(rows: &[Row], unlisted: &[String], json: bool) -> Result<(), Fai
 
 /// The report as kube-bench prints it: a status, the numbers and title, the reason on
 /// the next line, then the summary.
-fn text_report(rows: &[Row], unlisted: &[String]) -> String {
+fn text_report(rows: &[Assessment], unlisted: &[String]) -> String {
     use std::fmt::Write as _;
     let mut text = String::from("CIS Kubernetes Benchmark (kube-bench profile cis-1.20)\n");
     for row in rows {
@@ -339,10 +256,6 @@ requests missing from the audit logs:
         parse_junit(JUNIT).expect("the sample report parses")
     }
 
-    fn row(numbers: &str) -> &'static Recommendation {
-        RECOMMENDATIONS.iter().find(|row| row.numbers == numbers).expect("a row of the table")
-    }
-
     #[test]
     fn the_junit_report_gives_each_test_its_outcome_and_the_panic_message() {
         let outcomes = outcomes();
@@ -365,40 +278,6 @@ requests missing from the audit logs:
     }
 
     #[test]
-    fn a_recommendation_passes_fails_or_is_not_applicable_by_its_tests() {
-        let outcomes = outcomes();
-        let passed = evaluate(row("1.1.11"), &outcomes);
-        assert_eq!(passed.status, Status::Pass, "{passed:?}");
-        let failed = evaluate(row("1.2.20"), &outcomes);
-        assert_eq!(failed.status, Status::Fail);
-        assert!(failed.reason.contains("cis_1_2_20") && failed.reason.contains("answered 200"), "{failed:?}");
-        let not_applicable = evaluate(row("1.2.16"), &outcomes);
-        assert_eq!(not_applicable.status, Status::Info);
-        assert!(not_applicable.reason.starts_with("not applicable: NodeRestriction"), "{not_applicable:?}");
-        // A named test that nextest did not run fails its row: nothing checked it.
-        let not_run = evaluate(row("4.2.6"), &outcomes);
-        assert_eq!(not_run.status, Status::Fail);
-        assert!(not_run.reason.ends_with("did not run"), "{not_run:?}");
-    }
-
-    #[test]
-    fn recommendations_the_lab_does_not_follow_warn_with_the_reason() {
-        let row = evaluate(row("1.3.6, 4.2.11-4.2.12"), &BTreeMap::new());
-        assert_eq!(row.status, Status::Warn);
-        assert!(row.reason.starts_with("not followed: ") && row.reason.contains("Kubernetes 1.20"), "{row:?}");
-        assert_eq!(evaluate(self::row("1.2.18-1.2.19"), &BTreeMap::new()).status, Status::Info);
-    }
-
-    #[test]
-    fn a_test_of_the_benchmark_binaries_that_no_row_names_is_a_finding() {
-        let mut outcomes = outcomes();
-        assert!(unlisted_tests(&outcomes).is_empty());
-        outcomes.insert("cis::cis_9_9_9_something_new".into(), TestOutcome::Passed);
-        outcomes.insert("nodes::every_node_is_ready".into(), TestOutcome::Passed);
-        assert_eq!(unlisted_tests(&outcomes), vec!["cis::cis_9_9_9_something_new".to_string()]);
-    }
-
-    #[test]
     fn the_filter_runs_the_benchmark_binaries_and_the_other_named_tests_only() {
         let filter = filter_expression();
         assert!(filter.starts_with("binary(=cis) | "), "{filter}");
@@ -409,7 +288,7 @@ requests missing from the audit logs:
     #[test]
     fn the_text_report_has_a_line_per_recommendation_and_a_summary() {
         let outcomes = outcomes();
-        let rows: Vec<Row> = RECOMMENDATIONS.iter().map(|row| evaluate(row, &outcomes)).collect();
+        let rows: Vec<Assessment> = RECOMMENDATIONS.iter().map(|row| assess(row, &outcomes)).collect();
         let text = text_report(&rows, &["cis::cis_9_9_9_something_new".to_string()]);
         assert!(text.contains("[PASS] 1.1.11 the etcd data directory is 700 or stricter"), "{text}");
         assert!(text.contains("[FAIL] 1.2.20 kube-apiserver --profiling=false"), "{text}");

@@ -1,6 +1,6 @@
 //! The lab CLI. `main` parses arguments, runs one verb and maps its outcome to an
 //! exit code; each verb is a function in `verbs`, `machine_verbs`, `up`, `doctor`,
-//! `fault_verbs`, `drill_verb` or `bench_verb`.
+//! `fault_verbs`, `drill_verb`, `bench_verb`, `explain_verb` or `inspect_verbs`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -9,12 +9,15 @@ use std::process::ExitCode;
 use clap::builder::{OsStringValueParser, PossibleValuesParser, TypedValueParser as _};
 use clap::{ArgAction, Parser, Subcommand};
 use provisioner::lab::{Lab, LabError, LabPaths, Real, UpOptions};
+use provisioner::plan::Stage;
 use provisioner::topology::Backend;
 
 mod bench_verb;
 mod doctor;
 mod drill_verb;
+mod explain_verb;
 mod fault_verbs;
+mod inspect_verbs;
 mod kubeconfig;
 mod machine_verbs;
 mod terminal;
@@ -140,6 +143,45 @@ enum Verb {
         /// Only check; install nothing.
         #[arg(long)]
         check: bool,
+    },
+    /// Explain the handbook's chapters as the lab builds them: without a stage, each
+    /// chapter with where the lab stands; with one, what it sets up and why, its files,
+    /// units, commands and checks per node, and its faults.
+    Explain {
+        /// The chapter (a stage name of `lab plan`).
+        #[arg(value_name = "STAGE", value_parser = stage_parser())]
+        stage: Option<Stage>,
+        /// Only what the chapter does on this node.
+        #[arg(long, value_name = "NODE", requires = "stage")]
+        node: Option<String>,
+        /// The chapters, or the chapter, as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check one chapter on the running lab, changing nothing: every node it touches
+    /// compared with the plan (files, modes, owners, units) and its checks run once;
+    /// PASS or FAIL per node with what is wrong and a hint. Exit 1 on FAIL.
+    Check {
+        /// The chapter (a stage name of `lab plan`).
+        #[arg(value_name = "STAGE", value_parser = stage_parser())]
+        stage: Stage,
+        /// Only this node.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show how the running lab's nodes differ from the plan (files, modes, owners,
+    /// units), for one chapter or all, changing nothing. Exit 1 when any differs.
+    Diff {
+        /// Only this chapter (a stage name of `lab plan`).
+        #[arg(value_name = "STAGE", value_parser = stage_parser())]
+        stage: Option<Stage>,
+        /// Only this node.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// List the fault catalogue: what `lab break` can break, where, and which
     /// conformance tests must then fail.
@@ -269,6 +311,12 @@ fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
     })
 }
 
+/// A stage name of `lab plan`, checked by clap (which lists them).
+fn stage_parser() -> impl clap::builder::TypedValueParser<Value = Stage> {
+    PossibleValuesParser::new(Stage::ALL.map(Stage::name))
+        .map(|name| Stage::from_name(&name).expect("clap let through only the stages' names"))
+}
+
 /// Runs the verb; the exit code of a verb that did not fail.
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let paths = Paths::resolve(&cli);
@@ -292,6 +340,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Verb::Restore { fault, all: _, json } => fault_verbs::restore(&paths, fault.as_deref(), json),
         Verb::Drill { name, json } => drill_verb::drill(&paths, name.as_deref(), json),
         Verb::Bench { json } => bench_verb::bench(&paths, json),
+        Verb::Explain { stage, node, json } => explain_verb::explain(&paths, stage, node.as_deref(), json),
+        Verb::Check { stage, node, json } => inspect_verbs::check(&paths, stage, node.as_deref(), json),
+        Verb::Diff { stage, node, json } => inspect_verbs::diff(&paths, stage, node.as_deref(), json),
     };
     done.map(|()| Exit::Success.into())
 }

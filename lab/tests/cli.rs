@@ -304,6 +304,60 @@ fn plan_json_is_one_json_document_without_key_material() {
 }
 
 #[test]
+fn explain_tells_every_chapter_and_one_chapter_without_a_secret() {
+    let setup = Setup::new();
+    let output = setup.lab().args(["explain", "--json"]).assert().code(0).get_output().clone();
+    let overview: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("stdout is one JSON document");
+    let chapters = overview["chapters"].as_array().expect("a list of chapters");
+    assert_eq!(chapters.len(), Stage::ALL.len());
+    assert_eq!(chapters[2]["stage"], "etcd");
+    assert_eq!(chapters[2]["standing"]["state"], "not-built", "no lab in the state directory");
+
+    let output = setup.lab().args(["explain", "pki"]).assert().code(0).get_output().clone();
+    let text = stdout_of(&output);
+    assert!(text.starts_with("2. pki: not built\n"), "{text}");
+    assert!(text.contains("<secret>") && text.contains("0600 root"), "{text}");
+    for marker in ["PRIVATE KEY", "client-key-data"] {
+        assert!(!text.contains(marker), "{marker} in the explanation");
+    }
+    let encryption_key = std::fs::read_to_string(setup.state_dir().join("pki/secrets-encryption.key")).unwrap();
+    assert!(!text.contains(encryption_key.trim()), "the Secrets' encryption key is in the explanation");
+
+    let output = setup.lab().args(["explain", "etcd", "--node", "worker1"]).assert().code(0).get_output().clone();
+    assert!(stdout_of(&output).contains("This chapter does nothing on worker1."));
+}
+
+#[test]
+fn explain_refuses_a_wrong_stage_or_node_with_exit_2() {
+    let setup = Setup::new();
+    let output = setup.lab().args(["explain", "nope"]).assert().code(2).get_output().clone();
+    let stderr = stderr_of(&output);
+    for name in Stage::ALL.iter().map(|stage| stage.name()) {
+        assert!(stderr.contains(name), "{name} is missing from: {stderr}");
+    }
+    setup
+        .lab()
+        .args(["explain", "etcd", "--node", "nobody"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("error: --node nobody: no such node in lab k8s; the nodes are: master1,"));
+}
+
+#[test]
+fn check_and_diff_refuse_a_wrong_stage_or_no_lab_with_exit_2() {
+    let setup = Setup::new();
+    let output = setup.lab().args(["check", "nope"]).assert().code(2).get_output().clone();
+    assert!(stderr_of(&output).contains("kube-apiserver"), "the valid stages are listed");
+    setup.lab().args(["check"]).assert().code(2);
+    setup.lab().args(["diff", "nope"]).assert().code(2);
+    for args in [&["check", "etcd"][..], &["diff"][..], &["diff", "etcd", "--json"][..]] {
+        let output = setup.lab().args(args).assert().code(2).get_output().clone();
+        let stderr = stderr_of(&output);
+        assert!(stderr.starts_with("error: no lab in ") && stderr.lines().count() == 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn render_writes_every_file_but_no_secret() {
     let setup = Setup::new();
     setup.lab().args(["render", "out"]).assert().code(0).stdout(predicate::str::contains("secret, written as"));

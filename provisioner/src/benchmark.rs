@@ -7,6 +7,8 @@
 //! A recommendation the lab does not follow is a row too, with the reason, so that the
 //! report says so rather than leaving it out.
 
+use std::collections::BTreeMap;
+
 /// One row of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Recommendation {
@@ -192,6 +194,97 @@ pub fn tests() -> Vec<&'static str> {
     tests
 }
 
+/// What one conformance test did, as its run reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestOutcome {
+    Passed,
+    /// It passed without checking: the topology lacks what it needs, and why.
+    NotApplicable(String),
+    /// It failed, and its message.
+    Failed(String),
+}
+
+/// A recommendation's place in the report, as kube-bench names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pass,
+    Fail,
+    Warn,
+    Info,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Warn => "WARN",
+            Status::Info => "INFO",
+        }
+    }
+}
+
+/// One recommendation, assessed from its tests' outcomes.
+#[derive(Debug)]
+pub struct Assessment {
+    pub recommendation: &'static Recommendation,
+    pub status: Status,
+    /// One line: the failing test and its message, what checked it, or the reason.
+    pub reason: String,
+    /// Each named test with its outcome (`None`: it did not run).
+    pub tests: Vec<(&'static str, Option<TestOutcome>)>,
+}
+
+/// Assesses `recommendation` from the outcomes of the tests that ran, by `BINARY::TEST`.
+/// A named test that did not run fails it: nothing checked it. A recommendation all of
+/// whose tests did not apply to the topology is `Info`.
+pub fn assess(recommendation: &'static Recommendation, outcomes: &BTreeMap<String, TestOutcome>) -> Assessment {
+    let (status, reason, tests) = match recommendation.checked_by {
+        Check::ByTheComponents(reason) => (Status::Info, reason.to_string(), Vec::new()),
+        Check::NotFollowed(reason) => (Status::Warn, format!("not followed: {reason}"), Vec::new()),
+        Check::Tests(names) => {
+            let tests: Vec<(&'static str, Option<TestOutcome>)> =
+                names.iter().map(|name| (*name, outcomes.get(*name).cloned())).collect();
+            let failures: Vec<String> = tests
+                .iter()
+                .filter_map(|(name, outcome)| match outcome {
+                    None => Some(format!("{name} did not run")),
+                    Some(TestOutcome::Failed(reason)) => Some(format!("{name}: {reason}")),
+                    Some(_) => None,
+                })
+                .collect();
+            let not_applicable: Vec<&str> = tests
+                .iter()
+                .filter_map(|(_, outcome)| match outcome {
+                    Some(TestOutcome::NotApplicable(reason)) => Some(reason.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if let Some(first) = failures.first() {
+                (Status::Fail, first.clone(), tests)
+            } else if not_applicable.len() == tests.len() {
+                (Status::Info, format!("not applicable: {}", not_applicable[0]), tests)
+            } else {
+                let names: Vec<&str> =
+                    names.iter().map(|name| name.split_once("::").map_or(*name, |(_, name)| name)).collect();
+                (Status::Pass, format!("checked by {}", names.join(", ")), tests)
+            }
+        }
+    };
+    Assessment { recommendation, status, reason, tests }
+}
+
+/// The tests of the benchmark's binaries among `outcomes` that no recommendation names.
+pub fn unlisted_tests(outcomes: &BTreeMap<String, TestOutcome>) -> Vec<String> {
+    let named = tests();
+    outcomes
+        .keys()
+        .filter(|test| test.split_once("::").is_some_and(|(binary, _)| BENCHMARK_BINARIES.contains(&binary)))
+        .filter(|test| !named.contains(&test.as_str()))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +312,57 @@ mod tests {
                 }
             }
         }
+    }
+    fn row(numbers: &str) -> &'static Recommendation {
+        RECOMMENDATIONS.iter().find(|row| row.numbers == numbers).expect("a row of the table")
+    }
+
+    fn outcomes() -> BTreeMap<String, TestOutcome> {
+        BTreeMap::from([
+            ("cis::cis_1_1_11_etcd_data_directories_are_private".to_string(), TestOutcome::Passed),
+            (
+                "cis::cis_1_2_20_apiservers_serve_no_profiles".to_string(),
+                TestOutcome::Failed("master2: GET /debug/pprof/ answered 200, not 404".into()),
+            ),
+            (
+                "cis::cis_1_2_16_apiservers_let_a_kubelet_modify_only_its_own_node".to_string(),
+                TestOutcome::NotApplicable("it needs 2 workers; this topology has 1".into()),
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_recommendation_passes_fails_or_is_not_applicable_by_its_tests() {
+        let outcomes = outcomes();
+        let passed = assess(row("1.1.11"), &outcomes);
+        assert_eq!(passed.status, Status::Pass, "{passed:?}");
+        assert_eq!(passed.reason, "checked by cis_1_1_11_etcd_data_directories_are_private");
+        let failed = assess(row("1.2.20"), &outcomes);
+        assert_eq!(failed.status, Status::Fail);
+        assert!(failed.reason.contains("cis_1_2_20") && failed.reason.contains("answered 200"), "{failed:?}");
+        let not_applicable = assess(row("1.2.16"), &outcomes);
+        assert_eq!(not_applicable.status, Status::Info);
+        assert_eq!(not_applicable.reason, "not applicable: it needs 2 workers; this topology has 1");
+        // A named test that did not run fails its row: nothing checked it.
+        let not_run = assess(row("4.2.6"), &outcomes);
+        assert_eq!(not_run.status, Status::Fail);
+        assert!(not_run.reason.ends_with("did not run"), "{not_run:?}");
+    }
+
+    #[test]
+    fn recommendations_the_lab_does_not_follow_warn_with_the_reason() {
+        let assessed = assess(row("1.3.6, 4.2.11-4.2.12"), &BTreeMap::new());
+        assert_eq!(assessed.status, Status::Warn);
+        assert!(assessed.reason.starts_with("not followed: ") && assessed.reason.contains("1.20"), "{assessed:?}");
+        assert_eq!(assess(row("1.2.18-1.2.19"), &BTreeMap::new()).status, Status::Info);
+    }
+
+    #[test]
+    fn a_test_of_the_benchmark_binaries_that_no_row_names_is_a_finding() {
+        let mut outcomes = outcomes();
+        assert!(unlisted_tests(&outcomes).is_empty());
+        outcomes.insert("cis::cis_9_9_9_something_new".into(), TestOutcome::Passed);
+        outcomes.insert("nodes::every_node_is_ready".into(), TestOutcome::Passed);
+        assert_eq!(unlisted_tests(&outcomes), vec!["cis::cis_9_9_9_something_new".to_string()]);
     }
 }

@@ -560,6 +560,156 @@ impl<'a> Executor<'a> {
     }
 }
 
+/// How one node stands against one stage's plan, as `Executor::inspect` found it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeInspection {
+    pub node: String,
+    /// What `lab up` would change on the node: files, units, an unfinished run.
+    pub differences: Vec<Difference>,
+    /// Each readiness check of the stage, run once (none when only compared).
+    pub checks: Vec<CheckOutcome>,
+}
+
+impl NodeInspection {
+    /// Whether the node matches the plan and passed every check that ran.
+    pub fn passed(&self) -> bool {
+        self.differences.is_empty() && self.checks.iter().all(|check| check.passed)
+    }
+}
+
+/// One way a node differs from a stage's plan.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Difference {
+    /// A planned file is not on the node.
+    MissingFile { path: String },
+    /// A planned file holds other content than the plan's.
+    Content { path: String },
+    /// A planned file has another mode (both in octal).
+    Mode { path: String, planned: String, found: String },
+    /// A planned file belongs to another user.
+    Owner { path: String, planned: String, found: String },
+    /// A planned unit is not running; `state` is what `systemctl is-active` says.
+    UnitNotActive { unit: String, state: String },
+    /// A `lab up` was interrupted in this stage on the node and has not finished it.
+    Interrupted,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Difference::MissingFile { path } => write!(f, "{path} is missing"),
+            Difference::Content { path } => write!(f, "{path} differs from the plan"),
+            Difference::Mode { path, planned, found } => write!(f, "{path} has mode {found}, the plan says {planned}"),
+            Difference::Owner { path, planned, found } => {
+                write!(f, "{path} belongs to {found}, the plan says {planned}")
+            }
+            Difference::UnitNotActive { unit, state } => write!(f, "{unit} is not running ({state})"),
+            Difference::Interrupted => f.write_str("a `lab up` stopped half way through this stage"),
+        }
+    }
+}
+
+/// One readiness check, run once.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckOutcome {
+    pub description: String,
+    pub passed: bool,
+    /// The last lines it printed, when it failed.
+    pub output: String,
+}
+
+/// How long one attempt of a readiness check may take in `inspect`, on machines at
+/// the host's speed: the checks' own timeouts are for retrying, not for one try.
+const CHECK_ATTEMPT_SECS: u64 = 20;
+
+/// Marks the unit state query so fakes can answer it.
+pub const UNIT_STATE_QUERY: &str = "# lab: unit state\n";
+
+impl Executor<'_> {
+    /// Compares every node of `stage` with its plan (file contents, modes and owners,
+    /// units running, an unfinished run) and, with `run_checks`, runs each of its
+    /// readiness checks once; the nodes in parallel. Changes nothing: this is `lab
+    /// check` and `lab diff`, for a learner who did a chapter by hand.
+    pub fn inspect(&self, stage: &StagePlan, run_checks: bool) -> Result<Vec<NodeInspection>, ExecError> {
+        let mut outcomes: Vec<Result<NodeInspection, ExecError>> = Vec::new();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = stage
+                .nodes
+                .iter()
+                .map(|actions| scope.spawn(move || self.inspect_node(stage.stage, actions, run_checks)))
+                .collect();
+            outcomes = handles.into_iter().map(|handle| handle.join().expect("inspect worker panicked")).collect();
+        });
+        outcomes.into_iter().collect()
+    }
+
+    fn inspect_node(&self, stage: Stage, actions: &NodeActions, run_checks: bool) -> Result<NodeInspection, ExecError> {
+        let host = self.host(stage, &actions.node)?;
+        let host_error = |source| ExecError::Host { stage, source };
+        let mut differences = Vec::new();
+
+        let current = query_file_state(host, stage, &actions.files).map_err(host_error)?;
+        if current.pending {
+            differences.push(Difference::Interrupted);
+        }
+        for file in &actions.files {
+            let path = file.path.clone();
+            let Some(found) = current.files.get(&file.path) else {
+                differences.push(Difference::MissingFile { path });
+                continue;
+            };
+            if found.sha256 != self.digests.of(&file.content).map_err(host_error)? {
+                differences.push(Difference::Content { path: path.clone() });
+            }
+            if found.mode != file.mode {
+                let (planned, found) = (format!("{:04o}", file.mode), format!("{:04o}", found.mode));
+                differences.push(Difference::Mode { path: path.clone(), planned, found });
+            }
+            if found.owner != file.owner {
+                differences.push(Difference::Owner { path, planned: file.owner.clone(), found: found.owner.clone() });
+            }
+        }
+
+        if !actions.units.is_empty() {
+            let units: Vec<String> = actions.units.iter().map(|unit| shell_quote(&unit.name)).collect();
+            let script = format!(
+                "{UNIT_STATE_QUERY}for u in {}; do printf '%s %s\\n' \"$u\" \"$(systemctl is-active \"$u\")\"; done; true",
+                units.join(" ")
+            );
+            let output = host.run(&script).map_err(host_error)?;
+            let states: HashMap<&str, &str> = output.stdout.lines().filter_map(|line| line.split_once(' ')).collect();
+            for unit in &actions.units {
+                let state = states.get(unit.name.as_str()).copied().unwrap_or("unknown");
+                if state != "active" {
+                    differences.push(Difference::UnitNotActive { unit: unit.name.clone(), state: state.to_string() });
+                }
+            }
+        }
+
+        let mut checks = Vec::new();
+        if run_checks {
+            let attempt = CHECK_ATTEMPT_SECS * u64::from(self.timeout_scale);
+            for check in &actions.checks {
+                let script = format!("timeout {attempt} sh -c {}", shell_quote(&check.script));
+                let output = host.run(&script).map_err(host_error)?;
+                // `timeout` exits with 124 when it stopped the check.
+                let said = match output.status {
+                    0 => String::new(),
+                    124 => format!("no answer within {attempt} s"),
+                    _ => tail(&format!("{}{}", output.stdout, output.stderr), 10),
+                };
+                checks.push(CheckOutcome {
+                    description: check.description.clone(),
+                    passed: output.success(),
+                    output: said,
+                });
+            }
+        }
+        Ok(NodeInspection { node: actions.node.clone(), differences, checks })
+    }
+}
+
 /// The last lines of each unit's journal, for error messages. Best effort: a node
 /// that cannot answer still lets the original error through.
 fn journal(host: &dyn Host, units: &[String]) -> String {

@@ -6,6 +6,7 @@ pub mod benchmark;
 pub mod debian;
 pub mod drills;
 pub mod executor;
+pub mod explain;
 pub mod faults;
 pub mod host;
 pub mod lab;

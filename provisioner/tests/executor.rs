@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use provisioner::executor::{
     file_state_script, ExecError, Executor, Silent, APPLIED_DIR, FILE_STATE_QUERY, PENDING_DIR, SURVEY_QUERY,
+    UNIT_STATE_QUERY,
 };
 use provisioner::host::{Call, Host, Output, RecordingHost};
 use provisioner::plan::{CheckSpec, CommandSpec, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
@@ -285,4 +286,71 @@ fn check_all_runs_every_check_and_nothing_else() {
     assert_eq!(host.calls(), [Call::Run("etcdctl endpoint health".into())]);
     assert_eq!(reports.len(), 1);
     assert_eq!((reports[0].changed_files(), reports[0].changed_units()), (0, 0));
+}
+
+#[test]
+fn inspect_finds_a_matching_node_matching_and_changes_nothing() {
+    let host = RecordingHost::new("master1");
+    let state = format!(
+        "{} 644 root {UNIT}\n{} 600 root {CONFIG}\n",
+        sha("[Service]\nExecStart=/usr/bin/etcd\n"),
+        sha("ETCD_NAME=master1\n")
+    );
+    host.reply(FILE_STATE_QUERY, Output { status: 0, stdout: state, stderr: String::new() });
+    host.reply(UNIT_STATE_QUERY, Output { status: 0, stdout: "etcd.service active\n".into(), stderr: String::new() });
+
+    let inspected = Executor::new([&host as &dyn Host]).inspect(&etcd_like_stage(), true).expect("inspect runs");
+
+    assert_eq!(inspected.len(), 1);
+    assert_eq!(inspected[0].node, "master1");
+    assert!(inspected[0].differences.is_empty(), "{:?}", inspected[0].differences);
+    assert_eq!(inspected[0].checks.len(), 1);
+    assert!(inspected[0].checks[0].passed && inspected[0].passed());
+    let calls = host.calls();
+    assert!(calls.iter().all(|call| matches!(call, Call::Run(_))), "nothing written: {calls:?}");
+    for script in calls.iter().filter_map(|call| match call {
+        Call::Run(script) => Some(script),
+        _ => None,
+    }) {
+        for changing in ["systemctl enable", "systemctl restart", "systemctl start", "mkdir", "rm -f", "install -d"] {
+            assert!(!script.contains(changing), "inspect changed the node with {script:?}");
+        }
+    }
+    assert!(
+        calls.contains(&Call::Run("timeout 20 sh -c 'etcdctl endpoint health'".into())),
+        "each check runs once, bounded: {calls:?}"
+    );
+}
+
+#[test]
+fn inspect_names_every_file_unit_and_check_that_differs_from_the_plan() {
+    let host = RecordingHost::new("master1");
+    // The unit file has another content and mode, the config is missing, the stage was
+    // interrupted, the unit is stopped and the check fails.
+    let state = format!("pending\n{} 666 etcd {UNIT}\n", sha("[Service]\nExecStart=/bin/false\n"));
+    host.reply(FILE_STATE_QUERY, Output { status: 0, stdout: state, stderr: String::new() });
+    host.reply(UNIT_STATE_QUERY, Output { status: 0, stdout: "etcd.service inactive\n".into(), stderr: String::new() });
+    host.reply("timeout ", Output { status: 1, stdout: String::new(), stderr: "connection refused\n".into() });
+
+    let inspected = Executor::new([&host as &dyn Host]).inspect(&etcd_like_stage(), true).expect("inspect runs");
+
+    let found: Vec<String> = inspected[0].differences.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        found,
+        [
+            "a `lab up` stopped half way through this stage".to_string(),
+            format!("{UNIT} differs from the plan"),
+            format!("{UNIT} has mode 0666, the plan says 0644"),
+            format!("{UNIT} belongs to etcd, the plan says root"),
+            format!("{CONFIG} is missing"),
+            "etcd.service is not running (inactive)".to_string(),
+        ]
+    );
+    assert!(!inspected[0].checks[0].passed);
+    assert_eq!(inspected[0].checks[0].output, "connection refused");
+    assert!(!inspected[0].passed());
+
+    // Without checks, only the comparison runs.
+    let compared = Executor::new([&host as &dyn Host]).inspect(&etcd_like_stage(), false).expect("inspect runs");
+    assert!(compared[0].checks.is_empty() && compared[0].differences.len() == 6);
 }

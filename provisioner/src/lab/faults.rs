@@ -5,24 +5,15 @@
 //! which writes back every planned file and mode a fault changed, starts every unit
 //! it stopped and proves that the cluster serves before it returns.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::probes::existing_key_pair;
+use super::sessions::Sessions;
 use super::up::{Until, UpOptions, UpReport};
 use super::{Event, Lab, LabError, Reporter};
 use crate::faults::{self, Fault, FaultContext, FaultError, InForce, Step, Targets, IN_FORCE_TIMEOUT};
-use crate::host::Host;
-use crate::machines::MachineState;
 use crate::pki;
-use crate::plan;
-use crate::ssh::KeyPair;
 use crate::text;
 use crate::topology::Node;
-
-/// One connection attempt to a node, on machines at the host's speed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `lab break` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,51 +213,7 @@ fn step_error(fault: &Fault, step: &Step, message: String) -> LabError {
     LabError::FaultStep { fault: fault.name.to_string(), node: step.node.clone(), message }
 }
 
-/// One SSH session per running node, opened once for all of a verb's scripts.
-struct Sessions {
-    hosts: BTreeMap<String, Box<dyn Host>>,
-    time_scale: u32,
-}
-
 impl Sessions {
-    fn open(lab: &Lab) -> Result<Sessions, LabError> {
-        let machines = lab.machines()?;
-        let time_scale = machines.time_scale().max(1);
-        let bridge = plan::bridge_name(&lab.topology.name);
-        let mut addresses: Vec<(String, Ipv4Addr)> = Vec::new();
-        for node in &lab.topology.nodes {
-            let state = machines.status(&node.name)?;
-            if state != MachineState::Running {
-                return Err(LabError::NodeNotRunning { node: node.name.clone(), state });
-            }
-            addresses.push((node.name.clone(), node.address));
-        }
-        // Nothing is sent to a lab address unless the kernel sends it to the lab bridge.
-        let only: Vec<Ipv4Addr> = addresses.iter().map(|(_, address)| *address).collect();
-        lab.surroundings.verify_routes(&bridge, &only).map_err(|reason| LabError::FaultStep {
-            fault: "-".to_string(),
-            node: "host".to_string(),
-            message: reason,
-        })?;
-        let key: KeyPair = existing_key_pair(&lab.state.ssh_private_key())
-            .map_err(|_| LabError::NoKey { path: lab.state.ssh_private_key() })?;
-        let hosts = std::thread::scope(|scope| {
-            let handles: Vec<_> = addresses
-                .iter()
-                .map(|(name, address)| {
-                    let key = &key;
-                    scope.spawn(move || {
-                        lab.surroundings
-                            .connect(name, *address, key, CONNECT_TIMEOUT * time_scale)
-                            .map(|host| (name.clone(), host))
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|handle| handle.join().expect("connect worker panicked")).collect::<Result<_, _>>()
-        })?;
-        Ok(Sessions { hosts, time_scale })
-    }
-
     /// Runs one step; a non-zero exit is an error with the tail of what it printed.
     fn run(&self, step: &Step) -> Result<(), String> {
         let host = self.hosts.get(&step.node).ok_or_else(|| format!("no session to {}", step.node))?;

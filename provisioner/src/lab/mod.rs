@@ -27,8 +27,10 @@ use crate::state_dir::StateDir;
 use crate::topology::{Backend, Topology, TopologyError};
 
 mod faults;
+mod inspect;
 mod probes;
 mod reporter;
+mod sessions;
 mod status;
 mod surroundings;
 #[cfg(test)]
@@ -36,6 +38,7 @@ mod tests;
 mod up;
 
 pub use faults::{Broken, Restore, Restored};
+pub use inspect::StageInspection;
 pub use reporter::{Event, Reporter, Silent};
 pub use status::{ApiHealth, LabStatus, NodeStatus, Probed, Probes};
 pub use surroundings::{Real, Surroundings};
@@ -87,6 +90,9 @@ pub enum LabError {
     Connect(#[from] HostError),
     #[error("{source}\n{bundle}")]
     Stage { source: Box<ExecError>, bundle: String },
+    /// `lab check` or `lab diff` could not ask a node.
+    #[error(transparent)]
+    Inspect(Box<ExecError>),
     #[error("{source}\n{bundle}")]
     NotReady { source: ReadinessError, bundle: String },
     #[error("{} nodes did not stop:\n  {}", .errors.len(), .errors.join("\n  "))]
@@ -104,6 +110,8 @@ pub enum LabError {
          `lab up --until machines` sets the lab's routes"
     )]
     NotOnBridge { node: String, address: Ipv4Addr, bridge: String },
+    #[error("refusing to connect: {reason}; `lab up --until machines` sets the lab's routes")]
+    NotRouted { reason: String },
     #[error("the lab has no SSH key at {}; `lab up` makes it", .path.display())]
     NoKey { path: PathBuf },
     #[error("cannot write {}: {source}", .path.display())]
@@ -342,6 +350,20 @@ impl Lab {
             self.paths.cache_dir.display()
         )));
         Ok(())
+    }
+
+    /// Where this built lab stands in each chapter, in handbook order (`lab explain`):
+    /// from the stage records on its nodes, asked as `lab status` asks them, and the
+    /// faults in force.
+    pub fn standings(&self) -> Vec<crate::explain::Standing> {
+        let converged = match self.status() {
+            Ok(LabStatus { probes: Some(probes), .. }) => probes.converged_stage,
+            Ok(_) => Probed::Unknown("no machine runs (`lab up` starts them)".to_string()),
+            Err(error) => Probed::Unknown(error.to_string()),
+        };
+        let in_force: Vec<String> =
+            self.faults_in_force().unwrap_or_default().into_iter().map(|record| record.fault).collect();
+        crate::explain::standings(&converged, &in_force)
     }
 
     /// `lab status`: every node's state, the lab's addresses and files, and, when a

@@ -37,6 +37,9 @@ pub struct StageEntry {
     pub handbook_section: &'static str,
     /// Fills in the stage's plan, which starts out empty.
     pub plan: fn(&Context<'_>, &mut StagePlan),
+    /// The stage module's source, whose `//!` comment `lab explain` shows: the
+    /// explanation is the module's own documentation.
+    pub source: &'static str,
 }
 
 /// Every stage, in handbook order, which is the order `lab up` runs them and the order
@@ -47,90 +50,105 @@ pub static REGISTRY: [StageEntry; 15] = [
         name: "hosts",
         handbook_section: "Handbook 000 sections 1 and 2: env.sh and /etc/hosts",
         plan: hosts::plan,
+        source: include_str!("hosts.rs"),
     },
     StageEntry {
         stage: Stage::Pki,
         name: "pki",
         handbook_section: "Handbook 000 section 3: certificates (CFSSL in the handbook, rcgen here)",
         plan: pki::plan,
+        source: include_str!("pki.rs"),
     },
     StageEntry {
         stage: Stage::Etcd,
         name: "etcd",
         handbook_section: "Handbook 000 section 4: static etcd cluster with mutual TLS",
         plan: etcd::plan,
+        source: include_str!("etcd.rs"),
     },
     StageEntry {
         stage: Stage::AdminKubeconfig,
         name: "admin-kubeconfig",
         handbook_section: "Handbook 000 section 5: kubectl and the admin kubeconfig",
         plan: admin_kubeconfig::plan,
+        source: include_str!("admin_kubeconfig.rs"),
     },
     StageEntry {
         stage: Stage::PodNetwork,
         name: "pod-network",
         handbook_section: "Handbook 000 section 6: pod network (flannel in the handbook)",
         plan: pod_network::plan,
+        source: include_str!("pod_network.rs"),
     },
     StageEntry {
         stage: Stage::KubeApiserver,
         name: "kube-apiserver",
         handbook_section: "Handbook 000 section 7.1 and 8.3: kube-apiserver on every master",
         plan: kube_apiserver::plan,
+        source: include_str!("kube_apiserver.rs"),
     },
     StageEntry {
         stage: Stage::KubeControllerManager,
         name: "kube-controller-manager",
         handbook_section: "Handbook 000 section 7.2 and 8.4: kube-controller-manager with leader election",
         plan: kube_controller_manager::plan,
+        source: include_str!("kube_controller_manager.rs"),
     },
     StageEntry {
         stage: Stage::KubeScheduler,
         name: "kube-scheduler",
         handbook_section: "Handbook 000 section 7.3 and 8.4: kube-scheduler with leader election",
         plan: kube_scheduler::plan,
+        source: include_str!("kube_scheduler.rs"),
     },
     StageEntry {
         stage: Stage::LoadBalancer,
         name: "load-balancer",
         handbook_section: "Handbook 000 section 8.1.1: HAProxy on every master",
         plan: load_balancer::plan,
+        source: include_str!("load_balancer.rs"),
     },
     StageEntry {
         stage: Stage::Keepalived,
         name: "keepalived",
         handbook_section: "Handbook 000 section 8.2: keepalived and the virtual IP",
         plan: keepalived::plan,
+        source: include_str!("keepalived.rs"),
     },
     StageEntry {
         stage: Stage::ContainerRuntime,
         name: "container-runtime",
         handbook_section: "Handbook 000 section 9: container runtime (docker in the handbook, containerd here)",
         plan: container_runtime::plan,
+        source: include_str!("container_runtime.rs"),
     },
     StageEntry {
         stage: Stage::Kubelet,
         name: "kubelet",
         handbook_section: "Handbook 000 section 9.1: kubelet on every worker",
         plan: kubelet::plan,
+        source: include_str!("kubelet.rs"),
     },
     StageEntry {
         stage: Stage::KubeProxy,
         name: "kube-proxy",
         handbook_section: "Handbook 000 section 9: kube-proxy on every worker (and master)",
         plan: kube_proxy::plan,
+        source: include_str!("kube_proxy.rs"),
     },
     StageEntry {
         stage: Stage::DnsAddon,
         name: "dns-addon",
         handbook_section: "Handbook 000 section 10: cluster DNS addon (kube-dns)",
         plan: dns_addon::plan,
+        source: include_str!("dns_addon.rs"),
     },
     StageEntry {
         stage: Stage::Firewall,
         name: "firewall",
         handbook_section: "Handbook 000 section 10.1: enable the firewall (firewalld)",
         plan: firewall::plan,
+        source: include_str!("firewall.rs"),
     },
 ];
 

@@ -47,6 +47,19 @@ pub fn stage_for_topology(topology: &Topology, stage: Stage) -> StagePlan {
     super::plan_stage(stage, &Context::new(&inputs))
 }
 
+/// The whole plan of the repository's `lab.toml`, with placeholder certificates.
+pub fn default_plan() -> crate::plan::Plan {
+    let topology = topology("lab.toml");
+    let bundle = bundle(&topology);
+    let artifacts = Artifacts::expected(&topology, Path::new("/cache"));
+    crate::plan::build(&PlanInputs {
+        topology: &topology,
+        pki: &bundle,
+        artifacts: &artifacts,
+        state_dir: PathBuf::from("/state"),
+    })
+}
+
 /// The names of the nodes the stage touches, in plan order.
 pub fn planned_nodes(stage: &StagePlan) -> Vec<&str> {
     stage.nodes.iter().map(|actions| actions.node.as_str()).collect()
