@@ -39,6 +39,16 @@ fn etcd_like_stage() -> StagePlan {
     stage
 }
 
+/// The file state query's answer of a node whose files are exactly `etcd_like_stage`'s.
+fn planned_file_state() -> Output {
+    let stdout = format!(
+        "{} 644 root {UNIT}\n{} 600 root {CONFIG}\n",
+        sha("[Service]\nExecStart=/usr/bin/etcd\n"),
+        sha("ETCD_NAME=master1\n")
+    );
+    Output { status: 0, stdout, stderr: String::new() }
+}
+
 fn sha(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
@@ -86,12 +96,7 @@ fn fresh_node_gets_files_reload_commands_restart_and_check_in_order() {
 #[test]
 fn converged_node_writes_nothing_and_restarts_nothing() {
     let host = RecordingHost::new("master1");
-    let state = format!(
-        "{} 644 root {UNIT}\n{} 600 root {CONFIG}\n",
-        sha("[Service]\nExecStart=/usr/bin/etcd\n"),
-        sha("ETCD_NAME=master1\n")
-    );
-    host.reply(FILE_STATE_QUERY, Output { status: 0, stdout: state, stderr: String::new() });
+    host.reply(FILE_STATE_QUERY, planned_file_state());
     let executor = Executor::new([&host as &dyn Host]);
 
     let report = executor.run_stage(&etcd_like_stage(), &Silent).expect("stage runs");
@@ -291,12 +296,7 @@ fn check_all_runs_every_check_and_nothing_else() {
 #[test]
 fn inspect_finds_a_matching_node_matching_and_changes_nothing() {
     let host = RecordingHost::new("master1");
-    let state = format!(
-        "{} 644 root {UNIT}\n{} 600 root {CONFIG}\n",
-        sha("[Service]\nExecStart=/usr/bin/etcd\n"),
-        sha("ETCD_NAME=master1\n")
-    );
-    host.reply(FILE_STATE_QUERY, Output { status: 0, stdout: state, stderr: String::new() });
+    host.reply(FILE_STATE_QUERY, planned_file_state());
     host.reply(UNIT_STATE_QUERY, Output { status: 0, stdout: "etcd.service active\n".into(), stderr: String::new() });
 
     let inspected = Executor::new([&host as &dyn Host]).inspect(&etcd_like_stage(), true).expect("inspect runs");

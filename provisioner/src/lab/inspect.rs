@@ -35,13 +35,7 @@ impl Lab {
         run_checks: bool,
     ) -> Result<Vec<StageInspection>, LabError> {
         if let Some(node) = node {
-            if self.topology.node(node).is_none() {
-                return Err(LabError::NoSuchNode {
-                    lab: self.topology.name.clone(),
-                    node: node.to_string(),
-                    nodes: self.topology.nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(", "),
-                });
-            }
+            self.require_node(node)?;
         }
         let plan = self.plan()?;
         let sessions = Sessions::open(self)?;

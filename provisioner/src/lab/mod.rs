@@ -419,13 +419,7 @@ impl Lab {
     /// Where `lab ssh NODE` goes: the node's address, once it is known to run and
     /// to be routed onto the lab bridge, with the lab's key.
     pub fn ssh_target(&self, node: &str) -> Result<(Ipv4Addr, PathBuf), LabError> {
-        let Some(target) = self.topology.node(node) else {
-            return Err(LabError::NoSuchNode {
-                lab: self.topology.name.clone(),
-                node: node.to_string(),
-                nodes: self.topology.nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(", "),
-            });
-        };
+        let target = self.require_node(node)?;
         let state = self.machines()?.status(node)?;
         if state != MachineState::Running {
             return Err(LabError::NodeNotRunning { node: node.to_string(), state });
@@ -442,18 +436,24 @@ impl Lab {
         Ok((target.address, key))
     }
 
+    /// The topology's node `name`, else the error that lists its nodes.
+    pub(crate) fn require_node(&self, name: &str) -> Result<&crate::topology::Node, LabError> {
+        match self.topology.node(name) {
+            Some(node) => Ok(node),
+            None => Err(LabError::NoSuchNode {
+                lab: self.topology.name.clone(),
+                node: name.to_string(),
+                nodes: self.topology.nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
     /// The nodes `lab logs` reads: every node (or the one named) with the lab units
     /// the plan puts on it.
     pub fn units_by_node(&self, only: Option<&str>) -> Result<Vec<(String, Ipv4Addr, Vec<String>)>, LabError> {
         let plan = self.plan()?;
         if let Some(name) = only {
-            if self.topology.node(name).is_none() {
-                return Err(LabError::NoSuchNode {
-                    lab: self.topology.name.clone(),
-                    node: name.to_string(),
-                    nodes: self.topology.nodes.iter().map(|node| node.name.as_str()).collect::<Vec<_>>().join(", "),
-                });
-            }
+            self.require_node(name)?;
         }
         Ok(plan
             .nodes
