@@ -233,7 +233,7 @@ fn write_script(text: &mut String, script: &str) {
 }
 
 /// `text` wrapped to `WIDTH`, its first line after `first`, the others after `rest`.
-fn fill(text: &str, first: &str, rest: &str) -> String {
+pub(crate) fn fill(text: &str, first: &str, rest: &str) -> String {
     // Lines break at spaces only: a flag or a path split at its hyphen would read as two.
     let options = textwrap::Options::new(WIDTH)
         .initial_indent(first)

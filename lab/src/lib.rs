@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::builder::{OsStringValueParser, PossibleValuesParser, TypedValueParser as _};
 use clap::{ArgAction, Parser, Subcommand};
-use provisioner::lab::{Lab, LabError, LabPaths, Real, UpOptions};
+use provisioner::lab::{Lab, LabError, LabPaths, Real, Until, UpOptions};
 use provisioner::plan::Stage;
 use provisioner::topology::Backend;
 
@@ -20,6 +20,7 @@ mod fault_verbs;
 mod inspect_verbs;
 mod kubeconfig;
 mod machine_verbs;
+mod step;
 mod terminal;
 mod up;
 mod verbs;
@@ -66,8 +67,19 @@ enum Verb {
     /// Build the lab: preflight, machines, then every stage in handbook order.
     Up {
         /// Stop after this stage (`machines` or a stage name from `lab plan`).
-        #[arg(long, value_name = "STAGE")]
-        until: Option<String>,
+        #[arg(long, value_name = "STAGE", value_parser = until_parser(), conflicts_with = "only")]
+        until: Option<Until>,
+        /// Start at this stage: the stages before it must already match the plan on
+        /// every node (`lab diff` shows where they do not), or no stage runs.
+        #[arg(long, value_name = "STAGE", value_parser = stage_parser(), conflicts_with = "only")]
+        from: Option<Stage>,
+        /// Run this stage alone: `--from STAGE --until STAGE`.
+        #[arg(long, value_name = "STAGE", value_parser = stage_parser())]
+        only: Option<Stage>,
+        /// Pause before each stage to tell what it does: Enter runs it, `s` runs the
+        /// rest without pausing, `q` stops there. Without a terminal, no pauses.
+        #[arg(long, conflicts_with = "json")]
+        step: bool,
         /// Progress as JSON lines on stdout, the last one `{"event": "done", ...}`.
         #[arg(long)]
         json: bool,
@@ -311,6 +323,12 @@ fn backend_parser() -> impl clap::builder::TypedValueParser<Value = Backend> {
     })
 }
 
+/// `--until`: `machines` or a stage name of `lab plan`, checked by clap (which lists them).
+fn until_parser() -> impl clap::builder::TypedValueParser<Value = Until> {
+    PossibleValuesParser::new(std::iter::once("machines").chain(Stage::ALL.map(Stage::name)))
+        .map(|name| Stage::from_name(&name).map_or(Until::Machines, Until::Stage))
+}
+
 /// A stage name of `lab plan`, checked by clap (which lists them).
 fn stage_parser() -> impl clap::builder::TypedValueParser<Value = Stage> {
     PossibleValuesParser::new(Stage::ALL.map(Stage::name))
@@ -323,8 +341,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let done = match cli.verb {
         Verb::Plan { json } => verbs::plan(&paths, json),
         Verb::Render { dir } => verbs::render(&paths, &dir),
-        Verb::Up { until, json, no_install } => {
-            let options = UpOptions { until: up::parse_until(until.as_deref())?, set_up_host: !no_install };
+        Verb::Up { until, from, only, step, json, no_install } => {
+            let options = UpOptions {
+                until: only.map(Until::Stage).or(until).unwrap_or(Until::Everything),
+                from: only.or(from),
+                step,
+                set_up_host: !no_install,
+            };
             up::up(&paths, options, json)
         }
         Verb::Down { json } => machine_verbs::down(&paths, json),

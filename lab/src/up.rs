@@ -1,26 +1,14 @@
 //! `lab up`: builds the lab through `provisioner::lab::Lab::up` and prints the
 //! closing summary.
 
+use std::io::IsTerminal as _;
+
 use provisioner::lab::{Until, UpOptions, UpReport};
 use provisioner::plan::Stage;
 
+use crate::step::Stepper;
 use crate::terminal::{JsonLines, Terminal};
-use crate::{Exit, Failure, Paths};
-
-/// `--until`: `machines` or a stage name.
-pub fn parse_until(text: Option<&str>) -> Result<Until, Failure> {
-    match text {
-        None => Ok(Until::Everything),
-        Some("machines") => Ok(Until::Machines),
-        Some(name) => Stage::from_name(name).map(Until::Stage).ok_or_else(|| Failure {
-            exit: Exit::Usage,
-            error: anyhow::anyhow!(
-                "--until {name}: no such stage; use `machines` or one of: {}",
-                Stage::ALL.iter().map(|stage| stage.name()).collect::<Vec<_>>().join(", ")
-            ),
-        }),
-    }
-}
+use crate::{Failure, Paths};
 
 pub fn up(paths: &Paths, options: UpOptions, json: bool) -> Result<(), Failure> {
     let lab = paths.lab_from_file()?;
@@ -29,7 +17,7 @@ pub fn up(paths: &Paths, options: UpOptions, json: bool) -> Result<(), Failure> 
         let report = lab.up(options, &lines)?;
         // After `--until STAGE`, where the lab stopped and which stage comes next.
         let (stopped_after, next) = match report.until {
-            Until::Stage(stage) => (Some(stage.name()), next_stage(stage).map(Stage::name)),
+            Until::Stage(stage) => (Some(stage.name()), stage.next().map(Stage::name)),
             Until::Machines => (Some("machines"), Stage::ALL.first().map(|stage| stage.name())),
             Until::Everything => (None, None),
         };
@@ -45,7 +33,15 @@ pub fn up(paths: &Paths, options: UpOptions, json: bool) -> Result<(), Failure> 
         );
         return Ok(());
     }
-    let report = lab.up(options, &Terminal::new())?;
+    let report = if options.step && std::io::stdin().is_terminal() {
+        let chapters = provisioner::explain::chapters(lab.plan()?);
+        lab.up(options, &Stepper::new(chapters, std::io::BufReader::new(std::io::stdin())))?
+    } else {
+        if options.step && !crate::terminal::quiet() {
+            eprintln!("warning: --step: the input is no terminal to answer on; running every stage without pausing");
+        }
+        lab.up(UpOptions { step: false, ..options }, &Terminal::new())?
+    };
     if options.until == Until::Machines {
         println!("machines are up ({:.1} s); `lab up` continues with the stages", report.elapsed.as_secs_f64());
         return Ok(());
@@ -74,9 +70,17 @@ fn summary(report: &UpReport, kubeconfig: &std::path::Path) -> String {
     if files == 0 && units == 0 {
         let _ = writeln!(out, "\nthe lab already matched the plan: changed files and units: 0");
     }
-    if let Until::Stage(stage) = report.until {
-        let _ = write!(out, "\n{}", continue_after(stage));
-        return out;
+    match report.until {
+        Until::Stage(stage) => {
+            let _ = write!(out, "\n{}", continue_after(Some(stage)));
+            return out;
+        }
+        // A pause of `--step` stopped before the first stage.
+        Until::Machines => {
+            let _ = write!(out, "\n{}", continue_after(None));
+            return out;
+        }
+        Until::Everything => {}
     }
     let _ = writeln!(
         out,
@@ -87,12 +91,17 @@ fn summary(report: &UpReport, kubeconfig: &std::path::Path) -> String {
     out
 }
 
-/// After `--until STAGE`: where the lab stands and how to go on, one stage at a time or
-/// to the end.
-fn continue_after(stage: Stage) -> String {
-    let done =
-        format!("stopped after stage {} of {}, {}, as asked", position(stage) + 1, Stage::ALL.len(), stage.name());
-    match next_stage(stage) {
+/// After `--until STAGE` (or `q` at a pause of `--step`): where the lab stands and how
+/// to go on, one stage at a time or to the end. `None`: stopped before the first stage.
+fn continue_after(stage: Option<Stage>) -> String {
+    let (done, next) = match stage {
+        Some(stage) => (
+            format!("stopped after stage {} of {}, {}, as asked", stage.position() + 1, Stage::ALL.len(), stage.name()),
+            stage.next(),
+        ),
+        None => ("stopped before the first stage, as asked".to_string(), Stage::ALL.first().copied()),
+    };
+    match next {
         Some(next) => {
             let one_more = format!("cargo lab up --until {}", next.name());
             format!(
@@ -111,26 +120,18 @@ fn continue_after(stage: Stage) -> String {
     }
 }
 
-fn position(stage: Stage) -> usize {
-    Stage::ALL.iter().position(|other| *other == stage).expect("every stage is in Stage::ALL")
-}
-
-/// The stage after `stage` in handbook order, if any.
-fn next_stage(stage: Stage) -> Option<Stage> {
-    Stage::ALL.get(position(stage) + 1).copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn stopping_early_names_the_next_stage_and_how_to_continue() {
-        let text = continue_after(Stage::Etcd);
+        let text = continue_after(Some(Stage::Etcd));
         assert!(text.starts_with("stopped after stage 3 of"), "{text}");
         assert!(text.contains("next: admin-kubeconfig, Handbook 000 section 5"), "{text}");
         assert!(text.contains("cargo lab up --until admin-kubeconfig"), "{text}");
         let last = Stage::ALL[Stage::ALL.len() - 1];
-        assert!(continue_after(last).contains("the final proof that the cluster serves did not"));
+        assert!(continue_after(Some(last)).contains("the final proof that the cluster serves did not"));
+        assert!(continue_after(None).contains("next: hosts,"));
     }
 }

@@ -168,13 +168,31 @@ fn a_wrong_command_line_exits_2() {
 }
 
 #[test]
-fn up_until_an_unknown_stage_exits_2_and_lists_the_stages() {
+fn up_until_from_or_only_an_unknown_stage_exits_2_and_lists_the_stages() {
     let setup = Setup::new();
-    let output = setup.lab_on_topology().args(["up", "--until", "nope"]).assert().code(2).get_output().clone();
-    let stderr = stderr_of(&output);
-    assert!(stderr.starts_with("error: --until nope: no such stage"), "{stderr}");
-    for name in Stage::ALL.iter().map(|stage| stage.name()).chain(["machines"]) {
-        assert!(stderr.contains(name), "{name} is missing from: {stderr}");
+    for flag in ["--until", "--from", "--only"] {
+        let output = setup.lab_on_topology().args(["up", flag, "nope"]).assert().code(2).get_output().clone();
+        let stderr = stderr_of(&output);
+        assert!(stderr.starts_with(&format!("error: invalid value 'nope' for '{flag} <STAGE>'")), "{stderr}");
+        for name in Stage::ALL.iter().map(|stage| stage.name()) {
+            assert!(stderr.contains(name), "{name} is missing from: {stderr}");
+        }
+        assert_eq!(stderr.contains("machines"), flag == "--until", "{stderr}");
+    }
+    assert!(!setup.state_dir().exists(), "nothing is written");
+}
+
+#[test]
+fn up_with_stages_that_leave_nothing_to_run_or_flags_that_exclude_each_other_exits_2() {
+    let setup = Setup::new();
+    for args in [&["--from", "kubelet", "--until", "etcd"][..], &["--from", "pki", "--until", "machines"][..]] {
+        let output = setup.lab_on_topology().arg("up").args(args).assert().code(2).get_output().clone();
+        let stderr = stderr_of(&output);
+        assert!(stderr.contains("comes after --until") && stderr.lines().count() == 1, "{args:?}: {stderr}");
+    }
+    for args in [&["--only", "etcd", "--until", "pki"][..], &["--only", "etcd", "--from", "pki"], &["--step", "--json"]]
+    {
+        setup.lab_on_topology().arg("up").args(args).assert().code(2);
     }
     assert!(!setup.state_dir().exists(), "nothing is written");
 }

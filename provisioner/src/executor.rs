@@ -812,7 +812,21 @@ impl Survey {
 
     /// Whether every node of every one of `stages` is converged.
     pub fn covers(&self, stages: &[StagePlan]) -> bool {
-        stages.iter().all(|stage| stage.nodes.iter().all(|actions| self.is_converged(stage.stage, &actions.node)))
+        self.first_not_converged(stages).is_none()
+    }
+
+    /// The first of `stages` that is not converged on every node, with the nodes
+    /// where it is not.
+    pub fn first_not_converged(&self, stages: &[StagePlan]) -> Option<(Stage, Vec<String>)> {
+        stages.iter().find_map(|stage| {
+            let nodes: Vec<String> = stage
+                .nodes
+                .iter()
+                .filter(|actions| !self.is_converged(stage.stage, &actions.node))
+                .map(|actions| actions.node.clone())
+                .collect();
+            (!nodes.is_empty()).then_some((stage.stage, nodes))
+        })
     }
 }
 

@@ -66,6 +66,16 @@ impl Stage {
     pub fn from_name(name: &str) -> Option<Stage> {
         Stage::ALL.into_iter().find(|stage| stage.name() == name)
     }
+
+    /// Where the stage comes in handbook order, from 0.
+    pub fn position(self) -> usize {
+        Stage::ALL.iter().position(|stage| *stage == self).expect("every stage is in Stage::ALL")
+    }
+
+    /// The stage after this one in handbook order, if any.
+    pub fn next(self) -> Option<Stage> {
+        Stage::ALL.get(self.position() + 1).copied()
+    }
 }
 
 impl fmt::Display for Stage {

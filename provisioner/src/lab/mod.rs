@@ -19,7 +19,7 @@ use crate::faults::FaultError;
 use crate::host::HostError;
 use crate::machines::{self, hostnet, LabSpec, Leftover, MachineError, MachineState, Machines, Requirement};
 use crate::pki::{self, PkiError};
-use crate::plan::{self, Plan, PlanInputs};
+use crate::plan::{self, Plan, PlanInputs, Stage};
 use crate::preflight::{Finding, PreflightError, Report, Status};
 use crate::readiness::ReadinessError;
 use crate::ssh::{self, KeyPair, SshError};
@@ -39,7 +39,7 @@ mod up;
 
 pub use faults::{Broken, Restore, Restored};
 pub use inspect::StageInspection;
-pub use reporter::{Event, Reporter, Silent};
+pub use reporter::{Event, Reporter, Resume, Silent};
 pub use status::{ApiHealth, LabStatus, NodeStatus, Probed, Probes};
 pub use surroundings::{Real, Surroundings};
 pub use up::{Until, UpOptions, UpReport};
@@ -95,6 +95,14 @@ pub enum LabError {
     Inspect(Box<ExecError>),
     #[error("{source}\n{bundle}")]
     NotReady { source: ReadinessError, bundle: String },
+    #[error(
+        "--from {}: stage {} before it is not done on {nodes}, so no stage ran \
+         (`lab diff {}` shows what differs, `lab up --until {}` does it)",
+        .from.name(), .stage.name(), .stage.name(), .stage.name()
+    )]
+    EarlierStageNotDone { from: Stage, stage: Stage, nodes: String },
+    #[error("--from {} comes after --until {}: no stage is left to run", .from.name(), .until)]
+    FromAfterUntil { from: Stage, until: String },
     #[error("{} nodes did not stop:\n  {}", .errors.len(), .errors.join("\n  "))]
     NotStopped { errors: Vec<String> },
     #[error(
@@ -129,7 +137,10 @@ impl LabError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            LabError::Machines(MachineError::OtherBackend { .. }) | LabError::NoSuchNode { .. } | LabError::Fault(_)
+            LabError::Machines(MachineError::OtherBackend { .. })
+                | LabError::NoSuchNode { .. }
+                | LabError::Fault(_)
+                | LabError::FromAfterUntil { .. }
         )
     }
 

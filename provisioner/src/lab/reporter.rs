@@ -52,9 +52,25 @@ pub enum Event<'a> {
     },
 }
 
-/// Receives a lab verb's events, from any of its threads.
+/// What `lab up --step` does at its pause before a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Run the stage.
+    Run,
+    /// Stop before it, with the lab as the stages before it left it: converged so far.
+    Stop,
+}
+
+/// Receives a lab verb's events, from any of its threads, and decides at the pauses
+/// of `lab up --step`.
 pub trait Reporter: Sync {
     fn report(&self, event: Event<'_>);
+
+    /// Asked before each stage when `lab up` runs with `UpOptions::step`, once the
+    /// stages before it passed their checks. The default runs every stage.
+    fn pause(&self, _stage: Stage) -> Resume {
+        Resume::Run
+    }
 }
 
 /// A reporter that drops every event (tests, and callers that want only the result).

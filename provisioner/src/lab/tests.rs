@@ -384,7 +384,7 @@ fn up_installs_what_the_host_lacks_then_goes_on_unless_told_not_to() {
         package: Some("mmdebstrap".into()),
     };
     let fixture = fixture_on(vec![missing.clone()], true);
-    let options = UpOptions { until: Until::Machines, set_up_host: true };
+    let options = UpOptions { until: Until::Machines, from: None, step: false, set_up_host: true };
     fixture.lab.up(options, &Silent).expect("the host is set up, then the machines come up");
     let calls = fixture.journal.calls();
     assert_eq!(calls[..3], ["preflight", "set up host", "preflight"], "checked again after the install: {calls:?}");
@@ -673,4 +673,74 @@ fn a_failed_artifact_build_makes_no_machine_and_leaves_a_bundle_and_timings() {
     let timings = timings(&fixture.lab);
     assert_eq!(timings["failed"], "artifacts");
     assert_eq!(timings["stages"], serde_json::json!([]));
+}
+
+#[test]
+fn up_from_a_stage_refuses_while_a_stage_before_it_is_not_done_and_runs_none() {
+    let fixture = fixture(Vec::new());
+    let recorder = Recorder::default();
+    let options =
+        UpOptions { until: Until::Everything, from: Some(Stage::KubeApiserver), step: false, set_up_host: false };
+    let error = fixture.lab.up(options, &recorder).expect_err("the new lab has no stage done");
+    assert!(
+        error.to_string().starts_with(
+            "--from kube-apiserver: stage hosts before it is not done on master1, worker1, so no stage ran"
+        ),
+        "{error}"
+    );
+    assert!(recorder.stages.lock().unwrap().is_empty(), "no stage started");
+    assert_eq!(fixture.journal.count("ready"), 0);
+}
+
+#[test]
+fn up_from_a_stage_after_the_until_stage_is_refused_before_anything_is_made() {
+    let fixture = fixture(Vec::new());
+    for until in [Until::Machines, Until::Stage(Stage::Etcd)] {
+        let options = UpOptions { until, from: Some(Stage::KubeApiserver), step: false, set_up_host: false };
+        let error = fixture.lab.up(options, &Silent).expect_err("nothing is left to run");
+        assert!(error.is_usage(), "{error}");
+        assert!(error.to_string().starts_with("--from kube-apiserver comes after --until "), "{error}");
+    }
+    assert!(fixture.journal.calls().is_empty(), "{:?}", fixture.journal.calls());
+}
+
+/// A learner at `lab up --step` who answers `q` at the pause before `stop_at`.
+struct Learner {
+    stop_at: Stage,
+    paused_before: Mutex<Vec<Stage>>,
+    ran: Mutex<Vec<Stage>>,
+}
+
+impl Reporter for Learner {
+    fn report(&self, event: Event<'_>) {
+        if let Event::StageStarted { stage, .. } = event {
+            self.ran.lock().unwrap().push(stage);
+        }
+    }
+
+    fn pause(&self, stage: Stage) -> Resume {
+        self.paused_before.lock().unwrap().push(stage);
+        if stage == self.stop_at {
+            Resume::Stop
+        } else {
+            Resume::Run
+        }
+    }
+}
+
+#[test]
+fn up_step_pauses_before_every_stage_and_stops_cleanly_where_the_learner_says() {
+    let fixture = fixture(Vec::new());
+    let learner = Learner { stop_at: Stage::Etcd, paused_before: Mutex::default(), ran: Mutex::default() };
+    let options = UpOptions { until: Until::Everything, from: None, step: true, set_up_host: false };
+    let report = fixture.lab.up(options, &learner).expect("stopping at a pause is no failure");
+    assert_eq!(*learner.paused_before.lock().unwrap(), [Stage::Hosts, Stage::Pki, Stage::Etcd]);
+    assert_eq!(*learner.ran.lock().unwrap(), [Stage::Hosts, Stage::Pki]);
+    assert_eq!(report.until, Until::Stage(Stage::Pki), "the lab stands after the last stage that ran");
+    assert_eq!(fixture.journal.count("ready"), 0, "no proof that the cluster serves: it is not built");
+
+    let first = Learner { stop_at: Stage::Hosts, paused_before: Mutex::default(), ran: Mutex::default() };
+    let report = fixture.lab.up(options, &first).unwrap();
+    assert_eq!(report.until, Until::Machines);
+    assert!(first.ran.lock().unwrap().is_empty());
 }

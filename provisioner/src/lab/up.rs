@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::reporter::Steps;
-use super::{Event, Lab, LabError, Reporter};
+use super::{Event, Lab, LabError, Reporter, Resume};
 use crate::executor::{Executor, StageReport};
 use crate::host::Host;
 use crate::machines::{self, MachineState, NodeImage, NodeSpec, PreloadedFile, StartOutcome};
@@ -44,6 +44,12 @@ pub enum Until {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpOptions {
     pub until: Until,
+    /// The first stage to run (`--from`, `--only`); the stages before it must already
+    /// match the plan on every node, or nothing runs. `None` runs every stage.
+    pub from: Option<Stage>,
+    /// Pause before each stage (`lab up --step`): the reporter decides whether to run
+    /// it or stop there. A converged lab goes through its stages one by one too.
+    pub step: bool,
     /// Install what the host lacks (Debian packages, the deb-src entry,
     /// cargo-nextest) before the preflight decides; without it a host that lacks
     /// something is refused with the fixes, as `lab doctor --check` reports them.
@@ -53,7 +59,7 @@ pub struct UpOptions {
 impl From<Until> for UpOptions {
     /// `lab up` to `until` on a host that is already set up.
     fn from(until: Until) -> Self {
-        UpOptions { until, set_up_host: false }
+        UpOptions { until, from: None, step: false, set_up_host: false }
     }
 }
 
@@ -101,15 +107,14 @@ impl Lab {
     /// nodes to collect from.
     pub fn up(&self, options: UpOptions, reporter: &dyn Reporter) -> Result<UpReport, LabError> {
         let started = Instant::now();
-        let until = options.until;
         let timeline = Timeline::default();
         let outcome = self.run_up(options, reporter, &timeline);
         if !timeline.claimed() {
-            return outcome.map(|stages| UpReport { stages, elapsed: started.elapsed(), until });
+            return outcome.map(|(stages, until)| UpReport { stages, elapsed: started.elapsed(), until });
         }
         let written = self.write_timings(&timeline, started.elapsed(), outcome.is_err());
         match outcome {
-            Ok(stages) => {
+            Ok((stages, until)) => {
                 written?;
                 Ok(UpReport { stages, elapsed: started.elapsed(), until })
             }
@@ -118,13 +123,25 @@ impl Lab {
         }
     }
 
+    /// The stages that ran, and where the run stopped: `options.until`, or earlier
+    /// when a pause of `--step` said to stop.
     fn run_up(
         &self,
         options: UpOptions,
         reporter: &dyn Reporter,
         timeline: &Timeline,
-    ) -> Result<Vec<StageReport>, LabError> {
+    ) -> Result<(Vec<StageReport>, Until), LabError> {
         let until = options.until;
+        if let Some(from) = options.from {
+            let past_until = match until {
+                Until::Machines => Some("machines".to_string()),
+                Until::Stage(last) if from.position() > last.position() => Some(last.name().to_string()),
+                _ => None,
+            };
+            if let Some(until) = past_until {
+                return Err(LabError::FromAfterUntil { from, until });
+            }
+        }
         let say = |text: &str| reporter.report(Event::Progress(text));
         let machines = self.machines()?;
         machines::check_state_dir(&self.paths.state_dir, &self.topology.name, self.topology.machines.backend)?;
@@ -180,14 +197,14 @@ impl Lab {
         }
         let hosts = self.up_machines(plan, &image?, artifacts_ready, &key, reporter, timeline)?;
         if until == Until::Machines {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), until));
         }
 
         let bundle = |error: &dyn std::fmt::Display| match self.write_log_bundle(plan, &hosts, error) {
             Ok(dir) => format!("log bundle: {}", dir.display()),
             Err(bundle_error) => format!("(no log bundle: {bundle_error})"),
         };
-        let stages = match until {
+        let through = match until {
             Until::Stage(last) => {
                 let count =
                     plan.stages.iter().position(|stage| stage.stage == last).map_or(plan.stages.len(), |i| i + 1);
@@ -195,6 +212,8 @@ impl Lab {
             }
             _ => &plan.stages[..],
         };
+        let first = options.from.map_or(0, |from| through.iter().take_while(|stage| stage.stage != from).count());
+        let (before, stages) = through.split_at(first);
         let time_scale = machines.time_scale();
         let executor = Executor::new(hosts.iter().map(|host| host.as_ref())).with_timeout_scale(time_scale);
 
@@ -202,9 +221,18 @@ impl Lab {
         // matches its whole plan only has its checks run, all nodes at once, and the
         // host-side proof alongside them: nothing changes on a converged lab.
         let survey = timeline
-            .step("survey", || executor.survey(stages))
+            .step("survey", || executor.survey(through))
             .map_err(|source| LabError::Stage { bundle: bundle(&source), source: Box::new(source) })?;
-        if survey.covers(stages) {
+        // `--from` builds on the stages before it as they are, so they must be done:
+        // a stage started on a half-built lab fails in ways that teach nothing.
+        if let Some(undone) = survey.first_not_converged(before) {
+            return Err(LabError::EarlierStageNotDone {
+                from: stages.first().map_or(undone.0, |stage| stage.stage),
+                stage: undone.0,
+                nodes: undone.1.join(", "),
+            });
+        }
+        if !options.step && survey.covers(stages) {
             say("every node matches the plan: running the checks");
             reporter.report(Event::ChecksStarted);
             let checks_started = Instant::now();
@@ -232,7 +260,7 @@ impl Lab {
                     for report in &reports {
                         timeline.record_stage(report.stage, report.elapsed, Some(report));
                     }
-                    return Ok(reports);
+                    return Ok((reports, until));
                 }
                 Err(error) => {
                     reporter.report(Event::ChecksFailed);
@@ -244,6 +272,11 @@ impl Lab {
         let mut reports = Vec::new();
         let total = stages.len();
         for (index, stage) in stages.iter().enumerate() {
+            if options.step && reporter.pause(stage.stage) == Resume::Stop {
+                // Stopped before this stage: the lab stands after the one before it.
+                let done = through[..first + index].last();
+                return Ok((reports, done.map_or(Until::Machines, |stage| Until::Stage(stage.stage))));
+            }
             reporter.report(Event::StageStarted { number: index + 1, total, stage: stage.stage });
             let stage_started = Instant::now();
             match executor.run_stage_surveyed(stage, &survey, &Steps(reporter)) {
@@ -264,7 +297,7 @@ impl Lab {
                 .step("readiness", || self.prove_ready(plan, reporter))
                 .map_err(|source| LabError::NotReady { bundle: bundle(&source), source })?;
         }
-        Ok(reports)
+        Ok((reports, until))
     }
 
     /// Lab network, every node created or started at once from `image`, and every node
