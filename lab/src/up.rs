@@ -105,7 +105,7 @@ fn continue_after(stage: Option<Stage>) -> String {
         Some(next) => {
             let one_more = format!("cargo lab up --until {}", next.name());
             format!(
-                "{done}; the cluster is not complete yet.\nnext: {}, {}\n  {one_more}  # one more stage\n  \
+                "{done}; the stages after it did not run.\nnext: {}, {}\n  {one_more}  # one more stage\n  \
                  {:<width$}  # the rest, then the proof that the cluster serves\n",
                 next.name(),
                 next.handbook_section(),
