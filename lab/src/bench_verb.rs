@@ -2,14 +2,8 @@
 //! manner of kube-bench: `[PASS]`, `[FAIL]`, `[WARN]` or `[INFO]` per recommendation
 //! (`provisioner::benchmark`), with a one-line reason, and a summary.
 //!
-//! The checks are the conformance tests the table names, run with cargo-nextest from the
-//! checkout (as `lab drill` runs the drills), so the report and the suite cannot
-//! disagree. nextest writes each test's outcome and output to a JUnit report (its
-//! `cis-bench` profile, `.config/nextest.toml`), which this reads afterwards.
-
-use std::collections::BTreeMap;
-use std::os::fd::AsFd as _;
-use std::process::Stdio;
+//! The checks are the conformance tests the table names, run by `suite_run` with the
+//! nextest profile `cis-bench`, so the report and the suite cannot disagree.
 
 use anyhow::{anyhow, Context as _};
 use provisioner::benchmark::{
@@ -18,46 +12,13 @@ use provisioner::benchmark::{
 
 use crate::{Exit, Failure, Paths};
 
-/// The nextest profile the checks run with; it writes `junit.xml` under
-/// `NEXTEST_STORE/PROFILE/`.
+/// The nextest profile the checks run with (`.config/nextest.toml`).
 const PROFILE: &str = "cis-bench";
-/// Where nextest keeps its reports: its default store, relative to the workspace and
-/// not to cargo's target directory (`.config/nextest.toml` does not move it).
-const NEXTEST_STORE: &str = "target/nextest";
-/// The package the conformance tests are in.
-const SUITE_PACKAGE: &str = "conformance";
-/// The longest reason a line of the report carries; the test output above has the rest.
-const REASON_WIDTH: usize = 160;
 
 pub fn bench(paths: &Paths, json: bool) -> Result<(), Failure> {
     // The checks need a lab; without one this is a usage error, as for `lab break`.
     crate::fault_verbs::existing(paths)?;
-    let checkout = crate::source_checkout().ok_or_else(|| Failure {
-        exit: Exit::Usage,
-        error: anyhow!("the benchmark's checks are conformance tests: run `lab bench` from the lab's source checkout"),
-    })?;
-    let report = checkout.join(NEXTEST_STORE).join(PROFILE).join("junit.xml");
-    // A report of an earlier run must not stand in for this one.
-    match std::fs::remove_file(&report) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            return Err(anyhow!("cannot remove the earlier report {}: {error}", report.display()).into())
-        }
-        _ => {}
-    }
-    // nextest's own progress and the failing tests' output go to stderr, so that stdout
-    // holds only the report.
-    let status = provisioner::system::inner_cargo()
-        .current_dir(&checkout)
-        .env("LAB_DIR", &paths.state_dir)
-        .args(["nextest", "run", "--no-fail-fast", "--profile", PROFILE, "-p", SUITE_PACKAGE])
-        .args(["-E", &filter_expression()])
-        .stdout(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned().context("duplicate stderr")?))
-        .status()
-        .context("cannot run cargo nextest (install it with `cargo install cargo-nextest --locked`)")?;
-    let junit = std::fs::read_to_string(&report).map_err(|error| {
-        anyhow!("cargo nextest ({status}) wrote no report at {}: {error}; its output above says why", report.display())
-    })?;
-    let outcomes = parse_junit(&junit).with_context(|| format!("read {}", report.display()))?;
+    let outcomes = crate::suite_run::run_conformance(paths, PROFILE, &filter_expression(), "the benchmark's checks")?;
     let rows: Vec<Assessment> =
         RECOMMENDATIONS.iter().map(|recommendation| assess(recommendation, &outcomes)).collect();
     let unlisted = unlisted_tests(&outcomes);
@@ -92,64 +53,6 @@ fn filter_expression() -> String {
         }
     }
     terms.join(" | ")
-}
-
-/// Every test case of a nextest JUnit report, by `BINARY::TEST`.
-fn parse_junit(junit: &str) -> anyhow::Result<BTreeMap<String, TestOutcome>> {
-    let document = roxmltree::Document::parse(junit).context("not XML")?;
-    let mut outcomes = BTreeMap::new();
-    for case in document.descendants().filter(|node| node.has_tag_name("testcase")) {
-        let name = case.attribute("name").context("a testcase without a name")?;
-        let class = case.attribute("classname").context("a testcase without a classname")?;
-        // nextest names the binary `PACKAGE::BINARY`.
-        let binary = class.strip_prefix(&format!("{SUITE_PACKAGE}::")).unwrap_or(class);
-        let output: String = case
-            .descendants()
-            .filter(|node| node.is_text())
-            .filter_map(|node| node.text())
-            .collect::<Vec<_>>()
-            .join("\n");
-        let failed = case.children().any(|child| child.has_tag_name("failure") || child.has_tag_name("error"));
-        let outcome = if failed {
-            TestOutcome::Failed(
-                panic_message(&output).unwrap_or_else(|| "failed; the test output above says why".into()),
-            )
-        } else {
-            match output.lines().find_map(|line| line.trim().strip_prefix("not applicable: ")) {
-                Some(reason) => TestOutcome::NotApplicable(reason.to_string()),
-                None => TestOutcome::Passed,
-            }
-        };
-        outcomes.insert(format!("{binary}::{name}"), outcome);
-    }
-    Ok(outcomes)
-}
-
-/// The message of the panic that failed a test: the line after `panicked at FILE:LINE:`
-/// (the message's first line, and its second when the first ends in a colon and
-/// introduces it).
-fn panic_message(output: &str) -> Option<String> {
-    let mut lines = output.lines();
-    while let Some(line) = lines.next() {
-        if line.contains("panicked at ") {
-            let mut message = lines.next()?.trim().to_string();
-            if message.ends_with(':') {
-                if let Some(detail) = lines.next().map(str::trim).filter(|detail| !detail.is_empty()) {
-                    message = format!("{message} {detail}");
-                }
-            }
-            return (!message.is_empty()).then(|| one_line(&message));
-        }
-    }
-    None
-}
-
-fn one_line(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(REASON_WIDTH) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_string(),
-    }
 }
 
 fn print_report(rows: &[Assessment], unlisted: &[String], json: bool) -> Result<(), Failure> {
@@ -219,7 +122,10 @@ fn text_report(rows: &[Assessment], unlisted: &[String]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::suite_run::parse_junit;
 
     /// A report as nextest writes it: one test passed, two failed with a panic, one
     /// passed without checking (not applicable), one of another binary.

@@ -15,12 +15,14 @@ use provisioner::topology::Backend;
 mod bench_verb;
 mod doctor;
 mod drill_verb;
+mod exercise_verb;
 mod explain_verb;
 mod fault_verbs;
 mod inspect_verbs;
 mod kubeconfig;
 mod machine_verbs;
 mod step;
+mod suite_run;
 mod terminal;
 mod up;
 mod verbs;
@@ -195,6 +197,26 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Diagnose a fault from its symptom: breaks one of the catalogue at random
+    /// without naming it; `--hint`, `--check` and `--give-up` go on from there.
+    Exercise {
+        /// Break this fault instead of one picked at random.
+        #[arg(long, value_name = "FAULT", conflicts_with_all = ["hint", "check", "give_up"])]
+        fault: Option<String>,
+        /// Name the chapter the fault is in.
+        #[arg(long, conflicts_with_all = ["check", "give_up"])]
+        hint: bool,
+        /// Run the conformance tests the fault turns red: solved when they pass (exit 1
+        /// while they do not).
+        #[arg(long, conflicts_with = "give_up")]
+        check: bool,
+        /// Restore the lab, end the exercise and say what the fault was.
+        #[arg(long)]
+        give_up: bool,
+        /// The outcome as one JSON object on stdout (the fault only once it is over).
+        #[arg(long)]
+        json: bool,
+    },
     /// List the fault catalogue: what `lab break` can break, where, and which
     /// conformance tests must then fail.
     Faults {
@@ -361,6 +383,15 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Verb::Faults { json } => fault_verbs::list(&paths, json),
         Verb::Break { fault, node, json } => fault_verbs::break_fault(&paths, &fault, node.as_deref(), json),
         Verb::Restore { fault, all: _, json } => fault_verbs::restore(&paths, fault.as_deref(), json),
+        Verb::Exercise { fault, hint, check, give_up, json } => {
+            let action = match (hint, check, give_up) {
+                (true, _, _) => exercise_verb::Action::Hint,
+                (_, true, _) => exercise_verb::Action::Check,
+                (_, _, true) => exercise_verb::Action::GiveUp,
+                _ => exercise_verb::Action::Start,
+            };
+            exercise_verb::exercise(&paths, action, fault.as_deref(), json)
+        }
         Verb::Drill { name, json } => drill_verb::drill(&paths, name.as_deref(), json),
         Verb::Bench { json } => bench_verb::bench(&paths, json),
         Verb::Explain { stage, node, json } => explain_verb::explain(&paths, stage, node.as_deref(), json),

@@ -666,3 +666,30 @@ fn break_and_restore_refuse_a_wrong_fault_or_node_or_no_lab_with_exit_2() {
     // Nothing was recorded by the refusals.
     assert!(!setup.state_dir().join("faults.json").exists());
 }
+
+#[test]
+fn exercise_refuses_a_wrong_fault_no_lab_or_no_exercise_in_one_line_with_exit_2() {
+    let setup = Setup::new();
+    let one_line = |args: &[&str], expected: &str| {
+        let output = setup.lab().args(args).assert().code(2).get_output().clone();
+        let stderr = stderr_of(&output);
+        assert!(stderr.contains(expected) && stderr.lines().count() == 1, "{args:?}: {stderr}");
+    };
+    one_line(&["exercise", "--fault", "no-such-fault"], "error: no fault \"no-such-fault\"");
+    for args in [&["exercise"][..], &["exercise", "--hint"], &["exercise", "--check"], &["exercise", "--give-up"]] {
+        one_line(args, "error: no lab in ");
+    }
+    setup.lab().args(["exercise", "--hint", "--check"]).assert().code(2);
+    setup.lab().args(["exercise", "--fault", "etcd-member-stopped", "--give-up"]).assert().code(2);
+
+    setup.record_lab(false);
+    for args in [&["exercise", "--hint"][..], &["exercise", "--check"], &["exercise", "--give-up", "--json"]] {
+        one_line(args, "error: no exercise is in progress: `lab exercise` starts one");
+    }
+    // The minimal lab has one etcd member: a fault that needs three is refused, and a
+    // fault only the failover drills see makes no exercise.
+    one_line(&["exercise", "--fault", "etcd-quorum-lost"], "needs 3 etcd nodes; lab clitest has 1");
+    one_line(&["exercise", "--fault", "dns-one-replica"], "is seen by failover drills only");
+    assert!(!setup.state_dir().join("exercise.json").exists());
+    assert!(!setup.state_dir().join("faults.json").exists());
+}

@@ -77,6 +77,11 @@ impl StateDir {
         self.root.join("faults.json")
     }
 
+    /// The exercise in progress (`lab exercise`).
+    pub fn exercise(&self) -> PathBuf {
+        self.root.join("exercise.json")
+    }
+
     /// When each failover drill of the conformance suite stopped and restored a
     /// component, so that checks of the lab's history can leave those windows out.
     pub fn drills_log(&self) -> PathBuf {

@@ -56,7 +56,7 @@ impl Lab {
         }
     }
 
-    fn record_faults(&self, faults: &[InForce]) -> Result<(), LabError> {
+    pub(super) fn record_faults(&self, faults: &[InForce]) -> Result<(), LabError> {
         let path = self.state.faults();
         if faults.is_empty() {
             return match std::fs::remove_file(&path) {

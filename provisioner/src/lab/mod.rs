@@ -26,6 +26,7 @@ use crate::ssh::{self, KeyPair, SshError};
 use crate::state_dir::StateDir;
 use crate::topology::{Backend, Topology, TopologyError};
 
+pub mod exercise;
 mod faults;
 mod inspect;
 mod probes;
@@ -37,6 +38,7 @@ mod surroundings;
 mod tests;
 mod up;
 
+pub use exercise::Exercise;
 pub use faults::{Broken, Restore, Restored};
 pub use inspect::StageInspection;
 pub use reporter::{Event, Reporter, Resume, Silent};
@@ -128,6 +130,16 @@ pub enum LabError {
     Fault(#[from] FaultError),
     #[error("fault {fault} on {node}: {message}; `lab restore` undoes what was done")]
     FaultStep { fault: String, node: String, message: String },
+    #[error("an exercise is in progress: `lab exercise --check` says whether it is solved, `lab exercise --give-up` ends it")]
+    ExerciseInProgress,
+    #[error("no exercise is in progress: `lab exercise` starts one")]
+    NoExercise,
+    #[error("faults are in force ({faults}): an exercise starts on a whole lab; `lab restore` undoes them")]
+    FaultsInForce { faults: String },
+    #[error("fault {fault} is seen by failover drills only, which make no exercise; `lab break {fault}` breaks it")]
+    NotAnExercise { fault: &'static str },
+    #[error("no fault of the catalogue applies to this lab's topology")]
+    NoExercisableFault,
     #[error("cannot read the record {}: {message}", .path.display())]
     Record { path: PathBuf, message: String },
 }
@@ -141,6 +153,10 @@ impl LabError {
                 | LabError::NoSuchNode { .. }
                 | LabError::Fault(_)
                 | LabError::FromAfterUntil { .. }
+                | LabError::ExerciseInProgress
+                | LabError::NoExercise
+                | LabError::FaultsInForce { .. }
+                | LabError::NotAnExercise { .. }
         )
     }
 
