@@ -35,17 +35,14 @@ pub const INSECURE_PORT: u16 = 10252;
 /// How long the controller manager may take to start serving health checks.
 const READY_TIMEOUT_SECS: u64 = 60;
 
-/// The leader election flags that differ from Kubernetes' defaults.
+/// The leader election flags (`LeaderElection` says why they are what they are).
 fn leader_election_flags(topology: &Topology) -> Vec<String> {
-    LeaderElection::for_topology(topology)
-        .map(|timing| {
-            vec![
-                format!("--leader-elect-lease-duration={}s", timing.lease_duration),
-                format!("--leader-elect-renew-deadline={}s", timing.renew_deadline),
-                format!("--leader-elect-retry-period={}s", timing.retry_period),
-            ]
-        })
-        .unwrap_or_default()
+    let timing = LeaderElection::for_topology(topology);
+    vec![
+        format!("--leader-elect-lease-duration={}s", timing.lease_duration),
+        format!("--leader-elect-renew-deadline={}s", timing.renew_deadline),
+        format!("--leader-elect-retry-period={}s", timing.retry_period),
+    ]
 }
 
 pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
@@ -157,13 +154,15 @@ mod tests {
             topology.machines.acceleration = acceleration;
             file(&stage_for_topology(&topology, Stage::KubeControllerManager), "master1", UNIT_PATH).to_string()
         };
-        let nspawn = unit(Backend::Nspawn, Acceleration::Auto);
-        assert!(!nspawn.contains("--leader-elect-lease-duration"), "Kubernetes' defaults: {nspawn}");
+        for native in [unit(Backend::Nspawn, Acceleration::Auto), unit(Backend::Libvirt, Acceleration::Kvm)] {
+            assert_eq!(flag(&native, "leader-elect-lease-duration"), "15s", "Kubernetes' default");
+            assert_eq!(flag(&native, "leader-elect-renew-deadline"), "10s", "Kubernetes' default");
+            assert_eq!(flag(&native, "leader-elect-retry-period"), "1s", "a standby notices sooner");
+        }
         let emulated = unit(Backend::Libvirt, Acceleration::Auto);
         assert_eq!(flag(&emulated, "leader-elect-lease-duration"), "120s");
         assert_eq!(flag(&emulated, "leader-elect-renew-deadline"), "90s");
         assert_eq!(flag(&emulated, "leader-elect-retry-period"), "10s");
-        assert!(!unit(Backend::Libvirt, Acceleration::Kvm).contains("--leader-elect-lease-duration"));
     }
 
     #[test]

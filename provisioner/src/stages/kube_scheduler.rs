@@ -49,14 +49,11 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     // every address; the lab keeps them on loopback. Profiling is off here too (CIS
     // 1.4.1, as for the apiserver): the `--profiling` flag is ignored next to a
     // configuration file.
-    let leader_election = LeaderElection::for_topology(topology)
-        .map(|timing| {
-            format!(
-                "  leaseDuration: {}s\n  renewDeadline: {}s\n  retryPeriod: {}s\n",
-                timing.lease_duration, timing.renew_deadline, timing.retry_period
-            )
-        })
-        .unwrap_or_default();
+    let timing = LeaderElection::for_topology(topology);
+    let leader_election = format!(
+        "  leaseDuration: {}s\n  renewDeadline: {}s\n  retryPeriod: {}s\n",
+        timing.lease_duration, timing.renew_deadline, timing.retry_period
+    );
     let config = format!(
         "# Written by the k8s lab; `lab up` overwrites local changes.
 apiVersion: kubescheduler.config.k8s.io/v1beta1

@@ -192,20 +192,27 @@ pub struct LeaderElection {
 }
 
 impl LeaderElection {
-    /// Kubernetes' defaults (15 s, 10 s, 2 s) where the machines run at the host's
-    /// speed, which the plan leaves unwritten; 120 s, 90 s and 10 s where they may run
-    /// under software emulation. A renewal is one API request, a loaded apiserver in a
-    /// TCG guest can take longer than 10 s to answer it, and a leader that misses its
-    /// deadline exits: the controller manager would restart again and again, loading
-    /// the apiserver further, and never get its work done. A 40 s deadline was not
-    /// enough: a TCG controller under the lab's own readiness checks stalled its
-    /// apiserver for over 40 s, and both leaders exited at once.
-    pub fn for_topology(topology: &crate::topology::Topology) -> Option<LeaderElection> {
-        topology.machines.may_be_emulated().then_some(LeaderElection {
-            lease_duration: 120,
-            renew_deadline: 90,
-            retry_period: 10,
-        })
+    /// Where the machines run at the host's speed, Kubernetes' lease duration and renew
+    /// deadline (15 s, 10 s) with a retry period of 1 s instead of 2 s. A standby trusts
+    /// only its own clock: it counts the lease duration from when it last *read* a
+    /// renewal, and it reads every retry period plus up to 120% jitter (client-go). With
+    /// 2 s, a standby took over 15 to 24 s after its leader died, around the 20 s the lab
+    /// promises (the control-plane-leaders-killed drill); with 1 s, 15 to 20 s at worst
+    /// and 16 to 17 s as a rule, for one more API request a second per standby.
+    ///
+    /// Where the machines may run under software emulation: 120 s, 90 s and 10 s. A
+    /// renewal is one API request, a loaded apiserver in a TCG guest can take longer
+    /// than 10 s to answer it, and a leader that misses its deadline exits: the
+    /// controller manager would restart again and again, loading the apiserver further,
+    /// and never get its work done. A 40 s deadline was not enough: a TCG controller
+    /// under the lab's own readiness checks stalled its apiserver for over 40 s, and
+    /// both leaders exited at once.
+    pub fn for_topology(topology: &crate::topology::Topology) -> LeaderElection {
+        if topology.machines.may_be_emulated() {
+            LeaderElection { lease_duration: 120, renew_deadline: 90, retry_period: 10 }
+        } else {
+            LeaderElection { lease_duration: 15, renew_deadline: 10, retry_period: 1 }
+        }
     }
 }
 
