@@ -17,7 +17,7 @@ use conformance::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod, Secret};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
 use provisioner::paths::NODE_INTERFACE;
@@ -799,6 +799,9 @@ fn etcd_healthy(member: &Node) -> impl Fn() -> Result<(), String> {
 
 /// How long the query stream of the DNS drill goes on after the deleted pod is gone.
 const DNS_DRILL_AFTER_READY: Duration = Duration::from_secs(3);
+/// How long kube-proxy may take to write an endpoints change into its rules (its
+/// `iptables-min-sync-period` is 1 s).
+const KUBE_PROXY_SYNC: Duration = Duration::from_secs(2);
 /// How long the deleted DNS pod's replacement may take to be ready.
 const DNS_REPLACEMENT_READY: Duration = Duration::from_secs(60);
 
@@ -852,6 +855,32 @@ fn cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted() {
         before.len(),
         dns_addon::REPLICAS
     );
+    // Every pod must serve before one is deleted: ready, and in the Service's endpoints,
+    // which kube-proxy sends queries to. A pod that a restore or an earlier drill has
+    // just started is Ready a moment before kube-proxy knows it; deleting the other
+    // then leaves the Service with no endpoint for that moment, which is no failover.
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "kube-system");
+    lab.block_on(eventually("every cluster DNS pod in the Service's endpoints", DNS_REPLACEMENT_READY, || async {
+        let mut pod_ips = Vec::new();
+        for name in before.iter().filter_map(|pod| pod.metadata.name.as_deref()) {
+            let pod = pods.get(name).await.map_err(|error| error.to_string())?;
+            pod_ips.extend(pod.status.and_then(|status| status.pod_ip));
+        }
+        let listed = endpoints.get(dns_addon::NAME).await.map_err(|error| error.to_string())?;
+        let ready: Vec<String> = listed
+            .subsets
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|subset| subset.addresses.unwrap_or_default())
+            .map(|address| address.ip)
+            .collect();
+        if pod_ips.len() == before.len() && pod_ips.iter().all(|ip| ready.contains(ip)) {
+            Ok(())
+        } else {
+            Err(format!("endpoints {ready:?}, pods {pod_ips:?}"))
+        }
+    }));
+    std::thread::sleep(KUBE_PROXY_SYNC);
     let victim = before.first().and_then(|pod| pod.metadata.name.clone()).expect("a cluster DNS pod runs");
     let deleted_at = Instant::now();
     lab.block_on(pods.delete(&victim, &DeleteParams::default()))
