@@ -45,12 +45,13 @@ pub fn bench(paths: &Paths, json: bool) -> Result<(), Failure> {
 /// The nextest filter: every test the table names, and every test of the benchmark's
 /// own binaries (so that one missing from the table is seen).
 fn filter_expression() -> String {
+    let others: Vec<&str> = benchmark::tests()
+        .into_iter()
+        .filter(|test| test.split_once("::").is_none_or(|(binary, _)| !BENCHMARK_BINARIES.contains(&binary)))
+        .collect();
     let mut terms: Vec<String> = BENCHMARK_BINARIES.iter().map(|binary| format!("binary(={binary})")).collect();
-    for test in benchmark::tests() {
-        let (binary, name) = test.split_once("::").expect("the table's tests are BINARY::TEST");
-        if !BENCHMARK_BINARIES.contains(&binary) {
-            terms.push(format!("(binary(={binary}) & test(={name}))"));
-        }
+    if !others.is_empty() {
+        terms.push(crate::suite_run::filter_of(&others));
     }
     terms.join(" | ")
 }

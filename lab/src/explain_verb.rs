@@ -42,7 +42,7 @@ pub fn explain(paths: &Paths, stage: Option<Stage>, node: Option<&str>, json: bo
                     .zip(&standings)
                     .map(|(stage, standing)| {
                         serde_json::json!({
-                            "number": *stage as usize + 1,
+                            "number": stage.position() + 1,
                             "stage": stage,
                             "handbook_section": stage.handbook_section(),
                             "standing": standing,
@@ -60,7 +60,7 @@ pub fn explain(paths: &Paths, stage: Option<Stage>, node: Option<&str>, json: bo
             if let Some(node) = node {
                 chapter.nodes.retain(|work| work.node == node);
             }
-            let standing = &standings[stage as usize];
+            let standing = &standings[stage.position()];
             if json {
                 serde_json::to_string_pretty(&serde_json::json!({
                     "lab": plan.lab,
@@ -81,7 +81,7 @@ fn overview(lab: &str, standings: &[Standing]) -> String {
     use std::fmt::Write as _;
     let mut text = format!("lab {lab}: the handbook's chapters, in the order `lab up` builds them\n\n");
     for (stage, standing) in Stage::ALL.iter().zip(standings) {
-        let _ = writeln!(text, "{:>2}. {:<24} {}", *stage as usize + 1, stage.name(), standing);
+        let _ = writeln!(text, "{:>2}. {:<24} {}", stage.position() + 1, stage.name(), standing);
         let _ = writeln!(text, "{}", fill(stage.handbook_section(), "    ", "    "));
     }
     text.push_str(

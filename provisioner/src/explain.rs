@@ -155,7 +155,7 @@ pub fn chapter(plan: &Plan, stage: Stage) -> Option<Chapter> {
 fn chapter_of(planned: &StagePlan) -> Chapter {
     let stage = planned.stage;
     Chapter {
-        number: stage as usize + 1,
+        number: stage.position() + 1,
         stage,
         handbook_section: stage.handbook_section(),
         about: about(stage),
