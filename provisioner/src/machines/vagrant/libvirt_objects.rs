@@ -168,12 +168,21 @@ impl Vagrant {
     /// Removes the lab's domains that Vagrant left (an interrupted first `lab up`, or a
     /// failed `vagrant destroy`), when they are this state directory's.
     pub(super) fn destroy_domains(&self) -> Vec<Leftover> {
+        // Which domains exist is asked once, so that a libvirtd that stopped answering
+        // is reported as what it is: a domain that may still be defined (seen after a
+        // libvirtd started by `destroy` died at once), not a domain that is gone.
+        let defined = match virsh(&["list", "--all", "--name"]) {
+            Ok(names) => names.lines().map(|name| name.trim().to_owned()).collect::<Vec<_>>(),
+            Err(failure) => {
+                return vec![Leftover::new("the lab's libvirt domains", format!("cannot list them: {failure}"))];
+            }
+        };
         let mut leftovers = Vec::new();
         for node in self.known_nodes() {
-            if self.domain_state(&node) == MachineState::Missing {
+            let domain = self.domain_name(&node);
+            if !defined.contains(&domain) {
                 continue;
             }
-            let domain = self.domain_name(&node);
             if !self.owns_domain(&node) {
                 leftovers.push(Leftover::new(
                     format!("libvirt domain {domain}"),
