@@ -308,7 +308,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return command_line_error(error),
+    };
     terminal::init(cli.verbose, cli.quiet, std::env::var("RUST_LOG").ok().as_deref());
     match run(cli) {
         Ok(code) => code,
@@ -317,6 +320,36 @@ pub fn main() -> ExitCode {
             failure.exit.into()
         }
     }
+}
+
+/// Help and version go out as clap prints them. A wrong command line is one line on
+/// stderr, exit 2: what was wrong, the valid values and clap's tip, so that a script's
+/// log and a learner's terminal show the whole reason in one place.
+fn command_line_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // Printing help can fail only on a closed stdout, where nothing is left to say.
+            let _ = error.print();
+            ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(Exit::Usage as u8))
+        }
+        _ => {
+            eprintln!("{}", one_line(&error.render().to_string()));
+            Exit::Usage.into()
+        }
+    }
+}
+
+/// clap's several-line message as one line: its lines joined with "; ", without the
+/// pointer to `--help` and the brackets around the valid values.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+        .map(|line| line.strip_prefix('[').and_then(|line| line.strip_suffix(']')).unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The error and its causes on one line. Library errors often name their cause in

@@ -168,6 +168,27 @@ fn a_wrong_command_line_exits_2() {
 }
 
 #[test]
+fn a_wrong_argument_is_one_line_naming_it_and_the_valid_values() {
+    let setup = Setup::new();
+    for (args, names) in [
+        (&["up", "--until", "etcdd"][..], "invalid value 'etcdd' for '--until <STAGE>'; possible values: machines, hosts,"),
+        (&["up", "--only"][..], "a value is required for '--only <STAGE>'"),
+        (&["explain", "nope"][..], "invalid value 'nope' for '[STAGE]'; possible values: hosts,"),
+        (&["check", "nope"][..], "invalid value 'nope' for '<STAGE>'"),
+        (&["diff", "nope"][..], "invalid value 'nope' for '[STAGE]'"),
+        (&["plan", "--bogus"][..], "unexpected argument '--bogus' found"),
+        (&["frobnicate"][..], "unrecognized subcommand 'frobnicate'"),
+    ] {
+        let output = setup.lab().args(args).assert().code(2).stdout("").get_output().clone();
+        let stderr = stderr_of(&output);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(names), "{args:?}: {stderr}");
+    }
+    let output = setup.lab().args(["up", "--until", "etcdd"]).assert().code(2).get_output().clone();
+    assert!(stderr_of(&output).contains("tip: a similar value exists: 'etcd'"), "clap's tip is kept");
+}
+
+#[test]
 fn up_until_from_or_only_an_unknown_stage_exits_2_and_lists_the_stages() {
     let setup = Setup::new();
     for flag in ["--until", "--from", "--only"] {
