@@ -107,6 +107,12 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// List every lab on this host (found from the bridges the labs tag, and the state
+    /// directory): name, state directory, backend, nodes' states, API URL.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what `up` will do: nodes, addresses, certificates, stages.
     Plan {
         /// The whole plan as JSON (secrets redacted).
@@ -408,6 +414,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Verb::Down { json } => machine_verbs::down(&paths, json),
         Verb::Destroy { json } => machine_verbs::destroy(&paths, json),
         Verb::Status { json } => machine_verbs::status(&paths, json),
+        Verb::List { json } => machine_verbs::list(&paths, json),
         Verb::Ssh { node, command } => machine_verbs::ssh(&paths, &node, &command),
         Verb::Kubectl { args } => return verbs::kubectl(&paths, &args),
         Verb::Kubeconfig { merge, json } => machine_verbs::kubeconfig(&paths, merge, json),
@@ -510,7 +517,7 @@ pub(crate) fn source_checkout() -> Option<PathBuf> {
 
 /// This host; the lab-dns image is built from the checkout's dns/ crate (without a
 /// checkout the artifact build says so when it needs the source).
-fn surroundings() -> Box<Real> {
+pub(crate) fn surroundings() -> Box<Real> {
     let workspace_dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("lab/ has a parent").to_owned();
     Box::new(Real { workspace_dir })
 }

@@ -87,6 +87,50 @@ pub fn status(paths: &Paths, json: bool) -> Result<(), Failure> {
     print_stdout(&status.to_text())
 }
 
+/// `lab list`: every lab on the host, from the bridges the labs tag and the state
+/// directory that `--lab-dir`/`LAB_DIR` names (the default one).
+pub fn list(paths: &Paths, json: bool) -> Result<(), Failure> {
+    let listing = provisioner::lab::labs_on_host(std::slice::from_ref(&paths.state_dir), &paths.cache_dir, &|| {
+        crate::surroundings() as Box<dyn provisioner::lab::Surroundings>
+    });
+    if json {
+        return print_stdout(&serde_json::to_string_pretty(&listing).context("serialize the list of labs")?);
+    }
+    print_stdout(&listing_text(&listing))
+}
+
+/// The labs as a table, then the stray bridges with what to do about them.
+fn listing_text(listing: &provisioner::lab::Listing) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    if listing.labs.is_empty() {
+        text.push_str("no lab on this host (`lab up` makes one)\n");
+    } else {
+        let _ = writeln!(text, "{:<10} {:<8} {:<24} {:<28} state directory", "lab", "backend", "nodes", "API");
+        for lab in &listing.labs {
+            let backend = serde_json::to_value(lab.backend).ok().and_then(|value| value.as_str().map(str::to_owned));
+            let _ = writeln!(
+                text,
+                "{:<10} {:<8} {:<24} {:<28} {}",
+                lab.lab,
+                backend.unwrap_or_default(),
+                lab.node_summary(),
+                lab.api_server_url,
+                lab.state_dir.display()
+            );
+        }
+    }
+    for stray in &listing.strays {
+        let owner = stray.state_dir.as_ref().map_or("a state directory".to_string(), |dir| dir.display().to_string());
+        let _ = writeln!(
+            text,
+            "stray bridge {}: tagged by {owner}, which holds no lab (`ip link del {}` removes it)",
+            stray.bridge, stray.bridge
+        );
+    }
+    text.trim_end().to_string()
+}
+
 /// Prints `text` and a newline; a reader that went away (`lab status --json | head`)
 /// is not an error.
 pub(crate) fn print_stdout(text: &str) -> Result<(), Failure> {

@@ -118,7 +118,11 @@ fn after_stage(report: &StageReport, chapter: Option<&Chapter>) -> String {
     use std::fmt::Write as _;
     let mut text = String::new();
     for node in &report.nodes {
-        if node.changed_files.is_empty() && node.changed_units.is_empty() {
+        if node.changed_files.is_empty()
+            && node.changed_units.is_empty()
+            && node.removed_files.is_empty()
+            && node.disabled_units.is_empty()
+        {
             continue;
         }
         let mut parts = Vec::new();
@@ -127,6 +131,12 @@ fn after_stage(report: &StageReport, chapter: Option<&Chapter>) -> String {
         }
         if !node.changed_units.is_empty() {
             parts.push(format!("(re)started {}", node.changed_units.join(", ")));
+        }
+        if !node.disabled_units.is_empty() {
+            parts.push(format!("stopped and disabled {} (no longer planned)", node.disabled_units.join(", ")));
+        }
+        if !node.removed_files.is_empty() {
+            parts.push(format!("removed {} (no longer planned)", node.removed_files.join(", ")));
         }
         let _ = writeln!(text, "{}", fill(&format!("{}: {}", node.node, parts.join("; ")), "  ", "    "));
     }
@@ -207,7 +217,8 @@ mod tests {
                     node: "master1".into(),
                     changed_files: vec!["/etc/etcd/etcd.env".into()],
                     changed_units: vec!["etcd.service".into()],
-                    commands_run: 0,
+                    removed_files: vec!["/etc/etcd/old.env".into()],
+                    ..NodeReport::default()
                 },
                 NodeReport { node: "master2".into(), ..NodeReport::default() },
             ],
@@ -215,7 +226,8 @@ mod tests {
             elapsed: Duration::from_secs(3),
         };
         let text = after_stage(&report, Some(&chapter()));
-        assert!(text.contains("master1: wrote /etc/etcd/etcd.env; (re)started etcd.service"), "{text}");
+        assert!(text.contains("master1: wrote /etc/etcd/etcd.env; (re)started etcd.service; removed\n"), "{text}");
+        assert!(text.contains("    /etc/etcd/old.env (no longer planned)"), "{text}");
         assert!(!text.contains("master2"), "{text}");
         assert!(text.contains("checks passed:\n    - the member is healthy"), "{text}");
         let unchanged = StageReport { nodes: vec![NodeReport::default()], ..report };

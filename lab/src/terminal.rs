@@ -145,8 +145,12 @@ impl Reporter for Terminal {
             }
             Event::StageDone { report } => self.end(
                 |_| {
+                    let removed = match report.removed() {
+                        0 => String::new(),
+                        removed => format!(", {removed} no longer planned removed"),
+                    };
                     format!(
-                        "done in {:>5.1} s: {} files and {} units changed",
+                        "done in {:>5.1} s: {} files and {} units changed{removed}",
                         report.elapsed.as_secs_f64(),
                         report.changed_files(),
                         report.changed_units()
@@ -224,6 +228,7 @@ impl Reporter for JsonLines {
                     "stage_seconds": report.elapsed.as_secs_f64(),
                     "changed_files": report.changed_files(),
                     "changed_units": report.changed_units(),
+                    "removed": report.removed(),
                 }),
             ),
             Event::StageFailed { stage, elapsed } => {

@@ -27,6 +27,7 @@ pub fn up(paths: &Paths, options: UpOptions, json: bool) -> Result<(), Failure> 
                 "total_seconds": report.elapsed.as_secs_f64(),
                 "changed_files": report.changed_files(),
                 "changed_units": report.changed_units(),
+                "removed": report.removed(),
                 "stopped_after": stopped_after,
                 "next_stage": next,
             }),
@@ -67,7 +68,10 @@ fn summary(report: &UpReport, kubeconfig: &std::path::Path) -> String {
     }
     let (files, units) = (report.changed_files(), report.changed_units());
     let _ = writeln!(out, "{:<26} {:>8.1} {:>6} {:>6}", "total", report.elapsed.as_secs_f64(), files, units);
-    if files == 0 && units == 0 {
+    if report.removed() > 0 {
+        let _ = writeln!(out, "\nfiles and units removed because the plan no longer has them: {}", report.removed());
+    }
+    if files == 0 && units == 0 && report.removed() == 0 {
         let _ = writeln!(out, "\nthe lab already matched the plan: changed files and units: 0");
     }
     match report.until {

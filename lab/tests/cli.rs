@@ -171,7 +171,10 @@ fn a_wrong_command_line_exits_2() {
 fn a_wrong_argument_is_one_line_naming_it_and_the_valid_values() {
     let setup = Setup::new();
     for (args, names) in [
-        (&["up", "--until", "etcdd"][..], "invalid value 'etcdd' for '--until <STAGE>'; possible values: machines, hosts,"),
+        (
+            &["up", "--until", "etcdd"][..],
+            "invalid value 'etcdd' for '--until <STAGE>'; possible values: machines, hosts,",
+        ),
         (&["up", "--only"][..], "a value is required for '--only <STAGE>'"),
         (&["explain", "nope"][..], "invalid value 'nope' for '[STAGE]'; possible values: hosts,"),
         (&["check", "nope"][..], "invalid value 'nope' for '<STAGE>'"),
@@ -713,4 +716,30 @@ fn exercise_refuses_a_wrong_fault_no_lab_or_no_exercise_in_one_line_with_exit_2(
     one_line(&["exercise", "--fault", "dns-one-replica"], "is seen by failover drills only");
     assert!(!setup.state_dir().join("exercise.json").exists());
     assert!(!setup.state_dir().join("faults.json").exists());
+}
+
+#[test]
+fn list_shows_the_lab_of_the_state_directory_with_its_machines_and_api() {
+    let setup = Setup::new();
+    // Other labs may run on this host (another test's, or a user's): only this one is
+    // looked for.
+    let output = setup.lab().args(["list", "--json"]).assert().code(0).get_output().clone();
+    let listing: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("one JSON document");
+    let state_dir = setup.state_dir().display().to_string();
+    let mine = |listing: &serde_json::Value| {
+        listing["labs"].as_array().expect("labs").iter().find(|lab| lab["state_dir"] == state_dir.as_str()).cloned()
+    };
+    assert!(mine(&listing).is_none(), "an empty state directory holds no lab: {listing}");
+
+    setup.record_lab(false);
+    let output = setup.lab().args(["list", "--json"]).assert().code(0).get_output().clone();
+    let listing: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("one JSON document");
+    let lab = mine(&listing).unwrap_or_else(|| panic!("the recorded lab is listed: {listing}"));
+    assert_eq!(lab["lab"], LAB);
+    assert_eq!(lab["backend"], "nspawn");
+    assert_eq!(lab["api_server_url"], "https://10.242.0.100:8443");
+    assert_eq!(lab["nodes"][0], serde_json::json!({ "name": "master1", "state": "missing" }), "{lab}");
+    let text = stdout_of(&setup.lab().arg("list").assert().code(0).get_output().clone());
+    let line = text.lines().find(|line| line.starts_with(LAB)).unwrap_or_else(|| panic!("no line for {LAB}: {text}"));
+    assert!(line.contains("2 missing") && line.ends_with(&state_dir), "{line}");
 }

@@ -20,6 +20,13 @@
 //! converged `check_all` runs every check of every node at once. A no-op `lab up`
 //! therefore costs one query per node and the checks.
 //!
+//! The record also lists the units the stage ran on the node. A file or unit that a
+//! record lists but that no stage of the plan has on that node any more (the topology
+//! or the lab changed) is retired: the survey reports it, and the stage that recorded
+//! it, which is then not converged, stops and disables the unit and removes the file
+//! before it applies the rest. Only what a record lists is ever removed, so a file the
+//! lab never wrote is never touched.
+//!
 //! A run can be interrupted between writing a file and restarting the unit that
 //! reads it; the next run would then find the file up to date and never restart the
 //! unit. So before writing anything, the executor leaves a marker on the node
@@ -75,6 +82,10 @@ pub struct NodeReport {
     /// Units restarted or started because they were changed or not running.
     pub changed_units: Vec<String>,
     pub commands_run: usize,
+    /// Files an earlier run wrote that the plan no longer has, removed.
+    pub removed_files: Vec<String>,
+    /// Units an earlier run started that the plan no longer has, stopped and disabled.
+    pub disabled_units: Vec<String>,
 }
 
 /// What a stage changed, node by node, and how long it took.
@@ -93,6 +104,11 @@ impl StageReport {
 
     pub fn changed_units(&self) -> usize {
         self.nodes.iter().map(|node| node.changed_units.len()).sum()
+    }
+
+    /// Retired files removed and retired units disabled, on every node.
+    pub fn removed(&self) -> usize {
+        self.nodes.iter().map(|node| node.removed_files.len() + node.disabled_units.len()).sum()
     }
 }
 
@@ -131,6 +147,23 @@ pub struct Executor<'a> {
     /// restarts when one of its inputs changed in an earlier stage too: the PKI stage
     /// writes the certificates that etcd's and the apiservers' units read.
     written: Mutex<BTreeMap<String, BTreeSet<String>>>,
+    /// Every file path and unit the whole plan has on each node, beyond the stages a
+    /// run surveys (`--until`): what is planned anywhere on a node is never retired.
+    planned: BTreeMap<String, Planned>,
+}
+
+/// The file paths and unit names planned on one node.
+#[derive(Debug, Default, Clone)]
+struct Planned {
+    files: BTreeSet<String>,
+    units: BTreeSet<String>,
+}
+
+impl Planned {
+    fn add(&mut self, actions: &NodeActions) {
+        self.files.extend(actions.files.iter().map(|file| file.path.clone()));
+        self.units.extend(actions.units.iter().map(|unit| unit.name.clone()));
+    }
 }
 
 impl<'a> Executor<'a> {
@@ -141,7 +174,20 @@ impl<'a> Executor<'a> {
             check_interval: CHECK_INTERVAL,
             timeout_scale: 1,
             written: Mutex::default(),
+            planned: BTreeMap::new(),
         }
+    }
+
+    /// Tells the executor the whole plan, when a run surveys only some of its stages,
+    /// so that a file or unit that moved to a later stage is not retired.
+    pub fn with_whole_plan(mut self, stages: &[StagePlan]) -> Self {
+        for (node, planned) in by_node(stages) {
+            let entry = self.planned.entry(node.to_string()).or_default();
+            for (_, actions) in planned {
+                entry.add(actions);
+            }
+        }
+        self
     }
 
     /// Multiplies every readiness check's timeout, and the pause between its attempts,
@@ -191,11 +237,12 @@ impl<'a> Executor<'a> {
                 .map(|actions| {
                     let converged =
                         survey.is_converged(stage.stage, &actions.node) && self.earlier_writes_for(actions).is_empty();
+                    let retired = survey.retired(stage.stage, &actions.node);
                     scope.spawn(move || {
                         if converged {
                             self.check_node(stage.stage, actions, progress)
                         } else {
-                            self.run_on_node(stage.stage, actions, progress)
+                            self.run_on_node(stage.stage, actions, retired, progress)
                         }
                     })
                 })
@@ -210,6 +257,7 @@ impl<'a> Executor<'a> {
         &self,
         stage: Stage,
         actions: &NodeActions,
+        retired: &Retired,
         progress: &dyn Progress,
     ) -> Result<NodeReport, ExecError> {
         let node = actions.node.as_str();
@@ -261,8 +309,34 @@ impl<'a> Executor<'a> {
             report.changed_files.iter().map(String::as_str).collect()
         };
 
+        // What an earlier run applied and the plan no longer has: its units stop before
+        // their unit files go, and systemd re-reads its units below.
+        for unit in &retired.units {
+            progress.step(stage, node, &format!("stopping and disabling {unit}, which the plan no longer has"));
+            let unit = shell_quote(unit);
+            let script = format!("systemctl disable --now --quiet {unit} 2>/dev/null || systemctl stop {unit} || true");
+            self.run_command(host, stage, "stop and disable a unit the plan no longer has", &script)?;
+        }
+        report.disabled_units.extend(retired.units.iter().cloned());
+        if !retired.files.is_empty() {
+            progress.step(stage, node, &format!("removing {} files the plan no longer has", retired.files.len()));
+            let paths: Vec<String> = retired.files.iter().map(|path| shell_quote(path)).collect();
+            self.run_command(
+                host,
+                stage,
+                "remove files the plan no longer has",
+                &format!("rm -f -- {}", paths.join(" ")),
+            )?;
+            report.removed_files.extend(retired.files.iter().cloned());
+        }
+
         // 2. systemd must re-read unit files before they are (re)started.
-        if changed.iter().any(|path| path.starts_with("/etc/systemd/")) {
+        let unit_files_changed = changed
+            .iter()
+            .copied()
+            .chain(report.removed_files.iter().map(String::as_str))
+            .any(|path| path.starts_with("/etc/systemd/"));
+        if unit_files_changed {
             self.run_command(host, stage, "systemctl daemon-reload", "systemctl daemon-reload")?;
         }
 
@@ -404,27 +478,37 @@ impl<'a> Executor<'a> {
     pub fn survey(&self, stages: &[StagePlan]) -> Result<Survey, ExecError> {
         let by_node = by_node(stages);
         let first_stage = stages.first().map(|stage| stage.stage).unwrap_or(Stage::Hosts);
-        let mut outcomes: Vec<Result<Vec<(Stage, String)>, ExecError>> = Vec::new();
+        let mut outcomes: Vec<Result<Survey, ExecError>> = Vec::new();
         std::thread::scope(|scope| {
             let handles: Vec<_> = by_node
                 .iter()
                 .map(|(node, planned)| {
-                    scope.spawn(move || -> Result<Vec<(Stage, String)>, ExecError> {
+                    scope.spawn(move || -> Result<Survey, ExecError> {
                         let host = self.host(first_stage, node)?;
                         let output = host
                             .run(&survey_script(planned))
                             .map_err(|source| ExecError::Host { stage: first_stage, source })?;
                         let found = parse_survey(&output.stdout);
-                        let mut converged = Vec::new();
+                        let mut on_node = self.planned.get(*node).cloned().unwrap_or_default();
+                        for (_, actions) in planned {
+                            on_node.add(actions);
+                        }
+                        let mut survey = Survey::default();
                         for (stage, actions) in planned {
                             let digest = self
                                 .stage_digest(actions)
                                 .map_err(|source| ExecError::Host { stage: *stage, source })?;
-                            if found.get(stage).is_some_and(|state| state.is_converged(actions, &digest)) {
-                                converged.push((*stage, node.to_string()));
+                            let Some(state) = found.get(stage) else { continue };
+                            let retired = state.retired(&on_node);
+                            if retired.is_empty() {
+                                if state.is_converged(actions, &digest) {
+                                    survey.converged.insert((*stage, node.to_string()));
+                                }
+                            } else {
+                                survey.retired.insert((*stage, node.to_string()), retired);
                             }
                         }
-                        Ok(converged)
+                        Ok(survey)
                     })
                 })
                 .collect();
@@ -432,7 +516,9 @@ impl<'a> Executor<'a> {
         });
         let mut survey = Survey::default();
         for outcome in outcomes {
-            survey.converged.extend(outcome?);
+            let node = outcome?;
+            survey.converged.extend(node.converged);
+            survey.retired.extend(node.retired);
         }
         Ok(survey)
     }
@@ -803,11 +889,35 @@ const SIGNATURE_FORMAT: &str = "%n %s %i %Z %a %U";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Survey {
     converged: BTreeSet<(Stage, String)>,
+    /// What each stage applied on a node that the plan no longer has there.
+    retired: BTreeMap<(Stage, String), Retired>,
 }
+
+/// Files and units a stage applied on a node in an earlier run that no stage of the
+/// plan has on that node now: the stage removes them when it runs there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retired {
+    pub files: Vec<String>,
+    pub units: Vec<String>,
+}
+
+impl Retired {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.units.is_empty()
+    }
+}
+
+/// Nothing retired, for stages that were not surveyed.
+static NOTHING_RETIRED: Retired = Retired { files: Vec::new(), units: Vec::new() };
 
 impl Survey {
     pub fn is_converged(&self, stage: Stage, node: &str) -> bool {
         self.converged.contains(&(stage, node.to_string()))
+    }
+
+    /// What `stage` applied on `node` that the plan no longer has there.
+    pub fn retired(&self, stage: Stage, node: &str) -> &Retired {
+        self.retired.get(&(stage, node.to_string())).unwrap_or(&NOTHING_RETIRED)
     }
 
     /// Whether every node of every one of `stages` is converged.
@@ -837,12 +947,26 @@ struct StageState {
     digest: Option<String>,
     /// Signatures recorded when the stage last passed, by path.
     recorded: HashMap<String, String>,
+    /// The units the stage ran when it last passed.
+    recorded_units: Vec<String>,
     /// Signatures now, by path.
     current: HashMap<String, String>,
     inactive_units: Vec<String>,
 }
 
 impl StageState {
+    /// What the record lists that `planned` (everything the plan has on the node)
+    /// does not, in a stable order.
+    fn retired(&self, planned: &Planned) -> Retired {
+        let mut files: Vec<String> =
+            self.recorded.keys().filter(|path| !planned.files.contains(*path)).cloned().collect();
+        files.sort();
+        let mut units: Vec<String> =
+            self.recorded_units.iter().filter(|unit| !planned.units.contains(*unit)).cloned().collect();
+        units.sort();
+        Retired { files, units }
+    }
+
     fn is_converged(&self, actions: &NodeActions, digest: &str) -> bool {
         !self.pending
             && self.digest.as_deref() == Some(digest)
@@ -880,6 +1004,9 @@ fn record_script(stage: Stage, actions: &NodeActions, digest: &str) -> String {
         // A file that is gone is left out of the record, so the next survey finds the
         // stage unconverged instead of this run failing.
         script.push_str(&format!("{} || true; ", signatures("file", &actions.files)));
+    }
+    for unit in &actions.units {
+        script.push_str(&format!("echo {}; ", shell_quote(&format!("unit {}", unit.name))));
     }
     script.push_str(&format!("}} > {record}.tmp && mv -f {record}.tmp {record}"));
     script
@@ -929,6 +1056,7 @@ fn parse_survey(stdout: &str) -> HashMap<Stage, StageState> {
                 map.insert(path.to_string(), signature.to_string());
             }
             "inactive" => state.inactive_units.push(rest.to_string()),
+            "unit" => state.recorded_units.push(rest.to_string()),
             _ => {}
         }
     }

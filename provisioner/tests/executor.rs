@@ -245,6 +245,78 @@ fn a_hand_edited_file_or_a_stopped_unit_makes_the_stage_run_again() {
     }
 }
 
+/// What an earlier run recorded for the etcd-like stage with one more file and one
+/// more unit, which the plan has since dropped.
+fn survey_answer_with_retired(digest: &str, extra: &str) -> Output {
+    let mut answer = survey_answer(digest, "40 11 1700000000 644 root", &[]);
+    answer.stdout.push_str(&format!(
+        "file /etc/etcd/old.conf 9 13 1700000000 644 root\nfile {extra} 9 14 1700000000 644 root\n\
+         unit etcd.service\nunit etcd-defrag.timer\n"
+    ));
+    answer
+}
+
+#[test]
+fn a_file_or_unit_dropped_from_the_plan_is_removed_and_nothing_else() {
+    let digest = recorded_digest();
+    let stage = etcd_like_stage();
+    let host = RecordingHost::new("master1");
+    // The other stage of the plan still has /etc/kubernetes/kept.conf on this node.
+    const KEPT: &str = "/etc/kubernetes/kept.conf";
+    host.reply(SURVEY_QUERY, survey_answer_with_retired(&digest, KEPT));
+    host.reply(FILE_STATE_QUERY, planned_file_state());
+    let mut later = StagePlan::new(Stage::KubeApiserver, "test chapter");
+    later.node("master1").files.push(FileSpec::text(KEPT, 0o644, "kept\n"));
+    let executor = Executor::new([&host as &dyn Host]).with_whole_plan(&[stage.clone(), later]);
+
+    let survey = executor.survey(std::slice::from_ref(&stage)).expect("survey runs");
+    assert!(!survey.is_converged(Stage::Etcd, "master1"), "a stage with something retired is not converged");
+    let retired = survey.retired(Stage::Etcd, "master1");
+    assert_eq!(retired.files, ["/etc/etcd/old.conf"], "only the file no stage plans is retired");
+    assert_eq!(retired.units, ["etcd-defrag.timer"]);
+    let report = executor.run_stage_surveyed(&stage, &survey, &Silent).expect("stage runs");
+
+    let scripts: Vec<String> = host
+        .calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Run(script) => Some(script),
+            _ => None,
+        })
+        .collect();
+    let position = |needle: &str| {
+        scripts.iter().position(|script| script.contains(needle)).unwrap_or_else(|| panic!("no {needle}: {scripts:#?}"))
+    };
+    let disabled = position("systemctl disable --now --quiet etcd-defrag.timer");
+    let removed = position("rm -f -- /etc/etcd/old.conf");
+    assert!(disabled < removed, "the unit stops before its files go");
+    assert!(!scripts.iter().any(|script| script.contains("rm -f") && script.contains(KEPT)), "{scripts:#?}");
+    assert!(!scripts.iter().any(|script| script.contains("disable --now --quiet etcd.service")), "{scripts:#?}");
+    assert_eq!(report.nodes[0].removed_files, ["/etc/etcd/old.conf"]);
+    assert_eq!(report.nodes[0].disabled_units, ["etcd-defrag.timer"]);
+    assert_eq!(report.removed(), 2);
+    let record = scripts
+        .iter()
+        .rfind(|script| script.contains(&format!("{APPLIED_DIR}/etcd.tmp")))
+        .expect("the stage is recorded");
+    assert!(record.contains("echo 'unit etcd.service'"), "the record lists the stage's units: {record}");
+    assert!(!record.contains("old.conf"), "the new record no longer lists the removed file: {record}");
+}
+
+#[test]
+fn a_converged_record_retires_nothing() {
+    let digest = recorded_digest();
+    let stage = etcd_like_stage();
+    let host = RecordingHost::new("master1");
+    let mut answer = survey_answer(&digest, "40 11 1700000000 644 root", &[]);
+    answer.stdout.push_str("unit etcd.service\n");
+    host.reply(SURVEY_QUERY, answer);
+    let executor = Executor::new([&host as &dyn Host]);
+    let survey = executor.survey(std::slice::from_ref(&stage)).expect("survey runs");
+    assert!(survey.is_converged(Stage::Etcd, "master1"));
+    assert!(survey.retired(Stage::Etcd, "master1").is_empty());
+}
+
 /// A certificate the PKI stage writes is an input of etcd's unit, which the etcd stage
 /// owns: the etcd stage restarts etcd although its own files did not change, even on a
 /// node the survey found converged. etcd reads its trusted CAs only when it starts.

@@ -16,8 +16,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::lab::{missing_program, not_root, TestLab};
+use provisioner::executor::{Executor, Silent};
 use provisioner::host::Host;
 use provisioner::machines;
+use provisioner::plan::{FileSpec, Stage, StagePlan, UnitSpec};
 
 const LAB: &str = "nsptest";
 const NODE: &str = "solo";
@@ -72,6 +74,7 @@ fn a_node_boots_answers_ssh_survives_a_restart_and_leaves_nothing_when_destroyed
     assert_eq!(mode.stdout.trim(), "640");
     let ports = machines::hostnet::bridge_ports(&lab.bridge);
     assert_eq!(ports.len(), 1, "one node, one port on {}: {ports:?}", lab.bridge);
+    what_the_plan_drops_is_removed_and_nothing_else(&host);
     drop(host);
 
     // `lab down` and `lab up`: the disk survives, the node comes back.
@@ -87,6 +90,56 @@ fn a_node_boots_answers_ssh_survives_a_restart_and_leaves_nothing_when_destroyed
 
     lab.destroy();
     assert_nothing_left(&lab.bridge, &ports, lab.state.path());
+}
+
+/// The executor on a real node: a stage applied with two files and a unit, then
+/// applied again from a plan without one file and without the unit, removes exactly
+/// those (the unit stopped and disabled first) and leaves a file it never wrote.
+fn what_the_plan_drops_is_removed_and_nothing_else(host: &dyn Host) {
+    const KEPT: &str = "/etc/lab-prune-test/kept.conf";
+    const DROPPED: &str = "/etc/lab-prune-test/dropped.conf";
+    const UNIT_FILE: &str = "/etc/systemd/system/lab-prune-test.service";
+    const UNIT: &str = "lab-prune-test.service";
+    const MINE: &str = "/etc/lab-prune-test/written-by-hand.conf";
+    let stage = |with_dropped: bool| {
+        let mut stage = StagePlan::new(Stage::Hosts, "prune test");
+        let node = stage.node(NODE);
+        node.files.push(FileSpec::text(KEPT, 0o644, "kept\n"));
+        if with_dropped {
+            node.files.push(FileSpec::text(DROPPED, 0o644, "dropped\n"));
+            node.files.push(FileSpec::text(
+                UNIT_FILE,
+                0o644,
+                "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n",
+            ));
+            node.units.push(UnitSpec { name: UNIT.into(), restart_when_changed: vec![UNIT_FILE.into()] });
+        }
+        stage
+    };
+    let apply = |stage: &StagePlan| {
+        let executor = Executor::new([host]).with_whole_plan(std::slice::from_ref(stage));
+        let survey = executor.survey(std::slice::from_ref(stage)).expect("survey");
+        executor.run_stage_surveyed(stage, &survey, &Silent).expect("stage runs on the node")
+    };
+    let exists = |path: &str| host.read_file(path).expect("read a file").is_some();
+    apply(&stage(true));
+    host.put_file(MINE, 0o644, "root", b"not the lab's\n").expect("a file the lab did not write");
+    assert!(exists(DROPPED) && exists(UNIT_FILE));
+    assert_eq!(host.run(&format!("systemctl is-active {UNIT}")).expect("systemctl").stdout.trim(), "active");
+
+    let report = apply(&stage(false));
+    assert_eq!(report.nodes[0].removed_files, [DROPPED, UNIT_FILE]);
+    assert_eq!(report.nodes[0].disabled_units, [UNIT]);
+    assert!(!exists(DROPPED) && !exists(UNIT_FILE), "what the plan dropped is gone");
+    assert!(exists(KEPT) && exists(MINE), "what the plan has and what the lab never wrote stay");
+    let active = host.run(&format!("systemctl is-active {UNIT}")).expect("systemctl is-active");
+    assert_ne!(active.stdout.trim(), "active", "the unit the plan dropped was stopped");
+    let enabled = host.run(&format!("systemctl is-enabled {UNIT}")).expect("systemctl is-enabled");
+    assert!(!enabled.success(), "the unit the plan dropped is no longer enabled: {}", enabled.stdout);
+    let again = Executor::new([host]);
+    let survey = again.survey(std::slice::from_ref(&stage(false))).expect("survey");
+    assert!(survey.is_converged(Stage::Hosts, NODE), "the pruned stage is converged");
+    host.run("rm -rf /etc/lab-prune-test /var/lib/k8s-lab").expect("clean up");
 }
 
 fn assert_nothing_left(bridge: &str, ports: &[String], state: &Path) {

@@ -159,7 +159,25 @@ fn every_example_loads_without_errors_or_warnings() {
             loaded += 1;
         }
     }
-    assert!(loaded >= 2, "expected at least the two documented examples, found {loaded}");
+    assert!(loaded >= 3, "expected at least the three documented examples, found {loaded}");
+}
+
+/// `examples/second-lab.toml` runs beside the default lab: its name (hence bridge and
+/// machine names) and every range differ, as `lab up` requires of two labs at once.
+#[test]
+fn the_second_lab_shares_no_name_or_range_with_the_default_lab() {
+    let default = load_clean(&repo_root().join("lab.toml"));
+    let second = load_clean(&repo_root().join("examples/second-lab.toml"));
+    assert_ne!(default.name, second.name);
+    let ranges = |lab: &Topology| {
+        let network = &lab.network;
+        [network.node_subnet, network.pod_cidr, network.service_cidr]
+    };
+    for mine in ranges(&second) {
+        for theirs in ranges(&default) {
+            assert!(!mine.contains(&theirs.network()) && !theirs.contains(&mine.network()), "{mine} overlaps {theirs}");
+        }
+    }
 }
 
 #[test]

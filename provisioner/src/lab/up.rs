@@ -80,6 +80,11 @@ impl UpReport {
     pub fn changed_units(&self) -> usize {
         self.stages.iter().map(StageReport::changed_units).sum()
     }
+
+    /// Files and units the plan no longer has, removed from the nodes.
+    pub fn removed(&self) -> usize {
+        self.stages.iter().map(StageReport::removed).sum()
+    }
 }
 
 impl Lab {
@@ -215,7 +220,9 @@ impl Lab {
         let first = options.from.map_or(0, |from| through.iter().take_while(|stage| stage.stage != from).count());
         let (before, stages) = through.split_at(first);
         let time_scale = machines.time_scale();
-        let executor = Executor::new(hosts.iter().map(|host| host.as_ref())).with_timeout_scale(time_scale);
+        let executor = Executor::new(hosts.iter().map(|host| host.as_ref()))
+            .with_timeout_scale(time_scale)
+            .with_whole_plan(&plan.stages);
 
         // One query per node says which stages are converged where. A lab that
         // matches its whole plan only has its checks run, all nodes at once, and the
@@ -600,6 +607,7 @@ impl Timeline {
         if let Some(report) = report {
             entry["changed_files"] = report.changed_files().into();
             entry["changed_units"] = report.changed_units().into();
+            entry["removed"] = report.removed().into();
         }
         self.stages.lock().expect("timeline lock").push(entry);
     }
