@@ -56,6 +56,49 @@ pub fn diff(paths: &Paths, stage: Option<Stage>, node: Option<&str>, json: bool)
     }
 }
 
+/// `lab plan --diff`: what `lab up` with this topology file would change on the lab
+/// of the state directory, changing nothing.
+pub fn plan_diff(paths: &Paths, json: bool) -> Result<(), Failure> {
+    let lab = paths.lab_from_file()?;
+    let diff = lab.plan_diff()?;
+    if json {
+        crate::machine_verbs::print_stdout(&serde_json::to_string_pretty(&diff).context("serialize the change")?)?;
+    } else {
+        crate::machine_verbs::print_stdout(&plan_diff_text(&diff))?;
+    }
+    if diff.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure { exit: Exit::Failure, error: anyhow!("`lab up` would change the lab (see above)") })
+    }
+}
+
+fn plan_diff_text(diff: &provisioner::lab::PlanDiff) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    if let Some(reason) = &diff.refused {
+        let _ = writeln!(text, "`lab up` would refuse this topology: {reason}");
+        return text.trim_end().to_string();
+    }
+    for node in &diff.added {
+        let _ = writeln!(text, "add {node}: a new machine, its certificates issued, joins as a worker");
+    }
+    for node in &diff.removed {
+        let _ = writeln!(text, "remove {node}: drained, deleted from the API, its machine and certificates removed");
+    }
+    if diff.stages.is_empty() {
+        if text.is_empty() {
+            return "`lab up` would change nothing: every node matches the plan".to_string();
+        }
+    } else {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&diff_text(&diff.stages));
+    }
+    text.trim_end().to_string()
+}
+
 fn print_json(inspections: &[StageInspection]) -> Result<(), Failure> {
     crate::machine_verbs::print_stdout(&serde_json::to_string_pretty(inspections).context("serialize the inspection")?)
 }

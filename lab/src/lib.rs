@@ -118,6 +118,11 @@ enum Verb {
         /// The whole plan as JSON (secrets redacted).
         #[arg(long)]
         json: bool,
+        /// What `lab up` would change on the running lab, without changing it: the
+        /// workers the topology adds or removes (or why it refuses the edit) and every
+        /// existing node that differs from the plan. Exit 1 when something would change.
+        #[arg(long)]
+        diff: bool,
     },
     /// Write every node's planned files under DIR/NODE/.
     Render {
@@ -400,7 +405,8 @@ fn stage_parser() -> impl clap::builder::TypedValueParser<Value = Stage> {
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let paths = Paths::resolve(&cli);
     let done = match cli.verb {
-        Verb::Plan { json } => verbs::plan(&paths, json),
+        Verb::Plan { json, diff: false } => verbs::plan(&paths, json),
+        Verb::Plan { json, diff: true } => crate::inspect_verbs::plan_diff(&paths, json),
         Verb::Render { dir } => verbs::render(&paths, &dir),
         Verb::Up { until, from, only, step, json, no_install } => {
             let options = UpOptions {

@@ -743,3 +743,28 @@ fn list_shows_the_lab_of_the_state_directory_with_its_machines_and_api() {
     let line = text.lines().find(|line| line.starts_with(LAB)).unwrap_or_else(|| panic!("no line for {LAB}: {text}"));
     assert!(line.contains("2 missing") && line.ends_with(&state_dir), "{line}");
 }
+
+#[test]
+fn plan_diff_names_what_up_would_refuse_without_touching_the_lab() {
+    let setup = Setup::new();
+    let output = setup.lab_on_topology().args(["plan", "--diff"]).assert().code(1).get_output().clone();
+    assert!(stderr_of(&output).starts_with("error: no lab in "), "{}", stderr_of(&output));
+
+    setup.record_lab(false);
+    let record = std::fs::read(setup.state_dir().join("topology.toml")).unwrap();
+    let edited = std::fs::read_to_string(setup.topology_file())
+        .unwrap()
+        .replace("address = \"10.242.0.11\"", "address = \"10.242.0.12\"");
+    std::fs::write(setup.topology_file(), edited).unwrap();
+    let output = setup.lab_on_topology().args(["plan", "--diff"]).assert().code(1).get_output().clone();
+    let stdout = stdout_of(&output);
+    assert!(stdout.starts_with("`lab up` would refuse this topology:"), "{stdout}");
+    assert!(stdout.contains("master1's address changed from 10.242.0.11 to 10.242.0.12"), "{stdout}");
+    let output = setup.lab_on_topology().args(["plan", "--diff", "--json"]).assert().code(1).get_output().clone();
+    let diff: serde_json::Value = serde_json::from_str(&stdout_of(&output)).expect("one JSON document");
+    assert!(diff["refused"].as_str().is_some_and(|reason| reason.contains("master1's address")), "{diff}");
+    assert_eq!(std::fs::read(setup.state_dir().join("topology.toml")).unwrap(), record, "the record is untouched");
+    let output = setup.lab_on_topology().arg("up").arg("--no-install").assert().code(3).get_output().clone();
+    assert!(stderr_of(&output).contains("master1's address changed"), "up refuses the same: {}", stderr_of(&output));
+    assert_eq!(std::fs::read(setup.state_dir().join("topology.toml")).unwrap(), record, "up changed nothing");
+}

@@ -382,6 +382,19 @@ impl Store {
         self.dir.join(format!("{stem}.pem"))
     }
 
+    /// Removes the certificate and key of `stem` (a node's, once the topology no longer
+    /// has the node); what is not there is no error.
+    pub fn remove(&self, stem: &str) -> Result<(), PkiError> {
+        for path in [self.cert_path(stem), self.key_path(stem)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(PkiError::Io { path, source }),
+            }
+        }
+        Ok(())
+    }
+
     /// Where the private key of `stem` lives.
     pub fn key_path(&self, stem: &str) -> PathBuf {
         self.dir.join(format!("{stem}-key.pem"))

@@ -41,7 +41,7 @@ mod up;
 
 pub use exercise::Exercise;
 pub use faults::{Broken, Restore, Restored};
-pub use inspect::StageInspection;
+pub use inspect::{PlanDiff, StageInspection};
 pub use list::{labs_on_host, ListedLab, ListedNode, Listing, NodeState, StrayBridge};
 pub use reporter::{Event, Reporter, Resume, Silent};
 pub use status::{ApiHealth, LabStatus, NodeStatus, Probed, Probes};
@@ -115,6 +115,16 @@ pub enum LabError {
         .leftovers.iter().map(|leftover| format!("  - {leftover}")).collect::<Vec<_>>().join("\n")
     )]
     Leftovers { leftovers: Vec<Leftover> },
+    #[error(transparent)]
+    TopologyChange(#[from] crate::topology::change::ChangeRefused),
+    #[error(
+        "{} removed from the topology, but the {backend} backend cannot remove one machine from a lab yet; \
+         nothing was changed (`lab destroy` then `lab up` makes the lab without it)",
+        .nodes.join(", ")
+    )]
+    CannotRemoveNodes { nodes: Vec<String>, backend: Backend },
+    #[error("removing {node}, which the topology no longer has: {message}")]
+    NodeRemoval { node: String, message: String },
     #[error("{node} is {state}; `lab up --until machines` starts it")]
     NodeNotRunning { node: String, state: MachineState },
     #[error(
@@ -164,7 +174,7 @@ impl LabError {
 
     /// Whether the topology file is unreadable or invalid (exit code 3).
     pub fn is_topology(&self) -> bool {
-        matches!(self, LabError::Topology(_))
+        matches!(self, LabError::Topology(_) | LabError::TopologyChange(_) | LabError::CannotRemoveNodes { .. })
     }
 }
 

@@ -25,12 +25,25 @@ pub(super) struct Sessions {
 impl Sessions {
     /// Connects to every node; every node must run.
     pub(super) fn open(lab: &Lab) -> Result<Sessions, LabError> {
+        Sessions::open_some(lab, false)
+    }
+
+    /// Connects to every node that has a machine; a node without one (new in the
+    /// topology) is left out. Every node that has a machine must run.
+    pub(super) fn open_existing(lab: &Lab) -> Result<Sessions, LabError> {
+        Sessions::open_some(lab, true)
+    }
+
+    fn open_some(lab: &Lab, skip_missing: bool) -> Result<Sessions, LabError> {
         let machines = lab.machines()?;
         let time_scale = machines.time_scale().max(1);
         let bridge = plan::bridge_name(&lab.topology.name);
         let mut addresses: Vec<(String, Ipv4Addr)> = Vec::new();
         for node in &lab.topology.nodes {
             let state = machines.status(&node.name)?;
+            if skip_missing && state == MachineState::Missing {
+                continue;
+            }
             if state != MachineState::Running {
                 return Err(LabError::NodeNotRunning { node: node.name.clone(), state });
             }

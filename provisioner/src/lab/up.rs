@@ -17,6 +17,8 @@ use crate::preflight::{PreflightError, Report, Status};
 use crate::readiness;
 use crate::ssh::KeyPair;
 use crate::text;
+use crate::topology::{self, Role};
+use crate::{paths, pki};
 
 /// How long every node together may take from start to answering SSH. A node
 /// answers in about two seconds; a loaded host may need many times that.
@@ -150,6 +152,7 @@ impl Lab {
         let say = |text: &str| reporter.report(Event::Progress(text));
         let machines = self.machines()?;
         machines::check_state_dir(&self.paths.state_dir, &self.topology.name, self.topology.machines.backend)?;
+        let removed = self.removed_workers(reporter)?;
 
         let step = Instant::now();
         let mut report = self.host_report();
@@ -203,6 +206,16 @@ impl Lab {
         let hosts = self.up_machines(plan, &image?, artifacts_ready, &key, reporter, timeline)?;
         if until == Until::Machines {
             return Ok((Vec::new(), until));
+        }
+        if !removed.is_empty() {
+            if until == Until::Everything && options.from.is_none() {
+                timeline.step("remove nodes", || self.remove_workers(&removed, &hosts, reporter))?;
+            } else {
+                reporter.report(Event::Warning(&format!(
+                    "{} no longer in the topology: a whole `lab up` removes them",
+                    removed.join(", ")
+                )));
+            }
         }
 
         let bundle = |error: &dyn std::fmt::Display| match self.write_log_bundle(plan, &hosts, error) {
@@ -356,6 +369,82 @@ impl Lab {
             .map_err(|errors| LabError::NoSsh { total: nodes.len(), bundle: bundle(&errors.join("\n")), errors })?;
         say(&format!("machines: {} nodes answer SSH as root with {}", nodes.len(), key.private.display()));
         Ok(hosts)
+    }
+
+    /// The workers this run removes: those the recorded topology has and the edited one
+    /// does not, and any machine an interrupted earlier run left of one. An edit that
+    /// is not a worker coming or going is refused here, before anything changes.
+    fn removed_workers(&self, reporter: &dyn Reporter) -> Result<Vec<String>, LabError> {
+        let say = |text: &str| reporter.report(Event::Progress(text));
+        let machines = self.machines()?;
+        let mut removed = Vec::new();
+        if let Some(recorded) = machines::recorded_topology(&self.paths.state_dir)? {
+            let change = topology::change::change(&recorded, &self.topology)?;
+            for node in &change.added {
+                say(&format!("topology: {node} is new: its machine is made, its certificates issued, and it joins"));
+            }
+            removed = change.removed;
+        }
+        for node in machines.known_nodes() {
+            if self.topology.node(&node).is_none() && !removed.contains(&node) {
+                removed.push(node);
+            }
+        }
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        if !machines.removes_nodes() {
+            return Err(LabError::CannotRemoveNodes { nodes: removed, backend: machines.backend() });
+        }
+        for node in &removed {
+            say(&format!(
+                "topology: {node} is no longer in it: it is drained, deleted from the API, and its machine, routes and \
+                 certificates removed"
+            ));
+        }
+        Ok(removed)
+    }
+
+    /// Takes each worker of `removed` out of the cluster as kubespray's remove-node
+    /// does: drained (its pods move to the other workers), deleted from the API, then
+    /// its machine and its certificates removed. The routes to its pod range went with
+    /// the network's convergence already.
+    fn remove_workers(
+        &self,
+        removed: &[String],
+        hosts: &[Box<dyn Host>],
+        reporter: &dyn Reporter,
+    ) -> Result<(), LabError> {
+        let first_master = self.topology.nodes_with(Role::Master).next().map(|node| node.name.as_str());
+        let master = hosts.iter().find(|host| Some(host.name()) == first_master);
+        let machines = self.machines()?;
+        let store = pki::Store::new(self.state.root());
+        for node in removed {
+            let failed = |message: String| LabError::NodeRemoval { node: node.clone(), message };
+            let started = Instant::now();
+            if let Some(master) = master {
+                reporter.report(Event::Progress(&format!("{node}: draining it and deleting it from the API")));
+                let output = master.run(&remove_from_api_script(node)).map_err(|error| failed(error.to_string()))?;
+                if !output.success() {
+                    return Err(failed(format!(
+                        "on {}: {}",
+                        master.name(),
+                        text::tail(&format!("{}{}", output.stdout, output.stderr), 10)
+                    )));
+                }
+            }
+            let leftovers = machines.remove_node(node);
+            if !leftovers.is_empty() {
+                let what: Vec<String> = leftovers.iter().map(ToString::to_string).collect();
+                return Err(failed(format!("left {}", what.join("; "))));
+            }
+            store.remove(&pki::names::kubelet(node)).map_err(|error| failed(error.to_string()))?;
+            reporter.report(Event::Progress(&format!(
+                "{node}: removed: drained, deleted from the API, machine and certificates gone ({})",
+                seconds(started)
+            )));
+        }
+        Ok(())
     }
 
     /// Creates or starts every node at once; names every node that failed, not the first.
@@ -685,6 +774,26 @@ fn last_console_line(path: &std::path::Path) -> Option<String> {
         Some((cut, _)) => format!("{}...", &line[..cut]),
         None => line.to_string(),
     })
+}
+
+/// How long the API may take to answer after the machines started (after `lab down`,
+/// the apiservers start with them), and how long a drain may take before the node is
+/// deleted anyway (deleting a Node makes the cluster remove its pods).
+const API_WAIT_SECS: u32 = 120;
+const DRAIN_TIMEOUT_SECS: u32 = 60;
+
+/// The script, run on the first master with the admin kubeconfig, that drains `node`
+/// and deletes it from the API; a node the API no longer has (an interrupted earlier
+/// run) is no error.
+fn remove_from_api_script(node: &str) -> String {
+    let kubectl = format!("{}/kubectl --kubeconfig {}", paths::BIN_DIR, paths::ADMIN_KUBECONFIG);
+    format!(
+        "timeout {API_WAIT_SECS} sh -c 'until {kubectl} get --raw /readyz >/dev/null 2>&1; do sleep 1; done' && \
+         if {kubectl} get node {node} >/dev/null 2>&1; then \
+         {kubectl} drain {node} --ignore-daemonsets --delete-emptydir-data --force --timeout={DRAIN_TIMEOUT_SECS}s \
+         || echo 'the drain did not finish: the node is deleted anyway'; \
+         {kubectl} delete node {node} --ignore-not-found; fi"
+    )
 }
 
 #[cfg(test)]

@@ -410,6 +410,21 @@ pub trait Machines: Send + Sync {
         None
     }
 
+    /// Whether `remove_node` can take one machine out of a running lab.
+    fn removes_nodes(&self) -> bool {
+        false
+    }
+
+    /// Removes the machine of `node`, which the topology no longer has: powered off,
+    /// its disk and runtime files gone. Returns what could not be removed. Only called
+    /// where `removes_nodes` says it can.
+    fn remove_node(&self, node: &str) -> Vec<Leftover> {
+        vec![Leftover::new(
+            format!("machine {node}"),
+            format!("the {} backend cannot remove one machine", self.backend()),
+        )]
+    }
+
     /// Removes every machine, their disks and runtime files, and the lab network.
     /// Returns what could not be removed (empty when everything went).
     fn destroy(&self) -> Vec<Leftover>;

@@ -570,6 +570,14 @@ impl Machines for Nspawn {
         Some(self.paths(node).console).filter(|path| path.exists())
     }
 
+    fn removes_nodes(&self) -> bool {
+        true
+    }
+
+    fn remove_node(&self, node: &str) -> Vec<Leftover> {
+        self.destroy_node(node)
+    }
+
     fn destroy(&self) -> Vec<Leftover> {
         let nodes = self.known_nodes();
         // Nodes go in parallel: each one's power-off takes a second or two.

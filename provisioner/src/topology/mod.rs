@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub mod change;
 mod validate;
 
 pub use validate::{first_service_ip, Problem, TopologyError, Validated};
