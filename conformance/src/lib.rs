@@ -244,6 +244,16 @@ impl Lab {
         ClusterResolver::new(self.status.cluster_dns_ip, transport, self.patience(resolver::QUERY_TIMEOUT))
     }
 
+    /// A resolver that asks one DNS pod directly at `pod_ip` (in the pod range, which
+    /// the host routes onto the lab bridge), each query waiting at most `timeout`
+    /// (stretched by [`Lab::patience`]).
+    pub fn pod_resolver(&self, pod_ip: Ipv4Addr, timeout: Duration) -> ClusterResolver {
+        if let Err(error) = self.allow(pod_ip) {
+            panic!("{error}");
+        }
+        ClusterResolver::new(pod_ip, Transport::Udp, self.patience(timeout))
+    }
+
     /// Connects to `address:port` once, within `timeout` (stretched by [`Lab::patience`]),
     /// and says what happened.
     pub async fn probe(&self, address: Ipv4Addr, port: u16, timeout: Duration) -> PortState {

@@ -69,6 +69,17 @@ pub fn change(recorded: &Topology, edited: &Topology) -> Result<TopologyChange, 
             }
         }
     }
+    // Each worker's pod range follows the workers' order (`plan::pod_cidrs`), and a
+    // Node's pod range never changes once the API has it.
+    let (before, after) = (crate::plan::pod_cidrs(recorded), crate::plan::pod_cidrs(edited));
+    for (worker, range) in &before {
+        if let Some(moved) = after.get(worker).filter(|moved| *moved != range) {
+            reasons.push(format!(
+                "{worker}'s pod range would move from {range} to {moved}: the ranges follow the workers' order, so \
+                 workers are added after the others and only the last ones removed"
+            ));
+        }
+    }
     for new in &edited.nodes {
         if recorded.nodes.iter().any(|node| node.name == new.name) {
             continue;
@@ -147,6 +158,13 @@ roles = ["worker"]
         ] {
             assert!(message.contains(needle), "{needle:?} missing from: {message}");
         }
+        let mut first_worker_gone = lab(WORKER2);
+        first_worker_gone.nodes.remove(1);
+        let refused = change(&lab(WORKER2), &first_worker_gone).expect_err("refused");
+        assert!(
+            refused.to_string().contains("worker2's pod range would move from 10.200.1.0/24 to 10.200.0.0/24"),
+            "{refused}"
+        );
         let mut without_master = lab("");
         without_master.nodes.remove(0);
         let refused = change(&recorded, &without_master).expect_err("refused");
