@@ -448,13 +448,30 @@ fn run_test(test: &SuiteTest) -> Result<bool, String> {
     let mut command = Command::new(&test.binary_path);
     command.args(["--exact", &test.name, "--test-threads", "1", "--include-ignored"]).current_dir(&test.cwd);
     let Some(completed) = conformance::run_within(&mut command, test.timeout())? else {
+        println!("  {}::{} failed: did not finish within {:?}", test.binary, test.name, test.timeout());
         return Ok(false);
     };
     // A filter that matched nothing passes too: that is no result.
     if !completed.stdout.contains("running 1 test") {
         return Err(format!("{} ran no test named {}", test.binary_path.display(), test.name));
     }
-    Ok(completed.status.success())
+    let passed = completed.status.success();
+    if !passed {
+        // Why it failed, in the log: a red run shows the property that broke, and a
+        // drill that needs a second run after a restore shows what it ran into.
+        let output = format!("{}\n{}", completed.stdout, completed.stderr);
+        println!("  {}::{} failed: {}", test.binary, test.name, panic_message(&output));
+    }
+    Ok(passed)
+}
+
+/// The first line of a test's panic message (libtest prints `thread '...' panicked at
+/// FILE:LINE:COLUMN:` and the message on the next line, in the test's captured output),
+/// at most 300 characters.
+fn panic_message(output: &str) -> String {
+    let mut lines = output.lines().skip_while(|line| !line.contains("panicked at"));
+    let message = lines.nth(1).map(str::trim).unwrap_or("no panic message (see the test's output)");
+    message.chars().take(300).collect()
 }
 
 /// Every test of the conformance suite by `BINARY::TEST`. Listing builds the suite.

@@ -104,70 +104,60 @@ pub fn change(recorded: &Topology, edited: &Topology) -> Result<TopologyChange, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use crate::stages::test_support::topology;
+    use crate::topology::Node;
 
-    fn lab(extra: &str) -> Topology {
-        let text = format!(
-            r#"name = "t"
-[network]
-node_subnet = "10.240.0.0/24"
-gateway = "10.240.0.1"
-vip = "10.240.0.100"
-pod_cidr = "10.200.0.0/16"
-service_cidr = "10.32.0.0/24"
-cluster_dns = "10.32.0.10"
-[[node]]
-name = "master1"
-address = "10.240.0.11"
-roles = ["etcd", "master", "lb"]
-[[node]]
-name = "worker1"
-address = "10.240.0.21"
-roles = ["worker"]
-{extra}"#
-        );
-        Topology::parse(&text, Path::new("t.toml")).expect("valid").topology
+    /// The minimal example (master1 with etcd, master and lb; worker1), with
+    /// `workers` more workers after worker1.
+    fn lab(workers: usize) -> Topology {
+        let mut lab = topology("examples/minimal.toml");
+        for number in 2..workers + 2 {
+            lab.nodes.push(Node {
+                name: format!("worker{number}"),
+                address: format!("10.242.0.{}", 20 + number).parse().unwrap(),
+                roles: vec![Role::Worker],
+                aliases: Vec::new(),
+                resources: None,
+            });
+        }
+        lab
     }
-
-    const WORKER2: &str = "[[node]]\nname = \"worker2\"\naddress = \"10.240.0.22\"\nroles = [\"worker\"]\n";
 
     #[test]
     fn a_worker_may_be_added_and_removed() {
-        let added = change(&lab(""), &lab(WORKER2)).expect("a worker may be added");
+        let added = change(&lab(0), &lab(1)).expect("a worker may be added");
         assert_eq!(added, TopologyChange { added: vec!["worker2".into()], removed: vec![] });
-        let removed = change(&lab(WORKER2), &lab("")).expect("a worker may be removed");
+        let removed = change(&lab(1), &lab(0)).expect("a worker may be removed");
         assert_eq!(removed, TopologyChange { added: vec![], removed: vec!["worker2".into()] });
-        assert!(change(&lab(WORKER2), &lab(WORKER2)).expect("no change").is_empty());
+        assert!(change(&lab(1), &lab(1)).expect("no change").is_empty());
     }
 
     #[test]
-    fn control_plane_address_role_and_network_changes_are_refused_with_every_reason() {
-        let recorded = lab("");
-        let mut edited = lab("[[node]]\nname = \"master2\"\naddress = \"10.240.0.12\"\nroles = [\"master\"]\n");
-        edited.nodes[0].address = "10.240.0.13".parse().unwrap();
+    fn control_plane_address_role_order_and_network_changes_are_refused_with_every_reason() {
+        let recorded = lab(0);
+        let mut edited = lab(0);
+        edited.nodes.push(Node { name: "master2".into(), roles: vec![Role::Master], ..edited.nodes[0].clone() });
+        edited.nodes[2].address = "10.242.0.12".parse().unwrap();
+        edited.nodes[0].address = "10.242.0.13".parse().unwrap();
         edited.nodes[1].roles.push(Role::Lb);
         edited.network.cluster_domain = "lab.local".into();
-        let refused = change(&recorded, &edited).expect_err("refused");
-        let message = refused.to_string();
+        let message = change(&recorded, &edited).expect_err("refused").to_string();
         for needle in [
             "[network] changed",
-            "master1's address changed from 10.240.0.11 to 10.240.0.13",
+            "master1's address changed from 10.242.0.11 to 10.242.0.13",
             "worker1's roles changed from [worker] to [worker, lb]",
             "master2 (master) was added",
             "nothing was changed",
         ] {
             assert!(message.contains(needle), "{needle:?} missing from: {message}");
         }
-        let mut first_worker_gone = lab(WORKER2);
+        let mut first_worker_gone = lab(1);
         first_worker_gone.nodes.remove(1);
-        let refused = change(&lab(WORKER2), &first_worker_gone).expect_err("refused");
-        assert!(
-            refused.to_string().contains("worker2's pod range would move from 10.200.1.0/24 to 10.200.0.0/24"),
-            "{refused}"
-        );
-        let mut without_master = lab("");
+        let refused = change(&lab(1), &first_worker_gone).expect_err("refused").to_string();
+        assert!(refused.contains("worker2's pod range would move from 10.202.1.0/24 to 10.202.0.0/24"), "{refused}");
+        let mut without_master = lab(0);
         without_master.nodes.remove(0);
-        let refused = change(&recorded, &without_master).expect_err("refused");
-        assert!(refused.to_string().contains("master1 (etcd, master, lb) was removed"), "{refused}");
+        let refused = change(&recorded, &without_master).expect_err("refused").to_string();
+        assert!(refused.contains("master1 (etcd, master, lb) was removed"), "{refused}");
     }
 }
