@@ -459,6 +459,10 @@ pub struct Paths {
     /// The user's own kubeconfig (`$KUBECONFIG`'s first file, else
     /// `~/.kube/config`), for `lab kubeconfig --merge` and `lab destroy`.
     pub user_kubeconfig: Option<PathBuf>,
+    /// The options of this command line that a follow-up command needs to reach the
+    /// same lab (`--topology`, `--lab-dir`, `--backend`), each with a leading space, for
+    /// the commands a verb suggests next.
+    pub lab_options: String,
 }
 
 impl Paths {
@@ -476,12 +480,23 @@ impl Paths {
             .unwrap_or_else(|| PathBuf::from("/var/cache"))
             .join("k8s-lab");
         let kubeconfig_env: Option<OsString> = std::env::var_os("KUBECONFIG");
+        let mut lab_options = String::new();
+        if let Some(topology) = &cli.topology {
+            lab_options += &format!(" --topology {}", provisioner::host::shell_quote(&topology.to_string_lossy()));
+        }
+        if let Some(lab_dir) = given(&cli.lab_dir) {
+            lab_options += &format!(" --lab-dir {}", provisioner::host::shell_quote(&lab_dir.to_string_lossy()));
+        }
+        if let Some(backend) = cli.backend {
+            lab_options += &format!(" --backend {backend}");
+        }
         Paths {
             topology: cli.topology.clone().unwrap_or_else(|| repository.join("lab.toml")),
             state_dir: absolute(state_dir),
             cache_dir: absolute(cache_dir),
             backend: cli.backend,
             user_kubeconfig: kubeconfig::user_file(kubeconfig_env.as_deref(), home.as_deref()),
+            lab_options,
         }
     }
 }

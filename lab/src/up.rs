@@ -47,12 +47,13 @@ pub fn up(paths: &Paths, options: UpOptions, json: bool) -> Result<(), Failure> 
         println!("machines are up ({:.1} s); `lab up` continues with the stages", report.elapsed.as_secs_f64());
         return Ok(());
     }
-    print!("{}", summary(&report, &lab.state().admin_kubeconfig()));
+    print!("{}", summary(&report, &lab.state().admin_kubeconfig(), &paths.lab_options));
     Ok(())
 }
 
 /// The closing table: seconds and changes per stage, and how to use the cluster.
-fn summary(report: &UpReport, kubeconfig: &std::path::Path) -> String {
+/// `lab_options` are the user's options that reach this lab, for the commands shown.
+fn summary(report: &UpReport, kubeconfig: &std::path::Path, lab_options: &str) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "\n{:<26} {:>8} {:>6} {:>6}", "stage", "seconds", "files", "units");
@@ -76,20 +77,20 @@ fn summary(report: &UpReport, kubeconfig: &std::path::Path) -> String {
     }
     match report.until {
         Until::Stage(stage) => {
-            let _ = write!(out, "\n{}", continue_after(Some(stage)));
+            let _ = write!(out, "\n{}", continue_after(Some(stage), lab_options));
             return out;
         }
         // A pause of `--step` stopped before the first stage.
         Until::Machines => {
-            let _ = write!(out, "\n{}", continue_after(None));
+            let _ = write!(out, "\n{}", continue_after(None, lab_options));
             return out;
         }
         Until::Everything => {}
     }
     let _ = writeln!(
         out,
-        "\nuse the cluster:\n  cargo lab kubectl get nodes\n  export KUBECONFIG={}\n  kubectl get componentstatuses\n  \
-         (or `cargo lab kubeconfig --merge` for a context in ~/.kube/config)",
+        "\nuse the cluster:\n  cargo lab{lab_options} kubectl get nodes\n  export KUBECONFIG={}\n  \
+         kubectl get componentstatuses\n  (or `cargo lab{lab_options} kubeconfig --merge` for a context in ~/.kube/config)",
         kubeconfig.display()
     );
     out
@@ -97,7 +98,8 @@ fn summary(report: &UpReport, kubeconfig: &std::path::Path) -> String {
 
 /// After `--until STAGE` (or `q` at a pause of `--step`): where the lab stands and how
 /// to go on, one stage at a time or to the end. `None`: stopped before the first stage.
-fn continue_after(stage: Option<Stage>) -> String {
+/// The commands carry `lab_options`, so that they reach the same lab.
+fn continue_after(stage: Option<Stage>, lab_options: &str) -> String {
     let (done, next) = match stage {
         Some(stage) => (
             format!("stopped after stage {} of {}, {}, as asked", stage.position() + 1, Stage::ALL.len(), stage.name()),
@@ -107,19 +109,20 @@ fn continue_after(stage: Option<Stage>) -> String {
     };
     match next {
         Some(next) => {
-            let one_more = format!("cargo lab up --until {}", next.name());
+            let one_more = format!("cargo lab{lab_options} up --until {}", next.name());
+            let the_rest = format!("cargo lab{lab_options} up");
             format!(
                 "{done}; the stages after it did not run.\nnext: {}, {}\n  {one_more}  # one more stage\n  \
                  {:<width$}  # the rest, then the proof that the cluster serves\n",
                 next.name(),
                 next.handbook_section(),
-                "cargo lab up",
+                the_rest,
                 width = one_more.len()
             )
         }
         None => format!(
             "{done}: every stage ran, but the final proof that the cluster serves did not.\n  \
-             cargo lab up                # runs it\n"
+             cargo lab{lab_options} up  # runs it\n"
         ),
     }
 }
@@ -130,12 +133,25 @@ mod tests {
 
     #[test]
     fn stopping_early_names_the_next_stage_and_how_to_continue() {
-        let text = continue_after(Some(Stage::Etcd));
+        let text = continue_after(Some(Stage::Etcd), "");
         assert!(text.starts_with("stopped after stage 3 of"), "{text}");
         assert!(text.contains("next: admin-kubeconfig, Handbook 000 section 5"), "{text}");
         assert!(text.contains("cargo lab up --until admin-kubeconfig"), "{text}");
         let last = Stage::ALL[Stage::ALL.len() - 1];
-        assert!(continue_after(Some(last)).contains("the final proof that the cluster serves did not"));
-        assert!(continue_after(None).contains("next: hosts,"));
+        assert!(continue_after(Some(last), "").contains("the final proof that the cluster serves did not"));
+        assert!(continue_after(None, "").contains("next: hosts,"));
+    }
+
+    #[test]
+    fn the_commands_shown_reach_the_same_lab() {
+        let options = " --topology 'my labs/lab.toml' --lab-dir /var/lib/lab2";
+        let text = continue_after(Some(Stage::Etcd), options);
+        assert!(
+            text.contains(
+                "cargo lab --topology 'my labs/lab.toml' --lab-dir /var/lib/lab2 up --until admin-kubeconfig"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("cargo lab --topology 'my labs/lab.toml' --lab-dir /var/lib/lab2 up "), "{text}");
     }
 }

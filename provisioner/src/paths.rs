@@ -19,6 +19,11 @@ pub const IMAGES_DIR: &str = "/var/lib/k8s-lab/images";
 pub const MANIFESTS_DIR: &str = "/etc/kubernetes/manifests-lab";
 /// The admin kubeconfig on masters (also written to the host's state directory).
 pub const ADMIN_KUBECONFIG: &str = "/etc/kubernetes/admin.kubeconfig";
+
+/// kubectl as the cluster admin, for commands run on a master.
+pub fn admin_kubectl() -> String {
+    format!("{BIN_DIR}/kubectl --kubeconfig {ADMIN_KUBECONFIG}")
+}
 /// CNI configuration and plugins.
 pub const CNI_CONF_DIR: &str = "/etc/cni/net.d";
 pub const CNI_BIN_DIR: &str = "/usr/lib/cni";

@@ -12,11 +12,6 @@ use crate::stages::{
 use crate::topology::{Node, Role};
 use crate::{paths, pki};
 
-/// kubectl with the admin kubeconfig, on the first master.
-fn kubectl() -> String {
-    format!("{}/kubectl --kubeconfig {}", paths::BIN_DIR, paths::ADMIN_KUBECONFIG)
-}
-
 /// etcdctl on an etcd member, talking to its own member with the member's peer
 /// certificate (etcd's CA signs it for client use too).
 fn etcdctl() -> String {
@@ -134,7 +129,7 @@ fn lease_expired(context: &FaultContext, component: &str) -> Vec<Step> {
             "set -- $({kubectl} --namespace kube-system get lease {component} \
              -o jsonpath='{{.spec.renewTime}} {{.spec.leaseDurationSeconds}}') && \
              [ $(( $(date +%s) - $(date -d \"$1\" +%s) )) -gt \"$2\" ]",
-            kubectl = kubectl()
+            kubectl = paths::admin_kubectl()
         ),
     )]
 }
@@ -147,7 +142,10 @@ fn lease_expired(context: &FaultContext, component: &str) -> Vec<Step> {
 fn forget_lease(context: &FaultContext, component: &str) -> Vec<Step> {
     vec![Step::on(
         context.first(Role::Master),
-        format!("{kubectl} --namespace kube-system delete lease {component} --ignore-not-found", kubectl = kubectl()),
+        format!(
+            "{kubectl} --namespace kube-system delete lease {component} --ignore-not-found",
+            kubectl = paths::admin_kubectl()
+        ),
     )]
 }
 
@@ -194,7 +192,7 @@ fn node_ready(context: &FaultContext, nodes: &[&Node], ready: bool) -> Vec<Step>
                 master,
                 format!(
                     "[ \"$({kubectl} get node {name} -o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}')\" {test} True ]",
-                    kubectl = kubectl(),
+                    kubectl = paths::admin_kubectl(),
                     name = node.name
                 ),
             )
@@ -808,7 +806,7 @@ pub static CATALOGUE: &[Fault] = &[
                      case \"$holder\" in \"$(hostname)\"_*) ;; *) systemctl stop $unit ;; esac; done",
                     controller_manager = kube_controller_manager::UNIT,
                     scheduler = kube_scheduler::UNIT,
-                    kubectl = kubectl()
+                    kubectl = paths::admin_kubectl()
                 ),
             )
         },
@@ -1167,7 +1165,7 @@ pub static CATALOGUE: &[Fault] = &[
                         format!(
                             "configz=$({kubectl} get --raw /api/v1/nodes/{name}/proxy/configz) && \
                              ! echo \"$configz\" | grep -qF '\"protectKernelDefaults\":true'",
-                            kubectl = kubectl(),
+                            kubectl = paths::admin_kubectl(),
                             name = node.name
                         ),
                     )
@@ -1334,19 +1332,19 @@ pub static CATALOGUE: &[Fault] = &[
                 &format!(
                     "{kubectl} --namespace kube-system scale deployment {name} --replicas=1 && \
                      {kubectl} --namespace kube-system rollout status deployment {name} --timeout=120s",
-                    kubectl = kubectl(),
+                    kubectl = paths::admin_kubectl(),
                     name = dns_addon::NAME
                 ),
             )
         },
-        undo: |_, nodes| on_each(nodes, &format!("{} apply -f {}", kubectl(), dns_addon::manifest_path())),
+        undo: |_, nodes| on_each(nodes, &format!("{} apply -f {}", paths::admin_kubectl(), dns_addon::manifest_path())),
         in_force: nothing,
         healed: |_, nodes| {
             on_each(
                 nodes,
                 &format!(
                     "{} --namespace kube-system rollout status deployment {} --timeout=120s",
-                    kubectl(),
+                    paths::admin_kubectl(),
                     dns_addon::NAME
                 ),
             )
@@ -1370,9 +1368,9 @@ pub static CATALOGUE: &[Fault] = &[
         ],
         proof: Proof::Alone,
         inject: |_, nodes| {
-            on_each(nodes, &format!("{} --namespace kube-system scale deployment {} --replicas=0", kubectl(), dns_addon::NAME))
+            on_each(nodes, &format!("{} --namespace kube-system scale deployment {} --replicas=0", paths::admin_kubectl(), dns_addon::NAME))
         },
-        undo: |_, nodes| on_each(nodes, &format!("{} apply -f {}", kubectl(), dns_addon::manifest_path())),
+        undo: |_, nodes| on_each(nodes, &format!("{} apply -f {}", paths::admin_kubectl(), dns_addon::manifest_path())),
         // In force once the Service has no endpoints: the pods may still be in their
         // lame-duck seconds, but nothing sends them queries any more.
         in_force: |_, nodes| {
@@ -1380,7 +1378,7 @@ pub static CATALOGUE: &[Fault] = &[
                 nodes,
                 &format!(
                     "[ -z \"$({} --namespace kube-system get endpoints {} -o jsonpath='{{.subsets}}')\" ]",
-                    kubectl(),
+                    paths::admin_kubectl(),
                     dns_addon::NAME
                 ),
             )

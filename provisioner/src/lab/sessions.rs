@@ -16,6 +16,15 @@ use crate::ssh::KeyPair;
 /// One connection attempt to a node, on machines at the host's speed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What opening sessions does about a node of the topology that has no machine.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MissingMachine {
+    /// Every node must run (a verb about the whole lab).
+    IsAnError,
+    /// The node is new in an edited topology and simply has nothing to connect to yet.
+    IsLeftOut,
+}
+
 pub(super) struct Sessions {
     pub(super) hosts: BTreeMap<String, Box<dyn Host>>,
     /// How much slower than the host the machines run (`Machines::time_scale`).
@@ -25,23 +34,23 @@ pub(super) struct Sessions {
 impl Sessions {
     /// Connects to every node; every node must run.
     pub(super) fn open(lab: &Lab) -> Result<Sessions, LabError> {
-        Sessions::open_some(lab, false)
+        Sessions::open_some(lab, MissingMachine::IsAnError)
     }
 
     /// Connects to every node that has a machine; a node without one (new in the
     /// topology) is left out. Every node that has a machine must run.
     pub(super) fn open_existing(lab: &Lab) -> Result<Sessions, LabError> {
-        Sessions::open_some(lab, true)
+        Sessions::open_some(lab, MissingMachine::IsLeftOut)
     }
 
-    fn open_some(lab: &Lab, skip_missing: bool) -> Result<Sessions, LabError> {
+    fn open_some(lab: &Lab, missing: MissingMachine) -> Result<Sessions, LabError> {
         let machines = lab.machines()?;
         let time_scale = machines.time_scale().max(1);
         let bridge = plan::bridge_name(&lab.topology.name);
         let mut addresses: Vec<(String, Ipv4Addr)> = Vec::new();
         for node in &lab.topology.nodes {
             let state = machines.status(&node.name)?;
-            if skip_missing && state == MachineState::Missing {
+            if missing == MissingMachine::IsLeftOut && state == MachineState::Missing {
                 continue;
             }
             if state != MachineState::Running {

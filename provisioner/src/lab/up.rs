@@ -786,7 +786,7 @@ const DRAIN_TIMEOUT_SECS: u32 = 60;
 /// and deletes it from the API; a node the API no longer has (an interrupted earlier
 /// run) is no error.
 fn remove_from_api_script(node: &str) -> String {
-    let kubectl = format!("{}/kubectl --kubeconfig {}", paths::BIN_DIR, paths::ADMIN_KUBECONFIG);
+    let kubectl = paths::admin_kubectl();
     format!(
         "timeout {API_WAIT_SECS} sh -c 'until {kubectl} get --raw /readyz >/dev/null 2>&1; do sleep 1; done' && \
          if {kubectl} get node {node} >/dev/null 2>&1; then \

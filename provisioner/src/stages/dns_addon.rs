@@ -57,7 +57,7 @@ pub fn manifest_path() -> String {
 pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let Some(first_master) = context.topology.nodes_with(Role::Master).next() else { return };
     let network = &context.topology.network;
-    let kubectl = format!("{}/kubectl --kubeconfig {}", paths::BIN_DIR, paths::ADMIN_KUBECONFIG);
+    let kubectl = paths::admin_kubectl();
 
     let manifest = match context.topology.addons.dns {
         DnsAddon::LabDns => lab_dns_manifest(network),

@@ -135,11 +135,7 @@ vrrp_instance kube_apiserver {{
     if let Some(first) = balancers.first() {
         stage.node(&first.name).checks.push(CheckSpec {
             description: format!("the API answers on the virtual IP {}", context.api_server_url),
-            script: format!(
-                "{bin}/kubectl --kubeconfig {kubeconfig} --request-timeout=5s get --raw /healthz",
-                bin = paths::BIN_DIR,
-                kubeconfig = paths::ADMIN_KUBECONFIG,
-            ),
+            script: format!("{} --request-timeout=5s get --raw /healthz", paths::admin_kubectl()),
             timeout_secs: VIP_TIMEOUT_SECS,
         });
     }

@@ -114,7 +114,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     }
 
     if let Some(first_master) = topology.nodes_with(Role::Master).next() {
-        let kubectl = format!("{}/kubectl --kubeconfig {}", paths::BIN_DIR, paths::ADMIN_KUBECONFIG);
+        let kubectl = paths::admin_kubectl();
         let mut commands = Vec::new();
         if topology.network.pod_network == PodNetwork::Flannel {
             commands.push(CommandSpec {
