@@ -11,14 +11,17 @@
 //!
 //! Once a stage has passed its checks on a node, the executor records there
 //! (`APPLIED_DIR/STAGE`) a digest of what the stage planned for the node and the
-//! `stat` signature (size, inode, change time, mode, owner) of each file it wrote.
+//! `stat` signature (size, inode, modification time, mode, owner) and the planned
+//! identity (mode, owner and content digest) of each file it wrote.
 //! `survey` asks every node, in one command, for those records, the files' current
 //! signatures, the pending markers and whether the units run. A stage whose digest
-//! matches, whose files were not touched since (a hand edit changes the change time)
+//! matches, whose files were not touched since (a hand edit changes the signature)
 //! and whose units are active is converged on that node: `run_stage_surveyed` skips
 //! its files, commands and units and only runs its checks, and when the whole plan is
 //! converged `check_all` runs every check of every node at once. A no-op `lab up`
-//! therefore costs one query per node and the checks.
+//! therefore costs one query per node and the checks. A stage that is not converged
+//! (its plan changed for one file) still does not read again the files that are as it
+//! left them and still planned so: only the others are compared.
 //!
 //! The record also lists the units the stage ran on the node. A file or unit that a
 //! record lists but that no stage of the plan has on that node any more (the topology
@@ -238,11 +241,12 @@ impl<'a> Executor<'a> {
                     let converged =
                         survey.is_converged(stage.stage, &actions.node) && self.earlier_writes_for(actions).is_empty();
                     let retired = survey.retired(stage.stage, &actions.node);
+                    let unchanged = survey.unchanged_files(stage.stage, &actions.node);
                     scope.spawn(move || {
                         if converged {
                             self.check_node(stage.stage, actions, progress)
                         } else {
-                            self.run_on_node(stage.stage, actions, retired, progress)
+                            self.run_on_node(stage.stage, actions, retired, unchanged, progress)
                         }
                     })
                 })
@@ -258,6 +262,7 @@ impl<'a> Executor<'a> {
         stage: Stage,
         actions: &NodeActions,
         retired: &Retired,
+        unchanged: &BTreeSet<String>,
         progress: &dyn Progress,
     ) -> Result<NodeReport, ExecError> {
         let node = actions.node.as_str();
@@ -266,14 +271,25 @@ impl<'a> Executor<'a> {
         let mut report = NodeReport { node: node.to_string(), ..NodeReport::default() };
 
         // 1. Files: one query for the state of all of them, then write what differs.
+        // A file the survey found as the last run left it, and still planned so, is
+        // not read: reading the Kubernetes binaries on every node costs seconds.
         let marker = pending_marker(stage);
         let mut interrupted = false;
         if !actions.files.is_empty() {
-            progress.step(stage, node, &format!("comparing {} files", actions.files.len()));
-            let current = query_file_state(host, stage, &actions.files).map_err(host_error)?;
+            let to_compare: Vec<&FileSpec> =
+                actions.files.iter().filter(|file| !unchanged.contains(&file.path)).collect();
+            progress.step(
+                stage,
+                node,
+                &match actions.files.len() - to_compare.len() {
+                    0 => format!("comparing {} files", to_compare.len()),
+                    known => format!("comparing {} files ({known} more as recorded)", to_compare.len()),
+                },
+            );
+            let current = query_file_state(host, stage, &to_compare).map_err(host_error)?;
             interrupted = current.pending;
             let mut to_write = Vec::new();
-            for file in &actions.files {
+            for file in to_compare {
                 let wanted = FileState {
                     sha256: self.digests.of(&file.content).map_err(host_error)?,
                     mode: file.mode,
@@ -433,7 +449,8 @@ impl<'a> Executor<'a> {
 
         // 6. The record that lets the next run skip this stage here.
         let digest = self.stage_digest(actions).map_err(host_error)?;
-        self.run_command(host, stage, "record what the stage applied", &record_script(stage, actions, &digest))?;
+        let record = record_script(stage, actions, &digest).map_err(host_error)?;
+        self.run_command(host, stage, "record what the stage applied", &record)?;
         Ok(report)
     }
 
@@ -499,14 +516,19 @@ impl<'a> Executor<'a> {
                                 .stage_digest(actions)
                                 .map_err(|source| ExecError::Host { stage: *stage, source })?;
                             let Some(state) = found.get(stage) else { continue };
+                            let key = (*stage, node.to_string());
                             let retired = state.retired(&on_node);
-                            if retired.is_empty() {
-                                if state.is_converged(actions, &digest) {
-                                    survey.converged.insert((*stage, node.to_string()));
-                                }
-                            } else {
-                                survey.retired.insert((*stage, node.to_string()), retired);
+                            if retired.is_empty() && state.is_converged(actions, &digest) {
+                                survey.converged.insert(key);
+                                continue;
                             }
+                            if !retired.is_empty() {
+                                survey.retired.insert(key.clone(), retired);
+                            }
+                            let unchanged = state
+                                .unchanged_files(actions)
+                                .map_err(|source| ExecError::Host { stage: *stage, source })?;
+                            survey.unchanged.insert(key, unchanged);
                         }
                         Ok(survey)
                     })
@@ -519,6 +541,7 @@ impl<'a> Executor<'a> {
             let node = outcome?;
             survey.converged.extend(node.converged);
             survey.retired.extend(node.retired);
+            survey.unchanged.extend(node.unchanged);
         }
         Ok(survey)
     }
@@ -565,9 +588,8 @@ impl<'a> Executor<'a> {
             .collect())
     }
 
-    /// What the stage plans for one node, as one digest: every file's path, mode,
-    /// owner and content, every unit and every command. An artifact counts by its
-    /// local path, size and modification time, so no large file is read for it.
+    /// What the stage plans for one node, as one digest: every file's path and
+    /// `planned_identity`, every unit and every command.
     fn stage_digest(&self, actions: &NodeActions) -> Result<String, HostError> {
         let mut hasher = Sha256::new();
         let mut field = |text: &str| {
@@ -576,20 +598,7 @@ impl<'a> Executor<'a> {
         };
         for file in &actions.files {
             field(&file.path);
-            field(&format!("{:o} {}", file.mode, file.owner));
-            match &file.content {
-                Content::Text(text) | Content::Secret(text) => field(&hex::encode(Sha256::digest(text.as_bytes()))),
-                Content::Artifact { path } => {
-                    let metadata = std::fs::metadata(path)
-                        .map_err(|e| HostError::Local { path: path.display().to_string(), message: e.to_string() })?;
-                    let modified = metadata
-                        .modified()
-                        .ok()
-                        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
-                        .unwrap_or_default();
-                    field(&format!("{} {} {}", path.display(), metadata.len(), modified.as_nanos()));
-                }
-            }
+            field(&planned_identity(file)?);
         }
         for unit in &actions.units {
             field(&unit.name);
@@ -735,7 +744,8 @@ impl Executor<'_> {
         let host_error = |source| ExecError::Host { stage, source };
         let mut differences = Vec::new();
 
-        let current = query_file_state(host, stage, &actions.files).map_err(host_error)?;
+        let files: Vec<&FileSpec> = actions.files.iter().collect();
+        let current = query_file_state(host, stage, &files).map_err(host_error)?;
         if current.pending {
             differences.push(Difference::Interrupted);
         }
@@ -834,7 +844,7 @@ fn pending_marker(stage: Stage) -> String {
 
 /// The script that prints `pending` if the stage was interrupted, then
 /// `SHA256 MODE OWNER PATH` for every existing planned file.
-pub fn file_state_script(stage: Stage, files: &[FileSpec]) -> String {
+pub fn file_state_script(stage: Stage, files: &[&FileSpec]) -> String {
     let mut script = String::from(FILE_STATE_QUERY);
     script.push_str(&format!("[ -e {} ] && echo {PENDING_LINE}; ", pending_marker(stage)));
     script.push_str("for f in");
@@ -854,7 +864,7 @@ struct NodeFiles {
     pending: bool,
 }
 
-fn query_file_state(host: &dyn Host, stage: Stage, files: &[FileSpec]) -> Result<NodeFiles, HostError> {
+fn query_file_state(host: &dyn Host, stage: Stage, files: &[&FileSpec]) -> Result<NodeFiles, HostError> {
     let output = host.run(&file_state_script(stage, files))?;
     let mut state = HashMap::new();
     let mut pending = false;
@@ -881,9 +891,12 @@ pub const APPLIED_DIR: &str = "/var/lib/k8s-lab/applied";
 /// Marks the survey so fakes can answer it.
 pub const SURVEY_QUERY: &str = "# lab: survey\n";
 
-/// The `stat` format of a file's signature: changes whenever the file is written,
-/// replaced, or has its mode or owner changed.
-const SIGNATURE_FORMAT: &str = "%n %s %i %Z %a %U";
+/// The `stat` format of a file's signature: changes whenever the file is written
+/// (size, modification time to the nanosecond), replaced (inode), or has its mode or
+/// owner changed. Not the change time: nspawn nodes share their Kubernetes binaries and
+/// images with the cache as hard links, and making or removing another node changes
+/// the shared inode's change time, which would find every node's files edited.
+const SIGNATURE_FORMAT: &str = "%n %s %i %.9Y %a %U";
 
 /// Which stages are converged on which nodes, from `Executor::survey`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -891,6 +904,9 @@ pub struct Survey {
     converged: BTreeSet<(Stage, String)>,
     /// What each stage applied on a node that the plan no longer has there.
     retired: BTreeMap<(Stage, String), Retired>,
+    /// Of a stage that is not converged on a node, the files that are as it left them
+    /// and still planned so: the stage does not read them again.
+    unchanged: BTreeMap<(Stage, String), BTreeSet<String>>,
 }
 
 /// Files and units a stage applied on a node in an earlier run that no stage of the
@@ -909,6 +925,8 @@ impl Retired {
 
 /// Nothing retired, for stages that were not surveyed.
 static NOTHING_RETIRED: Retired = Retired { files: Vec::new(), units: Vec::new() };
+/// No file known to be unchanged, for stages that were not surveyed.
+static NOTHING_UNCHANGED: BTreeSet<String> = BTreeSet::new();
 
 impl Survey {
     pub fn is_converged(&self, stage: Stage, node: &str) -> bool {
@@ -918,6 +936,11 @@ impl Survey {
     /// What `stage` applied on `node` that the plan no longer has there.
     pub fn retired(&self, stage: Stage, node: &str) -> &Retired {
         self.retired.get(&(stage, node.to_string())).unwrap_or(&NOTHING_RETIRED)
+    }
+
+    /// The files of `stage` on `node` that need not be read again (see `Survey`).
+    pub fn unchanged_files(&self, stage: Stage, node: &str) -> &BTreeSet<String> {
+        self.unchanged.get(&(stage, node.to_string())).unwrap_or(&NOTHING_UNCHANGED)
     }
 
     /// Whether every node of every one of `stages` is converged.
@@ -949,6 +972,8 @@ struct StageState {
     recorded: HashMap<String, String>,
     /// The units the stage ran when it last passed.
     recorded_units: Vec<String>,
+    /// `planned_identity` of each file when the stage last passed, by path.
+    recorded_wanted: HashMap<String, String>,
     /// Signatures now, by path.
     current: HashMap<String, String>,
     inactive_units: Vec<String>,
@@ -965,6 +990,22 @@ impl StageState {
             self.recorded_units.iter().filter(|unit| !planned.units.contains(*unit)).cloned().collect();
         units.sort();
         Retired { files, units }
+    }
+
+    /// The files of `actions` that are as the stage last left them (same signature)
+    /// and that the plan still wants as it did then: they need not be read again.
+    fn unchanged_files(&self, actions: &NodeActions) -> Result<BTreeSet<String>, HostError> {
+        let mut unchanged = BTreeSet::new();
+        for file in &actions.files {
+            let recorded = self.recorded.get(&file.path);
+            if recorded.is_some()
+                && recorded == self.current.get(&file.path)
+                && self.recorded_wanted.get(&file.path) == Some(&planned_identity(file)?)
+            {
+                unchanged.insert(file.path.clone());
+            }
+        }
+        Ok(unchanged)
     }
 
     fn is_converged(&self, actions: &NodeActions, digest: &str) -> bool {
@@ -997,7 +1038,7 @@ fn signatures(label: &str, files: &[FileSpec]) -> String {
 
 /// The command that records, after a stage passed on a node, its digest and the
 /// signature of each of its files.
-fn record_script(stage: Stage, actions: &NodeActions, digest: &str) -> String {
+fn record_script(stage: Stage, actions: &NodeActions, digest: &str) -> Result<String, HostError> {
     let record = format!("{APPLIED_DIR}/{}", stage.name());
     let mut script = format!("mkdir -p {APPLIED_DIR} && {{ echo 'digest {digest}'; ");
     if !actions.files.is_empty() {
@@ -1005,11 +1046,17 @@ fn record_script(stage: Stage, actions: &NodeActions, digest: &str) -> String {
         // stage unconverged instead of this run failing.
         script.push_str(&format!("{} || true; ", signatures("file", &actions.files)));
     }
+    // What the plan wanted of each file, so that a later run whose plan changed
+    // elsewhere in the stage knows this file is still as planned without reading it.
+    for file in &actions.files {
+        script
+            .push_str(&format!("echo {}; ", shell_quote(&format!("wanted {} {}", file.path, planned_identity(file)?))));
+    }
     for unit in &actions.units {
         script.push_str(&format!("echo {}; ", shell_quote(&format!("unit {}", unit.name))));
     }
     script.push_str(&format!("}} > {record}.tmp && mv -f {record}.tmp {record}"));
-    script
+    Ok(script)
 }
 
 /// The one command per node that `Executor::survey` runs: for each stage, its
@@ -1055,6 +1102,10 @@ fn parse_survey(stdout: &str) -> HashMap<Stage, StageState> {
                 let map = if word == "file" { &mut state.recorded } else { &mut state.current };
                 map.insert(path.to_string(), signature.to_string());
             }
+            "wanted" => {
+                let (path, identity) = rest.rsplit_once(' ').unwrap_or((rest, ""));
+                state.recorded_wanted.insert(path.to_string(), identity.to_string());
+            }
             "inactive" => state.inactive_units.push(rest.to_string()),
             "unit" => state.recorded_units.push(rest.to_string()),
             _ => {}
@@ -1094,6 +1145,26 @@ impl DigestCache {
         self.artifacts.lock().expect("digest lock").insert(path.to_owned(), (metadata.len(), modified, digest.clone()));
         Ok(digest)
     }
+}
+
+/// What the plan wants of one file, cheaply: its mode, owner and content, where an
+/// artifact's content counts by its local path, size and modification time, so no
+/// large file is read for it.
+fn planned_identity(file: &FileSpec) -> Result<String, HostError> {
+    let content = match &file.content {
+        Content::Text(text) | Content::Secret(text) => hex::encode(Sha256::digest(text.as_bytes())),
+        Content::Artifact { path } => {
+            let metadata = std::fs::metadata(path)
+                .map_err(|e| HostError::Local { path: path.display().to_string(), message: e.to_string() })?;
+            let modified = metadata
+                .modified()
+                .ok()
+                .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+                .unwrap_or_default();
+            format!("{} {} {}", path.display(), metadata.len(), modified.as_nanos())
+        }
+    };
+    Ok(hex::encode(Sha256::digest(format!("{:o} {} {content}", file.mode, file.owner).as_bytes())))
 }
 
 /// Writes a host-side file if its content or mode differs; returns whether it did.

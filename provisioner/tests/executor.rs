@@ -63,8 +63,8 @@ fn fresh_node_gets_files_reload_commands_restart_and_check_in_order() {
     let report = executor.run_stage(&stage, &Silent).expect("stage runs");
 
     let calls = host.calls();
-    let files = &stage.nodes[0].files;
-    assert_eq!(calls[0], Call::Run(file_state_script(Stage::Etcd, files)));
+    let files: Vec<&FileSpec> = stage.nodes[0].files.iter().collect();
+    assert_eq!(calls[0], Call::Run(file_state_script(Stage::Etcd, &files)));
     assert_eq!(calls[1], Call::Run(format!("mkdir -p {PENDING_DIR} && touch {PENDING_DIR}/etcd")));
     assert!(matches!(&calls[2], Call::Put { path, mode: 0o644, .. } if path == UNIT));
     assert!(matches!(&calls[3], Call::Put { path, mode: 0o600, .. } if path == CONFIG));
@@ -254,6 +254,66 @@ fn survey_answer_with_retired(digest: &str, extra: &str) -> Output {
          unit etcd.service\nunit etcd-defrag.timer\n"
     ));
     answer
+}
+
+/// The `wanted PATH IDENTITY` lines a first run of `stage` records on master1, as the
+/// survey prints them back.
+fn recorded_wanted_of(stage: &StagePlan) -> String {
+    let host = RecordingHost::new("master1");
+    Executor::new([&host as &dyn Host]).run_stage(stage, &Silent).expect("stage runs");
+    let record = host
+        .calls()
+        .into_iter()
+        .find_map(|call| match call {
+            Call::Run(script) if script.contains(&format!("{APPLIED_DIR}/etcd.tmp")) => Some(script),
+            _ => None,
+        })
+        .expect("the run recorded the stage");
+    record
+        .split("echo 'wanted ")
+        .skip(1)
+        .map(|rest| format!("wanted {}\n", &rest[..rest.find('\'').unwrap()]))
+        .collect()
+}
+
+/// Only the config's planned content changed: the stage runs, but the unit file, as it
+/// was left (same signature) and still wanted as it was, is not read again, while the
+/// config is compared and rewritten.
+#[test]
+fn a_stage_whose_plan_changed_reads_only_the_files_that_may_differ() {
+    let before = etcd_like_stage();
+    let mut after = etcd_like_stage();
+    after.nodes[0].files[1] = FileSpec::secret(CONFIG, "ETCD_NAME=master1\nETCD_DEBUG=1\n");
+    let host = RecordingHost::new("master1");
+    let mut answer = survey_answer(&recorded_digest_of(&before), "40 11 1700000000 644 root", &[]);
+    answer.stdout.push_str(&recorded_wanted_of(&before));
+    host.reply(SURVEY_QUERY, answer);
+    host.reply(FILE_STATE_QUERY, planned_file_state());
+    let executor = Executor::new([&host as &dyn Host]);
+
+    let survey = executor.survey(std::slice::from_ref(&after)).expect("survey runs");
+    assert!(!survey.is_converged(Stage::Etcd, "master1"));
+    assert_eq!(survey.unchanged_files(Stage::Etcd, "master1").iter().collect::<Vec<_>>(), [UNIT]);
+    let report = executor.run_stage_surveyed(&after, &survey, &Silent).expect("stage runs");
+
+    let query = host
+        .calls()
+        .into_iter()
+        .find_map(|call| match call {
+            Call::Run(script) if script.starts_with(FILE_STATE_QUERY) => Some(script),
+            _ => None,
+        })
+        .expect("the stage compares files");
+    assert!(query.contains(CONFIG) && !query.contains(UNIT), "only the config is read: {query}");
+    assert_eq!(report.nodes[0].changed_files, [CONFIG]);
+
+    // A hand edit of the unit file (another signature) makes it compared again.
+    let host = RecordingHost::new("master1");
+    let mut answer = survey_answer(&recorded_digest_of(&before), "52 99 1700000500 644 root", &[]);
+    answer.stdout.push_str(&recorded_wanted_of(&before));
+    host.reply(SURVEY_QUERY, answer);
+    let survey = Executor::new([&host as &dyn Host]).survey(std::slice::from_ref(&after)).expect("survey runs");
+    assert!(survey.unchanged_files(Stage::Etcd, "master1").is_empty());
 }
 
 #[test]
