@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use provisioner::lab::{Event, Reporter};
+use provisioner::plan::Stage;
 use tracing_subscriber::EnvFilter;
 
 /// Whether `-q` was given. It is set once, before the verb runs, and is process-wide
@@ -71,8 +72,12 @@ pub fn reporter(json: bool) -> Box<dyn Reporter> {
 pub struct Terminal {
     quiet: bool,
     started: Instant,
-    /// The display of the stage (or the converged lab's checks) running now.
-    current: Mutex<Option<StepDisplay>>,
+    /// The displays of the stages (or the converged lab's checks, under `None`) running
+    /// now: stages that do not need each other run at once.
+    running: Mutex<Vec<(Option<Stage>, StepDisplay)>>,
+    /// Where the spinners are drawn, one line each, with finished lines above them.
+    bars: MultiProgress,
+    spinners: bool,
 }
 
 /// One running step: its label, its spinner on a terminal, and when it started.
@@ -84,17 +89,30 @@ struct StepDisplay {
 
 impl Terminal {
     pub fn new() -> Terminal {
-        Terminal { quiet: quiet(), started: Instant::now(), current: Mutex::new(None) }
+        Terminal {
+            quiet: quiet(),
+            started: Instant::now(),
+            running: Mutex::new(Vec::new()),
+            bars: MultiProgress::new(),
+            spinners: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Prints one finished line above the spinners (or on its own without them).
+    fn print(&self, text: &str) {
+        if !self.spinners || self.bars.println(text).is_err() {
+            eprintln!("{text}");
+        }
     }
 
     /// A progress line `[  12.3s] text`.
     fn line(&self, text: &str) {
-        eprintln!("[{:>6.1}s] {text}", self.started.elapsed().as_secs_f64());
+        self.print(&format!("[{:>6.1}s] {text}", self.started.elapsed().as_secs_f64()));
     }
 
-    fn begin(&self, label: String) {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new_spinner();
+    fn begin(&self, key: Option<Stage>, label: String) {
+        let bar = self.spinners.then(|| {
+            let bar = self.bars.add(ProgressBar::new_spinner());
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {prefix} {wide_msg} {elapsed:>4}").expect("valid template"),
             );
@@ -105,20 +123,25 @@ impl Terminal {
         if bar.is_none() {
             eprintln!("{label} started");
         }
-        *self.current.lock().expect("display lock") = Some(StepDisplay { label, bar, started: Instant::now() });
+        self.running.lock().expect("display lock").push((key, StepDisplay { label, bar, started: Instant::now() }));
     }
 
-    /// Ends the running step's display with `outcome` after its label.
-    fn end(&self, outcome: impl FnOnce(&StepDisplay) -> String, failed: bool) {
-        let Some(display) = self.current.lock().expect("display lock").take() else { return };
+    /// Ends the display of `key` with `outcome` after its label.
+    fn end(&self, key: Option<Stage>, outcome: impl FnOnce(&StepDisplay) -> String, failed: bool) {
+        let display = {
+            let mut running = self.running.lock().expect("display lock");
+            let Some(position) = running.iter().position(|(running, _)| *running == key) else { return };
+            running.remove(position).1
+        };
         if let Some(bar) = &display.bar {
             if failed {
                 bar.abandon();
             } else {
                 bar.finish_and_clear();
             }
+            self.bars.remove(bar);
         }
-        eprintln!("{} {}", display.label, outcome(&display));
+        self.print(&format!("{} {}", display.label, outcome(&display)));
     }
 }
 
@@ -129,21 +152,31 @@ impl Reporter for Terminal {
         }
         match event {
             Event::Progress(text) => self.line(text),
-            Event::Warning(text) => eprintln!("warning: {text}"),
+            Event::Warning(text) => self.print(&format!("warning: {text}")),
             Event::StageStarted { number, total, stage } => {
-                self.begin(format!("[{number:>2}/{total}] {:<24}", stage.name()))
+                self.begin(Some(stage), format!("[{number:>2}/{total}] {:<24}", stage.name()))
             }
-            Event::Step { node, step, .. } => {
-                let current = self.current.lock().expect("display lock");
-                match current.as_ref() {
+            Event::Step { stage, node, step } => {
+                let running = self.running.lock().expect("display lock");
+                // The converged lab's checks run every stage's checks under one display.
+                let display = running
+                    .iter()
+                    .find(|(key, _)| *key == Some(stage))
+                    .or_else(|| running.iter().find(|(key, _)| key.is_none()))
+                    .map(|(_, display)| display);
+                match display {
                     Some(StepDisplay { bar: Some(bar), .. }) => bar.set_message(format!("{node}: {step}")),
                     Some(display) => {
                         eprintln!("{} {:>6.1}s {node}: {step}", display.label, display.started.elapsed().as_secs_f64())
                     }
-                    None => self.line(&format!("{node}: {step}")),
+                    None => {
+                        drop(running);
+                        self.line(&format!("{node}: {step}"))
+                    }
                 }
             }
             Event::StageDone { report } => self.end(
+                Some(report.stage),
                 |_| {
                     let removed = match report.removed() {
                         0 => String::new(),
@@ -158,11 +191,12 @@ impl Reporter for Terminal {
                 },
                 false,
             ),
-            Event::StageFailed { elapsed, .. } => {
-                self.end(|_| format!("FAILED after {:.1} s", elapsed.as_secs_f64()), true)
+            Event::StageFailed { stage, elapsed } => {
+                self.end(Some(stage), |_| format!("FAILED after {:.1} s", elapsed.as_secs_f64()), true)
             }
-            Event::ChecksStarted => self.begin(format!("{:<30}", "[checks]")),
+            Event::ChecksStarted => self.begin(None, format!("{:<30}", "[checks]")),
             Event::ChecksDone { stages, elapsed } => self.end(
+                None,
                 |_| {
                     format!(
                         "done in {:>5.1} s: the checks of {stages} stages passed, nothing changed",
@@ -172,18 +206,19 @@ impl Reporter for Terminal {
                 false,
             ),
             Event::ChecksFailed => {
-                self.end(|display| format!("FAILED after {:.1} s", display.started.elapsed().as_secs_f64()), true)
+                self.end(None, |display| format!("FAILED after {:.1} s", display.started.elapsed().as_secs_f64()), true)
             }
-            Event::ReadinessStarted { streak } => {
-                eprintln!("{:<30} started: Services and cluster DNS from the host, {streak} times in a row", "[ready]")
-            }
-            Event::ReadinessDone { steady } => eprintln!(
+            Event::ReadinessStarted { streak } => self.print(&format!(
+                "{:<30} started: Services and cluster DNS from the host, {streak} times in a row",
+                "[ready]"
+            )),
+            Event::ReadinessDone { steady } => self.print(&format!(
                 "{:<30} done in {:>5.1} s: {} rounds, {} failed before the streak",
                 "[ready]",
                 steady.elapsed.as_secs_f64(),
                 steady.rounds,
                 steady.failures
-            ),
+            )),
         }
     }
 }
@@ -254,7 +289,6 @@ impl Reporter for JsonLines {
 
 #[cfg(test)]
 mod tests {
-    use provisioner::plan::Stage;
 
     use super::*;
 
@@ -274,10 +308,10 @@ mod tests {
         let stage = Stage::ALL[0];
         let quiet = Terminal { quiet: true, ..Terminal::new() };
         quiet.report(Event::StageStarted { number: 1, total: 15, stage });
-        assert!(quiet.current.lock().unwrap().is_none());
+        assert!(quiet.running.lock().unwrap().is_empty());
 
         let normal = Terminal { quiet: false, ..Terminal::new() };
         normal.report(Event::StageStarted { number: 1, total: 15, stage });
-        assert!(normal.current.lock().unwrap().is_some());
+        assert_eq!(normal.running.lock().unwrap().len(), 1);
     }
 }

@@ -5,7 +5,7 @@
 //! Invariant: nothing in this module (or in `stages`) does I/O. The executor makes
 //! reality match a `Plan` and has no choices left to make.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -75,6 +75,23 @@ impl Stage {
     /// The stage after this one in handbook order, if any.
     pub fn next(self) -> Option<Stage> {
         Stage::ALL.get(self.position() + 1).copied()
+    }
+
+    /// The earlier stages this one builds on directly (`StageEntry::needs`).
+    pub fn needs(self) -> &'static [Stage] {
+        stages::entry(self).needs
+    }
+
+    /// Every stage this one builds on, directly or through another.
+    pub fn all_needs(self) -> BTreeSet<Stage> {
+        let mut all = BTreeSet::new();
+        let mut next: Vec<Stage> = self.needs().to_vec();
+        while let Some(stage) = next.pop() {
+            if all.insert(stage) {
+                next.extend_from_slice(stage.needs());
+            }
+        }
+        all
     }
 }
 

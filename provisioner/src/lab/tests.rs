@@ -191,13 +191,21 @@ impl Surroundings for FakeSurroundings {
 /// The events a verb reported, by kind.
 #[derive(Default)]
 struct Recorder {
+    /// The stages that passed, in the order they did.
     stages: Mutex<Vec<Stage>>,
+    /// Each stage as it started, with the stages that had passed by then.
+    started: Mutex<Vec<(Stage, Vec<Stage>)>>,
 }
 
 impl Reporter for Recorder {
     fn report(&self, event: Event<'_>) {
-        if let Event::StageDone { report } = event {
-            self.stages.lock().unwrap().push(report.stage);
+        match event {
+            Event::StageDone { report } => self.stages.lock().unwrap().push(report.stage),
+            Event::StageStarted { stage, .. } => {
+                let passed = self.stages.lock().unwrap().clone();
+                self.started.lock().unwrap().push((stage, passed));
+            }
+            _ => {}
         }
     }
 }
@@ -278,7 +286,7 @@ fn fixture_of(
 }
 
 #[test]
-fn up_runs_every_part_once_and_every_stage_in_handbook_order() {
+fn up_runs_every_part_once_and_every_stage_after_the_stages_it_needs() {
     let fixture = fixture(Vec::new());
     let recorder = Recorder::default();
     let report = fixture.lab.up(Until::Everything.into(), &recorder).expect("up succeeds on fakes");
@@ -305,8 +313,16 @@ fn up_runs_every_part_once_and_every_stage_in_handbook_order() {
     assert!(preloaded("master1").contains("/usr/local/bin/kube-apiserver"));
 
     let plan_order: Vec<Stage> = fixture.lab.plan().unwrap().stages.iter().map(|stage| stage.stage).collect();
-    assert_eq!(*recorder.stages.lock().unwrap(), plan_order);
-    assert_eq!(report.stages.len(), plan_order.len());
+    let mut passed = recorder.stages.lock().unwrap().clone();
+    passed.sort();
+    assert_eq!(passed, plan_order, "every stage passed once");
+    for (stage, passed_before) in recorder.started.lock().unwrap().iter() {
+        for need in stage.needs() {
+            assert!(passed_before.contains(need), "{stage} started before {need}, which it needs, had passed");
+        }
+    }
+    let reported: Vec<Stage> = report.stages.iter().map(|stage| stage.stage).collect();
+    assert_eq!(reported, plan_order, "the report lists the stages in handbook order");
     let timings = timings(&fixture.lab);
     assert_eq!(timings["outcome"], "succeeded", "timings.json is written last");
     assert_eq!(timings["failed"], serde_json::Value::Null);

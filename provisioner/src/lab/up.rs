@@ -3,16 +3,17 @@
 //! the topology, the preflight, the PKI and plan, the key pair and one SSH session
 //! per node.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::reporter::Steps;
 use super::{Event, Lab, LabError, Reporter, Resume};
-use crate::executor::{Executor, StageReport};
+use crate::executor::{ExecError, Executor, StageReport, Survey};
 use crate::host::Host;
 use crate::machines::{self, MachineState, NodeImage, NodeSpec, PreloadedFile, StartOutcome};
-use crate::plan::{Content, Plan, Stage};
+use crate::plan::{Content, Plan, Stage, StagePlan};
 use crate::preflight::{PreflightError, Report, Status};
 use crate::readiness;
 use crate::ssh::KeyPair;
@@ -289,29 +290,37 @@ impl Lab {
             }
         }
 
-        let mut reports = Vec::new();
-        let total = stages.len();
-        for (index, stage) in stages.iter().enumerate() {
-            if options.step && reporter.pause(stage.stage) == Resume::Stop {
-                // Stopped before this stage: the lab stands after the one before it.
-                let done = through[..first + index].last();
-                return Ok((reports, done.map_or(Until::Machines, |stage| Until::Stage(stage.stage))));
-            }
-            reporter.report(Event::StageStarted { number: index + 1, total, stage: stage.stage });
-            let stage_started = Instant::now();
-            match executor.run_stage_surveyed(stage, &survey, &Steps(reporter)) {
-                Ok(report) => {
-                    reporter.report(Event::StageDone { report: &report });
-                    timeline.record_stage(report.stage, report.elapsed, Some(&report));
-                    reports.push(report);
+        // `--step` pauses between chapters, so it runs them one at a time in handbook
+        // order; otherwise each stage starts as soon as the stages it needs passed.
+        let reports = if options.step {
+            let mut reports = Vec::new();
+            let total = stages.len();
+            for (index, stage) in stages.iter().enumerate() {
+                if reporter.pause(stage.stage) == Resume::Stop {
+                    // Stopped before this stage: the lab stands after the one before it.
+                    let done = through[..first + index].last();
+                    return Ok((reports, done.map_or(Until::Machines, |stage| Until::Stage(stage.stage))));
                 }
-                Err(source) => {
-                    reporter.report(Event::StageFailed { stage: stage.stage, elapsed: stage_started.elapsed() });
-                    timeline.record_stage(stage.stage, stage_started.elapsed(), None);
-                    return Err(LabError::Stage { bundle: bundle(&source), source: Box::new(source) });
+                reporter.report(Event::StageStarted { number: index + 1, total, stage: stage.stage });
+                let stage_started = Instant::now();
+                match executor.run_stage_surveyed(stage, &survey, &Steps(reporter)) {
+                    Ok(report) => {
+                        reporter.report(Event::StageDone { report: &report });
+                        timeline.record_stage(report.stage, report.elapsed, Some(&report));
+                        reports.push(report);
+                    }
+                    Err(source) => {
+                        reporter.report(Event::StageFailed { stage: stage.stage, elapsed: stage_started.elapsed() });
+                        timeline.record_stage(stage.stage, stage_started.elapsed(), None);
+                        return Err(LabError::Stage { bundle: bundle(&source), source: Box::new(source) });
+                    }
                 }
             }
-        }
+            reports
+        } else {
+            run_by_needs(&executor, stages, &survey, reporter, timeline)
+                .map_err(|source| LabError::Stage { bundle: bundle(&source), source: Box::new(source) })?
+        };
         if until == Until::Everything {
             timeline
                 .step("readiness", || self.prove_ready(plan, reporter))
@@ -647,6 +656,76 @@ impl Lab {
 /// How much of a node's console a log bundle keeps: its boot and last messages
 /// fit; a console that ran for days does not fill the disk.
 const CONSOLE_TAIL: u64 = 1 << 20;
+
+/// Runs `stages` (in handbook order), each as soon as the stages it needs among them
+/// have passed (`Stage::needs`), so that chapters that do not depend on each other run
+/// at once. After a failure no stage starts; the running ones finish (each is bounded
+/// by its checks' timeouts) and the first failure is returned. The reports are in
+/// handbook order.
+fn run_by_needs(
+    executor: &Executor<'_>,
+    stages: &[StagePlan],
+    survey: &Survey,
+    reporter: &dyn Reporter,
+    timeline: &Timeline,
+) -> Result<Vec<StageReport>, ExecError> {
+    let total = stages.len();
+    let selected: BTreeSet<Stage> = stages.iter().map(|stage| stage.stage).collect();
+    let mut started: BTreeSet<Stage> = BTreeSet::new();
+    let mut passed: BTreeSet<Stage> = BTreeSet::new();
+    let mut reports: Vec<StageReport> = Vec::new();
+    let mut failure: Option<ExecError> = None;
+    std::thread::scope(|scope| {
+        let (finished, finishes) = std::sync::mpsc::channel();
+        let mut running = 0_usize;
+        loop {
+            if failure.is_none() {
+                for (index, stage) in stages.iter().enumerate() {
+                    // A need outside `stages` comes before `--from`, and the survey
+                    // found it done.
+                    let ready = !started.contains(&stage.stage)
+                        && stage.stage.needs().iter().all(|need| passed.contains(need) || !selected.contains(need));
+                    if !ready {
+                        continue;
+                    }
+                    started.insert(stage.stage);
+                    running += 1;
+                    reporter.report(Event::StageStarted { number: index + 1, total, stage: stage.stage });
+                    let finished = finished.clone();
+                    scope.spawn(move || {
+                        let began = Instant::now();
+                        let outcome = executor.run_stage_surveyed(stage, survey, &Steps(reporter));
+                        // The receiver outlives every stage's thread.
+                        let _ = finished.send((stage.stage, began.elapsed(), outcome));
+                    });
+                }
+            }
+            if running == 0 {
+                break;
+            }
+            let (stage, took, outcome) = finishes.recv().expect("a running stage reports its outcome");
+            running -= 1;
+            match outcome {
+                Ok(report) => {
+                    reporter.report(Event::StageDone { report: &report });
+                    timeline.record_stage(stage, report.elapsed, Some(&report));
+                    passed.insert(stage);
+                    reports.push(report);
+                }
+                Err(error) => {
+                    reporter.report(Event::StageFailed { stage, elapsed: took });
+                    timeline.record_stage(stage, took, None);
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+    });
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    reports.sort_by_key(|report| report.stage);
+    Ok(reports)
+}
 
 /// What one run of `lab up` went through, entry by entry, for `STATE/timings.json`.
 #[derive(Default)]

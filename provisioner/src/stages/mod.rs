@@ -40,6 +40,13 @@ pub struct StageEntry {
     /// The stage module's source, whose `//!` comment `lab explain` shows: the
     /// explanation is the module's own documentation.
     pub source: &'static str,
+    /// The earlier stages whose work this one builds on. `lab up` starts a stage once
+    /// these have passed (their own needs with them), so that chapters that do not
+    /// depend on each other run at once: the workers' container runtime while the
+    /// control plane starts, the controller manager, scheduler and HAProxy together.
+    /// A stage that writes an input of a later stage's unit must be among its needs
+    /// (`tests::a_stage_needs_every_stage_that_writes_its_units_inputs`).
+    pub needs: &'static [Stage],
 }
 
 /// Every stage, in handbook order, which is the order `lab up` runs them and the order
@@ -51,6 +58,7 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 sections 1 and 2: env.sh and /etc/hosts",
         plan: hosts::plan,
         source: include_str!("hosts.rs"),
+        needs: &[],
     },
     StageEntry {
         stage: Stage::Pki,
@@ -58,6 +66,7 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 3: certificates (CFSSL in the handbook, rcgen here)",
         plan: pki::plan,
         source: include_str!("pki.rs"),
+        needs: &[Stage::Hosts],
     },
     StageEntry {
         stage: Stage::Etcd,
@@ -65,6 +74,7 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 4: static etcd cluster with mutual TLS",
         plan: etcd::plan,
         source: include_str!("etcd.rs"),
+        needs: &[Stage::Pki],
     },
     StageEntry {
         stage: Stage::AdminKubeconfig,
@@ -72,6 +82,7 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 5: kubectl and the admin kubeconfig",
         plan: admin_kubeconfig::plan,
         source: include_str!("admin_kubeconfig.rs"),
+        needs: &[Stage::Pki],
     },
     StageEntry {
         stage: Stage::PodNetwork,
@@ -79,6 +90,7 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 6: pod network (flannel in the handbook)",
         plan: pod_network::plan,
         source: include_str!("pod_network.rs"),
+        needs: &[Stage::Hosts],
     },
     StageEntry {
         stage: Stage::KubeApiserver,
@@ -86,6 +98,9 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 7.1 and 8.3: kube-apiserver on every master",
         plan: kube_apiserver::plan,
         source: include_str!("kube_apiserver.rs"),
+        // Its checks ask the API with the admin kubeconfig; the pod routes are there
+        // before anything reaches a pod through it (logs, exec, webhooks).
+        needs: &[Stage::Etcd, Stage::AdminKubeconfig, Stage::PodNetwork],
     },
     StageEntry {
         stage: Stage::KubeControllerManager,
@@ -93,6 +108,8 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 7.2 and 8.4: kube-controller-manager with leader election",
         plan: kube_controller_manager::plan,
         source: include_str!("kube_controller_manager.rs"),
+        // It talks to its own master's apiserver over loopback, not the virtual IP.
+        needs: &[Stage::KubeApiserver],
     },
     StageEntry {
         stage: Stage::KubeScheduler,
@@ -100,6 +117,8 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 7.3 and 8.4: kube-scheduler with leader election",
         plan: kube_scheduler::plan,
         source: include_str!("kube_scheduler.rs"),
+        // It talks to its own master's apiserver over loopback, not the virtual IP.
+        needs: &[Stage::KubeApiserver],
     },
     StageEntry {
         stage: Stage::LoadBalancer,
@@ -107,6 +126,7 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 8.1.1: HAProxy on every master",
         plan: load_balancer::plan,
         source: include_str!("load_balancer.rs"),
+        needs: &[Stage::KubeApiserver],
     },
     StageEntry {
         stage: Stage::Keepalived,
@@ -114,6 +134,8 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 8.2: keepalived and the virtual IP",
         plan: keepalived::plan,
         source: include_str!("keepalived.rs"),
+        // Its health check asks HAProxy, and its own check the API on the virtual IP.
+        needs: &[Stage::LoadBalancer],
     },
     StageEntry {
         stage: Stage::ContainerRuntime,
@@ -121,6 +143,9 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 9: container runtime (docker in the handbook, containerd here)",
         plan: container_runtime::plan,
         source: include_str!("container_runtime.rs"),
+        // Only the workers' own files and the pod network's CNI configuration: the
+        // runtime is set up while the control plane starts.
+        needs: &[Stage::PodNetwork],
     },
     StageEntry {
         stage: Stage::Kubelet,
@@ -128,6 +153,8 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 9.1: kubelet on every worker",
         plan: kubelet::plan,
         source: include_str!("kubelet.rs"),
+        // It registers through the virtual IP, and its pods need the controllers.
+        needs: &[Stage::ContainerRuntime, Stage::Keepalived, Stage::KubeControllerManager, Stage::KubeScheduler],
     },
     StageEntry {
         stage: Stage::KubeProxy,
@@ -135,6 +162,8 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 9: kube-proxy on every worker (and master)",
         plan: kube_proxy::plan,
         source: include_str!("kube_proxy.rs"),
+        // Its node must be prepared by the kubelet's stage (writable /proc/sys).
+        needs: &[Stage::Kubelet],
     },
     StageEntry {
         stage: Stage::DnsAddon,
@@ -142,6 +171,8 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 10: cluster DNS addon (kube-dns)",
         plan: dns_addon::plan,
         source: include_str!("dns_addon.rs"),
+        // Its pods reach the API through the kubernetes Service, which kube-proxy makes.
+        needs: &[Stage::KubeProxy],
     },
     StageEntry {
         stage: Stage::Firewall,
@@ -149,6 +180,8 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 10.1: enable the firewall (firewalld)",
         plan: firewall::plan,
         source: include_str!("firewall.rs"),
+        // The firewall is switched on at the end, over a cluster that works.
+        needs: &[Stage::DnsAddon],
     },
 ];
 
@@ -464,6 +497,57 @@ mod tests {
                             file.owner,
                             file.mode
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_stage_needs_only_earlier_stages() {
+        for stage in Stage::ALL {
+            for need in stage.needs() {
+                assert!(need < &stage, "{stage} needs {need}, which comes after it in the handbook");
+            }
+        }
+    }
+
+    /// Stages that do not need each other run at the same time, so a stage that writes
+    /// a file another stage's unit restarts for, or the same file as another stage,
+    /// must be among that stage's needs: else the restart could be missed or the file
+    /// written twice at once.
+    #[test]
+    fn a_stage_needs_every_stage_that_writes_its_units_inputs() {
+        for lab in ["lab.toml", "examples/minimal.toml", "examples/separate-etcd.toml", "examples/second-lab.toml"] {
+            let topology = test_support::topology(lab);
+            let plans: Vec<StagePlan> =
+                Stage::ALL.iter().map(|stage| test_support::stage_for_topology(&topology, *stage)).collect();
+            let writers = |node: &str, path: &str| -> Vec<Stage> {
+                plans
+                    .iter()
+                    .filter(|plan| {
+                        plan.nodes
+                            .iter()
+                            .any(|actions| actions.node == node && actions.files.iter().any(|file| file.path == path))
+                    })
+                    .map(|plan| plan.stage)
+                    .collect()
+            };
+            for plan in &plans {
+                let needs = plan.stage.all_needs();
+                for actions in &plan.nodes {
+                    let inputs = actions.units.iter().flat_map(|unit| &unit.restart_when_changed);
+                    let own = actions.files.iter().map(|file| &file.path);
+                    for path in inputs.chain(own) {
+                        for writer in writers(&actions.node, path) {
+                            assert!(
+                                writer >= plan.stage || needs.contains(&writer),
+                                "{lab}: {writer} writes {path} on {}, which {} reads, but {} does not need {writer}",
+                                actions.node,
+                                plan.stage,
+                                plan.stage
+                            );
+                        }
                     }
                 }
             }
