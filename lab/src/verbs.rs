@@ -58,7 +58,7 @@ fn summary(plan: &Plan) -> String {
     for spec in &plan.certificates {
         let _ = writeln!(out, "  {:<28} CN={}", spec.name, spec.common_name);
     }
-    let _ = writeln!(out, "\nstages");
+    let _ = writeln!(out, "\nstages (in handbook order; `lab up` runs each once the stages it needs passed)");
     for (index, stage) in plan.stages.iter().enumerate() {
         let count = |f: fn(&plan::NodeActions) -> usize| stage.nodes.iter().map(f).sum::<usize>();
         let nodes = stage.nodes.iter().map(|actions| actions.node.as_str()).collect::<Vec<_>>();
@@ -78,6 +78,12 @@ fn summary(plan: &Plan) -> String {
             },
         );
         let _ = writeln!(out, "      {}", stage.chapter);
+        // `lab up` starts a stage once these passed, so stages that do not need each
+        // other run at once.
+        let needs: Vec<&str> = stage.needs.iter().map(|need| need.name()).collect();
+        if !needs.is_empty() {
+            let _ = writeln!(out, "      runs once {} passed", needs.join(", "));
+        }
     }
     out
 }

@@ -156,6 +156,8 @@ pub struct StagePlan {
     pub stage: Stage,
     /// Which handbook section this stage follows.
     pub chapter: &'static str,
+    /// The earlier stages that must have passed before this one starts (`Stage::needs`).
+    pub needs: &'static [Stage],
     /// Per node, in topology order; nodes the stage does not touch are absent.
     pub nodes: Vec<NodeActions>,
     /// Files the stage writes on the host, under the lab state directory.
@@ -164,7 +166,7 @@ pub struct StagePlan {
 
 impl StagePlan {
     pub fn new(stage: Stage, chapter: &'static str) -> Self {
-        StagePlan { stage, chapter, nodes: Vec::new(), local_files: Vec::new() }
+        StagePlan { stage, chapter, needs: stage.needs(), nodes: Vec::new(), local_files: Vec::new() }
     }
 
     /// The actions for `node`, created empty on first use so stage code can add to it.
