@@ -162,7 +162,9 @@ pub static REGISTRY: [StageEntry; 15] = [
         handbook_section: "Handbook 000 section 9: kube-proxy on every worker (and master)",
         plan: kube_proxy::plan,
         source: include_str!("kube_proxy.rs"),
-        // Its node must be prepared by the kubelet's stage (writable /proc/sys).
+        // On a worker it takes its node's address from the Node object the kubelet
+        // registers, and is not healthy before (started beside the kubelet, it took
+        // 9.9 s instead of 2.1 s after it: nothing gained).
         needs: &[Stage::Kubelet],
     },
     StageEntry {
