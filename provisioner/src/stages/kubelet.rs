@@ -37,8 +37,9 @@
 //! and no image can be pulled again once deleted, so disk-pressure eviction and image
 //! garbage collection are switched off (as kind does).
 //!
-//! The node only turns Ready once the pod network and kube-proxy are in place; that is
-//! checked by the later stages, this one checks that the kubelet is healthy.
+//! The node only turns Ready once the pod network is in place (in flannel mode that
+//! needs kube-proxy too); the kube-proxy stage checks that every worker is Ready, this
+//! one that the kubelet is healthy.
 //!
 //! On the first master the stage records each worker's pod range from the plan in its
 //! Node object (`spec.podCIDR`), where `kubectl get nodes` shows it and flannel reads
