@@ -27,8 +27,10 @@
 //! record lists but that no stage of the plan has on that node any more (the topology
 //! or the lab changed) is retired: the survey reports it, and the stage that recorded
 //! it, which is then not converged, stops and disables the unit and removes the file
-//! before it applies the rest. Only what a record lists is ever removed, so a file the
-//! lab never wrote is never touched.
+//! before it applies the rest. A stage that plans nothing on a node any more, but left
+//! a record there, retires all it recorded there (what another stage plans aside) and
+//! the record. Only what a record lists is ever removed, so a file the lab never wrote
+//! is never touched.
 //!
 //! A run can be interrupted between writing a file and restarting the unit that
 //! reads it; the next run would then find the file up to date and never restart the
@@ -250,6 +252,9 @@ impl<'a> Executor<'a> {
                         }
                     })
                 })
+                .chain(survey.orphaned(stage.stage).map(|(node, retired)| {
+                    scope.spawn(move || self.retire_orphan(stage.stage, node, retired, progress))
+                }))
                 .collect();
             outcomes = handles.into_iter().map(|handle| handle.join().expect("node worker panicked")).collect();
         });
@@ -316,6 +321,10 @@ impl<'a> Executor<'a> {
                 report.changed_files.push(file.path.clone());
             }
         }
+        // What an earlier run applied and the plan no longer has: its units stop before
+        // their unit files go, and systemd re-reads its units below.
+        self.retire(host, stage, retired, &mut report, progress)?;
+
         // An interrupted earlier run may have written any of the files: redo all
         // that depends on them.
         let changed: BTreeSet<&str> = if interrupted {
@@ -324,27 +333,6 @@ impl<'a> Executor<'a> {
         } else {
             report.changed_files.iter().map(String::as_str).collect()
         };
-
-        // What an earlier run applied and the plan no longer has: its units stop before
-        // their unit files go, and systemd re-reads its units below.
-        for unit in &retired.units {
-            progress.step(stage, node, &format!("stopping and disabling {unit}, which the plan no longer has"));
-            let unit = shell_quote(unit);
-            let script = format!("systemctl disable --now --quiet {unit} 2>/dev/null || systemctl stop {unit} || true");
-            self.run_command(host, stage, "stop and disable a unit the plan no longer has", &script)?;
-        }
-        report.disabled_units.extend(retired.units.iter().cloned());
-        if !retired.files.is_empty() {
-            progress.step(stage, node, &format!("removing {} files the plan no longer has", retired.files.len()));
-            let paths: Vec<String> = retired.files.iter().map(|path| shell_quote(path)).collect();
-            self.run_command(
-                host,
-                stage,
-                "remove files the plan no longer has",
-                &format!("rm -f -- {}", paths.join(" ")),
-            )?;
-            report.removed_files.extend(retired.files.iter().cloned());
-        }
 
         // 2. systemd must re-read unit files before they are (re)started.
         let unit_files_changed = changed
@@ -454,6 +442,62 @@ impl<'a> Executor<'a> {
         Ok(report)
     }
 
+    /// Stops and disables `retired`'s units, then removes its files, on `host`.
+    fn retire(
+        &self,
+        host: &dyn Host,
+        stage: Stage,
+        retired: &Retired,
+        report: &mut NodeReport,
+        progress: &dyn Progress,
+    ) -> Result<(), ExecError> {
+        let node = host.name();
+        for unit in &retired.units {
+            progress.step(stage, node, &format!("stopping and disabling {unit}, which the plan no longer has"));
+            let unit = shell_quote(unit);
+            let script = format!("systemctl disable --now --quiet {unit} 2>/dev/null || systemctl stop {unit} || true");
+            self.run_command(host, stage, "stop and disable a unit the plan no longer has", &script)?;
+        }
+        report.disabled_units.extend(retired.units.iter().cloned());
+        if !retired.files.is_empty() {
+            progress.step(stage, node, &format!("removing {} files the plan no longer has", retired.files.len()));
+            let paths: Vec<String> = retired.files.iter().map(|path| shell_quote(path)).collect();
+            self.run_command(
+                host,
+                stage,
+                "remove files the plan no longer has",
+                &format!("rm -f -- {}", paths.join(" ")),
+            )?;
+            report.removed_files.extend(retired.files.iter().cloned());
+        }
+        Ok(())
+    }
+
+    /// A node on which `stage` plans nothing any more but left a record: what it
+    /// recorded and no stage plans is retired, and the record goes with it.
+    fn retire_orphan(
+        &self,
+        stage: Stage,
+        node: &str,
+        retired: &Retired,
+        progress: &dyn Progress,
+    ) -> Result<NodeReport, ExecError> {
+        let host = self.host(stage, node)?;
+        let mut report = NodeReport { node: node.to_string(), ..NodeReport::default() };
+        self.retire(host, stage, retired, &mut report, progress)?;
+        if report.removed_files.iter().any(|path| path.starts_with("/etc/systemd/")) {
+            self.run_command(host, stage, "systemctl daemon-reload", "systemctl daemon-reload")?;
+        }
+        let record = format!("{APPLIED_DIR}/{}", stage.name());
+        self.run_command(
+            host,
+            stage,
+            "remove the record of a stage the node no longer has",
+            &format!("rm -f -- {record}"),
+        )?;
+        Ok(report)
+    }
+
     /// The inputs of `actions`' units that an earlier stage of this run wrote on its node.
     fn earlier_writes_for(&self, actions: &NodeActions) -> BTreeSet<String> {
         let written = self.written.lock().expect("written files lock");
@@ -495,28 +539,45 @@ impl<'a> Executor<'a> {
     pub fn survey(&self, stages: &[StagePlan]) -> Result<Survey, ExecError> {
         let by_node = by_node(stages);
         let first_stage = stages.first().map(|stage| stage.stage).unwrap_or(Stage::Hosts);
+        let no_stage = Vec::new();
         let mut outcomes: Vec<Result<Survey, ExecError>> = Vec::new();
         std::thread::scope(|scope| {
-            let handles: Vec<_> = by_node
-                .iter()
-                .map(|(node, planned)| {
+            // Every connected node, also one that none of `stages` plans anything on:
+            // a record of a stage that plans nothing there any more is found too.
+            let handles: Vec<_> = self
+                .hosts
+                .keys()
+                .map(|node| {
+                    let planned = by_node.get(node.as_str()).unwrap_or(&no_stage);
+                    let unplanned: Vec<Stage> = stages
+                        .iter()
+                        .map(|stage| stage.stage)
+                        .filter(|stage| !planned.iter().any(|(planned, _)| planned == stage))
+                        .collect();
                     scope.spawn(move || -> Result<Survey, ExecError> {
                         let host = self.host(first_stage, node)?;
                         let output = host
-                            .run(&survey_script(planned))
+                            .run(&survey_script(planned, &unplanned))
                             .map_err(|source| ExecError::Host { stage: first_stage, source })?;
                         let found = parse_survey(&output.stdout);
-                        let mut on_node = self.planned.get(*node).cloned().unwrap_or_default();
+                        let mut on_node = self.planned.get(node.as_str()).cloned().unwrap_or_default();
                         for (_, actions) in planned {
                             on_node.add(actions);
                         }
                         let mut survey = Survey::default();
+                        // What a stage recorded on a node it no longer plans anything on
+                        // is all retired there, with the record itself.
+                        for stage in &unplanned {
+                            if let Some(state) = found.get(stage).filter(|state| state.has_record()) {
+                                survey.orphaned.insert((*stage, node.clone()), state.retired(&on_node));
+                            }
+                        }
                         for (stage, actions) in planned {
                             let digest = self
                                 .stage_digest(actions)
                                 .map_err(|source| ExecError::Host { stage: *stage, source })?;
                             let Some(state) = found.get(stage) else { continue };
-                            let key = (*stage, node.to_string());
+                            let key = (*stage, node.clone());
                             let retired = state.retired(&on_node);
                             if retired.is_empty() && state.is_converged(actions, &digest) {
                                 survey.converged.insert(key);
@@ -542,6 +603,7 @@ impl<'a> Executor<'a> {
             survey.converged.extend(node.converged);
             survey.retired.extend(node.retired);
             survey.unchanged.extend(node.unchanged);
+            survey.orphaned.extend(node.orphaned);
         }
         Ok(survey)
     }
@@ -907,6 +969,9 @@ pub struct Survey {
     /// Of a stage that is not converged on a node, the files that are as it left them
     /// and still planned so: the stage does not read them again.
     unchanged: BTreeMap<(Stage, String), BTreeSet<String>>,
+    /// Stages that recorded work on a node they no longer plan anything on (a
+    /// topology or lab change): what they recorded there and no stage plans.
+    orphaned: BTreeMap<(Stage, String), Retired>,
 }
 
 /// Files and units a stage applied on a node in an earlier run that no stage of the
@@ -943,9 +1008,20 @@ impl Survey {
         self.unchanged.get(&(stage, node.to_string())).unwrap_or(&NOTHING_UNCHANGED)
     }
 
-    /// Whether every node of every one of `stages` is converged.
+    /// Whether every node of every one of `stages` is converged, and none of them left
+    /// a record on a node it no longer plans anything on.
     pub fn covers(&self, stages: &[StagePlan]) -> bool {
         self.first_not_converged(stages).is_none()
+            && !stages.iter().any(|stage| self.orphaned.keys().any(|(orphan, _)| *orphan == stage.stage))
+    }
+
+    /// The nodes on which `stage` left a record but plans nothing now, with what it
+    /// recorded there that no stage plans.
+    pub fn orphaned(&self, stage: Stage) -> impl Iterator<Item = (&str, &Retired)> {
+        self.orphaned
+            .iter()
+            .filter(move |((orphan, _), _)| *orphan == stage)
+            .map(|((_, node), retired)| (node.as_str(), retired))
     }
 
     /// The first of `stages` that is not converged on every node, with the nodes
@@ -990,6 +1066,11 @@ impl StageState {
             self.recorded_units.iter().filter(|unit| !planned.units.contains(*unit)).cloned().collect();
         units.sort();
         Retired { files, units }
+    }
+
+    /// Whether the node has a record of the stage (not only its files' signatures).
+    fn has_record(&self) -> bool {
+        self.digest.is_some()
     }
 
     /// The files of `actions` that are as the stage last left them (same signature)
@@ -1061,9 +1142,13 @@ fn record_script(stage: Stage, actions: &NodeActions, digest: &str) -> Result<St
 
 /// The one command per node that `Executor::survey` runs: for each stage, its
 /// pending marker, its record, its files' signatures now and its units that do not
-/// run.
-fn survey_script(planned: &[(Stage, &NodeActions)]) -> String {
+/// run; for each stage that plans nothing on the node, its record.
+fn survey_script(planned: &[(Stage, &NodeActions)], unplanned: &[Stage]) -> String {
     let mut script = String::from(SURVEY_QUERY);
+    for stage in unplanned {
+        let name = stage.name();
+        script.push_str(&format!("echo 'stage {name}'; cat {APPLIED_DIR}/{name} 2>/dev/null; "));
+    }
     for (stage, actions) in planned {
         let name = stage.name();
         script.push_str(&format!(

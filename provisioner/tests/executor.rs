@@ -363,6 +363,57 @@ fn a_file_or_unit_dropped_from_the_plan_is_removed_and_nothing_else() {
     assert!(!record.contains("old.conf"), "the new record no longer lists the removed file: {record}");
 }
 
+/// The etcd stage plans nothing on master1 any more (its member moved), but master1
+/// still has the stage's record: everything the record lists that no stage plans there
+/// is retired, unit first, and the record goes too; a file another stage plans stays.
+#[test]
+fn a_stage_that_plans_nothing_on_a_node_any_more_retires_what_it_left_there() {
+    const KEPT: &str = "/etc/kubernetes/kept.conf";
+    let host = RecordingHost::new("master1");
+    let answer = format!(
+        "stage etcd\ndigest {}\nfile {UNIT} 40 11 1700000000 644 root\nfile {KEPT} 9 14 1700000000 644 root\n\
+         unit etcd.service\n",
+        "0".repeat(64)
+    );
+    host.reply(SURVEY_QUERY, Output { status: 0, stdout: answer, stderr: String::new() });
+    let etcd = StagePlan::new(Stage::Etcd, "test chapter");
+    let mut later = StagePlan::new(Stage::KubeApiserver, "test chapter");
+    later.node("master1").files.push(FileSpec::text(KEPT, 0o644, "kept\n"));
+    let executor = Executor::new([&host as &dyn Host]).with_whole_plan(&[etcd.clone(), later]);
+
+    let survey = executor.survey(std::slice::from_ref(&etcd)).expect("survey runs");
+    assert!(!survey.covers(std::slice::from_ref(&etcd)), "a stage with an orphaned record is not converged");
+    let orphaned: Vec<_> = survey.orphaned(Stage::Etcd).collect();
+    assert_eq!(orphaned.len(), 1);
+    assert_eq!(orphaned[0].0, "master1");
+    assert_eq!(orphaned[0].1.files, [UNIT], "the file another stage plans is not retired");
+    assert_eq!(orphaned[0].1.units, ["etcd.service"]);
+    let report = executor.run_stage_surveyed(&etcd, &survey, &Silent).expect("stage runs");
+
+    let scripts: Vec<String> = host
+        .calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Run(script) => Some(script),
+            _ => None,
+        })
+        .collect();
+    let position = |needle: &str| {
+        scripts.iter().position(|script| script.contains(needle)).unwrap_or_else(|| panic!("no {needle}: {scripts:#?}"))
+    };
+    assert!(
+        scripts[0].starts_with(SURVEY_QUERY) && scripts[0].contains(&format!("cat {APPLIED_DIR}/etcd ")),
+        "the survey asks master1 for the record of a stage that plans nothing there: {}",
+        scripts[0]
+    );
+    assert!(position("systemctl disable --now --quiet etcd.service") < position(&format!("rm -f -- {UNIT}")));
+    assert!(position(&format!("rm -f -- {UNIT}")) < position("systemctl daemon-reload"));
+    assert!(position("systemctl daemon-reload") < position(&format!("rm -f -- {APPLIED_DIR}/etcd")));
+    assert!(!scripts.iter().any(|script| script.contains("rm -f") && script.contains(KEPT)), "{scripts:#?}");
+    assert_eq!(report.removed(), 2);
+    assert_eq!(report.nodes[0].removed_files, [UNIT]);
+}
+
 #[test]
 fn a_converged_record_retires_nothing() {
     let digest = recorded_digest();

@@ -94,7 +94,8 @@ fn a_node_boots_answers_ssh_survives_a_restart_and_leaves_nothing_when_destroyed
 
 /// The executor on a real node: a stage applied with two files and a unit, then
 /// applied again from a plan without one file and without the unit, removes exactly
-/// those (the unit stopped and disabled first) and leaves a file it never wrote.
+/// those (the unit stopped and disabled first) and leaves a file it never wrote; then
+/// from a plan with nothing on the node, removes the rest of what it wrote there.
 fn what_the_plan_drops_is_removed_and_nothing_else(host: &dyn Host) {
     const KEPT: &str = "/etc/lab-prune-test/kept.conf";
     const DROPPED: &str = "/etc/lab-prune-test/dropped.conf";
@@ -139,6 +140,17 @@ fn what_the_plan_drops_is_removed_and_nothing_else(host: &dyn Host) {
     let again = Executor::new([host]);
     let survey = again.survey(std::slice::from_ref(&stage(false))).expect("survey");
     assert!(survey.is_converged(Stage::Hosts, NODE), "the pruned stage is converged");
+
+    // Then the stage plans nothing on the node at all: what it left there goes, with
+    // its record, and the file the lab never wrote stays.
+    let nothing = StagePlan::new(Stage::Hosts, "prune test");
+    let report = apply(&nothing);
+    assert_eq!(report.nodes.len(), 1, "the node the stage no longer plans is visited: {report:?}");
+    assert_eq!(report.nodes[0].removed_files, [KEPT]);
+    assert!(!exists(KEPT) && exists(MINE), "what the stage left goes, what the lab never wrote stays");
+    assert!(!exists("/var/lib/k8s-lab/applied/hosts"), "the stage's record is gone");
+    let survey = Executor::new([host]).survey(std::slice::from_ref(&nothing)).expect("survey");
+    assert!(survey.covers(std::slice::from_ref(&nothing)), "nothing is left to retire");
     host.run("rm -rf /etc/lab-prune-test /var/lib/k8s-lab").expect("clean up");
 }
 
