@@ -245,6 +245,22 @@ fn a_hand_edited_file_or_a_stopped_unit_makes_the_stage_run_again() {
     }
 }
 
+/// The scripts `host` was asked to run, in order.
+fn scripts_run(host: &RecordingHost) -> Vec<String> {
+    host.calls()
+        .into_iter()
+        .filter_map(|call| match call {
+            Call::Run(script) => Some(script),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Where the first script containing `needle` comes among `scripts`.
+fn position_of(scripts: &[String], needle: &str) -> usize {
+    scripts.iter().position(|script| script.contains(needle)).unwrap_or_else(|| panic!("no {needle}: {scripts:#?}"))
+}
+
 /// What an earlier run recorded for the etcd-like stage with one more file and one
 /// more unit, which the plan has since dropped.
 fn survey_answer_with_retired(digest: &str, extra: &str) -> Output {
@@ -336,17 +352,8 @@ fn a_file_or_unit_dropped_from_the_plan_is_removed_and_nothing_else() {
     assert_eq!(retired.units, ["etcd-defrag.timer"]);
     let report = executor.run_stage_surveyed(&stage, &survey, &Silent).expect("stage runs");
 
-    let scripts: Vec<String> = host
-        .calls()
-        .into_iter()
-        .filter_map(|call| match call {
-            Call::Run(script) => Some(script),
-            _ => None,
-        })
-        .collect();
-    let position = |needle: &str| {
-        scripts.iter().position(|script| script.contains(needle)).unwrap_or_else(|| panic!("no {needle}: {scripts:#?}"))
-    };
+    let scripts = scripts_run(&host);
+    let position = |needle: &str| position_of(&scripts, needle);
     let disabled = position("systemctl disable --now --quiet etcd-defrag.timer");
     let removed = position("rm -f -- /etc/etcd/old.conf");
     assert!(disabled < removed, "the unit stops before its files go");
@@ -390,17 +397,8 @@ fn a_stage_that_plans_nothing_on_a_node_any_more_retires_what_it_left_there() {
     assert_eq!(orphaned[0].1.units, ["etcd.service"]);
     let report = executor.run_stage_surveyed(&etcd, &survey, &Silent).expect("stage runs");
 
-    let scripts: Vec<String> = host
-        .calls()
-        .into_iter()
-        .filter_map(|call| match call {
-            Call::Run(script) => Some(script),
-            _ => None,
-        })
-        .collect();
-    let position = |needle: &str| {
-        scripts.iter().position(|script| script.contains(needle)).unwrap_or_else(|| panic!("no {needle}: {scripts:#?}"))
-    };
+    let scripts = scripts_run(&host);
+    let position = |needle: &str| position_of(&scripts, needle);
     assert!(
         scripts[0].starts_with(SURVEY_QUERY) && scripts[0].contains(&format!("cat {APPLIED_DIR}/etcd ")),
         "the survey asks master1 for the record of a stage that plans nothing there: {}",
