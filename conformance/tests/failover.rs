@@ -312,6 +312,73 @@ fn vip_holders() -> Vec<String> {
         .collect()
 }
 
+/// How long after a move of the virtual IP every client connection through it may still
+/// go to the former holder: a silent connection is pinged after
+/// `keepalived::CLIENT_READ_IDLE_SECS`, dropped when the ping is not answered within
+/// `keepalived::CLIENT_PING_TIMEOUT_SECS`, and the client then connects again; plus 5 s
+/// for a busy node.
+const CLIENTS_FOLLOW: Duration =
+    Duration::from_secs(keepalived::CLIENT_READ_IDLE_SECS + keepalived::CLIENT_PING_TIMEOUT_SECS + 5);
+
+/// The open connections of the nodes to the virtual IP's API port that the load balancer
+/// holding the virtual IP does not have: connections left with a former holder, which
+/// can no longer answer them, so that a watch through one hears nothing. Each is
+/// `NODE PROCESS ADDRESS:PORT`.
+fn connections_left_behind() -> Result<Vec<String>, String> {
+    let lab = lab();
+    let holder = match vip_holders().as_slice() {
+        [holder] => holder.clone(),
+        holders => return Err(format!("load balancers holding the virtual IP: {holders:?}")),
+    };
+    let (vip, port) = (lab.status.vip, lab.topology.network.api_port);
+    let run = |node: &str, script: &str| match lab.try_sh(node, script) {
+        Ok(output) if output.status == 0 => Ok(output.stdout),
+        Ok(output) => Err(format!("on {node}, `{script}` exited with {}: {}", output.status, output.stderr.trim())),
+        Err(error) => Err(error.to_string()),
+    };
+    // With a state filter, ss leaves the State column out: Recv-Q, Send-Q, local
+    // address, peer, process.
+    let accepted = run(&holder, &format!("ss -tnH state established src {vip}:{port}"))?;
+    let accepted: Vec<&str> = accepted.lines().filter_map(|line| line.split_whitespace().nth(3)).collect();
+    let mut left_behind = Vec::new();
+    for node in &lab.topology.nodes {
+        let opened = run(&node.name, &format!("ss -tnpH state established dst {vip}:{port}"))?;
+        for line in opened.lines() {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(process)) = (columns.get(2), columns.get(4)) else { continue };
+            if !accepted.contains(local) {
+                let process = process.split('"').nth(1).unwrap_or(process);
+                left_behind.push(format!("{} {process} {local}", node.name));
+            }
+        }
+    }
+    Ok(left_behind)
+}
+
+/// Waits until every client connection to the virtual IP reaches its holder (see
+/// [`connections_left_behind`]), and returns how long after `since` that was; panics
+/// `CLIENTS_FOLLOW` (stretched by the lab's patience) after `since`, naming the
+/// connections left.
+fn clients_follow_the_vip(when: &str, since: Instant) -> Duration {
+    let lab = lab();
+    let deadline = since + lab.patience(CLIENTS_FOLLOW);
+    loop {
+        let last = match connections_left_behind() {
+            Ok(left) if left.is_empty() => return since.elapsed(),
+            Ok(left) => format!("connections through a former holder: {}", left.join(", ")),
+            Err(error) => error,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{when}: the clients of the virtual IP did not follow it within {:?}: {last} \
+             (`cargo lab ssh NODE -- ss -tnp dst {}`)",
+            lab.patience(CLIENTS_FOLLOW),
+            lab.status.vip
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
 fn through_vip(path: &str) -> String {
     format!("{}{path}", lab().status.api_server_url)
 }
@@ -334,11 +401,15 @@ fn answers(url: String) -> impl Fn() -> Result<(), String> {
 
 /// Stops keepalived on the load balancer holding the virtual IP: another one must take the
 /// address over, and the API through the virtual IP must come back within 5 s and keep
-/// answering. Prints how long the move took and how many of the requests sent through the
-/// virtual IP every 100 ms failed.
+/// answering. Every node's connections to the virtual IP must then reach the new holder
+/// within 15 s: the kubelets and kube-proxy drop a connection left with the former holder
+/// when it stops answering their pings. Prints how long the move took, how many of the
+/// requests sent through the virtual IP every 100 ms failed, and when the nodes followed.
 ///
 /// Turn it red: `cargo lab break keepalived-standbys-stopped` (keepalived stopped on every
-/// load balancer but the holder, so that nobody can take over).
+/// load balancer but the holder, so that nobody can take over), or
+/// `cargo lab break vip-clients-never-ping` (one worker's watches stay with the former
+/// holder).
 #[test]
 fn keepalived_moves_the_virtual_ip_when_its_holder_stops() {
     the_virtual_ip_moves_when_a_unit_stops_on_its_holder(
@@ -349,8 +420,9 @@ fn keepalived_moves_the_virtual_ip_when_its_holder_stops() {
 
 /// Stops HAProxy on the load balancer holding the virtual IP, leaving keepalived running:
 /// keepalived's check of HAProxy must give the address up, another load balancer must take
-/// it over, and the API through the virtual IP must come back within 5 s. Prints the same
-/// figures as the keepalived drill.
+/// it over, the API through the virtual IP must come back within 5 s, and every node's
+/// connections must follow within 15 s (they do at once: HAProxy's exit closes them).
+/// Prints the same figures as the keepalived drill.
 ///
 /// Turn it red: `cargo lab break keepalived-standbys-stopped` (nobody can take over).
 #[test]
@@ -402,15 +474,18 @@ fn the_virtual_ip_moves_when_a_unit_stops_on_its_holder(test_name: &str, unit: &
         std::thread::sleep(REQUEST_INTERVAL);
     };
     let moved_at = stream.elapsed();
+    let moved = Instant::now();
     let moved_after = moved_at - stopped_at;
     // The stream shows whether clients got through again; the assertions below say how.
     stream.wait_for_answers(moved_at, STEADY_ANSWERS, longest_outage + REQUEST_INTERVAL * STEADY_ANSWERS as u32);
     let summary = stream.finish();
+    // A watch through the former holder hears nothing, whatever the stream says.
+    let followed_after = clients_follow_the_vip("after the move", moved);
     let restored_in = stopped.restore().unwrap_or_else(|error| panic!("{error}"));
 
     let detail = format!(
         "{unit} stopped on {holder}: {new_holder} held the virtual IP {moved_after:.1?} later; through the virtual \
-         IP {summary}"
+         IP {summary}; every node's connection reached {new_holder} {followed_after:.1?} after the move"
     );
     println!("{detail}; {unit} on {holder} active again after {restored_in:.1?}");
     let within = lab.record_drill(drill, summary.longest_outage, &detail);
@@ -824,6 +899,9 @@ fn cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted() {
     let lab = lab();
     let drill = provisioner::drills::by_test("cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted")
         .expect("the DNS drill is in provisioner::drills");
+    // A kubelet or kube-proxy still talking to a former holder of the virtual IP (a VIP
+    // drill just ran) would learn of the deletion late, which is not what this measures.
+    clients_follow_the_vip("before the drill", Instant::now());
     let _window = lab.drill("a cluster DNS pod deleted");
     let resolver = Arc::new(lab.resolver(Transport::Udp));
     let name = format!("kubernetes.default.svc.{}.", lab.status.cluster_domain);

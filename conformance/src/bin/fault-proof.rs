@@ -539,13 +539,11 @@ fn table(rows: &[Row]) -> String {
     text
 }
 
-/// The `lab` binary built beside this one (`cargo build -p lab` makes it).
+/// The `lab` binary built beside this one, built again first: one left from older
+/// sources would break and restore faults from an older catalogue than this program's.
 fn lab_binary() -> Result<PathBuf, String> {
     let here = std::env::current_exe().map_err(|error| format!("cannot find this program: {error}"))?;
     let lab = here.with_file_name("lab");
-    if lab.is_file() {
-        return Ok(lab);
-    }
     let built = conformance::inner_cargo().args(["build", "--locked", "-p", "lab"]).status();
     match built {
         Ok(status) if status.success() && lab.is_file() => Ok(lab),

@@ -956,6 +956,39 @@ pub static CATALOGUE: &[Fault] = &[
         healed: nothing,
     },
     Fault {
+        name: "vip-clients-never-ping",
+        stage: Stage::Keepalived,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "the kubelet and kube-proxy on {nodes} never ping a silent connection through the virtual IP \
+                  (client-go's health check off)",
+        symptom: "after the virtual IP moves, {nodes} hears nothing from the API for minutes: a pod deleted there \
+                  keeps running, and its Services keep sending to gone pods",
+        // Not the HAProxy drill: HAProxy's exit closes the clients' connections itself.
+        breaks: &["failover::keepalived_moves_the_virtual_ip_when_its_holder_stops"],
+        proof: Proof::Alone,
+        inject: |_, nodes| {
+            let setting = format!("HTTP2_READ_IDLE_TIMEOUT_SECONDS={}", keepalived::CLIENT_READ_IDLE_SECS);
+            let never = "HTTP2_READ_IDLE_TIMEOUT_SECONDS=0";
+            on_each(
+                nodes,
+                &format!(
+                    "{} && {} && systemctl daemon-reload && systemctl restart {} {}",
+                    edit(&paths::unit(kubelet::UNIT), &setting, never),
+                    edit(&paths::unit(kube_proxy::UNIT), &setting, never),
+                    kubelet::UNIT,
+                    kube_proxy::UNIT
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |context, nodes| {
+            let mut steps = kubelet_serves(context, nodes);
+            steps.extend(kube_proxy_synced(context, nodes));
+            steps
+        },
+        healed: nothing,
+    },
+    Fault {
         name: "vip-on-two-lbs",
         stage: Stage::Keepalived,
         scope: Scope::One { role: Role::Lb, default: DefaultNode::NotHoldingTheVip, needs: 2 },

@@ -153,6 +153,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
                 user: USER,
                 credentials: &[(SERVER_KEY_CREDENTIAL, server_key.clone()), (PEER_KEY_CREDENTIAL, peer_key.clone())],
             }),
+            environment: "",
         });
 
         let actions = stage.node(&member.name);

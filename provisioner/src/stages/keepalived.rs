@@ -8,6 +8,12 @@
 //! gives the VIP up after two failed checks, within about three seconds. Either way kubectl,
 //! kubelets and kube-proxy, which all use `https://VIP:API_PORT`, keep working.
 //!
+//! A move leaves the clients' open connections behind: the old holder can no longer
+//! send from the VIP, and the new one never heard of them. A client that only listens
+//! (a watch) notices when it next sends, so the kubelets and kube-proxy ping a silent
+//! connection after 5 s and drop it when the ping goes unanswered for 5 s more
+//! ([`client_environment`]).
+//!
 //! Choices, each for a reason:
 //! - Every node starts as BACKUP with a distinct priority (first `lb` node highest).
 //!   At startup the node whose wait for a master runs out first takes the VIP; when the
@@ -45,6 +51,28 @@ const VIRTUAL_ROUTER_ID: u8 = 51;
 const TOP_PRIORITY: u32 = 150;
 /// The usual step between priorities, shrunk if there are too many `lb` nodes to fit.
 const PRIORITY_STEP: u32 = 10;
+
+/// How long a client of the API through the VIP lets its connection be silent before
+/// it pings the other end: client-go's `HTTP2_READ_IDLE_TIMEOUT_SECONDS`, 30 by default.
+pub const CLIENT_READ_IDLE_SECS: u64 = 5;
+/// How long that client waits for the answer to its ping before it drops the connection
+/// and opens another: client-go's `HTTP2_PING_TIMEOUT_SECONDS`, 15 by default.
+pub const CLIENT_PING_TIMEOUT_SECS: u64 = 5;
+
+/// The unit lines of a daemon that reaches the API through the VIP (the kubelet and
+/// kube-proxy), so that it follows the VIP when it moves. With client-go's defaults a
+/// watch through the old holder stayed silent for up to 29 s after a move (measured
+/// 2026-12-06): kube-proxy kept sending Service traffic to a deleted pod, and a kubelet
+/// learned late that its pod was deleted. Pings every 5 s of silence cost a few bytes.
+pub fn client_environment() -> String {
+    format!(
+        "# Follow the virtual IP when it moves: ping a connection silent for \
+         {CLIENT_READ_IDLE_SECS} s and drop it\n\
+         # when the ping is not answered within {CLIENT_PING_TIMEOUT_SECS} s (client-go's defaults are 30 and 15).\n\
+         Environment=HTTP2_READ_IDLE_TIMEOUT_SECONDS={CLIENT_READ_IDLE_SECS} \
+         HTTP2_PING_TIMEOUT_SECONDS={CLIENT_PING_TIMEOUT_SECS}\n"
+    )
+}
 
 /// How long the VIP may take to appear and reach an apiserver through HAProxy.
 const VIP_TIMEOUT_SECS: u64 = 60;

@@ -234,6 +234,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             &format!("Kubernetes API server on {}", master.name),
             &flags,
             Some(StopTimeout { seconds: STOP_TIMEOUT_SECS, why: STOP_TIMEOUT_WHY }),
+            "",
         );
 
         let actions = stage.node(&master.name);

@@ -107,6 +107,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             &format!("Kubernetes controller manager on {}", master.name),
             &flags,
             None,
+            "",
         );
 
         let actions = stage.node(&master.name);

@@ -23,7 +23,7 @@
 use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, Context, FileSpec, StagePlan};
-use crate::stages::{install_unit, kubernetes_unit};
+use crate::stages::{install_unit, keepalived, kubernetes_unit};
 use crate::topology::{Node, Role};
 
 /// The unit this stage writes and starts on every worker.
@@ -111,6 +111,7 @@ conntrack:
             &format!("Kubernetes kube-proxy on {}", node.name),
             &[format!("--config={CONFIG}"), "--v=2".to_string()],
             None,
+            &keepalived::client_environment(),
         );
 
         let actions = stage.node(&node.name);

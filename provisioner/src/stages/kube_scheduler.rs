@@ -82,7 +82,8 @@ enableProfiling: false
         "--v=2".to_string(),
     ];
     for master in topology.nodes_with(Role::Master) {
-        let unit = kubernetes_unit("kube-scheduler", &format!("Kubernetes scheduler on {}", master.name), &flags, None);
+        let unit =
+            kubernetes_unit("kube-scheduler", &format!("Kubernetes scheduler on {}", master.name), &flags, None, "");
 
         let actions = stage.node(&master.name);
         // The kubeconfig embeds the scheduler's private key.

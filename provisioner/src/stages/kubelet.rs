@@ -49,7 +49,7 @@
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
-use crate::stages::{container_runtime, install_unit, pod_network, TLS_CIPHER_SUITES, TLS_MIN_VERSION};
+use crate::stages::{container_runtime, install_unit, keepalived, pod_network, TLS_CIPHER_SUITES, TLS_MIN_VERSION};
 use crate::topology::{Node, PodNetwork, Role};
 
 /// The unit this stage writes and starts on every worker.
@@ -245,7 +245,7 @@ Requires={PREP_UNIT}
 After=containerd.service {PREP_UNIT}
 
 [Service]
-ExecStart={bin}/kubelet \\\n  {flags}
+{environment}ExecStart={bin}/kubelet \\\n  {flags}
 Restart=always
 RestartSec=5
 
@@ -255,6 +255,7 @@ WantedBy=multi-user.target
         name = worker.name,
         bin = paths::BIN_DIR,
         flags = flags.join(" \\\n  "),
+        environment = keepalived::client_environment(),
     )
 }
 

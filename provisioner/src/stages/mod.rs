@@ -285,6 +285,8 @@ pub struct ServiceUnit<'a> {
     pub stop_timeout: Option<StopTimeout<'a>>,
     /// The user the daemon runs as, where not root.
     pub run_as: Option<RunAs<'a>>,
+    /// `Environment=` lines with their comments, or nothing.
+    pub environment: &'a str,
 }
 
 /// A daemon that runs as a user of its own (`User=`, `Group=`) and reads root-only
@@ -340,7 +342,7 @@ After=network-online.target
 
 [Service]
 Type={service_type}
-{run_as}ExecStart={exec_start}
+{run_as}{environment}ExecStart={exec_start}
 Restart=on-failure
 RestartSec=5
 {stop_timeout}# Every client watch is an open connection.
@@ -351,16 +353,19 @@ WantedBy=multi-user.target
 ",
         description = unit.description,
         documentation = unit.documentation,
+        environment = unit.environment,
     )
 }
 
 /// The unit of one of the Kubernetes daemons from the lab's binaries, documented by its
-/// command-line reference for the lab's Kubernetes version.
+/// command-line reference for the lab's Kubernetes version. `environment` holds
+/// `Environment=` lines with their comments, or nothing.
 pub fn kubernetes_unit(
     component: &str,
     description: &str,
     flags: &[String],
     stop_timeout: Option<StopTimeout<'_>>,
+    environment: &str,
 ) -> String {
     service_unit(&ServiceUnit {
         description,
@@ -372,6 +377,7 @@ pub fn kubernetes_unit(
         flags,
         stop_timeout,
         run_as: None,
+        environment,
     })
 }
 
@@ -553,6 +559,45 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Every daemon whose kubeconfig points at the virtual IP pings its silent
+    /// connections, so that it follows the address when it moves; the daemons that talk
+    /// to their own master's apiserver need not.
+    #[test]
+    fn every_client_of_the_virtual_ip_and_no_other_unit_pings_its_connections() {
+        for lab in ["lab.toml", "examples/minimal.toml", "examples/separate-etcd.toml", "examples/second-lab.toml"] {
+            let topology = test_support::topology(lab);
+            let vip_url = format!("server: \"https://{}:{}\"", topology.network.vip, topology.network.api_port);
+            let mut clients = 0;
+            for stage in Stage::ALL {
+                let plan = test_support::stage_for_topology(&topology, stage);
+                for actions in &plan.nodes {
+                    let text_of = |path: &str| {
+                        actions.files.iter().find(|file| file.path == path).map(|file| match &file.content {
+                            crate::plan::Content::Text(text) | crate::plan::Content::Secret(text) => text.clone(),
+                            crate::plan::Content::Artifact { .. } => String::new(),
+                        })
+                    };
+                    for unit in &actions.units {
+                        let Some(unit_text) = text_of(&paths::unit(&unit.name)) else { continue };
+                        let through_vip = unit
+                            .restart_when_changed
+                            .iter()
+                            .any(|input| text_of(input).is_some_and(|text| text.contains(&vip_url)));
+                        clients += usize::from(through_vip);
+                        assert_eq!(
+                            unit_text.contains(&keepalived::client_environment()),
+                            through_vip,
+                            "{lab}: {} on {} reaches the API through the virtual IP: {through_vip}; its unit:\n{unit_text}",
+                            unit.name,
+                            actions.node
+                        );
+                    }
+                }
+            }
+            assert!(clients > 0, "{lab}: no unit reaches the API through the virtual IP");
         }
     }
 
