@@ -335,14 +335,11 @@ impl<'a> Executor<'a> {
         };
 
         // 2. systemd must re-read unit files before they are (re)started.
-        let unit_files_changed = changed
-            .iter()
-            .copied()
-            .chain(report.removed_files.iter().map(String::as_str))
-            .any(|path| path.starts_with("/etc/systemd/"));
-        if unit_files_changed {
-            self.run_command(host, stage, "systemctl daemon-reload", "systemctl daemon-reload")?;
-        }
+        self.reload_units_if_among(
+            host,
+            stage,
+            changed.iter().copied().chain(report.removed_files.iter().map(String::as_str)),
+        )?;
 
         // 3. Commands.
         for command in &actions.commands {
@@ -436,10 +433,25 @@ impl<'a> Executor<'a> {
         }
 
         // 6. The record that lets the next run skip this stage here.
-        let digest = self.stage_digest(actions).map_err(host_error)?;
-        let record = record_script(stage, actions, &digest).map_err(host_error)?;
+        let identities = planned_identities(actions).map_err(host_error)?;
+        let digest = stage_digest(actions, &identities);
+        let record = record_script(stage, actions, &identities, &digest);
         self.run_command(host, stage, "record what the stage applied", &record)?;
         Ok(report)
+    }
+
+    /// Has systemd on `host` re-read its unit files when `paths` (written or removed)
+    /// hold one, so that what starts next starts as planned.
+    fn reload_units_if_among<'p>(
+        &self,
+        host: &dyn Host,
+        stage: Stage,
+        mut paths: impl Iterator<Item = &'p str>,
+    ) -> Result<(), ExecError> {
+        if paths.any(|path| path.starts_with("/etc/systemd/")) {
+            self.run_command(host, stage, "systemctl daemon-reload", "systemctl daemon-reload")?;
+        }
+        Ok(())
     }
 
     /// Stops and disables `retired`'s units, then removes its files, on `host`.
@@ -485,9 +497,7 @@ impl<'a> Executor<'a> {
         let host = self.host(stage, node)?;
         let mut report = NodeReport { node: node.to_string(), ..NodeReport::default() };
         self.retire(host, stage, retired, &mut report, progress)?;
-        if report.removed_files.iter().any(|path| path.starts_with("/etc/systemd/")) {
-            self.run_command(host, stage, "systemctl daemon-reload", "systemctl daemon-reload")?;
-        }
+        self.reload_units_if_among(host, stage, report.removed_files.iter().map(String::as_str))?;
         let record = format!("{APPLIED_DIR}/{}", stage.name());
         self.run_command(
             host,
@@ -573,9 +583,9 @@ impl<'a> Executor<'a> {
                             }
                         }
                         for (stage, actions) in planned {
-                            let digest = self
-                                .stage_digest(actions)
+                            let identities = planned_identities(actions)
                                 .map_err(|source| ExecError::Host { stage: *stage, source })?;
+                            let digest = stage_digest(actions, &identities);
                             let Some(state) = found.get(stage) else { continue };
                             let key = (*stage, node.clone());
                             let retired = state.retired(&on_node);
@@ -586,10 +596,7 @@ impl<'a> Executor<'a> {
                             if !retired.is_empty() {
                                 survey.retired.insert(key.clone(), retired);
                             }
-                            let unchanged = state
-                                .unchanged_files(actions)
-                                .map_err(|source| ExecError::Host { stage: *stage, source })?;
-                            survey.unchanged.insert(key, unchanged);
+                            survey.unchanged.insert(key, state.unchanged_files(actions, &identities));
                         }
                         Ok(survey)
                     })
@@ -648,29 +655,6 @@ impl<'a> Executor<'a> {
                 elapsed: timings.get(&stage.stage).copied().unwrap_or_default(),
             })
             .collect())
-    }
-
-    /// What the stage plans for one node, as one digest: every file's path and
-    /// `planned_identity`, every unit and every command.
-    fn stage_digest(&self, actions: &NodeActions) -> Result<String, HostError> {
-        let mut hasher = Sha256::new();
-        let mut field = |text: &str| {
-            hasher.update(text.len().to_le_bytes());
-            hasher.update(text.as_bytes());
-        };
-        for file in &actions.files {
-            field(&file.path);
-            field(&planned_identity(file)?);
-        }
-        for unit in &actions.units {
-            field(&unit.name);
-            field(&unit.restart_when_changed.join(" "));
-        }
-        for command in &actions.commands {
-            field(&command.script);
-            field(&format!("{:?}", command.when));
-        }
-        Ok(hex::encode(hasher.finalize()))
     }
 
     fn run_command(&self, host: &dyn Host, stage: Stage, description: &str, script: &str) -> Result<(), ExecError> {
@@ -1075,18 +1059,18 @@ impl StageState {
 
     /// The files of `actions` that are as the stage last left them (same signature)
     /// and that the plan still wants as it did then: they need not be read again.
-    fn unchanged_files(&self, actions: &NodeActions) -> Result<BTreeSet<String>, HostError> {
+    fn unchanged_files(&self, actions: &NodeActions, identities: &PlannedIdentities) -> BTreeSet<String> {
         let mut unchanged = BTreeSet::new();
         for file in &actions.files {
             let recorded = self.recorded.get(&file.path);
             if recorded.is_some()
                 && recorded == self.current.get(&file.path)
-                && self.recorded_wanted.get(&file.path) == Some(&planned_identity(file)?)
+                && self.recorded_wanted.get(&file.path) == identities.get(&file.path)
             {
                 unchanged.insert(file.path.clone());
             }
         }
-        Ok(unchanged)
+        unchanged
     }
 
     fn is_converged(&self, actions: &NodeActions, digest: &str) -> bool {
@@ -1119,7 +1103,7 @@ fn signatures(label: &str, files: &[FileSpec]) -> String {
 
 /// The command that records, after a stage passed on a node, its digest and the
 /// signature of each of its files.
-fn record_script(stage: Stage, actions: &NodeActions, digest: &str) -> Result<String, HostError> {
+fn record_script(stage: Stage, actions: &NodeActions, identities: &PlannedIdentities, digest: &str) -> String {
     let record = format!("{APPLIED_DIR}/{}", stage.name());
     let mut script = format!("mkdir -p {APPLIED_DIR} && {{ echo 'digest {digest}'; ");
     if !actions.files.is_empty() {
@@ -1129,15 +1113,14 @@ fn record_script(stage: Stage, actions: &NodeActions, digest: &str) -> Result<St
     }
     // What the plan wanted of each file, so that a later run whose plan changed
     // elsewhere in the stage knows this file is still as planned without reading it.
-    for file in &actions.files {
-        script
-            .push_str(&format!("echo {}; ", shell_quote(&format!("wanted {} {}", file.path, planned_identity(file)?))));
+    for (path, identity) in identities {
+        script.push_str(&format!("echo {}; ", shell_quote(&format!("wanted {path} {identity}"))));
     }
     for unit in &actions.units {
         script.push_str(&format!("echo {}; ", shell_quote(&format!("unit {}", unit.name))));
     }
     script.push_str(&format!("}} > {record}.tmp && mv -f {record}.tmp {record}"));
-    Ok(script)
+    script
 }
 
 /// The one command per node that `Executor::survey` runs: for each stage, its
@@ -1230,6 +1213,38 @@ impl DigestCache {
         self.artifacts.lock().expect("digest lock").insert(path.to_owned(), (metadata.len(), modified, digest.clone()));
         Ok(digest)
     }
+}
+
+/// What the stage plans for one node, as one digest: every file's path and planned
+/// identity, every unit and every command.
+fn stage_digest(actions: &NodeActions, identities: &PlannedIdentities) -> String {
+    let mut hasher = Sha256::new();
+    let mut field = |text: &str| {
+        hasher.update(text.len().to_le_bytes());
+        hasher.update(text.as_bytes());
+    };
+    for file in &actions.files {
+        field(&file.path);
+        field(identities.get(&file.path).map_or("", String::as_str));
+    }
+    for unit in &actions.units {
+        field(&unit.name);
+        field(&unit.restart_when_changed.join(" "));
+    }
+    for command in &actions.commands {
+        field(&command.script);
+        field(&format!("{:?}", command.when));
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// `planned_identity` of each file of one stage on one node, by path.
+type PlannedIdentities = BTreeMap<String, String>;
+
+/// The planned identities of `actions`' files, worked out once per stage and node for
+/// its digest, its record and the comparison with what was recorded.
+fn planned_identities(actions: &NodeActions) -> Result<PlannedIdentities, HostError> {
+    actions.files.iter().map(|file| Ok((file.path.clone(), planned_identity(file)?))).collect()
 }
 
 /// What the plan wants of one file, cheaply: its mode, owner and content, where an
