@@ -21,7 +21,7 @@
 //! `lab-kubelet-prep.service` does them before every kubelet start:
 //!
 //! - /dev/kmsg must exist (the kubelet's cAdvisor watches it for OOM kills); a link to
-//!   /dev/console is enough.
+//!   /dev/console is enough, and journald is told not to read it.
 //! - /proc/sys must be writable: the node sets the kernel settings the kubelet
 //!   expects (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops, ...; the list
 //!   is `KERNEL_SETTINGS`), and the kubelet, with `protectKernelDefaults` (CIS 4.2.6),
@@ -302,8 +302,15 @@ fn prep_script(cgroup_root: &str) -> String {
 set -eu
 
 # The kubelet's cAdvisor watches kernel messages for OOM kills and will not start
-# without /dev/kmsg, which systemd-nspawn does not create.
+# without /dev/kmsg, which systemd-nspawn does not create (the node image links it
+# to the console at boot). journald must not read that link: a journald restarted
+# after it was made reads the node's console as kernel messages, and spun at 55% of
+# a CPU when the console went away (seen 2026-12-06).
 [ -e /dev/kmsg ] || ln -s /dev/console /dev/kmsg
+if [ -L /dev/kmsg ]; then
+  mkdir -p /run/systemd/journald.conf.d
+  printf '[Journal]\nReadKMsg=no\n' > /run/systemd/journald.conf.d/lab-no-kmsg.conf
+fi
 
 # The kernel settings the kubelet checks at start; systemd-nspawn mounts /proc/sys
 # read-only. Writing a value back unchanged shows whether it is writable.
