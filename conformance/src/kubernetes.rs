@@ -75,7 +75,29 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
+    /// A namespace ready for pods.
     pub async fn create(client: &kube::Client, test: &str) -> TestNamespace {
+        let namespace = TestNamespace::create_without_pods(client, test).await;
+        let name = namespace.name();
+        // Kubernetes 1.20 refuses a pod until the token controller has given the namespace's
+        // `default` ServiceAccount a token; controllers retry, a test creating a bare pod would
+        // not. Waiting here makes every test's namespace ready for pods.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+        eventually(&format!("the default ServiceAccount of {name} has a token"), NAMESPACE_READY_TIMEOUT, || async {
+            match accounts.get_opt("default").await.map_err(|error| error.to_string())? {
+                Some(account) if account.secrets.as_ref().is_some_and(|secrets| !secrets.is_empty()) => Ok(()),
+                Some(_) => Err("it has no token yet".to_string()),
+                None => Err("it does not exist yet".to_string()),
+            }
+        })
+        .await;
+        namespace
+    }
+
+    /// A namespace for objects other than pods, returned at once: it does not wait for
+    /// the token controller, which has no leader for a while after a controller
+    /// manager restarts (a wait of 56 s was seen in the fault proof).
+    pub async fn create_without_pods(client: &kube::Client, test: &str) -> TestNamespace {
         let suffix = RandomState::new().build_hasher().finish() & 0xff_ffff;
         let name = format!("conformance-{}-{suffix:06x}", test.replace('_', "-"));
         let namespace: Namespace = serde_json::from_value(json!({
@@ -86,18 +108,6 @@ impl TestNamespace {
             .create(&PostParams::default(), &namespace)
             .await
             .unwrap_or_else(|error| panic!("cannot create namespace {name}: {error}"));
-        // Kubernetes 1.20 refuses a pod until the token controller has given the namespace's
-        // `default` ServiceAccount a token; controllers retry, a test creating a bare pod would
-        // not. Waiting here makes every test's namespace ready for pods.
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
-        eventually(&format!("the default ServiceAccount of {name} has a token"), NAMESPACE_READY_TIMEOUT, || async {
-            match accounts.get_opt("default").await.map_err(|error| error.to_string())? {
-                Some(account) if account.secrets.as_ref().is_some_and(|secrets| !secrets.is_empty()) => Ok(()),
-                Some(_) => Err("it has no token yet".to_string()),
-                None => Err("it does not exist yet".to_string()),
-            }
-        })
-        .await;
         TestNamespace { name, client: client.clone(), deleted: false }
     }
 

@@ -425,7 +425,7 @@ fn cis_1_2_21_to_24_apiservers_write_an_audit_log() {
 fn cis_1_2_32_and_33_apiservers_encrypt_secrets_in_etcd() {
     let lab = lab();
     let client = lab.kube();
-    let namespace = lab.block_on(TestNamespace::create(&client, "secrets-encryption"));
+    let namespace = lab.block_on(TestNamespace::create_without_pods(&client, "secrets-encryption"));
     let admin = lab.https(Identity::Certificate(names::ADMIN), TIMEOUT);
     let etcd_client = lab.https(Identity::Certificate(names::APISERVER_ETCD_CLIENT), TIMEOUT);
     let member = lab.nodes_with(Role::Etcd)[0];
