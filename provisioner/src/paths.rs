@@ -38,6 +38,11 @@ pub fn etcd_pki(file: &str) -> String {
     format!("{ETCD_PKI_DIR}/{file}")
 }
 
+/// Path of a Kubernetes binary on the nodes, e.g. `kubernetes_binary("kubelet")`.
+pub fn kubernetes_binary(name: &str) -> String {
+    format!("{BIN_DIR}/{name}")
+}
+
 /// Path of a kubeconfig, e.g. `kubeconfig("kube-scheduler")`.
 pub fn kubeconfig(component: &str) -> String {
     format!("{KUBERNETES_DIR}/{component}.kubeconfig")

@@ -12,15 +12,23 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::build::{ArtifactError, Result};
+use super::kubernetes::DEBIAN_SOURCE_BUILD_VARIANT;
 use super::KUBERNETES_BINARIES;
 use crate::system;
-use crate::topology::Topology;
+use crate::topology::{ArtifactSource, Topology};
 
 /// `cache_dir/kubernetes/SOURCE-vVERSION`: for `debian-source` and `release`, the
 /// `bin/` below it is the manifest's binary directory; for `dir` it holds only pause.
+/// The name of a `debian-source` build also says how it was built
+/// (`debian-source-v1.20.2-dockerless`), so that binaries an older lab built another
+/// way are built again rather than taken for these.
 pub fn kubernetes_dir(topology: &Topology, cache_dir: &Path) -> PathBuf {
     let kubernetes = &topology.kubernetes;
-    cache_dir.join("kubernetes").join(format!("{}-v{}", kubernetes.source, kubernetes.version))
+    let build_variant = match kubernetes.source {
+        ArtifactSource::DebianSource => DEBIAN_SOURCE_BUILD_VARIANT,
+        ArtifactSource::Release | ArtifactSource::Dir => "",
+    };
+    cache_dir.join("kubernetes").join(format!("{}-v{}{build_variant}", kubernetes.source, kubernetes.version))
 }
 
 /// The static pause binary the pause image is made of.

@@ -62,7 +62,7 @@ impl Artifacts {
         let version = &topology.kubernetes.version;
         let bin_dir = match &topology.kubernetes.dir {
             Some(dir) if topology.kubernetes.source == crate::topology::ArtifactSource::Dir => dir.clone(),
-            _ => cache_dir.join("kubernetes").join(format!("{}-v{version}", topology.kubernetes.source)).join("bin"),
+            _ => cache::kubernetes_dir(topology, cache_dir).join("bin"),
         };
         let binaries = KUBERNETES_BINARIES.iter().map(|name| (name.to_string(), bin_dir.join(name))).collect();
         let image_dir = cache_dir.join("images");

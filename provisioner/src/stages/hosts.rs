@@ -186,7 +186,7 @@ fn binaries(artifacts: &Artifacts, node: &Node) -> Vec<FileSpec> {
     names
         .into_iter()
         .map(|name| FileSpec {
-            path: format!("{}/{name}", paths::BIN_DIR),
+            path: paths::kubernetes_binary(name),
             mode: 0o755,
             owner: "root".to_string(),
             content: Content::Artifact { path: artifacts.binary(name).to_path_buf() },

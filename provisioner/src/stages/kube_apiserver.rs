@@ -253,6 +253,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             UNIT,
             unit,
             &[
+                &paths::kubernetes_binary("kube-apiserver"),
                 paths::ENCRYPTION_CONFIG,
                 paths::AUDIT_POLICY,
                 &ca,

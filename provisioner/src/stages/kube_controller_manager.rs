@@ -113,7 +113,8 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         let actions = stage.node(&master.name);
         // The kubeconfig embeds the controller manager's private key.
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
-        install_unit(actions, UNIT, unit, &[&kubeconfig_path, &ca, &ca_key, &service_account_private]);
+        let binary = paths::kubernetes_binary("kube-controller-manager");
+        install_unit(actions, UNIT, unit, &[&binary, &kubeconfig_path, &ca, &ca_key, &service_account_private]);
         actions.checks.extend(loopback_health_checks(
             "kube-controller-manager",
             &master.name,

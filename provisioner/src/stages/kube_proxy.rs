@@ -117,7 +117,7 @@ conntrack:
         let actions = stage.node(&node.name);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config));
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
-        install_unit(actions, UNIT, unit, &[CONFIG, &kubeconfig_path]);
+        install_unit(actions, UNIT, unit, &[&paths::kubernetes_binary("kube-proxy"), CONFIG, &kubeconfig_path]);
         // A process on the node sending to a Service address needs a route for it
         // before kube-proxy's rules can rewrite the destination to a pod. Nodes here
         // have no default route (nothing may leave the lab), so the service range

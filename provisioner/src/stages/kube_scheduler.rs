@@ -89,7 +89,8 @@ enableProfiling: false
         // The kubeconfig embeds the scheduler's private key.
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
         actions.files.push(FileSpec::text(paths::KUBE_SCHEDULER_CONFIG, 0o644, &config));
-        install_unit(actions, UNIT, unit, &[paths::KUBE_SCHEDULER_CONFIG, &kubeconfig_path]);
+        let binary = paths::kubernetes_binary("kube-scheduler");
+        install_unit(actions, UNIT, unit, &[&binary, paths::KUBE_SCHEDULER_CONFIG, &kubeconfig_path]);
         actions.checks.extend(loopback_health_checks(
             "kube-scheduler",
             &master.name,

@@ -106,7 +106,13 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         install_unit(actions, PREP_UNIT, prep_unit(), &[PREP_SCRIPT, KERNEL_SETTINGS_FILE]);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config(context, worker, &cgroup_root)));
         actions.files.push(FileSpec::secret(&kubeconfig_path, kubeconfig));
-        install_unit(actions, UNIT, unit(worker, &kubeconfig_path), &[CONFIG, &kubeconfig_path, &ca, &cert, &key]);
+        let binary = paths::kubernetes_binary("kubelet");
+        install_unit(
+            actions,
+            UNIT,
+            unit(worker, &kubeconfig_path),
+            &[&binary, CONFIG, &kubeconfig_path, &ca, &cert, &key],
+        );
         actions.checks.push(CheckSpec {
             description: format!("kubelet on {} answers /healthz", worker.name),
             script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),
@@ -245,7 +251,7 @@ Requires={PREP_UNIT}
 After=containerd.service {PREP_UNIT}
 
 [Service]
-{environment}ExecStart={bin}/kubelet \\\n  {flags}
+{environment}ExecStart={binary} \\\n  {flags}
 Restart=always
 RestartSec=5
 
@@ -253,7 +259,7 @@ RestartSec=5
 WantedBy=multi-user.target
 ",
         name = worker.name,
-        bin = paths::BIN_DIR,
+        binary = paths::kubernetes_binary("kubelet"),
         flags = flags.join(" \\\n  "),
         environment = keepalived::client_environment(),
     )

@@ -373,7 +373,7 @@ pub fn kubernetes_unit(
             "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/{component}/"
         ),
         notify: false,
-        command: &format!("{}/{component}", paths::BIN_DIR),
+        command: &paths::kubernetes_binary(component),
         flags,
         stop_timeout,
         run_as: None,
@@ -382,8 +382,8 @@ pub fn kubernetes_unit(
 }
 
 /// Puts the systemd unit `name` on the node and asks for it enabled and running,
-/// restarted whenever its unit file or one of `inputs` (certificates, configuration
-/// files, kubeconfigs it reads) changes.
+/// restarted whenever its unit file or one of `inputs` (the binary it runs where the
+/// lab installs it, certificates, configuration files, kubeconfigs it reads) changes.
 pub fn install_unit(actions: &mut NodeActions, name: &str, content: String, inputs: &[&str]) {
     let unit_path = paths::unit(name);
     let mut restart_when_changed = vec![unit_path.clone()];
@@ -559,6 +559,53 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A unit restarts when the lab installs a new build of the binary it runs (a
+    /// rebuilt cache, another Kubernetes build): a binary replaced on disk changes
+    /// nothing in the process that runs the old one.
+    #[test]
+    fn every_unit_restarts_when_the_binary_it_runs_changes() {
+        for lab in ["lab.toml", "examples/minimal.toml", "examples/separate-etcd.toml", "examples/second-lab.toml"] {
+            let topology = test_support::topology(lab);
+            let plans: Vec<StagePlan> =
+                Stage::ALL.iter().map(|stage| test_support::stage_for_topology(&topology, *stage)).collect();
+            let mut checked = 0;
+            for plan in &plans {
+                for actions in &plan.nodes {
+                    let installed: Vec<&str> = plans
+                        .iter()
+                        .flat_map(|plan| plan.nodes.iter().filter(|other| other.node == actions.node))
+                        .flat_map(|other| &other.files)
+                        .filter(|file| matches!(file.content, crate::plan::Content::Artifact { .. }))
+                        .map(|file| file.path.as_str())
+                        .collect();
+                    for unit in &actions.units {
+                        let Some(unit_file) = actions.files.iter().find(|file| file.path == paths::unit(&unit.name))
+                        else {
+                            continue;
+                        };
+                        let crate::plan::Content::Text(text) = &unit_file.content else { continue };
+                        let Some(exec_start) = text.lines().find_map(|line| line.strip_prefix("ExecStart=")) else {
+                            continue;
+                        };
+                        let program = exec_start.split_whitespace().next().unwrap_or_default();
+                        if installed.contains(&program) {
+                            checked += 1;
+                            assert!(
+                                unit.restart_when_changed.iter().any(|input| input == program),
+                                "{lab}: {} on {} runs {program}, which the lab installs, but does not restart \
+                                 when it changes: {:?}",
+                                unit.name,
+                                actions.node,
+                                unit.restart_when_changed
+                            );
+                        }
+                    }
+                }
+            }
+            assert!(checked > 0, "{lab}: no unit runs a binary the lab installs");
         }
     }
 
