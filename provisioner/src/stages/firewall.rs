@@ -298,11 +298,15 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     for node in &context.topology.nodes {
         let actions = stage.node(&node.name);
         actions.files.push(FileSpec::text(CONNTRACK_SYSCTL, 0o644, CONNTRACK_SETTINGS));
-        // Before firewalld starts, so the connections that are open now survive it.
+        // Before firewalld starts, so the connections that are open now survive it. A
+        // node that runs kube-proxy has tracked its connections since kube-proxy loaded
+        // its NAT rules (NAT needs connection tracking), so only a node without it
+        // waits the second in which its open streams become tracked.
+        let settle = if kube_proxy::runs_on(node) { "" } else { "sleep 1\n" };
         actions.commands.push(CommandSpec {
             description: "let connection tracking adopt open connections".to_string(),
             script: format!(
-                "sysctl -q -p {CONNTRACK_SYSCTL} && nft -f - <<'EOF'\n{TRACK_OPEN_CONNECTIONS}EOF\nsleep 1"
+                "sysctl -q -p {CONNTRACK_SYSCTL} && nft -f - <<'EOF'\n{TRACK_OPEN_CONNECTIONS}EOF\n{settle}"
             ),
             when: RunWhen::FilesChanged,
         });
