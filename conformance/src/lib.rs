@@ -268,14 +268,20 @@ impl Lab {
         self.session(node)?.run(script)
     }
 
+    /// Runs `script` on `node` and returns its standard output, or an error that names
+    /// the node and the script and holds the standard error if it exits non-zero.
+    pub fn try_stdout(&self, node: &str, script: &str) -> Result<String, String> {
+        let output = self.try_sh(node, script).map_err(|error| error.to_string())?;
+        if output.status != 0 {
+            return Err(format!("on {node}, `{script}` exited with {}: {}", output.status, output.stderr.trim()));
+        }
+        Ok(output.stdout)
+    }
+
     /// Runs `script` on `node` and returns its standard output; panics with the node, the
     /// script and its standard error if it exits non-zero.
     pub fn sh(&self, node: &str, script: &str) -> String {
-        let output = self.try_sh(node, script).unwrap_or_else(|error| panic!("{error}"));
-        if output.status != 0 {
-            panic!("on {node}, `{script}` exited with {}: {}", output.status, output.stderr.trim());
-        }
-        output.stdout
+        self.try_stdout(node, script).unwrap_or_else(|error| panic!("{error}"))
     }
 
     /// Every TCP socket listening on `node` (`ss -ltnpH`), with the processes holding it.

@@ -331,18 +331,13 @@ fn connections_left_behind() -> Result<Vec<String>, String> {
         holders => return Err(format!("load balancers holding the virtual IP: {holders:?}")),
     };
     let (vip, port) = (lab.status.vip, lab.topology.network.api_port);
-    let run = |node: &str, script: &str| match lab.try_sh(node, script) {
-        Ok(output) if output.status == 0 => Ok(output.stdout),
-        Ok(output) => Err(format!("on {node}, `{script}` exited with {}: {}", output.status, output.stderr.trim())),
-        Err(error) => Err(error.to_string()),
-    };
     // With a state filter, ss leaves the State column out: Recv-Q, Send-Q, local
     // address, peer, process.
-    let accepted = run(&holder, &format!("ss -tnH state established src {vip}:{port}"))?;
+    let accepted = lab.try_stdout(&holder, &format!("ss -tnH state established src {vip}:{port}"))?;
     let accepted: Vec<&str> = accepted.lines().filter_map(|line| line.split_whitespace().nth(3)).collect();
     let mut left_behind = Vec::new();
     for node in &lab.topology.nodes {
-        let opened = run(&node.name, &format!("ss -tnpH state established dst {vip}:{port}"))?;
+        let opened = lab.try_stdout(&node.name, &format!("ss -tnpH state established dst {vip}:{port}"))?;
         for line in opened.lines() {
             let columns: Vec<&str> = line.split_whitespace().collect();
             let (Some(local), Some(process)) = (columns.get(2), columns.get(4)) else { continue };
