@@ -520,16 +520,26 @@ mod tests {
         }
     }
 
+    /// The topologies the repository ships, each with the plans of all its stages.
+    fn shipped_plans() -> Vec<(&'static str, crate::topology::Topology, Vec<StagePlan>)> {
+        ["lab.toml", "examples/minimal.toml", "examples/separate-etcd.toml", "examples/second-lab.toml"]
+            .into_iter()
+            .map(|lab| {
+                let topology = test_support::topology(lab);
+                let plans =
+                    Stage::ALL.iter().map(|stage| test_support::stage_for_topology(&topology, *stage)).collect();
+                (lab, topology, plans)
+            })
+            .collect()
+    }
+
     /// Stages that do not need each other run at the same time, so a stage that writes
     /// a file another stage's unit restarts for, or the same file as another stage,
     /// must be among that stage's needs: else the restart could be missed or the file
     /// written twice at once.
     #[test]
     fn a_stage_needs_every_stage_that_writes_its_units_inputs() {
-        for lab in ["lab.toml", "examples/minimal.toml", "examples/separate-etcd.toml", "examples/second-lab.toml"] {
-            let topology = test_support::topology(lab);
-            let plans: Vec<StagePlan> =
-                Stage::ALL.iter().map(|stage| test_support::stage_for_topology(&topology, *stage)).collect();
+        for (lab, _, plans) in shipped_plans() {
             let writers = |node: &str, path: &str| -> Vec<Stage> {
                 plans
                     .iter()
@@ -567,10 +577,7 @@ mod tests {
     /// nothing in the process that runs the old one.
     #[test]
     fn every_unit_restarts_when_the_binary_it_runs_changes() {
-        for lab in ["lab.toml", "examples/minimal.toml", "examples/separate-etcd.toml", "examples/second-lab.toml"] {
-            let topology = test_support::topology(lab);
-            let plans: Vec<StagePlan> =
-                Stage::ALL.iter().map(|stage| test_support::stage_for_topology(&topology, *stage)).collect();
+        for (lab, _, plans) in shipped_plans() {
             let mut checked = 0;
             for plan in &plans {
                 for actions in &plan.nodes {
@@ -614,12 +621,10 @@ mod tests {
     /// to their own master's apiserver need not.
     #[test]
     fn every_client_of_the_virtual_ip_and_no_other_unit_pings_its_connections() {
-        for lab in ["lab.toml", "examples/minimal.toml", "examples/separate-etcd.toml", "examples/second-lab.toml"] {
-            let topology = test_support::topology(lab);
+        for (lab, topology, plans) in shipped_plans() {
             let vip_url = format!("server: \"https://{}:{}\"", topology.network.vip, topology.network.api_port);
             let mut clients = 0;
-            for stage in Stage::ALL {
-                let plan = test_support::stage_for_topology(&topology, stage);
+            for plan in &plans {
                 for actions in &plan.nodes {
                     let text_of = |path: &str| {
                         actions.files.iter().find(|file| file.path == path).map(|file| match &file.content {
