@@ -32,7 +32,9 @@ use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
 use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
-use crate::stages::{install_unit, kubernetes_unit, StopTimeout, TLS_CIPHER_SUITES, TLS_MIN_VERSION};
+use crate::stages::{
+    install_kubernetes_unit, kubernetes_unit, KubernetesUnit, StopTimeout, TLS_CIPHER_SUITES, TLS_MIN_VERSION,
+};
 use crate::topology::Role;
 
 /// The unit this stage writes and starts on every master.
@@ -229,13 +231,13 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             "--watch-cache=false".to_string(),
             "--v=2".to_string(),
         ];
-        let unit = kubernetes_unit(
-            "kube-apiserver",
-            &format!("Kubernetes API server on {}", master.name),
-            &flags,
-            Some(StopTimeout { seconds: STOP_TIMEOUT_SECS, why: STOP_TIMEOUT_WHY }),
-            "",
-        );
+        let unit = kubernetes_unit(&KubernetesUnit {
+            component: "kube-apiserver",
+            description: &format!("Kubernetes API server on {}", master.name),
+            flags: &flags,
+            stop_timeout: Some(StopTimeout { seconds: STOP_TIMEOUT_SECS, why: STOP_TIMEOUT_WHY }),
+            ..KubernetesUnit::default()
+        });
 
         let actions = stage.node(&master.name);
         actions
@@ -248,12 +250,12 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             script: format!("install -d -m 0700 {}", audit_log_dir()),
             when: RunWhen::Always,
         });
-        install_unit(
+        install_kubernetes_unit(
             actions,
             UNIT,
+            "kube-apiserver",
             unit,
             &[
-                &paths::kubernetes_binary("kube-apiserver"),
                 paths::ENCRYPTION_CONFIG,
                 paths::AUDIT_POLICY,
                 &ca,

@@ -18,7 +18,8 @@ use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
 use crate::plan::{Context, FileSpec, StagePlan};
 use crate::stages::{
-    install_unit, kubernetes_unit, loopback_health_checks, LeaderElection, TLS_CIPHER_SUITES, TLS_MIN_VERSION,
+    install_kubernetes_unit, kubernetes_unit, loopback_health_checks, KubernetesUnit, LeaderElection,
+    TLS_CIPHER_SUITES, TLS_MIN_VERSION,
 };
 use crate::topology::{Role, Topology};
 
@@ -102,19 +103,23 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         "--v=2".to_string(),
     ]);
     for master in topology.nodes_with(Role::Master) {
-        let unit = kubernetes_unit(
-            "kube-controller-manager",
-            &format!("Kubernetes controller manager on {}", master.name),
-            &flags,
-            None,
-            "",
-        );
+        let unit = kubernetes_unit(&KubernetesUnit {
+            component: "kube-controller-manager",
+            description: &format!("Kubernetes controller manager on {}", master.name),
+            flags: &flags,
+            ..KubernetesUnit::default()
+        });
 
         let actions = stage.node(&master.name);
         // The kubeconfig embeds the controller manager's private key.
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
-        let binary = paths::kubernetes_binary("kube-controller-manager");
-        install_unit(actions, UNIT, unit, &[&binary, &kubeconfig_path, &ca, &ca_key, &service_account_private]);
+        install_kubernetes_unit(
+            actions,
+            UNIT,
+            "kube-controller-manager",
+            unit,
+            &[&kubeconfig_path, &ca, &ca_key, &service_account_private],
+        );
         actions.checks.extend(loopback_health_checks(
             "kube-controller-manager",
             &master.name,

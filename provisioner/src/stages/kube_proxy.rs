@@ -23,7 +23,7 @@
 use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, Context, FileSpec, StagePlan};
-use crate::stages::{install_unit, keepalived, kubernetes_unit};
+use crate::stages::{install_kubernetes_unit, install_unit, keepalived, kubernetes_unit, KubernetesUnit};
 use crate::topology::{Node, Role};
 
 /// The unit this stage writes and starts on every worker.
@@ -106,18 +106,18 @@ conntrack:
             address = node.address,
             pod_cidr = topology.network.pod_cidr,
         );
-        let unit = kubernetes_unit(
-            "kube-proxy",
-            &format!("Kubernetes kube-proxy on {}", node.name),
-            &[format!("--config={CONFIG}"), "--v=2".to_string()],
-            None,
-            &keepalived::client_environment(),
-        );
+        let unit = kubernetes_unit(&KubernetesUnit {
+            component: "kube-proxy",
+            description: &format!("Kubernetes kube-proxy on {}", node.name),
+            flags: &[format!("--config={CONFIG}"), "--v=2".to_string()],
+            environment: &keepalived::client_environment(),
+            ..KubernetesUnit::default()
+        });
 
         let actions = stage.node(&node.name);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config));
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
-        install_unit(actions, UNIT, unit, &[&paths::kubernetes_binary("kube-proxy"), CONFIG, &kubeconfig_path]);
+        install_kubernetes_unit(actions, UNIT, "kube-proxy", unit, &[CONFIG, &kubeconfig_path]);
         // A process on the node sending to a Service address needs a route for it
         // before kube-proxy's rules can rewrite the destination to a pod. Nodes here
         // have no default route (nothing may leave the lab), so the service range

@@ -16,7 +16,8 @@ use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{Context, FileSpec, StagePlan};
 use crate::stages::{
-    install_unit, kubernetes_unit, loopback_health_checks, LeaderElection, TLS_CIPHER_SUITES, TLS_MIN_VERSION,
+    install_kubernetes_unit, kubernetes_unit, loopback_health_checks, KubernetesUnit, LeaderElection,
+    TLS_CIPHER_SUITES, TLS_MIN_VERSION,
 };
 use crate::topology::Role;
 
@@ -82,15 +83,24 @@ enableProfiling: false
         "--v=2".to_string(),
     ];
     for master in topology.nodes_with(Role::Master) {
-        let unit =
-            kubernetes_unit("kube-scheduler", &format!("Kubernetes scheduler on {}", master.name), &flags, None, "");
+        let unit = kubernetes_unit(&KubernetesUnit {
+            component: "kube-scheduler",
+            description: &format!("Kubernetes scheduler on {}", master.name),
+            flags: &flags,
+            ..KubernetesUnit::default()
+        });
 
         let actions = stage.node(&master.name);
         // The kubeconfig embeds the scheduler's private key.
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
         actions.files.push(FileSpec::text(paths::KUBE_SCHEDULER_CONFIG, 0o644, &config));
-        let binary = paths::kubernetes_binary("kube-scheduler");
-        install_unit(actions, UNIT, unit, &[&binary, paths::KUBE_SCHEDULER_CONFIG, &kubeconfig_path]);
+        install_kubernetes_unit(
+            actions,
+            UNIT,
+            "kube-scheduler",
+            unit,
+            &[paths::KUBE_SCHEDULER_CONFIG, &kubeconfig_path],
+        );
         actions.checks.extend(loopback_health_checks(
             "kube-scheduler",
             &master.name,

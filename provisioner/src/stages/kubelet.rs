@@ -49,7 +49,10 @@
 use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
-use crate::stages::{container_runtime, install_unit, keepalived, pod_network, TLS_CIPHER_SUITES, TLS_MIN_VERSION};
+use crate::stages::{
+    container_runtime, install_kubernetes_unit, install_unit, keepalived, pod_network, TLS_CIPHER_SUITES,
+    TLS_MIN_VERSION,
+};
 use crate::topology::{Node, PodNetwork, Role};
 
 /// The unit this stage writes and starts on every worker.
@@ -106,12 +109,12 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         install_unit(actions, PREP_UNIT, prep_unit(), &[PREP_SCRIPT, KERNEL_SETTINGS_FILE]);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config(context, worker, &cgroup_root)));
         actions.files.push(FileSpec::secret(&kubeconfig_path, kubeconfig));
-        let binary = paths::kubernetes_binary("kubelet");
-        install_unit(
+        install_kubernetes_unit(
             actions,
             UNIT,
+            "kubelet",
             unit(worker, &kubeconfig_path),
-            &[&binary, CONFIG, &kubeconfig_path, &ca, &cert, &key],
+            &[CONFIG, &kubeconfig_path, &ca, &cert, &key],
         );
         actions.checks.push(CheckSpec {
             description: format!("kubelet on {} answers /healthz", worker.name),

@@ -305,6 +305,7 @@ pub fn credential_path(unit: &str, name: &str) -> String {
 }
 
 /// A daemon's own stop timeout and why it has one, which the unit says in a comment.
+#[derive(Clone, Copy)]
 pub struct StopTimeout<'a> {
     pub seconds: u32,
     pub why: &'a str,
@@ -357,28 +358,53 @@ WantedBy=multi-user.target
     )
 }
 
+/// What differs between the units of the Kubernetes daemons that share the lab's
+/// daemon unit (all but the kubelet, whose unit orders it after the container
+/// runtime).
+#[derive(Default)]
+pub struct KubernetesUnit<'a> {
+    /// The binary's name, as `kube-scheduler`: it names the command-line reference too.
+    pub component: &'a str,
+    pub description: &'a str,
+    pub flags: &'a [String],
+    pub stop_timeout: Option<StopTimeout<'a>>,
+    /// `Environment=` lines with their comments, or nothing.
+    pub environment: &'a str,
+}
+
 /// The unit of one of the Kubernetes daemons from the lab's binaries, documented by its
-/// command-line reference for the lab's Kubernetes version. `environment` holds
-/// `Environment=` lines with their comments, or nothing.
-pub fn kubernetes_unit(
-    component: &str,
-    description: &str,
-    flags: &[String],
-    stop_timeout: Option<StopTimeout<'_>>,
-    environment: &str,
-) -> String {
+/// command-line reference for the lab's Kubernetes version.
+pub fn kubernetes_unit(unit: &KubernetesUnit<'_>) -> String {
     service_unit(&ServiceUnit {
-        description,
+        description: unit.description,
         documentation: &format!(
-            "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/{component}/"
+            "https://v1-20.docs.kubernetes.io/docs/reference/command-line-tools-reference/{}/",
+            unit.component
         ),
         notify: false,
-        command: &paths::kubernetes_binary(component),
-        flags,
-        stop_timeout,
+        command: &paths::kubernetes_binary(unit.component),
+        flags: unit.flags,
+        stop_timeout: unit.stop_timeout,
         run_as: None,
-        environment,
+        environment: unit.environment,
     })
+}
+
+/// Installs the unit `name` of the Kubernetes daemon `component` (its `content`, from
+/// `kubernetes_unit` or the kubelet's own) the way `install_unit` does, restarted also
+/// when the lab installs a new build of the component's binary: a unit that did not
+/// would keep running the old build after `lab up` copied the new one.
+pub fn install_kubernetes_unit(
+    actions: &mut NodeActions,
+    name: &str,
+    component: &str,
+    content: String,
+    inputs: &[&str],
+) {
+    let binary = paths::kubernetes_binary(component);
+    let mut inputs_with_binary = vec![binary.as_str()];
+    inputs_with_binary.extend_from_slice(inputs);
+    install_unit(actions, name, content, &inputs_with_binary);
 }
 
 /// Puts the systemd unit `name` on the node and asks for it enabled and running,
