@@ -537,6 +537,23 @@ mod tests {
         assert!(open_ports(worker, &topology.network).iter().any(|rule| rule.opening.to_string() == "8472/udp"));
     }
 
+    /// The second in which open streams become tracked is waited for only where
+    /// nothing tracks them yet: on a separate etcd member, whose peers' streams would
+    /// otherwise meet firewalld untracked and be dropped. Everywhere else it would only
+    /// slow the stage, and adding a worker, by a second.
+    #[test]
+    fn only_nodes_without_kube_proxy_wait_for_open_connections_to_be_tracked() {
+        let stage = stage_for("examples/separate-etcd.toml", Stage::Firewall);
+        for (node, waits) in [("etcd1", true), ("master1", false), ("worker1", false)] {
+            let adopt = actions_on(&stage, node)
+                .commands
+                .iter()
+                .find(|command| command.description == "let connection tracking adopt open connections")
+                .expect("the firewall stage adopts open connections on every node");
+            assert_eq!(adopt.script.lines().any(|line| line == "sleep 1"), waits, "{node}: {}", adopt.script);
+        }
+    }
+
     #[test]
     fn markdown_table_lists_every_rule() {
         let topology = topology("lab.toml");
