@@ -12,21 +12,21 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::build::{ArtifactError, Result};
-use super::kubernetes::DEBIAN_SOURCE_BUILD_VARIANT;
+use super::kubernetes::debian_source_build_variant;
 use super::KUBERNETES_BINARIES;
 use crate::system;
 use crate::topology::{ArtifactSource, Topology};
 
 /// `cache_dir/kubernetes/SOURCE-vVERSION`: for `debian-source` and `release`, the
 /// `bin/` below it is the manifest's binary directory; for `dir` it holds only pause.
-/// The name of a `debian-source` build also says how it was built
-/// (`debian-source-v1.20.2-dockerless`), so that binaries an older lab built another
-/// way are built again rather than taken for these.
+/// The name of a `debian-source` build also says the build tags it was built with
+/// (`debian-source-v1.20.2-selinux-notest-dockerless`), so that binaries an older lab
+/// built with other tags are built again rather than taken for these.
 pub fn kubernetes_dir(topology: &Topology, cache_dir: &Path) -> PathBuf {
     let kubernetes = &topology.kubernetes;
     let build_variant = match kubernetes.source {
-        ArtifactSource::DebianSource => DEBIAN_SOURCE_BUILD_VARIANT,
-        ArtifactSource::Release | ArtifactSource::Dir => "",
+        ArtifactSource::DebianSource => debian_source_build_variant(),
+        ArtifactSource::Release | ArtifactSource::Dir => String::new(),
     };
     cache_dir.join("kubernetes").join(format!("{}-v{}{build_variant}", kubernetes.source, kubernetes.version))
 }

@@ -43,9 +43,13 @@ const KUBERNETES_PACKAGE: &str = "k8s.io/kubernetes";
 /// building for nodes without Docker (`hack/verify-typecheck-dockerless.sh`); it
 /// leaves out the kubelet's dockershim and cAdvisor's Docker support, nothing else.
 const BUILD_TAGS: &str = "selinux,notest,dockerless";
-/// The suffix of the cache directory that holds what this build makes; see
-/// `cache::kubernetes_dir`.
-pub(super) const DEBIAN_SOURCE_BUILD_VARIANT: &str = "-dockerless";
+/// The suffix of the cache directory that holds what this build makes: its build
+/// tags, taken from the one list the build uses, so that binaries an older lab built
+/// with other tags are built again rather than taken for these (see
+/// `cache::kubernetes_dir`).
+pub(super) fn debian_source_build_variant() -> String {
+    format!("-{}", BUILD_TAGS.replace(',', "-"))
+}
 /// `build/pause/Makefile` of Kubernetes 1.20.2 builds pause 3.4 with
 /// `-DVERSION=v$(TAG)-$(REV)`; the revision says who built it.
 const PAUSE_VERSION: &str = "v3.4-debian";
@@ -462,7 +466,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let topology = topology();
         let dir = kubernetes_dir(&topology, cache.path());
-        assert_eq!(dir, cache.path().join("kubernetes/debian-source-v1.20.2-dockerless"));
+        assert_eq!(dir, cache.path().join("kubernetes/debian-source-v1.20.2-selinux-notest-dockerless"));
         fs::create_dir_all(dir.join("bin")).unwrap();
         for name in KUBERNETES_BINARIES.iter().chain(["pause"].iter()) {
             fs::write(dir.join("bin").join(name), name).unwrap();

@@ -280,14 +280,14 @@ mod tests {
         assert_eq!((cargo.status, cargo.package.as_deref()), (Status::Fail, None));
 
         // With the binaries cached, only what the images need is still required.
-        let cache = Path::new("/cache/kubernetes/debian-source-v1.20.2-dockerless");
+        let cache = Path::new("/cache/kubernetes/debian-source-v1.20.2-selinux-notest-dockerless");
         let findings = build_findings_from(&topology, Some(cache), &have, no_probe, None);
         let report = Report { findings };
         assert_eq!(report.missing_packages(), ["binutils"]);
         let go = report.findings.iter().find(|finding| finding.check.starts_with("package golang-go")).unwrap();
         assert_eq!(
             go.detail,
-            "not installed; not needed while /cache/kubernetes/debian-source-v1.20.2-dockerless holds the built binaries"
+            "not installed; not needed while /cache/kubernetes/debian-source-v1.20.2-selinux-notest-dockerless holds the built binaries"
         );
         assert!(!report.deb_src_missing());
     }
