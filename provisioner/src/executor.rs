@@ -5,8 +5,9 @@
 //!    command and writes only the files that differ;
 //! 2. reloads systemd if a unit file changed;
 //! 3. runs the stage's commands (`FilesChanged` ones only if a file changed);
-//! 4. enables every unit, restarts it if one of its inputs changed, starts it if it
-//!    is not running, and waits until systemd has done so (no job left for the unit);
+//! 4. enables every unit, restarts it if one of its inputs changed while it ran,
+//!    starts it if it is not running, and waits until systemd has done so (no job
+//!    left for the unit);
 //! 5. retries each readiness check until it passes or its timeout runs out.
 //!
 //! Once a stage has passed its checks on a node, the executor records there
@@ -280,6 +281,7 @@ impl<'a> Executor<'a> {
         // not read: reading the Kubernetes binaries on every node costs seconds.
         let marker = pending_marker(stage);
         let mut interrupted = false;
+        let mut stopped_before = BTreeSet::new();
         if !actions.files.is_empty() {
             let to_compare: Vec<&FileSpec> =
                 actions.files.iter().filter(|file| !unchanged.contains(&file.path)).collect();
@@ -291,8 +293,10 @@ impl<'a> Executor<'a> {
                     known => format!("comparing {} files ({known} more as recorded)", to_compare.len()),
                 },
             );
-            let current = query_file_state(host, stage, &to_compare).map_err(host_error)?;
+            let units: Vec<&str> = actions.units.iter().map(|unit| unit.name.as_str()).collect();
+            let current = query_file_state(host, stage, &to_compare, &units).map_err(host_error)?;
             interrupted = current.pending;
+            stopped_before = current.stopped_units;
             let mut to_write = Vec::new();
             for file in to_compare {
                 let wanted = FileState {
@@ -356,10 +360,16 @@ impl<'a> Executor<'a> {
         let earlier = self.earlier_writes_for(actions);
         let mut acted_on = Vec::new();
         for unit in &actions.units {
-            let restart = unit
+            let inputs_changed = unit
                 .restart_when_changed
                 .iter()
                 .any(|path| changed.contains(path.as_str()) || earlier.contains(path.as_str()));
+            // A unit that was not running before the stage wrote anything reads the new
+            // inputs when it starts, whether a command of the stage started it (the
+            // container runtime, to import images) or the start below does: a restart
+            // would only pay for its start twice. This holds because only the stage
+            // that plans a unit, or a later one, starts it.
+            let restart = inputs_changed && !stopped_before.contains(unit.name.as_str());
             let script = format!(
                 "systemctl enable --quiet {name} && {action}",
                 name = unit.name,
@@ -791,7 +801,7 @@ impl Executor<'_> {
         let mut differences = Vec::new();
 
         let files: Vec<&FileSpec> = actions.files.iter().collect();
-        let current = query_file_state(host, stage, &files).map_err(host_error)?;
+        let current = query_file_state(host, stage, &files, &[]).map_err(host_error)?;
         if current.pending {
             differences.push(Difference::Interrupted);
         }
@@ -890,7 +900,7 @@ fn pending_marker(stage: Stage) -> String {
 
 /// The script that prints `pending` if the stage was interrupted, then
 /// `SHA256 MODE OWNER PATH` for every existing planned file.
-pub fn file_state_script(stage: Stage, files: &[&FileSpec]) -> String {
+pub fn file_state_script(stage: Stage, files: &[&FileSpec], units: &[&str]) -> String {
     let mut script = String::from(FILE_STATE_QUERY);
     script.push_str(&format!("[ -e {} ] && echo {PENDING_LINE}; ", pending_marker(stage)));
     script.push_str("for f in");
@@ -899,24 +909,52 @@ pub fn file_state_script(stage: Stage, files: &[&FileSpec]) -> String {
         script.push_str(&shell_quote(&file.path));
     }
     script.push_str(
-        "; do [ -f \"$f\" ] && printf '%s %s %s\\n' \"$(sha256sum < \"$f\" | cut -d' ' -f1)\" \"$(stat -c '%a %U' \"$f\")\" \"$f\"; done; true",
+        "; do [ -f \"$f\" ] && printf '%s %s %s\\n' \"$(sha256sum < \"$f\" | cut -d' ' -f1)\" \"$(stat -c '%a %U' \"$f\")\" \"$f\"; done; ",
     );
+    if !units.is_empty() {
+        script.push_str("for u in");
+        for unit in units {
+            script.push(' ');
+            script.push_str(&shell_quote(unit));
+        }
+        script.push_str(&format!(
+            "; do case \"$(systemctl is-active \"$u\")\" in inactive|failed) echo \"{STOPPED_UNIT_PREFIX}$u\";; esac; done; "
+        ));
+    }
+    script.push_str("true");
     script
 }
 
-/// What a node has of a stage's files, and whether the stage was interrupted there.
+/// What the file state query prints before each of the stage's units that is not
+/// running (systemd says `inactive` or `failed`; one that is starting or stopping
+/// counts as running, since its process may have read the old files).
+const STOPPED_UNIT_PREFIX: &str = "stopped-unit ";
+
+/// What a node has of a stage's files, whether the stage was interrupted there, and
+/// which of its units were not running.
 struct NodeFiles {
     files: HashMap<String, FileState>,
     pending: bool,
+    stopped_units: BTreeSet<String>,
 }
 
-fn query_file_state(host: &dyn Host, stage: Stage, files: &[&FileSpec]) -> Result<NodeFiles, HostError> {
-    let output = host.run(&file_state_script(stage, files))?;
+fn query_file_state(
+    host: &dyn Host,
+    stage: Stage,
+    files: &[&FileSpec],
+    units: &[&str],
+) -> Result<NodeFiles, HostError> {
+    let output = host.run(&file_state_script(stage, files, units))?;
     let mut state = HashMap::new();
     let mut pending = false;
+    let mut stopped_units = BTreeSet::new();
     for line in output.stdout.lines() {
         if line == PENDING_LINE {
             pending = true;
+            continue;
+        }
+        if let Some(unit) = line.strip_prefix(STOPPED_UNIT_PREFIX) {
+            stopped_units.insert(unit.to_string());
             continue;
         }
         let mut fields = line.splitn(4, ' ');
@@ -928,7 +966,7 @@ fn query_file_state(host: &dyn Host, stage: Stage, files: &[&FileSpec]) -> Resul
         let Ok(mode) = u32::from_str_radix(mode, 8) else { continue };
         state.insert(path.to_string(), FileState { sha256: sha256.to_string(), mode, owner: owner.to_string() });
     }
-    Ok(NodeFiles { files: state, pending })
+    Ok(NodeFiles { files: state, pending, stopped_units })
 }
 
 /// Where a node keeps, per stage, what the stage last applied there.

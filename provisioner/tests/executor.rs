@@ -64,7 +64,7 @@ fn fresh_node_gets_files_reload_commands_restart_and_check_in_order() {
 
     let calls = host.calls();
     let files: Vec<&FileSpec> = stage.nodes[0].files.iter().collect();
-    assert_eq!(calls[0], Call::Run(file_state_script(Stage::Etcd, &files)));
+    assert_eq!(calls[0], Call::Run(file_state_script(Stage::Etcd, &files, &["etcd.service"])));
     assert_eq!(calls[1], Call::Run(format!("mkdir -p {PENDING_DIR} && touch {PENDING_DIR}/etcd")));
     assert!(matches!(&calls[2], Call::Put { path, mode: 0o644, .. } if path == UNIT));
     assert!(matches!(&calls[3], Call::Put { path, mode: 0o600, .. } if path == CONFIG));
@@ -109,6 +109,33 @@ fn converged_node_writes_nothing_and_restarts_nothing() {
     assert!(calls.iter().any(|call| matches!(call, Call::Run(s) if s.contains("is-active --quiet etcd.service"))));
     assert!(calls.iter().all(|call| !matches!(call, Call::Run(s) if s.contains("systemctl restart"))));
     assert_eq!((report.changed_files(), report.changed_units()), (0, 0));
+}
+
+/// A unit that was not running before the stage wrote its inputs reads them when it
+/// starts: it is started (if a command of the stage has not started it already), never
+/// started and then restarted.
+#[test]
+fn a_unit_stopped_before_its_inputs_changed_is_started_not_restarted() {
+    let host = RecordingHost::new("master1");
+    host.reply(
+        FILE_STATE_QUERY,
+        Output { status: 0, stdout: "stopped-unit etcd.service\n".into(), stderr: String::new() },
+    );
+    host.reply("systemctl enable", Output { status: 0, stdout: "started\n".into(), stderr: String::new() });
+
+    let report = Executor::new([&host as &dyn Host]).run_stage(&etcd_like_stage(), &Silent).expect("stage runs");
+
+    let calls = host.calls();
+    let unit_call = calls
+        .iter()
+        .find_map(|call| match call {
+            Call::Run(script) if script.starts_with("systemctl enable") => Some(script),
+            _ => None,
+        })
+        .expect("the unit is enabled and started");
+    assert!(!unit_call.contains("systemctl restart"), "{unit_call}");
+    assert!(unit_call.contains("systemctl is-active --quiet etcd.service"), "{unit_call}");
+    assert_eq!((report.changed_files(), report.changed_units()), (2, 1));
 }
 
 /// A run killed after writing the files but before restarting the unit left the

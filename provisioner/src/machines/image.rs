@@ -162,7 +162,9 @@ struct ImageFile {
 struct Customisation {
     /// Enabled by their packages, but the stages configure and enable them: etcd
     /// would otherwise start as a one-member cluster and keepalived would float
-    /// addresses before it has a configuration.
+    /// addresses before it has a configuration. containerd runs on workers only, and
+    /// there first with the container-runtime stage's configuration, so that stage
+    /// starts it once instead of restarting one that booted with Debian's.
     disable: &'static [&'static str],
     /// Useless or harmful in a container without a real disk, console or network
     /// to the outside (apt timers would try to reach mirrors).
@@ -176,7 +178,7 @@ struct Customisation {
 
 fn customisation() -> Customisation {
     Customisation {
-        disable: &["etcd.service", "haproxy.service", "keepalived.service", "firewalld.service"],
+        disable: &["etcd.service", "haproxy.service", "keepalived.service", "firewalld.service", "containerd.service"],
         mask: &[
             "apt-daily.timer",
             "apt-daily-upgrade.timer",
@@ -208,7 +210,6 @@ fn customisation() -> Customisation {
             },
             ImageFile { path: "usr/local/sbin/lab-api-rw", mode: 0o755, content: API_RW_SCRIPT },
             ImageFile { path: "etc/systemd/system/lab-api-rw.service", mode: 0o644, content: API_RW_UNIT },
-            ImageFile { path: "etc/containerd/config.toml", mode: 0o644, content: CONTAINERD_CONFIG },
             // VMs only: their identity comes from a config disk, and their network
             // card is named host0 as in nspawn (see vm_image.rs).
             ImageFile {
@@ -270,21 +271,6 @@ RemainAfterExit=yes
 [Install]
 WantedBy=sysinit.target
 ";
-
-/// runc may not lower its own oom_score_adj inside a container; without
-/// `restrict_oom_score_adj` every pod fails with an opaque "can't get final child's
-/// PID from pipe". The container-runtime stage writes the full configuration later.
-const CONTAINERD_CONFIG: &str = r#"version = 2
-
-[plugins]
-  [plugins."io.containerd.grpc.v1.cri"]
-    restrict_oom_score_adj = true
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "/usr/lib/cni"
-      conf_dir = "/etc/cni/net.d"
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "/var/lib/containerd/opt"
-"#;
 
 fn image_error(key: &str, message: impl Into<String>) -> MachineError {
     MachineError::Image { key: key.to_string(), message: message.into() }
