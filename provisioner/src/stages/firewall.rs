@@ -375,6 +375,17 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
                 timeout_secs: 90,
             });
         }
+        // `lab up` returns only when every worker is Ready, so that a workload applied
+        // right after it can land on each, a worker just added included; with the
+        // firewall on, which must not cut a kubelet off the apiservers. Checked here,
+        // last, rather than when kube-proxy has started: a new kubelet's first status
+        // says NotReady (it is posted before its first look at the runtime's pods), the
+        // next comes 4 s later (`nodeStatusUpdateFrequency`), and that wait now passes
+        // while firewalld starts instead of before. The cluster DNS stage in between
+        // needs no Ready check of its own: its pods are ready only on Ready workers.
+        if node.has(Role::Worker) {
+            actions.checks.push(kubelet::ready_in_the_api(node));
+        }
     }
 }
 
@@ -552,6 +563,32 @@ mod tests {
                 .expect("the firewall stage adopts open connections on every node");
             assert_eq!(adopt.script.lines().any(|line| line == "sleep 1"), waits, "{node}: {}", adopt.script);
         }
+    }
+
+    #[test]
+    fn the_stage_passes_on_a_worker_only_once_the_worker_is_ready() {
+        let stage = stage_for("lab.toml", Stage::Firewall);
+        let ready_checks = |node: &str| -> Vec<String> {
+            let actions = stage.nodes.iter().find(|actions| actions.node == node).expect("node is planned");
+            actions
+                .checks
+                .iter()
+                .filter(|check| check.description.ends_with("is Ready in the API"))
+                .map(|check| check.script.clone())
+                .collect()
+        };
+        let worker = ready_checks("worker2");
+        assert_eq!(worker.len(), 1);
+        assert!(worker[0].contains("--kubeconfig /etc/kubernetes/kubelet.kubeconfig"), "{}", worker[0]);
+        assert!(worker[0].contains("get node worker2 "), "{}", worker[0]);
+        assert!(worker[0].contains(r#"?(@.type=="Ready")].status}')" = True"#), "{}", worker[0]);
+        assert!(ready_checks("master1").is_empty(), "a master runs no kubelet");
+        let worker_checks = &actions_on(&stage, "worker2").checks;
+        assert_eq!(
+            worker_checks.last().map(|check| check.description.as_str()),
+            Some("worker2 is Ready in the API"),
+            "the last check of the last stage"
+        );
     }
 
     #[test]

@@ -128,25 +128,6 @@ conntrack:
             script: format!("curl --silent --fail --max-time 5 http://127.0.0.1:{HEALTHZ_PORT}/healthz"),
             timeout_secs: READY_TIMEOUT_SECS,
         });
-        // A worker is Ready once its kubelet, runtime and pod network are (in flannel
-        // mode only after flannel's pod, which needs kube-proxy, wrote the CNI
-        // configuration). `lab up` returns only when every worker is, so that a
-        // workload applied right after it can land on each, a worker just added
-        // included. The kubelet's own credentials may read its Node (the Node
-        // authorizer).
-        if node.has(Role::Worker) {
-            actions.checks.push(CheckSpec {
-                description: format!("{} is Ready in the API", node.name),
-                script: format!(
-                    "test \"$({}/kubectl --kubeconfig {} --request-timeout=5s get node {} \
-                     -o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}')\" = True",
-                    paths::BIN_DIR,
-                    paths::kubeconfig("kubelet"),
-                    node.name
-                ),
-                timeout_secs: READY_TIMEOUT_SECS,
-            });
-        }
     }
 }
 
@@ -168,26 +149,6 @@ mod tests {
         assert!(config.contains("healthzBindAddress: 0.0.0.0:10256\n"));
         assert!(config.contains("metricsBindAddress: 127.0.0.1:10249\n"));
         assert_eq!(flag(file(&stage, "worker2", "/etc/systemd/system/kube-proxy.service"), "config"), CONFIG);
-    }
-
-    #[test]
-    fn the_stage_passes_on_a_worker_only_once_the_worker_is_ready() {
-        let stage = stage_for("lab.toml", Stage::KubeProxy);
-        let ready_checks = |node: &str| -> Vec<String> {
-            let actions = stage.nodes.iter().find(|actions| actions.node == node).expect("node is planned");
-            actions
-                .checks
-                .iter()
-                .filter(|check| check.description.ends_with("is Ready in the API"))
-                .map(|check| check.script.clone())
-                .collect()
-        };
-        let worker = ready_checks("worker2");
-        assert_eq!(worker.len(), 1);
-        assert!(worker[0].contains("--kubeconfig /etc/kubernetes/kubelet.kubeconfig"), "{}", worker[0]);
-        assert!(worker[0].contains("get node worker2 "), "{}", worker[0]);
-        assert!(worker[0].contains(r#"?(@.type=="Ready")].status}')" = True"#), "{}", worker[0]);
-        assert!(ready_checks("master1").is_empty(), "a master runs no kubelet");
     }
 
     #[test]

@@ -275,6 +275,24 @@ WantedBy=multi-user.target
     )
 }
 
+/// The check that `worker` is Ready in the API: its kubelet, runtime and pod network
+/// are (in flannel mode only after flannel's pod, which needs kube-proxy, wrote the
+/// CNI configuration). The kubelet's own credentials may read its Node (the Node
+/// authorizer). The firewall stage, the last, runs it (see there).
+pub fn ready_in_the_api(worker: &Node) -> CheckSpec {
+    CheckSpec {
+        description: format!("{} is Ready in the API", worker.name),
+        script: format!(
+            "test \"$({}/kubectl --kubeconfig {} --request-timeout=5s get node {} \
+             -o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}')\" = True",
+            paths::BIN_DIR,
+            paths::kubeconfig("kubelet"),
+            worker.name
+        ),
+        timeout_secs: READY_TIMEOUT_SECS,
+    }
+}
+
 /// The oneshot unit that runs the preparation script before the kubelet.
 fn prep_unit() -> String {
     format!(
