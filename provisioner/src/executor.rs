@@ -369,7 +369,12 @@ impl<'a> Executor<'a> {
             // container runtime, to import images) or the start below does: a restart
             // would only pay for its start twice. This holds because only the stage
             // that plans a unit, or a later one, starts it.
-            let restart = inputs_changed && !stopped_before.contains(unit.name.as_str());
+            // A unit that must follow the start of another (kube-proxy after firewalld,
+            // which flushes its rules) restarts when that one was stopped before the
+            // stage, which has started it by now (it comes earlier in the list).
+            let follows_a_start =
+                unit.restart_after_starting.iter().any(|other| stopped_before.contains(other.as_str()));
+            let restart = (inputs_changed || follows_a_start) && !stopped_before.contains(unit.name.as_str());
             let script = format!(
                 "systemctl enable --quiet {name} && {action}",
                 name = unit.name,
@@ -1268,6 +1273,10 @@ fn stage_digest(actions: &NodeActions, identities: &PlannedIdentities) -> String
     for unit in &actions.units {
         field(&unit.name);
         field(&unit.restart_when_changed.join(" "));
+        // Only where set, so that the records of the other units stay as they were.
+        if !unit.restart_after_starting.is_empty() {
+            field(&unit.restart_after_starting.join(" "));
+        }
     }
     for command in &actions.commands {
         field(&command.script);

@@ -234,12 +234,17 @@ fn serialize_redacted<S: serde::Serializer>(_secret: &str, serializer: S) -> Res
 }
 
 /// A systemd unit the stage wants enabled and running.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct UnitSpec {
     /// e.g. `etcd.service`.
     pub name: String,
     /// Paths (from this or earlier stages) whose change means the unit must restart.
     pub restart_when_changed: Vec<String>,
+    /// Units listed before it in the same stage whose start means it must restart
+    /// too, when the stage starts one that was stopped: firewalld flushes kube-proxy's
+    /// rules whenever it starts, whatever made it stop.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub restart_after_starting: Vec<String>,
 }
 
 /// A shell command run on the node with `sh -c`.

@@ -30,7 +30,11 @@ fn etcd_like_stage() -> StagePlan {
         script: "true # always".into(),
         when: RunWhen::Always,
     });
-    node.units.push(UnitSpec { name: "etcd.service".into(), restart_when_changed: vec![UNIT.into(), CONFIG.into()] });
+    node.units.push(UnitSpec {
+        name: "etcd.service".into(),
+        restart_when_changed: vec![UNIT.into(), CONFIG.into()],
+        ..UnitSpec::default()
+    });
     node.checks.push(CheckSpec {
         description: "etcd is healthy".into(),
         script: "etcdctl endpoint health".into(),
@@ -136,6 +140,51 @@ fn a_unit_stopped_before_its_inputs_changed_is_started_not_restarted() {
     assert!(!unit_call.contains("systemctl restart"), "{unit_call}");
     assert!(unit_call.contains("systemctl is-active --quiet etcd.service"), "{unit_call}");
     assert_eq!((report.changed_files(), report.changed_units()), (2, 1));
+}
+
+/// firewalld flushes kube-proxy's rules whenever it starts: a stage that starts a
+/// stopped firewalld restarts kube-proxy after it though no file changed, and one that
+/// finds firewalld running leaves kube-proxy alone.
+#[test]
+fn a_unit_restarts_after_the_start_of_a_unit_it_follows() {
+    let firewall_like_stage = || {
+        let mut stage = etcd_like_stage();
+        let node = &mut stage.nodes[0];
+        node.units = vec![
+            UnitSpec {
+                name: "firewalld.service".into(),
+                restart_when_changed: vec![CONFIG.into()],
+                ..UnitSpec::default()
+            },
+            UnitSpec {
+                name: "kube-proxy.service".into(),
+                restart_when_changed: vec![UNIT.into()],
+                restart_after_starting: vec!["firewalld.service".into()],
+            },
+        ];
+        stage
+    };
+    let unit_calls = |stopped: &str| {
+        let host = RecordingHost::new("master1");
+        let mut state = planned_file_state();
+        state.stdout.push_str(stopped);
+        host.reply(FILE_STATE_QUERY, state);
+        Executor::new([&host as &dyn Host]).run_stage(&firewall_like_stage(), &Silent).expect("stage runs");
+        host.calls()
+            .into_iter()
+            .filter_map(|call| match call {
+                Call::Run(script) if script.starts_with("systemctl enable") => Some(script),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let started = unit_calls("stopped-unit firewalld.service\n");
+    assert!(started[0].contains("systemctl start --no-block firewalld.service"), "{started:?}");
+    assert!(started[1].contains("systemctl restart --no-block kube-proxy.service"), "{started:?}");
+
+    let running = unit_calls("");
+    assert!(running.iter().all(|script| !script.contains("systemctl restart")), "{running:?}");
 }
 
 /// A run killed after writing the files but before restarting the unit left the

@@ -113,7 +113,11 @@ fn what_the_plan_drops_is_removed_and_nothing_else(host: &dyn Host) {
                 0o644,
                 "[Service]\nExecStart=/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n",
             ));
-            node.units.push(UnitSpec { name: UNIT.into(), restart_when_changed: vec![UNIT_FILE.into()] });
+            node.units.push(UnitSpec {
+                name: UNIT.into(),
+                restart_when_changed: vec![UNIT_FILE.into()],
+                ..UnitSpec::default()
+            });
         }
         stage
     };

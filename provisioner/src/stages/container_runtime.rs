@@ -46,7 +46,11 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     for worker in context.topology.nodes_with(Role::Worker) {
         let actions = stage.node(&worker.name);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config.clone()));
-        actions.units.push(UnitSpec { name: UNIT.to_string(), restart_when_changed: vec![CONFIG.to_string()] });
+        actions.units.push(UnitSpec {
+            name: UNIT.to_string(),
+            restart_when_changed: vec![CONFIG.to_string()],
+            ..UnitSpec::default()
+        });
 
         for image in &context.artifacts.images {
             let on_node = node_path(image);

@@ -341,7 +341,11 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             script: format!("if systemctl is-active --quiet {UNIT}; then firewall-cmd --reload; fi"),
             when: RunWhen::FilesChanged,
         });
-        actions.units.push(UnitSpec { name: UNIT.to_string(), restart_when_changed: vec![CONFIG.to_string()] });
+        actions.units.push(UnitSpec {
+            name: UNIT.to_string(),
+            restart_when_changed: vec![CONFIG.to_string()],
+            ..UnitSpec::default()
+        });
         actions.checks.push(CheckSpec {
             description: format!("firewalld on {} runs with the {ZONE} zone", node.name),
             script: check,
@@ -353,10 +357,16 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             // its unit started as soon as it owns its D-Bus name, before it loads (and
             // flushes) anything, so ordering the units is not enough: kube-proxy's
             // drop-in waits until firewalld says it is running, and kube-proxy is
-            // restarted after firewalld here and whenever the node boots.
+            // restarted after firewalld here (when the firewall's files changed, or when
+            // firewalld was stopped and this stage starts it) and whenever the node
+            // boots.
             actions.files.push(FileSpec::text(KUBE_PROXY_DROP_IN, 0o644, kube_proxy_drop_in()));
             let firewall_files = actions.files.iter().map(|file| file.path.clone()).collect();
-            actions.units.push(UnitSpec { name: kube_proxy::UNIT.to_string(), restart_when_changed: firewall_files });
+            actions.units.push(UnitSpec {
+                name: kube_proxy::UNIT.to_string(),
+                restart_when_changed: firewall_files,
+                restart_after_starting: vec![UNIT.to_string()],
+            });
             // Proof that the rules are back and stay back: kube-proxy's canary chain,
             // which a flush removes, exists, and the cluster DNS answers through its
             // Service address from this node three times in a row.

@@ -150,6 +150,7 @@ vrrp_instance kube_apiserver {{
         actions.units.push(UnitSpec {
             name: UNIT.to_string(),
             restart_when_changed: vec![paths::KEEPALIVED_CONFIG.to_string()],
+            ..UnitSpec::default()
         });
         actions.checks.push(CheckSpec {
             description: format!("keepalived runs on {}", node.name),

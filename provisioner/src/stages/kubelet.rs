@@ -38,8 +38,8 @@
 //! garbage collection are switched off (as kind does).
 //!
 //! The node only turns Ready once the pod network is in place (in flannel mode that
-//! needs kube-proxy too); the kube-proxy stage checks that every worker is Ready, this
-//! one that the kubelet is healthy.
+//! needs kube-proxy too); the firewall stage, the last, checks that every worker is
+//! Ready, this one that the kubelet is healthy.
 //!
 //! On the first master the stage records each worker's pod range from the plan in its
 //! Node object (`spec.podCIDR`), where `kubectl get nodes` shows it and flannel reads

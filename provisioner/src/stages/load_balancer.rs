@@ -114,9 +114,11 @@ listen monitor
             script: format!("/usr/sbin/haproxy -c -f {}", paths::HAPROXY_CONFIG),
             when: RunWhen::FilesChanged,
         });
-        actions
-            .units
-            .push(UnitSpec { name: UNIT.to_string(), restart_when_changed: vec![paths::HAPROXY_CONFIG.to_string()] });
+        actions.units.push(UnitSpec {
+            name: UNIT.to_string(),
+            restart_when_changed: vec![paths::HAPROXY_CONFIG.to_string()],
+            ..UnitSpec::default()
+        });
         actions.checks.push(CheckSpec {
             description: format!("HAProxy on {} answers its monitor URL", node.name),
             script: format!("curl --silent --show-error --fail --max-time 5 {MONITOR_URL}"),

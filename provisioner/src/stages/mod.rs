@@ -415,7 +415,7 @@ pub fn install_unit(actions: &mut NodeActions, name: &str, content: String, inpu
     let mut restart_when_changed = vec![unit_path.clone()];
     restart_when_changed.extend(inputs.iter().map(|input| input.to_string()));
     actions.files.push(FileSpec::text(unit_path, 0o644, content));
-    actions.units.push(UnitSpec { name: name.to_string(), restart_when_changed });
+    actions.units.push(UnitSpec { name: name.to_string(), restart_when_changed, ..UnitSpec::default() });
 }
 
 /// The readiness checks of a control plane component that elects a leader (the
