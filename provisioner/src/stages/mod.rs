@@ -559,6 +559,34 @@ mod tests {
             .collect()
     }
 
+    /// The executor restarts a unit after the start of another only if that one is
+    /// started before it on the same node in the same stage; a name that is not (a
+    /// typo, a unit of another stage) would never trigger the restart.
+    #[test]
+    fn a_unit_follows_only_the_start_of_a_unit_listed_before_it() {
+        let mut checked = 0;
+        for (lab, _, plans) in shipped_plans() {
+            for plan in &plans {
+                for actions in &plan.nodes {
+                    for (index, unit) in actions.units.iter().enumerate() {
+                        for other in &unit.restart_after_starting {
+                            checked += 1;
+                            assert!(
+                                actions.units[..index].iter().any(|earlier| &earlier.name == other),
+                                "{lab}: {} on {} in {:?} restarts after {other} starts, which is not a unit listed \
+                                 before it there",
+                                unit.name,
+                                actions.node,
+                                plan.stage
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 0, "no unit restarts after another's start");
+    }
+
     /// Stages that do not need each other run at the same time, so a stage that writes
     /// a file another stage's unit restarts for, or the same file as another stage,
     /// must be among that stage's needs: else the restart could be missed or the file
