@@ -364,16 +364,16 @@ impl<'a> Executor<'a> {
                 .restart_when_changed
                 .iter()
                 .any(|path| changed.contains(path.as_str()) || earlier.contains(path.as_str()));
-            // A unit that was not running before the stage wrote anything reads the new
-            // inputs when it starts, whether a command of the stage started it (the
-            // container runtime, to import images) or the start below does: a restart
-            // would only pay for its start twice. This holds because only the stage
-            // that plans a unit, or a later one, starts it.
             // A unit that must follow the start of another (kube-proxy after firewalld,
             // which flushes its rules) restarts when that one was stopped before the
             // stage, which has started it by now (it comes earlier in the list).
             let follows_a_start =
                 unit.restart_after_starting.iter().any(|other| stopped_before.contains(other.as_str()));
+            // A unit that was not running before the stage wrote anything reads the new
+            // inputs when it starts, whether a command of the stage started it (the
+            // container runtime, to import images) or the start below does: a restart
+            // would only pay for its start twice. This holds because only the stage
+            // that plans a unit, or a later one, starts it.
             let restart = (inputs_changed || follows_a_start) && !stopped_before.contains(unit.name.as_str());
             let script = format!(
                 "systemctl enable --quiet {name} && {action}",
@@ -904,7 +904,8 @@ fn pending_marker(stage: Stage) -> String {
 }
 
 /// The script that prints `pending` if the stage was interrupted, then
-/// `SHA256 MODE OWNER PATH` for every existing planned file.
+/// `SHA256 MODE OWNER PATH` for every existing planned file, then `stopped-unit UNIT`
+/// for each of `units` that is not running.
 pub fn file_state_script(stage: Stage, files: &[&FileSpec], units: &[&str]) -> String {
     let mut script = String::from(FILE_STATE_QUERY);
     script.push_str(&format!("[ -e {} ] && echo {PENDING_LINE}; ", pending_marker(stage)));

@@ -579,8 +579,7 @@ mod tests {
     fn the_stage_passes_on_a_worker_only_once_the_worker_is_ready() {
         let stage = stage_for("lab.toml", Stage::Firewall);
         let ready_checks = |node: &str| -> Vec<String> {
-            let actions = stage.nodes.iter().find(|actions| actions.node == node).expect("node is planned");
-            actions
+            actions_on(&stage, node)
                 .checks
                 .iter()
                 .filter(|check| check.description.ends_with("is Ready in the API"))
