@@ -122,6 +122,11 @@ impl StageReport {
 pub trait Progress: Sync {
     /// A step on a node started, e.g. `writing 3 files` or `waiting: etcd is healthy`.
     fn step(&self, stage: Stage, node: &str, step: &str);
+
+    /// `node` has made every change `stage` plans for it (files, commands, units and
+    /// their jobs), or had none to make: only the stage's checks remain there, and
+    /// they change nothing.
+    fn applied(&self, _stage: Stage, _node: &str) {}
 }
 
 /// Progress that goes nowhere.
@@ -299,12 +304,15 @@ impl<'a> Executor<'a> {
             stopped_before = current.stopped_units;
             let mut to_write = Vec::new();
             for file in to_compare {
-                let wanted = FileState {
-                    sha256: self.digests.of(&file.content).map_err(host_error)?,
-                    mode: file.mode,
-                    owner: file.owner.clone(),
+                let as_planned = match current.files.get(&file.path) {
+                    None => false,
+                    Some(found) => {
+                        found.mode == file.mode
+                            && found.owner == file.owner
+                            && self.holds_planned_content(found, file).map_err(host_error)?
+                    }
                 };
-                if current.files.get(&file.path) != Some(&wanted) {
+                if !as_planned {
                     to_write.push(file);
                 }
             }
@@ -356,7 +364,11 @@ impl<'a> Executor<'a> {
         }
 
         // 4. Units. `--no-block` lets members that wait for each other (etcd's quorum)
-        // start together; the readiness checks do the waiting.
+        // start together; the readiness checks do the waiting. `enable --no-reload`:
+        // enabling only adds the symlinks that start the unit at boot, and by default
+        // it makes systemd re-read every unit file even when the unit was enabled
+        // already, which on a busy node takes a second and holds up every other
+        // systemctl there. Changed unit files were re-read above.
         let earlier = self.earlier_writes_for(actions);
         let mut acted_on = Vec::new();
         for unit in &actions.units {
@@ -376,7 +388,7 @@ impl<'a> Executor<'a> {
             // that plans a unit, or a later one, starts it.
             let restart = (inputs_changed || follows_a_start) && !stopped_before.contains(unit.name.as_str());
             let script = format!(
-                "systemctl enable --quiet {name} && {action}",
+                "systemctl enable --quiet --no-reload {name} && {action}",
                 name = unit.name,
                 action = if restart {
                     format!("systemctl restart --no-block {} && echo restarted", unit.name)
@@ -442,6 +454,7 @@ impl<'a> Executor<'a> {
         }
 
         // 5. Readiness.
+        progress.applied(stage, node);
         for check in &actions.checks {
             progress.step(stage, node, &format!("waiting: {}", check.description));
             self.wait_for(host, stage, check, actions)?;
@@ -520,6 +533,7 @@ impl<'a> Executor<'a> {
             "remove the record of a stage the node no longer has",
             &format!("rm -f -- {record}"),
         )?;
+        progress.applied(stage, node);
         Ok(report)
     }
 
@@ -538,6 +552,15 @@ impl<'a> Executor<'a> {
             .collect()
     }
 
+    /// Whether a node's file, as the file state query `found` it, has `file`'s planned
+    /// content. The very source of an artifact has it without reading either side.
+    fn holds_planned_content(&self, found: &FileState, file: &FileSpec) -> Result<bool, HostError> {
+        Ok(match &found.content {
+            FoundContent::SourceItself => true,
+            FoundContent::Digest(sha256) => *sha256 == self.digests.of(&file.content)?,
+        })
+    }
+
     /// The connected host called `node`; `stage` is what the error names.
     fn host(&self, stage: Stage, node: &str) -> Result<&'a dyn Host, ExecError> {
         self.hosts.get(node).copied().ok_or_else(|| ExecError::UnknownNode { stage, node: node.to_string() })
@@ -552,6 +575,7 @@ impl<'a> Executor<'a> {
     ) -> Result<NodeReport, ExecError> {
         let node = actions.node.as_str();
         let host = self.host(stage, node)?;
+        progress.applied(stage, node);
         for check in &actions.checks {
             progress.step(stage, node, &format!("checking: {}", check.description));
             self.wait_for(host, stage, check, actions)?;
@@ -816,7 +840,7 @@ impl Executor<'_> {
                 differences.push(Difference::MissingFile { path });
                 continue;
             };
-            if found.sha256 != self.digests.of(&file.content).map_err(host_error)? {
+            if !self.holds_planned_content(found, file).map_err(host_error)? {
                 differences.push(Difference::Content { path: path.clone() });
             }
             if found.mode != file.mode {
@@ -885,9 +909,40 @@ fn journal(host: &dyn Host, units: &[String]) -> String {
 /// The state of a file on a node that decides whether it must be written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileState {
-    sha256: String,
+    content: FoundContent,
     mode: u32,
     owner: String,
+}
+
+/// What the file state query says of a file's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FoundContent {
+    Digest(String),
+    /// The file is the artifact's source file itself: an nspawn node's hard link into
+    /// the cache, found by inode, size and modification time (`SOURCE_SIGNATURE`). Its
+    /// content is the plan's by definition, and hashing Kubernetes' binaries on every
+    /// new node, and on the host to compare, would cost seconds.
+    SourceItself,
+}
+
+/// What the file state query prints instead of a digest for `FoundContent::SourceItself`.
+const SOURCE_ITSELF: &str = "source-itself";
+
+/// The `stat` format that tells an artifact's source file from any other: its size,
+/// inode and modification time to the nanosecond. Not the device, which an nspawn
+/// node's overlay root reports as its own for the same inode.
+const SOURCE_SIGNATURE: &str = "%s %i %.9Y";
+
+/// The signature (`SOURCE_SIGNATURE`) of `file`'s source on this host, if it is an
+/// artifact that can be read.
+fn source_signature(file: &FileSpec) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Content::Artifact { path } = &file.content else {
+        return None;
+    };
+    let metadata = std::fs::metadata(path).ok()?;
+    let modified = metadata.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(format!("{} {} {}.{:09}", metadata.len(), metadata.ino(), modified.as_secs(), modified.subsec_nanos()))
 }
 
 /// Marks the query so fakes can answer it.
@@ -904,19 +959,35 @@ fn pending_marker(stage: Stage) -> String {
 }
 
 /// The script that prints `pending` if the stage was interrupted, then
-/// `SHA256 MODE OWNER PATH` for every existing planned file, then `stopped-unit UNIT`
-/// for each of `units` that is not running.
+/// `SHA256 MODE OWNER PATH` for every existing planned file (`source-itself` instead
+/// of the digest for an artifact's source file itself), then `stopped-unit UNIT` for
+/// each of `units` that is not running.
 pub fn file_state_script(stage: Stage, files: &[&FileSpec], units: &[&str]) -> String {
     let mut script = String::from(FILE_STATE_QUERY);
     script.push_str(&format!("[ -e {} ] && echo {PENDING_LINE}; ", pending_marker(stage)));
-    script.push_str("for f in");
-    for file in files {
-        script.push(' ');
-        script.push_str(&shell_quote(&file.path));
-    }
     script.push_str(
-        "; do [ -f \"$f\" ] && printf '%s %s %s\\n' \"$(sha256sum < \"$f\" | cut -d' ' -f1)\" \"$(stat -c '%a %U' \"$f\")\" \"$f\"; done; ",
+        "h() { [ -f \"$1\" ] && printf '%s %s %s\\n' \"$(sha256sum < \"$1\" | cut -d' ' -f1)\" \"$(stat -c '%a %U' \"$1\")\" \"$1\"; }; ",
     );
+    let mut hashed = Vec::new();
+    let mut sourced = Vec::new();
+    for file in files {
+        match source_signature(file) {
+            Some(signature) => sourced.push((file.path.as_str(), signature)),
+            None => hashed.push(shell_quote(&file.path)),
+        }
+    }
+    if !hashed.is_empty() {
+        script.push_str(&format!("for f in {}; do h \"$f\"; done; ", hashed.join(" ")));
+    }
+    if !sourced.is_empty() {
+        script.push_str(&format!(
+            "a() {{ if [ \"$(stat -c '{SOURCE_SIGNATURE}' \"$1\" 2>/dev/null)\" = \"$2\" ]; then \
+             printf '{SOURCE_ITSELF} %s %s\\n' \"$(stat -c '%a %U' \"$1\")\" \"$1\"; else h \"$1\"; fi; }}; "
+        ));
+        for (path, signature) in sourced {
+            script.push_str(&format!("a {} '{signature}'; ", shell_quote(path)));
+        }
+    }
     if !units.is_empty() {
         script.push_str("for u in");
         for unit in units {
@@ -970,7 +1041,11 @@ fn query_file_state(
             continue;
         };
         let Ok(mode) = u32::from_str_radix(mode, 8) else { continue };
-        state.insert(path.to_string(), FileState { sha256: sha256.to_string(), mode, owner: owner.to_string() });
+        let content = match sha256 {
+            SOURCE_ITSELF => FoundContent::SourceItself,
+            digest => FoundContent::Digest(digest.to_string()),
+        };
+        state.insert(path.to_string(), FileState { content, mode, owner: owner.to_string() });
     }
     Ok(NodeFiles { files: state, pending, stopped_units })
 }

@@ -12,6 +12,7 @@
 //! range, the multipath route through every kube-proxy node.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, Query};
@@ -39,6 +40,8 @@ pub enum ReadinessError {
          ({failures} of {rounds} rounds failed; last failure: {last})"
     )]
     NotSteady { seconds: u64, rounds: u32, failures: u32, last: String },
+    #[error("readiness: given up after {rounds} rounds, because the run failed elsewhere")]
+    Abandoned { rounds: u32 },
 }
 
 /// What the wait saw.
@@ -52,9 +55,14 @@ pub struct Steady {
 }
 
 /// Probes until `STREAK` rounds in a row pass, or the deadline (`DEADLINE` times
-/// `time_scale`) passes. Refuses to send anything unless the probed addresses leave
-/// the host by the lab's bridge.
-pub fn wait_until_steady(network: &NetworkPlan, time_scale: u32) -> Result<Steady, ReadinessError> {
+/// `time_scale`) passes, or `abandon` is set (the run it proves failed anyway).
+/// Refuses to send anything unless the probed addresses leave the host by the lab's
+/// bridge.
+pub fn wait_until_steady(
+    network: &NetworkPlan,
+    time_scale: u32,
+    abandon: &AtomicBool,
+) -> Result<Steady, ReadinessError> {
     let kubernetes = crate::topology::first_service_ip(network.service_cidr);
     hostnet::verify_on_bridge(&network.bridge, &[network.cluster_dns_ip, kubernetes])?;
     let name = format!("kubernetes.default.svc.{}.", network.cluster_domain);
@@ -63,6 +71,9 @@ pub fn wait_until_steady(network: &NetworkPlan, time_scale: u32) -> Result<Stead
     let (mut rounds, mut failures, mut streak) = (0u32, 0u32, 0u32);
     let mut last = String::new();
     while streak < STREAK {
+        if abandon.load(Ordering::Relaxed) {
+            return Err(ReadinessError::Abandoned { rounds });
+        }
         if started.elapsed() > deadline {
             return Err(ReadinessError::NotSteady { seconds: deadline.as_secs(), rounds, failures, last });
         }

@@ -2,10 +2,12 @@
 //!
 //! Every lab has its own key pair in `STATE/ssh/`, made once and reused; the
 //! machine backends put its public half into each node's `authorized_keys` for
-//! root. A `SshHost` holds one authenticated session per node. libssh2 sessions
-//! are not thread-safe, so each one sits behind a mutex: calls on one node run one
-//! after the other, while the executor works on several nodes in parallel, each on
-//! its own session.
+//! root. A `SshHost` keeps the authenticated sessions it opened to its node, and runs
+//! each command on a session no other command is using: libssh2 runs one call at a
+//! time per session, and stages that run at once on one node (the controller
+//! manager's, the scheduler's and HAProxy's on a master) would otherwise wait for
+//! each other's commands, a wait for a unit's start included. A node gets as many
+//! sessions as commands ever ran on it at once, a handful.
 //!
 //! Only connection set-up is retried (a node that is still booting refuses or
 //! drops connections); a command, once started, runs exactly once.
@@ -113,7 +115,13 @@ pub fn ensure_keypair(state_dir: &Path) -> Result<KeyPair, SshError> {
 /// One node reached over SSH as root with the lab's key.
 pub struct SshHost {
     node: String,
-    session: Mutex<Session>,
+    address: SocketAddrV4,
+    key: KeyPair,
+    /// The key the node proved itself with on the first session; every later one
+    /// must show the same.
+    host_key: Vec<u8>,
+    /// Authenticated sessions that no command is using now.
+    idle: Mutex<Vec<Session>>,
 }
 
 impl SshHost {
@@ -138,13 +146,19 @@ impl SshHost {
             attempts += 1;
             match open_session(address, deadline) {
                 Ok(session) => {
-                    record_host_key(&key.known_hosts(), address, &session).map_err(connect_error)?;
+                    let host_key = record_host_key(&key.known_hosts(), address, &session).map_err(connect_error)?;
                     authenticate(&session, key).map_err(connect_error)?;
                     // The handshake had a deadline; commands do not, since a stage's
                     // command may legitimately run for minutes (the executor bounds
                     // checks itself).
                     session.set_timeout(0);
-                    return Ok(SshHost { node: node.to_string(), session: Mutex::new(session) });
+                    return Ok(SshHost {
+                        node: node.to_string(),
+                        address,
+                        key: key.clone(),
+                        host_key,
+                        idle: Mutex::new(vec![session]),
+                    });
                 }
                 Err(error) if Instant::now() + RETRY_PAUSE < deadline => {
                     tracing::debug!(node, %address, attempts, %error, "node not reachable yet, retrying");
@@ -157,9 +171,32 @@ impl SshHost {
         }
     }
 
-    /// Runs `script` and returns its exit status and raw output.
+    /// Runs `script` on a session of its own and returns its exit status and raw
+    /// output. A session that failed is dropped, not reused.
     fn exec(&self, script: &str, stdin: Option<&mut dyn Read>) -> Result<RawOutput, ExecError> {
-        let session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let session = self.idle_session()?;
+        let output = SshHost::exec_on(&session, script, stdin)?;
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(session);
+        Ok(output)
+    }
+
+    /// An idle session, or a new one when every session is running a command.
+    fn idle_session(&self) -> Result<Session, ExecError> {
+        if let Some(session) = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop() {
+            return Ok(session);
+        }
+        let session = open_session(self.address, Instant::now() + ATTEMPT_TIMEOUT).map_err(ExecError::Connect)?;
+        let (host_key, _) = session.host_key().ok_or_else(|| ExecError::Connect("the node sent no host key".into()))?;
+        if host_key != self.host_key.as_slice() {
+            return Err(ExecError::Connect("the node's host key changed since its first session".into()));
+        }
+        authenticate(&session, &self.key).map_err(ExecError::Connect)?;
+        session.set_timeout(0);
+        Ok(session)
+    }
+
+    /// Runs `script` on `session` and returns its exit status and raw output.
+    fn exec_on(session: &Session, script: &str, stdin: Option<&mut dyn Read>) -> Result<RawOutput, ExecError> {
         let mut channel = session.channel_session().map_err(ExecError::Ssh)?;
         // exec hands the string to the login shell of root; wrapping the script in
         // `sh -c` makes it run under POSIX sh whatever that shell is.
@@ -174,7 +211,7 @@ impl SshHost {
         }
         channel.send_eof().map_err(ExecError::Ssh)?;
 
-        let (stdout, stderr) = read_both_streams(&session, &mut channel).map_err(ExecError::Io)?;
+        let (stdout, stderr) = read_both_streams(session, &mut channel).map_err(ExecError::Io)?;
         channel.wait_close().map_err(ExecError::Ssh)?;
         let status = channel.exit_status().map_err(ExecError::Ssh)?;
         if let Some(error) = stdin_error {
@@ -272,6 +309,8 @@ struct RawOutput {
 /// Why a command could not be run to its end over the session.
 #[derive(Debug, thiserror::Error)]
 enum ExecError {
+    #[error("another session: {0}")]
+    Connect(String),
     #[error("ssh: {0}")]
     Ssh(ssh2::Error),
     #[error("reading output: {0}")]
@@ -309,14 +348,14 @@ fn authenticate(session: &Session, key: &KeyPair) -> Result<(), String> {
 static KNOWN_HOSTS: Mutex<()> = Mutex::new(());
 
 /// Records the node's host key in the lab's `known_hosts`, replacing any earlier
-/// key for the same address.
+/// key for the same address, and returns it (the node's later sessions must show it).
 ///
 /// Any host key is accepted. The trade-off: the lab's nodes live only on its own
 /// bridge, inside network namespaces the lab created on this host, so nobody else
 /// can sit between the host and a node; and a node re-created by `lab destroy` and
 /// `lab up` legitimately presents a new key. Recording the key still lets plain
 /// OpenSSH (`lab ssh`, scripts) check later connections against it.
-fn record_host_key(known_hosts: &Path, address: SocketAddrV4, session: &Session) -> Result<(), String> {
+fn record_host_key(known_hosts: &Path, address: SocketAddrV4, session: &Session) -> Result<Vec<u8>, String> {
     let (blob, _) = session.host_key().ok_or("the node sent no host key")?;
     let algorithm = key_algorithm(blob).ok_or("the node's host key has no algorithm name")?;
     let host = if address.port() == SSH_PORT {
@@ -333,7 +372,7 @@ fn record_host_key(known_hosts: &Path, address: SocketAddrV4, session: &Session)
         Err(error) => return Err(format!("cannot read {}: {error}", known_hosts.display())),
     };
     if existing.lines().any(|known| known == line) {
-        return Ok(());
+        return Ok(blob.to_vec());
     }
     let mut text: String = existing
         .lines()
@@ -348,7 +387,8 @@ fn record_host_key(known_hosts: &Path, address: SocketAddrV4, session: &Session)
         file.write_all(text.as_bytes())?;
         fs::rename(&temporary, known_hosts)
     };
-    write().map_err(|error| format!("cannot write {}: {error}", known_hosts.display()))
+    write().map_err(|error| format!("cannot write {}: {error}", known_hosts.display()))?;
+    Ok(blob.to_vec())
 }
 
 /// The algorithm name at the start of an SSH public key blob (a length-prefixed

@@ -2,14 +2,15 @@
 //! the Host seam: what a fresh node gets, what a converged node gets (nothing
 //! written, nothing restarted), and how a failed readiness check is reported.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use provisioner::executor::{
-    file_state_script, ExecError, Executor, Silent, APPLIED_DIR, FILE_STATE_QUERY, PENDING_DIR, SURVEY_QUERY,
+    file_state_script, ExecError, Executor, Progress, Silent, APPLIED_DIR, FILE_STATE_QUERY, PENDING_DIR, SURVEY_QUERY,
     UNIT_STATE_QUERY,
 };
 use provisioner::host::{Call, Host, Output, RecordingHost};
-use provisioner::plan::{CheckSpec, CommandSpec, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
+use provisioner::plan::{CheckSpec, CommandSpec, Content, FileSpec, RunWhen, Stage, StagePlan, UnitSpec};
 use sha2::{Digest, Sha256};
 
 const UNIT: &str = "/etc/systemd/system/etcd.service";
@@ -78,6 +79,11 @@ fn fresh_node_gets_files_reload_commands_restart_and_check_in_order() {
     assert!(
         matches!(&calls[7], Call::Run(script) if script.contains("systemctl restart --no-block etcd.service")),
         "a changed input restarts the unit: {:?}",
+        calls[7]
+    );
+    assert!(
+        matches!(&calls[7], Call::Run(script) if script.starts_with("systemctl enable --quiet --no-reload etcd.service ")),
+        "enabling the unit makes systemd re-read nothing (the reload above did): {:?}",
         calls[7]
     );
     assert!(
@@ -190,6 +196,44 @@ fn a_unit_restarts_after_the_start_of_a_unit_it_follows() {
 /// A run killed after writing the files but before restarting the unit left the
 /// stage's marker; the next run finds the files up to date and must still reload,
 /// rerun the `FilesChanged` commands and restart, then clear the marker.
+/// A new nspawn node's Kubernetes binaries are hard links into the artifact cache:
+/// the file state query knows them by inode, size and modification time and reads
+/// neither them nor their source, while a copy, however alike, is hashed; and a
+/// node whose file is the source itself gets nothing written.
+#[test]
+fn an_artifacts_source_itself_is_known_without_reading_it() {
+    let directory = tempfile::tempdir().expect("temporary directory");
+    let source = directory.path().join("kubelet");
+    std::fs::write(&source, "the kubelet\n").expect("write the source");
+    let (linked, copied) = (directory.path().join("linked"), directory.path().join("copied"));
+    std::fs::hard_link(&source, &linked).expect("link");
+    std::fs::copy(&source, &copied).expect("copy");
+    let artifact = |path: &std::path::Path| FileSpec {
+        path: path.display().to_string(),
+        mode: 0o644,
+        owner: "root".into(),
+        content: Content::Artifact { path: source.clone() },
+    };
+    let files = [artifact(&linked), artifact(&copied)];
+    let script = file_state_script(Stage::Hosts, &files.iter().collect::<Vec<_>>(), &[]);
+    let output = std::process::Command::new("sh").arg("-c").arg(&script).output().expect("run the query here");
+    let stdout = String::from_utf8(output.stdout).expect("text");
+    let line_of = |path: &std::path::Path| {
+        let suffix = format!(" {}", path.display());
+        stdout.lines().find(|line| line.ends_with(&suffix)).unwrap_or_else(|| panic!("no line for {suffix}: {stdout}"))
+    };
+    assert!(line_of(&linked).starts_with("source-itself "), "{stdout}");
+    assert!(line_of(&copied).starts_with(&sha("the kubelet\n")), "{stdout}");
+
+    let host = RecordingHost::new("master1");
+    let answer = format!("source-itself 644 root {}\n", linked.display());
+    host.reply(FILE_STATE_QUERY, Output { status: 0, stdout: answer, stderr: String::new() });
+    let mut stage = StagePlan::new(Stage::Hosts, "test chapter");
+    stage.node("master1").files.push(artifact(&linked));
+    let report = Executor::new([&host as &dyn Host]).run_stage(&stage, &Silent).expect("stage runs");
+    assert_eq!(report.changed_files(), 0, "{:#?}", host.calls());
+}
+
 #[test]
 fn an_interrupted_run_is_finished_by_the_next_one() {
     let host = RecordingHost::new("master1");
@@ -449,6 +493,50 @@ fn a_file_or_unit_dropped_from_the_plan_is_removed_and_nothing_else() {
 /// The etcd stage plans nothing on master1 any more (its member moved), but master1
 /// still has the stage's record: everything the record lists that no stage plans there
 /// is retired, unit first, and the record goes too; a file another stage plans stays.
+/// Progress that notes how many calls the host had seen each time a node said its
+/// changes were made.
+struct CallsWhenApplied<'h> {
+    host: &'h RecordingHost,
+    seen: Mutex<Vec<usize>>,
+}
+
+impl Progress for CallsWhenApplied<'_> {
+    fn step(&self, _: Stage, _: &str, _: &str) {}
+
+    fn applied(&self, _: Stage, _: &str) {
+        self.seen.lock().unwrap().push(self.host.calls().len());
+    }
+}
+
+/// `lab up` starts proving from the host that the lab serves as soon as every node
+/// has said its changes are made, while the last checks still run; so a node says so
+/// after its last change (the restarted unit's job done, the in-progress mark gone)
+/// and before its checks. A converged node, which changes nothing, says so before
+/// its checks too.
+#[test]
+fn a_node_says_its_changes_are_made_after_the_last_one_and_before_its_checks() {
+    let host = RecordingHost::new("master1");
+    host.reply("systemctl enable", Output { status: 0, stdout: "restarted\n".into(), stderr: String::new() });
+    let progress = CallsWhenApplied { host: &host, seen: Mutex::default() };
+    Executor::new([&host as &dyn Host]).run_stage(&etcd_like_stage(), &progress).expect("stage runs");
+    let calls = host.calls();
+    let seen = progress.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "one stage on one node: {seen:?}");
+    let (changes, rest) = calls.split_at(seen[0]);
+    assert_eq!(changes.last(), Some(&Call::Run(format!("rm -f {PENDING_DIR}/etcd"))), "{calls:#?}");
+    assert_eq!(rest.first(), Some(&Call::Run("etcdctl endpoint health".into())), "{calls:#?}");
+
+    let stage = etcd_like_stage();
+    let host = RecordingHost::new("master1");
+    host.reply(SURVEY_QUERY, survey_answer(&recorded_digest(), "40 11 1700000000 644 root", &[]));
+    let executor = Executor::new([&host as &dyn Host]);
+    let survey = executor.survey(std::slice::from_ref(&stage)).expect("survey runs");
+    let progress = CallsWhenApplied { host: &host, seen: Mutex::default() };
+    executor.run_stage_surveyed(&stage, &survey, &progress).expect("stage runs");
+    assert_eq!(*progress.seen.lock().unwrap(), [1], "only the survey came before: {:#?}", host.calls());
+    assert_eq!(host.calls()[1], Call::Run("etcdctl endpoint health".into()));
+}
+
 #[test]
 fn a_stage_that_plans_nothing_on_a_node_any_more_retires_what_it_left_there() {
     const KEPT: &str = "/etc/kubernetes/kept.conf";

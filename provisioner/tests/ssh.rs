@@ -121,6 +121,33 @@ fn run_reports_status_stdout_and_stderr() {
     assert_eq!(output.stdout, "done\n");
 }
 
+/// Stages that run at once on one node run their commands at once: a command that
+/// waits for another's effect sees it, instead of holding the node's only session
+/// until it gives up while the other waits behind it.
+#[test]
+fn commands_on_one_node_run_side_by_side() {
+    let Some(sshd) = start_sshd() else { return };
+    let host = sshd.connect();
+    let (started, flag) = (sshd.path("started"), sshd.path("flag"));
+    let waiter_script = format!(
+        "touch {started}; timeout 20 sh -c 'until [ -e {flag} ]; do sleep 0.1; done'",
+        started = started.display(),
+        flag = flag.display()
+    );
+    std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| host.run(&waiter_script).expect("run the waiter"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !started.exists() {
+            assert!(Instant::now() < deadline, "the waiting command never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let touched = host.run(&format!("touch {}", flag.display())).expect("run beside the waiter");
+        assert!(touched.success(), "{touched:?}");
+        let waited = waiter.join().expect("waiter thread");
+        assert!(waited.success(), "the waiter never saw the other command's file: {waited:?}");
+    });
+}
+
 #[test]
 fn run_reads_large_stdout_and_stderr_without_deadlock() {
     let Some(sshd) = start_sshd() else { return };

@@ -6,6 +6,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::status::ApiHealth;
@@ -51,8 +52,14 @@ pub trait Surroundings: Sync {
         timeout: Duration,
     ) -> Result<Box<dyn Host>, HostError>;
 
-    /// Waits until the cluster serves Services and DNS to the host, steadily.
-    fn prove_ready(&self, network: &NetworkPlan, time_scale: u32) -> Result<Steady, ReadinessError>;
+    /// Waits until the cluster serves Services and DNS to the host, steadily, or
+    /// until `abandon` is set.
+    fn prove_ready(
+        &self,
+        network: &NetworkPlan,
+        time_scale: u32,
+        abandon: &AtomicBool,
+    ) -> Result<Steady, ReadinessError>;
 
     /// Fails, naming the address, unless every one of `addresses` is routed onto
     /// `bridge`: `lab status` asks nothing of an address that would leave elsewhere.
@@ -106,8 +113,13 @@ impl Surroundings for Real {
         Ok(Box::new(SshHost::connect(node, address, key, timeout)?))
     }
 
-    fn prove_ready(&self, network: &NetworkPlan, time_scale: u32) -> Result<Steady, ReadinessError> {
-        readiness::wait_until_steady(network, time_scale)
+    fn prove_ready(
+        &self,
+        network: &NetworkPlan,
+        time_scale: u32,
+        abandon: &AtomicBool,
+    ) -> Result<Steady, ReadinessError> {
+        readiness::wait_until_steady(network, time_scale, abandon)
     }
 
     fn verify_routes(&self, bridge: &str, addresses: &[Ipv4Addr]) -> Result<(), String> {

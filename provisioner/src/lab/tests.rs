@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -172,7 +173,7 @@ impl Surroundings for FakeSurroundings {
         Ok(Box::new(SharedHost(host)))
     }
 
-    fn prove_ready(&self, _: &NetworkPlan, _: u32) -> Result<Steady, ReadinessError> {
+    fn prove_ready(&self, _: &NetworkPlan, _: u32, _: &AtomicBool) -> Result<Steady, ReadinessError> {
         self.journal.note("ready");
         Ok(Steady { rounds: 10, failures: 0, elapsed: Duration::from_millis(1) })
     }
@@ -570,7 +571,7 @@ impl Surroundings for Hanging {
     fn connect(&self, node: &str, _: Ipv4Addr, _: &KeyPair, _: Duration) -> Result<Box<dyn Host>, HostError> {
         Ok(Box::new(HangingHost(node.to_string())))
     }
-    fn prove_ready(&self, _: &NetworkPlan, _: u32) -> Result<Steady, ReadinessError> {
+    fn prove_ready(&self, _: &NetworkPlan, _: u32, _: &AtomicBool) -> Result<Steady, ReadinessError> {
         Ok(Steady { rounds: 10, failures: 0, elapsed: Duration::from_millis(1) })
     }
     fn verify_routes(&self, _: &str, _: &[Ipv4Addr]) -> Result<(), String> {
@@ -661,6 +662,26 @@ fn a_failed_stage_leaves_timings_that_name_it_and_a_bundle_without_secrets() {
     }
     let config = rendered.iter().find(|(path, _)| path.ends_with("etc/kubernetes/encryption-config.yaml"));
     assert_eq!(config.expect("the encryption config").1, crate::render::SECRET_LEFT_OUT);
+}
+
+/// The proof that the cluster serves starts once every node has made every change,
+/// beside the last checks; a run that fails before that, here on a unit of the last
+/// stage, is not proven at all: it fails at once, naming the stage.
+#[test]
+fn a_run_that_fails_before_its_last_change_is_not_proven_ready() {
+    let failing_unit = Output { status: 1, stdout: String::new(), stderr: "Unit firewalld.service not found.".into() };
+    let replies = vec![(
+        "worker1".to_string(),
+        "systemctl enable --quiet --no-reload firewalld.service".to_string(),
+        failing_unit,
+    )];
+    let fixture = fixture_with(Vec::new(), replies, Broken::Nothing);
+    let error = fixture.lab.up(Until::Everything.into(), &Silent).expect_err("the firewall stage fails on worker1");
+    assert!(error.to_string().contains("firewall"), "{error}");
+    assert_eq!(fixture.journal.count("ready"), 0, "{:?}", fixture.journal.calls());
+    let timings = timings(&fixture.lab);
+    assert_eq!(timings["failed"], "firewall");
+    assert!(!steps(&timings).contains(&"readiness"), "{timings}");
 }
 
 #[test]

@@ -5,12 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::reporter::Steps;
 use super::{Event, Lab, LabError, Reporter, Resume};
-use crate::executor::{ExecError, Executor, StageReport, Survey};
+use crate::executor::{ExecError, Executor, Progress, StageReport, Survey};
 use crate::host::Host;
 use crate::machines::{self, MachineState, NodeImage, NodeSpec, PreloadedFile, StartOutcome};
 use crate::plan::{Content, Plan, Stage, StagePlan};
@@ -257,15 +258,19 @@ impl Lab {
             say("every node matches the plan: running the checks");
             reporter.report(Event::ChecksStarted);
             let checks_started = Instant::now();
+            let abandon = AtomicBool::new(false);
             let (checked, ready) = std::thread::scope(|scope| {
                 let ready = (until == Until::Everything).then(|| {
                     scope.spawn(|| {
                         let proof_started = Instant::now();
-                        let proof = self.prove_ready(plan, reporter);
+                        let proof = self.prove_ready(plan, reporter, &abandon);
                         (proof, proof_started.elapsed())
                     })
                 });
                 let checked = executor.check_all(stages, &Steps(reporter));
+                // A failed check means every stage runs next: the proof of this state
+                // is not worth waiting for.
+                abandon.store(checked.is_err(), Ordering::Relaxed);
                 (checked, ready.map(|handle| handle.join().expect("readiness thread panicked")))
             });
             timeline.record_step("checks", checks_started.elapsed(), checked.is_ok());
@@ -316,16 +321,44 @@ impl Lab {
                     }
                 }
             }
+            if until == Until::Everything {
+                let never = AtomicBool::new(false);
+                timeline
+                    .step("readiness", || self.prove_ready(plan, reporter, &never))
+                    .map_err(|source| LabError::NotReady { bundle: bundle(&source), source })?;
+            }
             reports
         } else {
-            run_by_needs(&executor, stages, &survey, reporter, timeline)
-                .map_err(|source| LabError::Stage { bundle: bundle(&source), source: Box::new(source) })?
+            // The host-side proof runs beside the last stages' checks, from the moment
+            // every node has made every change: the checks change nothing, so its
+            // streak of passing rounds still begins after the last change.
+            let changes = ChangesMade::new(
+                stages.iter().map(|stage| stage.nodes.len() + survey.orphaned(stage.stage).count()).sum(),
+            );
+            let abandon = AtomicBool::new(false);
+            let (ran, ready) = std::thread::scope(|scope| {
+                let ready = (until == Until::Everything).then(|| {
+                    scope.spawn(|| {
+                        changes.wait().then(|| {
+                            let proof_started = Instant::now();
+                            (self.prove_ready(plan, reporter, &abandon), proof_started.elapsed())
+                        })
+                    })
+                });
+                let progress = ApplyProgress { steps: Steps(reporter), changes: &changes };
+                let ran = run_by_needs(&executor, stages, &survey, reporter, &progress, timeline);
+                abandon.store(ran.is_err(), Ordering::Relaxed);
+                changes.end(ran.is_ok());
+                (ran, ready.and_then(|handle| handle.join().expect("readiness thread panicked")))
+            });
+            let reports =
+                ran.map_err(|source| LabError::Stage { bundle: bundle(&source), source: Box::new(source) })?;
+            if let Some((proof, took)) = ready {
+                timeline.record_step("readiness", took, proof.is_ok());
+                proof.map_err(|source| LabError::NotReady { bundle: bundle(&source), source })?;
+            }
+            reports
         };
-        if until == Until::Everything {
-            timeline
-                .step("readiness", || self.prove_ready(plan, reporter))
-                .map_err(|source| LabError::NotReady { bundle: bundle(&source), source })?;
-        }
         Ok((reports, until))
     }
 
@@ -590,10 +623,15 @@ impl Lab {
 
     /// The host-side proof that the finished lab serves and keeps serving
     /// (`crate::readiness`).
-    fn prove_ready(&self, plan: &Plan, reporter: &dyn Reporter) -> Result<(), readiness::ReadinessError> {
+    fn prove_ready(
+        &self,
+        plan: &Plan,
+        reporter: &dyn Reporter,
+        abandon: &AtomicBool,
+    ) -> Result<(), readiness::ReadinessError> {
         reporter.report(Event::ReadinessStarted { streak: readiness::STREAK });
         let time_scale = self.machines.as_deref().map_or(1, |machines| machines.time_scale());
-        let steady = self.surroundings.prove_ready(&plan.network, time_scale)?;
+        let steady = self.surroundings.prove_ready(&plan.network, time_scale, abandon)?;
         reporter.report(Event::ReadinessDone { steady: &steady });
         Ok(())
     }
@@ -667,6 +705,7 @@ fn run_by_needs(
     stages: &[StagePlan],
     survey: &Survey,
     reporter: &dyn Reporter,
+    progress: &dyn Progress,
     timeline: &Timeline,
 ) -> Result<Vec<StageReport>, ExecError> {
     let total = stages.len();
@@ -694,7 +733,7 @@ fn run_by_needs(
                     let finished = finished.clone();
                     scope.spawn(move || {
                         let began = Instant::now();
-                        let outcome = executor.run_stage_surveyed(stage, survey, &Steps(reporter));
+                        let outcome = executor.run_stage_surveyed(stage, survey, progress);
                         // The receiver outlives every stage's thread.
                         let _ = finished.send((stage.stage, began.elapsed(), outcome));
                     });
@@ -725,6 +764,76 @@ fn run_by_needs(
     }
     reports.sort_by_key(|report| report.stage);
     Ok(reports)
+}
+
+/// Opens once every node of every stage in a run has made its changes (its
+/// `Progress::applied`), or when the run passed without that count being reached;
+/// stays shut for good when the run failed. The proof of readiness waits behind it.
+struct ChangesMade {
+    state: Mutex<Gate>,
+    moved: Condvar,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// This many nodes, counted once per stage, have changes still to make.
+    Waiting(usize),
+    Open,
+    Shut,
+}
+
+impl ChangesMade {
+    fn new(nodes: usize) -> ChangesMade {
+        let gate = if nodes == 0 { Gate::Open } else { Gate::Waiting(nodes) };
+        ChangesMade { state: Mutex::new(gate), moved: Condvar::new() }
+    }
+
+    fn set(&self, change: impl FnOnce(Gate) -> Gate) {
+        let mut state = self.state.lock().expect("gate lock");
+        *state = change(*state);
+        self.moved.notify_all();
+    }
+
+    /// One node made the changes of one stage.
+    fn node_applied(&self) {
+        self.set(|gate| match gate {
+            Gate::Waiting(1) => Gate::Open,
+            Gate::Waiting(left) => Gate::Waiting(left - 1),
+            done => done,
+        });
+    }
+
+    /// The run is over, and `passed` says how.
+    fn end(&self, passed: bool) {
+        self.set(|gate| match gate {
+            Gate::Waiting(_) if passed => Gate::Open,
+            _ if !passed => Gate::Shut,
+            done => done,
+        });
+    }
+
+    /// Whether the gate opened; false once it is shut.
+    fn wait(&self) -> bool {
+        let state = self.state.lock().expect("gate lock");
+        let state = self.moved.wait_while(state, |gate| matches!(gate, Gate::Waiting(_))).expect("gate lock");
+        *state == Gate::Open
+    }
+}
+
+/// The stages' progress, shown as steps, and counted into `changes`.
+struct ApplyProgress<'a> {
+    steps: Steps<'a>,
+    changes: &'a ChangesMade,
+}
+
+impl Progress for ApplyProgress<'_> {
+    fn step(&self, stage: Stage, node: &str, step: &str) {
+        self.steps.step(stage, node, step);
+    }
+
+    fn applied(&self, _stage: Stage, _node: &str) {
+        self.changes.node_applied();
+    }
 }
 
 /// What one run of `lab up` went through, entry by entry, for `STATE/timings.json`.
