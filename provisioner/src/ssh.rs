@@ -19,7 +19,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -120,8 +120,17 @@ pub struct SshHost {
     /// The key the node proved itself with on the first session; every later one
     /// must show the same.
     host_key: Vec<u8>,
-    /// Authenticated sessions that no command is using now.
-    idle: Mutex<Vec<Session>>,
+    sessions: Mutex<Sessions>,
+    /// Signalled whenever a session is given back or dropped.
+    returned: Condvar,
+}
+
+/// A node's authenticated sessions.
+struct Sessions {
+    /// The sessions no command is using now.
+    idle: Vec<Session>,
+    /// How many there are, idle or running a command.
+    open: usize,
 }
 
 impl SshHost {
@@ -157,7 +166,8 @@ impl SshHost {
                         address,
                         key: key.clone(),
                         host_key,
-                        idle: Mutex::new(vec![session]),
+                        sessions: Mutex::new(Sessions { idle: vec![session], open: 1 }),
+                        returned: Condvar::new(),
                     });
                 }
                 Err(error) if Instant::now() + RETRY_PAUSE < deadline => {
@@ -174,17 +184,50 @@ impl SshHost {
     /// Runs `script` on a session of its own and returns its exit status and raw
     /// output. A session that failed is dropped, not reused.
     fn exec(&self, script: &str, stdin: Option<&mut dyn Read>) -> Result<RawOutput, ExecError> {
-        let session = self.idle_session()?;
-        let output = SshHost::exec_on(&session, script, stdin)?;
-        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(session);
-        Ok(output)
+        let session = self.take_session()?;
+        let outcome = SshHost::exec_on(&session, script, stdin);
+        let mut sessions = self.lock_sessions();
+        match outcome {
+            Ok(_) => sessions.idle.push(session),
+            Err(_) => sessions.open -= 1,
+        }
+        self.returned.notify_all();
+        outcome
     }
 
-    /// An idle session, or a new one when every session is running a command.
-    fn idle_session(&self) -> Result<Session, ExecError> {
-        if let Some(session) = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop() {
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An idle session, or a new one when every session is running a command. A node
+    /// that refuses another connection (sshd's limits, a passing hiccup) still serves
+    /// the sessions it has: then the command waits for one of them.
+    fn take_session(&self) -> Result<Session, ExecError> {
+        let mut sessions = self.lock_sessions();
+        if let Some(session) = sessions.idle.pop() {
             return Ok(session);
         }
+        sessions.open += 1;
+        drop(sessions);
+        let error = match self.open_another() {
+            Ok(session) => return Ok(session),
+            Err(error) => error,
+        };
+        let mut sessions = self.lock_sessions();
+        sessions.open -= 1;
+        loop {
+            if let Some(session) = sessions.idle.pop() {
+                return Ok(session);
+            }
+            if sessions.open == 0 {
+                return Err(error);
+            }
+            sessions = self.returned.wait(sessions).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// A new authenticated session that shows the first one's host key.
+    fn open_another(&self) -> Result<Session, ExecError> {
         let session = open_session(self.address, Instant::now() + ATTEMPT_TIMEOUT).map_err(ExecError::Connect)?;
         let (host_key, _) = session.host_key().ok_or_else(|| ExecError::Connect("the node sent no host key".into()))?;
         if host_key != self.host_key.as_slice() {

@@ -148,6 +148,30 @@ fn commands_on_one_node_run_side_by_side() {
     });
 }
 
+/// A node that refuses another connection still serves the session it has: a second
+/// command waits for it instead of failing. The listener is killed after the first
+/// connection, so every new one is refused while the first session lives on.
+#[test]
+fn a_command_waits_for_a_busy_session_when_no_other_can_be_opened() {
+    let Some(mut sshd) = start_sshd() else { return };
+    let host = sshd.connect();
+    sshd.child.kill().expect("stop the listener");
+    sshd.child.wait().expect("reap the listener");
+    let started = sshd.path("started");
+    let first_script = format!("touch {}; sleep 1; echo first", started.display());
+    std::thread::scope(|scope| {
+        let first = scope.spawn(|| host.run(&first_script).expect("run on the only session"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !started.exists() {
+            assert!(Instant::now() < deadline, "the first command never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let second = host.run("echo second").expect("the second command waits for the session");
+        assert_eq!(second.stdout, "second\n");
+        assert_eq!(first.join().expect("first thread").stdout, "first\n");
+    });
+}
+
 #[test]
 fn run_reads_large_stdout_and_stderr_without_deadlock() {
     let Some(sshd) = start_sshd() else { return };
