@@ -121,6 +121,16 @@ fn run_reports_status_stdout_and_stderr() {
     assert_eq!(output.stdout, "done\n");
 }
 
+/// Waits, at most 20 s, until a command running on the test's sshd (on this host)
+/// has created `marker`, its sign that it has started.
+fn wait_until_started(marker: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the command that creates {} never started", marker.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Stages that run at once on one node run their commands at once: a command that
 /// waits for another's effect sees it, instead of holding the node's only session
 /// until it gives up while the other waits behind it.
@@ -136,11 +146,7 @@ fn commands_on_one_node_run_side_by_side() {
     );
     std::thread::scope(|scope| {
         let waiter = scope.spawn(|| host.run(&waiter_script).expect("run the waiter"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !started.exists() {
-            assert!(Instant::now() < deadline, "the waiting command never started");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_started(&started);
         let touched = host.run(&format!("touch {}", flag.display())).expect("run beside the waiter");
         assert!(touched.success(), "{touched:?}");
         let waited = waiter.join().expect("waiter thread");
@@ -161,11 +167,7 @@ fn a_command_waits_for_a_busy_session_when_no_other_can_be_opened() {
     let first_script = format!("touch {}; sleep 1; echo first", started.display());
     std::thread::scope(|scope| {
         let first = scope.spawn(|| host.run(&first_script).expect("run on the only session"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !started.exists() {
-            assert!(Instant::now() < deadline, "the first command never started");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until_started(&started);
         let second = host.run("echo second").expect("the second command waits for the session");
         assert_eq!(second.stdout, "second\n");
         assert_eq!(first.join().expect("first thread").stdout, "first\n");
