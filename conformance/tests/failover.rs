@@ -676,6 +676,27 @@ fn wait_for_journal(
     }
 }
 
+/// What the apiservers on `masters` logged about their etcd watches since `since`, and
+/// whether journald dropped lines: what a failed quorum drill reports to say why.
+fn watch_errors_since(masters: &[String], since: SystemTime) -> String {
+    let since = since.duration_since(UNIX_EPOCH).expect("after the epoch").as_secs();
+    let script = format!(
+        "journalctl --no-pager --output=cat --unit {unit} --since @{since} | grep -o 'watch chan error: .*' \
+         | sort | uniq -c | sort -rn | head -3; journalctl --no-pager --output=cat --since @{since} \
+         | grep -i 'suppressed' | head -2; true",
+        unit = kube_apiserver::UNIT
+    );
+    masters
+        .iter()
+        .map(|master| {
+            let seen = lab().try_stdout(master, &script).unwrap_or_else(|error| error);
+            let seen: Vec<&str> = seen.lines().map(str::trim).collect();
+            format!("{master}: {}", if seen.is_empty() { "no watch error".to_string() } else { seen.join(" | ") })
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// How long after `since` (on the epoch's clock) the first of these journal lines
 /// (`journalctl --output=short-unix`) logged at or after `since` was logged.
 fn first_time_since(lines: &str, since: Duration) -> Option<Duration> {
@@ -703,6 +724,9 @@ fn the_api_keeps_answering_when_the_first_etcd_member_stops() {
     let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let lab = lab();
     let masters = lab.nodes_with(Role::Master);
+    // The drill measures whether the apiservers move to the other members: they must be
+    // connected to them first.
+    wait_for_apiservers_on_every_etcd_member();
     let servers = flag(&lab.command_line(&masters[0].name, kube_apiserver::UNIT), "etcd-servers")
         .expect("kube-apiserver runs with --etcd-servers");
     let first_url = servers.split(',').next().unwrap_or_default().to_string();
@@ -783,6 +807,9 @@ fn writes_resume_and_none_is_lost_when_the_etcd_leader_is_killed() {
     let (drill, longest_outage) = lab.drill_of("writes_resume_and_none_is_lost_when_the_etcd_leader_is_killed");
     let client = lab.kube();
     let namespace = lab.block_on(TestNamespace::create_without_pods(&client, "etcd-leader"));
+    // Killing the leader while the apiservers are still waiting out gRPC's backoff to
+    // reconnect to the other members would measure that backoff, not etcd's failover.
+    wait_for_apiservers_on_every_etcd_member();
     let leader = etcd_leader().unwrap_or_else(|error| panic!("{error}"));
 
     let writer = Arc::new(lab.https(Identity::Certificate(names::ADMIN), REQUEST_TIMEOUT));
@@ -853,7 +880,9 @@ fn etcd_leader() -> Result<&'static Node, String> {
     Err(format!("no etcd member says it is the leader: {answers:?}"))
 }
 
-/// A readiness check: `member`'s etcd answers /health with `"health":"true"`.
+/// A readiness check: `member`'s etcd answers /health with `"health":"true"`. The
+/// apiservers come back to it a few seconds later (`apiservers_on_every_etcd_member`):
+/// the etcd drills wait for that before they start, the others do not need it.
 fn etcd_healthy(member: &Node) -> impl Fn() -> Result<(), String> {
     let health = format!("https://{}:{}/health", member.address, etcd::CLIENT_PORT);
     move || {
@@ -864,6 +893,64 @@ fn etcd_healthy(member: &Node) -> impl Fn() -> Result<(), String> {
             Ok(reply) => Err(reply.body),
             Err(error) => Err(error.to_string()),
         }
+    }
+}
+
+/// How long the apiservers may take to connect again to etcd members that started again.
+/// gRPC retries a lost connection after a backoff that grows with the time it was lost
+/// (1 s, then 1.6 times longer each try, up to 2 minutes); after a member's 10 to 20 s
+/// stop, the apiservers were back on it 3 to 7 s after its start (2026-12-07).
+const APISERVERS_BACK_ON_ETCD: Duration = Duration::from_secs(60);
+
+/// Whether every apiserver holds as many connections to each etcd member as to the
+/// others, and some. Each of an apiserver's etcd clients keeps one connection per member
+/// (75 each on the default lab). A member that started again is healthy at once, but the
+/// apiservers come back to it only after gRPC's reconnect backoff: until then, an etcd
+/// drill would measure that backoff (killing the leader leaves the apiservers with no
+/// member to talk to) instead of etcd's failover.
+fn apiservers_on_every_etcd_member() -> Result<(), String> {
+    let lab = lab();
+    let members: Vec<String> = lab.nodes_with(Role::Etcd).iter().map(|member| member.address.to_string()).collect();
+    let mut uneven = Vec::new();
+    for master in lab.nodes_with(Role::Master) {
+        let sockets = lab.sh(&master.name, &format!("ss -tnpH state established '( dport = :{} )'", etcd::CLIENT_PORT));
+        // With a state filter, `ss` prints: Recv-Q Send-Q Local:Port Peer:Port Process.
+        let peers: Vec<&str> = sockets
+            .lines()
+            .filter(|line| line.contains("\"kube-apiserver\""))
+            .filter_map(|line| line.split_whitespace().nth(3)?.rsplit_once(':').map(|(address, _)| address))
+            .collect();
+        let counts: Vec<usize> =
+            members.iter().map(|member| peers.iter().filter(|peer| **peer == member.as_str()).count()).collect();
+        if counts.iter().any(|count| *count == 0 || *count != counts[0]) {
+            let each: Vec<String> =
+                members.iter().zip(&counts).map(|(member, count)| format!("{count} to {member}")).collect();
+            uneven.push(format!("{}'s apiserver: {}", master.name, each.join(", ")));
+        }
+    }
+    if uneven.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("etcd connections {}", uneven.join("; ")))
+    }
+}
+
+/// Waits until every apiserver is connected to every etcd member, as an etcd drill must
+/// find the lab: an earlier drill or fault may have restarted a member moments ago.
+fn wait_for_apiservers_on_every_etcd_member() {
+    let within = lab().patience(APISERVERS_BACK_ON_ETCD);
+    let started = Instant::now();
+    let mut first_seen = None;
+    while let Err(uneven) = apiservers_on_every_etcd_member() {
+        assert!(
+            started.elapsed() < within,
+            "the apiservers are not back on every etcd member within {within:?}: {uneven}"
+        );
+        first_seen.get_or_insert(uneven);
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    if let Some(uneven) = first_seen {
+        println!("waited {:.1?} for the apiservers to be back on every etcd member ({uneven})", started.elapsed());
     }
 }
 
@@ -1190,6 +1277,9 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
         let pod_ip = pods[0].status.as_ref().and_then(|status| status.pod_ip.clone()).expect("a ready pod has an IP");
         (namespace, pod_ip)
     });
+    // Were the survivor's apiserver connections still in gRPC's backoff, an apiserver
+    // could have no watch on it for etcd to end.
+    wait_for_apiservers_on_every_etcd_member();
     let members = lab.nodes_with(Role::Etcd);
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace.name());
     let write = |name: &str| {
@@ -1220,7 +1310,8 @@ fn writes_and_watches_recover_after_etcd_loses_its_quorum() {
     let watches_ended = watches_ended.unwrap_or_else(|missing| {
         panic!(
             "the apiservers on {missing:?} logged no `{WATCH_ENDED_WITHOUT_LEADER}` within {no_leader_within:?} of \
-             the quorum loss: the drill did not end their watches"
+             the quorum loss: the drill did not end their watches ({})",
+            watch_errors_since(&missing, lost_at)
         )
     });
     let lost_for = lost_at.elapsed().unwrap_or_default();
