@@ -92,6 +92,10 @@ enum Verb {
     },
     /// Stop the machines, keeping disks and state.
     Down {
+        /// Only this machine, as if its power were cut (repeatable); the others run on,
+        /// and `lab up` starts it again.
+        #[arg(long = "node", value_name = "NODE")]
+        nodes: Vec<String>,
         /// Progress as JSON lines on stdout.
         #[arg(long)]
         json: bool,
@@ -417,7 +421,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             };
             up::up(&paths, options, json)
         }
-        Verb::Down { json } => machine_verbs::down(&paths, json),
+        Verb::Down { nodes, json } => machine_verbs::down(&paths, &nodes, json),
         Verb::Destroy { json } => machine_verbs::destroy(&paths, json),
         Verb::Status { json } => machine_verbs::status(&paths, json),
         Verb::List { json } => machine_verbs::list(&paths, json),

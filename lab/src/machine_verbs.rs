@@ -8,9 +8,10 @@ use provisioner::lab::Event;
 use crate::{kubeconfig, terminal};
 use crate::{Exit, Failure, Paths};
 
-/// `lab down`: stops every machine, keeping disks, state, bridge and routes.
-pub fn down(paths: &Paths, json: bool) -> Result<(), Failure> {
-    Ok(paths.existing_lab()?.down(terminal::reporter(json).as_ref())?)
+/// `lab down [--node NODE]...`: stops every machine (or only those named), keeping
+/// disks, state, bridge and routes.
+pub fn down(paths: &Paths, nodes: &[String], json: bool) -> Result<(), Failure> {
+    Ok(paths.existing_lab()?.down(nodes, terminal::reporter(json).as_ref())?)
 }
 
 /// `lab destroy`: removes machines, disks, bridge, routes and state; caches stay.

@@ -337,10 +337,15 @@ impl Lab {
     }
 
     /// `lab down`: stops every machine, keeping disks, state, bridge and routes (so
-    /// lab addresses still lead only to the lab bridge), all at once.
-    pub fn down(&self, reporter: &dyn Reporter) -> Result<(), LabError> {
+    /// lab addresses still lead only to the lab bridge), all at once. With `only`, it
+    /// stops those machines alone, as a power cut would take one machine out of the
+    /// lab, and `lab up` starts them again; a name the lab does not have stops nothing.
+    pub fn down(&self, only: &[String], reporter: &dyn Reporter) -> Result<(), LabError> {
+        for name in only {
+            self.require_node(name)?;
+        }
         let machines = self.machines()?;
-        let nodes = machines.known_nodes();
+        let nodes = if only.is_empty() { machines.known_nodes() } else { only.to_vec() };
         let outcomes = machines.stop_all(&nodes, &|node, outcome, took| {
             if let Ok(outcome) = outcome {
                 let what = match outcome {
@@ -356,11 +361,20 @@ impl Lab {
         if !errors.is_empty() {
             return Err(LabError::NotStopped { errors });
         }
-        reporter.report(Event::Progress(&format!(
-            "lab {} is down; disks and state are kept in {} (`lab up` brings it back)",
-            self.topology.name,
-            self.paths.state_dir.display()
-        )));
+        let message = if only.is_empty() {
+            format!(
+                "lab {} is down; disks and state are kept in {} (`lab up` brings it back)",
+                self.topology.name,
+                self.paths.state_dir.display()
+            )
+        } else {
+            format!(
+                "{} down, the rest of lab {} runs on (`lab up` starts it again)",
+                nodes.join(", "),
+                self.topology.name
+            )
+        };
+        reporter.report(Event::Progress(&message));
         Ok(())
     }
 

@@ -432,9 +432,28 @@ fn status_takes_pod_ranges_from_the_plan_and_down_stops_every_node() {
     assert_eq!(json["nodes"][0]["state"], "running");
     assert_eq!(serde_json::from_value::<LabStatus>(json).unwrap(), status, "the suite reads what status writes");
 
-    fixture.lab.down(&Silent).expect("down");
+    fixture.lab.down(&[], &Silent).expect("down");
     assert_eq!(fixture.journal.count("machines: stop "), 2);
     assert!(fixture.lab.status().unwrap().nodes.iter().all(|node| node.state == MachineState::Stopped));
+}
+
+#[test]
+fn down_with_nodes_stops_only_those_and_an_unknown_name_stops_none() {
+    let fixture = fixture(Vec::new());
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
+    let error = fixture.lab.down(&["worker1".to_string(), "worker9".to_string()], &Silent).expect_err("refused");
+    assert!(error.is_usage(), "{error}");
+    assert_eq!(error.to_string(), "lab k8smin has no node \"worker9\"; its nodes are master1, worker1");
+    assert_eq!(fixture.journal.count("machines: stop "), 0, "nothing stops when a name is wrong");
+
+    fixture.lab.down(&["worker1".to_string()], &Silent).expect("down worker1");
+    assert_eq!(fixture.journal.count("machines: stop "), 1);
+    let states: Vec<(String, MachineState)> =
+        fixture.lab.status().unwrap().nodes.into_iter().map(|node| (node.name, node.state)).collect();
+    assert_eq!(
+        states,
+        [("master1".to_string(), MachineState::Running), ("worker1".to_string(), MachineState::Stopped)]
+    );
 }
 
 #[test]
@@ -524,7 +543,7 @@ fn a_stopped_lab_is_not_probed_and_no_lab_is_an_error() {
     );
 
     fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
-    fixture.lab.down(&Silent).expect("down");
+    fixture.lab.down(&[], &Silent).expect("down");
     let connected = fixture.journal.count("connect ");
     let status = fixture.lab.status().expect("status of a stopped lab");
     assert_eq!(status.probes, None);
