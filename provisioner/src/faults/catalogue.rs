@@ -1357,7 +1357,10 @@ pub static CATALOGUE: &[Fault] = &[
         scope: Scope::Cluster { via: Role::Master, needs: 1 },
         summary: "the cluster DNS Deployment runs one replica instead of two (through {nodes})",
         symptom: "nothing seems wrong until that pod or its node fails; then no name resolves",
-        breaks: &["failover::cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted"],
+        breaks: &[
+            "failover::cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted",
+            "failover::services_move_off_a_worker_whose_machine_stops",
+        ],
         proof: Proof::Alone,
         inject: |_, nodes| {
             on_each(

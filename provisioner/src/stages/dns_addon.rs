@@ -20,8 +20,8 @@
 //! - `coredns`: the official CoreDNS image, for hosts that can pull it, configured like
 //!   the upstream addon with a Corefile.
 //!
-//! Two replicas, preferably on different workers (a preference rather than a rule, so
-//! that a one-worker lab still runs both). The DNS pods themselves use the node's
+//! Two replicas, spread over the workers (at most one more on a worker than on any
+//! other, so that a one-worker lab still runs both). The DNS pods themselves use the node's
 //! resolver (`dnsPolicy: Default`), not their own Service. They are marked
 //! `system-cluster-critical` so that they are the last pods to be evicted.
 
@@ -57,11 +57,12 @@ pub fn manifest_path() -> String {
 pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let Some(first_master) = context.topology.nodes_with(Role::Master).next() else { return };
     let network = &context.topology.network;
+    let workers = context.topology.nodes_with(Role::Worker).count();
     let kubectl = paths::admin_kubectl();
 
     let manifest = match context.topology.addons.dns {
-        DnsAddon::LabDns => lab_dns_manifest(network),
-        DnsAddon::Coredns => coredns_manifest(network),
+        DnsAddon::LabDns => lab_dns_manifest(network, workers),
+        DnsAddon::Coredns => coredns_manifest(network, workers),
     };
     let actions = stage.node(&first_master.name);
     actions.files.push(FileSpec::text(manifest_path(), 0o644, manifest));
@@ -72,11 +73,14 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         script: format!("{kubectl} apply -f {}", manifest_path()),
         when: RunWhen::Always,
     });
+    // Ready, and every pod of the current template: while a rollout replaces the pods,
+    // the old ones count as ready too, and the stage would be done before they are gone.
     actions.checks.push(CheckSpec {
-        description: format!("{REPLICAS} cluster DNS pods are ready"),
+        description: format!("{REPLICAS} cluster DNS pods are ready, all of the applied manifest"),
         script: format!(
-            "[ \"$({kubectl} --namespace kube-system get deployment {NAME} -o jsonpath='{{.status.readyReplicas}}')\" \
-             = {REPLICAS} ]"
+            "set -- $({kubectl} --namespace kube-system get deployment {NAME} -o jsonpath='{{.status.readyReplicas}} \
+             {{.status.updatedReplicas}} {{.status.replicas}} {{.status.observedGeneration}} {{.metadata.generation}}') \
+             && [ \"$1 $2 $3\" = \"{REPLICAS} {REPLICAS} {REPLICAS}\" ] && [ \"$4\" = \"$5\" ]"
         ),
         timeout_secs: READY_TIMEOUT_SECS,
     });
@@ -141,8 +145,10 @@ spec:
     )
 }
 
-/// The Deployment's pod-level settings both servers share.
-fn pod_spec_common() -> String {
+/// The Deployment's pod-level settings both servers share, for a lab with `workers`
+/// workers.
+fn pod_spec_common(workers: usize) -> String {
+    let affinity = anti_affinity(workers);
     format!(
         "      serviceAccountName: {NAME}
       priorityClassName: system-cluster-critical
@@ -151,18 +157,46 @@ fn pod_spec_common() -> String {
       tolerations:
       - key: CriticalAddonsOnly
         operator: Exists
-      # Preferably one replica per worker, so that losing a worker keeps DNS up.
+{affinity}"
+    )
+}
+
+/// The pod spec's anti-affinity: never two replicas on one worker, when the lab has a
+/// worker for each (a smaller lab gets none, so that it still runs every replica). A
+/// rule, not a preference: with a preference, a deleted DNS pod's successor could go
+/// beside the other replica, because the deleted pod, still terminating on its worker,
+/// counted as much as a running one; after a few replacements both replicas ran on one
+/// worker, and losing that worker took the cluster DNS down (seen 2026-12-07). With the
+/// rule, the successor waits until the deleted pod is gone and takes its place.
+fn anti_affinity(workers: usize) -> String {
+    if workers < REPLICAS as usize {
+        return String::new();
+    }
+    format!(
+        "      # Never two replicas on one worker, so that losing a worker keeps DNS up.
       affinity:
         podAntiAffinity:
-          preferredDuringSchedulingIgnoredDuringExecution:
-          - weight: 100
-            podAffinityTerm:
-              labelSelector:
-                matchLabels:
-                  k8s-app: {NAME}
-              topologyKey: kubernetes.io/hostname
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - labelSelector:
+              matchLabels:
+                k8s-app: {NAME}
+            topologyKey: kubernetes.io/hostname
 "
     )
+}
+
+/// The Deployment's rollout, with the anti-affinity rule: one replica replaced at a
+/// time, the old one first, since a surge pod would find no worker without a replica.
+fn rollout_strategy(workers: usize) -> &'static str {
+    if workers < REPLICAS as usize {
+        return "";
+    }
+    "  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 0
+      maxUnavailable: 1
+"
 }
 
 /// The container ports both servers serve DNS on; the list stays open for more ports.
@@ -192,8 +226,9 @@ const CONTAINER_LIMITS: &str = "        resources:
             drop: [\"ALL\"]
 ";
 
-/// The Deployment's header up to the pod spec.
-fn deployment_header() -> String {
+/// The Deployment's header up to the pod spec, for a lab with `workers` workers.
+fn deployment_header(workers: usize) -> String {
+    let strategy = rollout_strategy(workers);
     format!(
         "apiVersion: apps/v1
 kind: Deployment
@@ -204,7 +239,7 @@ metadata:
     k8s-app: {NAME}
 spec:
   replicas: {REPLICAS}
-  selector:
+{strategy}  selector:
     matchLabels:
       k8s-app: {NAME}
   template:
@@ -217,7 +252,7 @@ spec:
 }
 
 /// The workspace's own DNS server.
-fn lab_dns_manifest(network: &Network) -> String {
+fn lab_dns_manifest(network: &Network, workers: usize) -> String {
     // Kubernetes 1.20 serves no discovery.k8s.io/v1 EndpointSlices, so the server
     // watches core/v1 Endpoints (as kube-dns did) and needs nothing else.
     let rules = r#"- apiGroups: [""]
@@ -227,8 +262,8 @@ fn lab_dns_manifest(network: &Network) -> String {
     let mut manifest = header("lab-dns, the workspace's own DNS server");
     manifest.push_str(&common(network, rules, "LabDNS"));
     manifest.push_str("---\n");
-    manifest.push_str(&deployment_header());
-    manifest.push_str(&pod_spec_common());
+    manifest.push_str(&deployment_header(workers));
+    manifest.push_str(&pod_spec_common(workers));
     write!(
         manifest,
         r#"      containers:
@@ -287,7 +322,7 @@ fn lab_dns_manifest(network: &Network) -> String {
 }
 
 /// CoreDNS as the Kubernetes 1.20 addon runs it.
-fn coredns_manifest(network: &Network) -> String {
+fn coredns_manifest(network: &Network, workers: usize) -> String {
     // CoreDNS 1.7 also watches namespaces, to answer NXDOMAIN for names in namespaces
     // that do not exist.
     let rules = r#"- apiGroups: [""]
@@ -331,8 +366,8 @@ data:
         reverse_zone = reverse_zone(network.service_cidr),
     )
     .expect("writing to a String");
-    manifest.push_str(&deployment_header());
-    manifest.push_str(&pod_spec_common());
+    manifest.push_str(&deployment_header(workers));
+    manifest.push_str(&pod_spec_common(workers));
     write!(
         manifest,
         r#"      containers:
@@ -472,7 +507,25 @@ mod tests {
             "/usr/local/bin/kubectl --kubeconfig /etc/kubernetes/admin.kubeconfig apply -f \
              /etc/kubernetes/manifests-lab/kube-dns.yaml"
         );
-        assert!(actions.checks[0].script.contains("get deployment kube-dns -o jsonpath='{.status.readyReplicas}'"));
+        assert!(actions.checks[0].script.contains("get deployment kube-dns -o jsonpath='{.status.readyReplicas} "));
+    }
+
+    /// The check, run by `sh` with kubectl answering `status` (ready, updated and total
+    /// replicas, observed generation, generation).
+    fn check_passes_with(status: &str) -> bool {
+        let stage = stage_for("lab.toml", Stage::DnsAddon);
+        let script =
+            stage.nodes[0].checks[0].script.replace(&paths::admin_kubectl(), &format!("printf '{status}'; true"));
+        std::process::Command::new("sh").args(["-c", &script]).status().expect("sh runs").success()
+    }
+
+    #[test]
+    fn the_check_waits_for_every_pod_of_the_applied_manifest() {
+        assert!(check_passes_with("2 2 2 7 7"));
+        assert!(!check_passes_with("1 1 1 7 7"), "a pod not ready");
+        assert!(!check_passes_with("2 1 3 7 7"), "an old pod still running beside a new one, mid-rollout");
+        assert!(!check_passes_with("2 2 2 6 7"), "the status not yet of the applied manifest");
+        assert!(!check_passes_with(" 2 2 7 7"), "no ready replica at all (the field left out)");
     }
 
     #[test]
