@@ -149,6 +149,18 @@ impl Drop for StoppedUnit {
     }
 }
 
+/// One request of a stream, sent when the stream calls for it: whether it succeeded.
+type Request = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+/// When a stream sends its next request.
+#[derive(Clone, Copy)]
+enum Pacing {
+    /// 100 ms after the last one was sent, once it has been answered or has failed.
+    OneAtATime,
+    /// 100 ms after the last one was sent, whatever became of it.
+    FixedRate,
+}
+
 /// One request of a stream: when it was sent, relative to the stream's start, and whether
 /// it was answered with 200.
 #[derive(Debug, Clone, Copy)]
@@ -178,36 +190,18 @@ impl RequestStream {
     /// Sends `request(n)` for n = 0, 1, 2, ... every 100 ms (one at a time: a request that
     /// takes longer delays the next); each says whether it succeeded. Sample n of the
     /// stream is request n.
-    fn start_requests(
-        request: impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static,
-    ) -> RequestStream {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let started = Instant::now();
-        let limit = lab().patience(STREAM_LIMIT);
-        let task = lab().spawn({
-            let stop = Arc::clone(&stop);
-            let samples = Arc::clone(&samples);
-            async move {
-                let mut index = 0;
-                while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
-                    let sent = Instant::now();
-                    let ok = request(index).await;
-                    lock(&samples).push(Sample { at: sent - started, ok });
-                    index += 1;
-                    tokio::time::sleep_until((sent + REQUEST_INTERVAL).into()).await;
-                }
-            }
-        });
-        RequestStream { stop, samples, task: Some(task), started }
+    fn start_requests(request: impl Fn(usize) -> Request + Send + 'static) -> RequestStream {
+        RequestStream::run(request, Pacing::OneAtATime)
     }
 
     /// `start_requests`, but request n goes out n × 100 ms after the start whether or not
     /// the ones before it were answered, as from clients at a fixed rate: a request that
     /// waits out its timeout holds none back, so every sample stands for as much time.
-    fn start_at_fixed_rate(
-        request: impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + 'static,
-    ) -> RequestStream {
+    fn start_at_fixed_rate(request: impl Fn(usize) -> Request + Send + 'static) -> RequestStream {
+        RequestStream::run(request, Pacing::FixedRate)
+    }
+
+    fn run(request: impl Fn(usize) -> Request + Send + 'static, pacing: Pacing) -> RequestStream {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
@@ -221,12 +215,21 @@ impl RequestStream {
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
                     let (samples, answered) = (Arc::clone(&samples), request(index as usize));
                     let at = started.elapsed();
-                    in_flight.push(tokio::spawn(async move {
+                    let record = async move {
                         let ok = answered.await;
                         lock(&samples).push(Sample { at, ok });
-                    }));
+                    };
                     index += 1;
-                    tokio::time::sleep_until((started + REQUEST_INTERVAL * index).into()).await;
+                    match pacing {
+                        Pacing::OneAtATime => {
+                            record.await;
+                            tokio::time::sleep_until((started + at + REQUEST_INTERVAL).into()).await;
+                        }
+                        Pacing::FixedRate => {
+                            in_flight.push(tokio::spawn(record));
+                            tokio::time::sleep_until((started + REQUEST_INTERVAL * index).into()).await;
+                        }
+                    }
                 }
                 for request in in_flight {
                     let _ = request.await;
@@ -941,16 +944,30 @@ fn etcd_healthy(member: &Node) -> impl Fn() -> Result<(), String> {
 const APISERVERS_BACK_ON_ETCD: Duration = Duration::from_secs(60);
 
 /// Whether every apiserver holds as many connections to each etcd member as to the
-/// others, and some. Each of an apiserver's etcd clients keeps one connection per member
-/// (75 each on the default lab). A member that started again is healthy at once, but the
+/// others, and some: each member of its `--etcd-servers` that serves now. Each of an
+/// apiserver's etcd clients keeps one connection per member (75 each on the default lab). A member that started again is healthy at once, but the
 /// apiservers come back to it only after gRPC's reconnect backoff: until then, an etcd
 /// drill would measure that backoff (killing the leader leaves the apiservers with no
 /// member to talk to) instead of etcd's failover.
 fn apiservers_on_every_etcd_member() -> Result<(), String> {
     let lab = lab();
-    let members: Vec<String> = lab.nodes_with(Role::Etcd).iter().map(|member| member.address.to_string()).collect();
+    // Only the members that serve now: a drill run with a member stopped on purpose (a
+    // fault) must go on and fail for what it checks, not wait for that member here.
+    let serving: Vec<String> = lab
+        .nodes_with(Role::Etcd)
+        .into_iter()
+        .filter(|member| etcd_healthy(member)().is_ok())
+        .map(|member| format!("https://{}:{}", member.address, etcd::CLIENT_PORT))
+        .collect();
     let mut uneven = Vec::new();
     for master in lab.nodes_with(Role::Master) {
+        // The members this apiserver is configured with, as it runs now.
+        let servers = flag(&lab.command_line(&master.name, kube_apiserver::UNIT), "etcd-servers").unwrap_or_default();
+        let members: Vec<&str> = servers
+            .split(',')
+            .filter(|url| serving.iter().any(|serving| serving == url))
+            .filter_map(|url| url.strip_prefix("https://")?.rsplit_once(':').map(|(address, _)| address))
+            .collect();
         let sockets = lab.sh(&master.name, &format!("ss -tnpH state established '( dport = :{} )'", etcd::CLIENT_PORT));
         // With a state filter, `ss` prints: Recv-Q Send-Q Local:Port Peer:Port Process.
         let peers: Vec<&str> = sockets
@@ -959,7 +976,7 @@ fn apiservers_on_every_etcd_member() -> Result<(), String> {
             .filter_map(|line| line.split_whitespace().nth(3)?.rsplit_once(':').map(|(address, _)| address))
             .collect();
         let counts: Vec<usize> =
-            members.iter().map(|member| peers.iter().filter(|peer| **peer == member.as_str()).count()).collect();
+            members.iter().map(|member| peers.iter().filter(|peer| *peer == member).count()).collect();
         if counts.iter().any(|count| *count == 0 || *count != counts[0]) {
             let each: Vec<String> =
                 members.iter().zip(&counts).map(|(member, count)| format!("{count} to {member}")).collect();
