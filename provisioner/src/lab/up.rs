@@ -13,6 +13,7 @@ use super::reporter::Steps;
 use super::{Event, Lab, LabError, Reporter, Resume};
 use crate::executor::{ExecError, Executor, Progress, StageReport, Survey};
 use crate::host::Host;
+use crate::machines::boot_watch::{last_console_line, BootWatch};
 use crate::machines::{self, MachineState, NodeImage, NodeSpec, PreloadedFile, StartOutcome};
 use crate::plan::{Content, Plan, Stage, StagePlan};
 use crate::preflight::{PreflightError, Report, Status};
@@ -514,10 +515,18 @@ impl Lab {
                 })
             });
             // A VM backend may take minutes to start its machines (Vagrant uploads its
-            // box first): a long start is never silent.
+            // box first): a long start is never silent. Vagrant waits for SSH itself,
+            // so a boot that hangs is watched for here.
+            let mut watches: Vec<BootWatch<'_>> =
+                nodes.iter().filter_map(|node| BootWatch::new(machines, &node.name)).collect();
             let mut next_report = started + PROGRESS_EVERY;
             while !all.is_finished() {
                 std::thread::sleep(Duration::from_millis(200));
+                for watch in &mut watches {
+                    if let Some(line) = watch.check(Instant::now()) {
+                        reporter.report(Event::Progress(&line));
+                    }
+                }
                 if Instant::now() >= next_report {
                     let doing = machines.activity().map(|line| format!("; {line}")).unwrap_or_default();
                     reporter.report(Event::Progress(&format!(
@@ -558,7 +567,11 @@ impl Lab {
                     scope.spawn(move || {
                         let step = Instant::now();
                         let mut next_report = step + PROGRESS_EVERY;
+                        let mut watch = BootWatch::new(machines, &node.name);
                         loop {
+                            if let Some(line) = watch.as_mut().and_then(|watch| watch.check(Instant::now())) {
+                                reporter.report(Event::Progress(&line));
+                            }
                             // A VM under software emulation takes half a minute or more
                             // to boot: say how far it got, from its console.
                             if Instant::now() >= next_report {
@@ -950,18 +963,6 @@ fn outcome(ok: bool) -> &'static str {
 
 fn seconds(since: Instant) -> String {
     format!("{:.1} s", since.elapsed().as_secs_f64())
-}
-
-/// The last line with text in a console log, without terminal control sequences,
-/// shortened for a progress line.
-fn last_console_line(path: &std::path::Path) -> Option<String> {
-    let tail = text::file_tail(path, 4096)?;
-    let line = tail.lines().rev().map(text::strip_control).find(|line| !line.trim().is_empty())?;
-    let line = line.trim();
-    Some(match line.char_indices().nth(100) {
-        Some((cut, _)) => format!("{}...", &line[..cut]),
-        None => line.to_string(),
-    })
 }
 
 /// How long the API may take to answer after the machines started (after `lab down`,

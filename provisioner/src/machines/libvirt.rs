@@ -462,6 +462,16 @@ impl Machines for Libvirt {
         vm_image::time_scale(self.spec.acceleration, &self.accelerator_record())
     }
 
+    fn hung_boot_after(&self) -> Option<Duration> {
+        Some(vm_image::hung_boot_after(self.time_scale()))
+    }
+
+    fn reset(&self, node: &str) -> Result<(), MachineError> {
+        let session = self.connect()?;
+        let domain = self.own_domain(&session, node)?.ok_or_else(|| self.node_error(node, "no domain to reset"))?;
+        domain.reset().map(drop).map_err(|error| self.node_error(node, format!("cannot reset its domain: {error}")))
+    }
+
     fn destroy(&self) -> Vec<Leftover> {
         let mut leftovers = match self.connect() {
             Ok(session) => {

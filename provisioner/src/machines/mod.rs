@@ -33,6 +33,7 @@ use crate::state_dir::StateDir;
 use crate::system;
 use crate::topology::{Acceleration, Backend, Node, Role, Topology};
 
+pub mod boot_watch;
 pub mod hostnet;
 pub mod image;
 #[cfg(feature = "libvirt")]
@@ -433,6 +434,21 @@ pub trait Machines: Send + Sync {
     /// factor for every timeout that waits on a node (booting, readiness checks).
     fn time_scale(&self) -> u32 {
         1
+    }
+
+    /// How long a machine's console may stay quiet while it boots before the boot
+    /// counts as hung (`boot_watch`); `None` where boots do not hang that way.
+    fn hung_boot_after(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Resets the running machine of `node` at once, as its reset button would: for
+    /// a boot that hung. Only called where `hung_boot_after` is `Some`.
+    fn reset(&self, node: &str) -> Result<(), MachineError> {
+        Err(MachineError::Node {
+            node: node.into(),
+            message: format!("the {} backend cannot reset a machine", self.backend()),
+        })
     }
 
     /// The memory `node` uses now, in bytes: its working set (what it could not give

@@ -41,7 +41,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::hostnet;
 use super::libvirt_host::{self, virsh};
@@ -429,6 +429,17 @@ impl Machines for Vagrant {
 
     fn time_scale(&self) -> u32 {
         vm_image::time_scale(self.spec.acceleration, &self.accelerator_record())
+    }
+
+    fn hung_boot_after(&self) -> Option<Duration> {
+        Some(vm_image::hung_boot_after(self.time_scale()))
+    }
+
+    /// `vagrant up` goes on waiting for SSH after the reset.
+    fn reset(&self, node: &str) -> Result<(), MachineError> {
+        virsh(&["reset", &self.domain_name(node)])
+            .map(drop)
+            .map_err(|failure| self.node_error(node, failure.to_string()))
     }
 
     fn destroy(&self) -> Vec<Leftover> {

@@ -465,6 +465,13 @@ pub fn time_scale(acceleration: Acceleration, record: &Path) -> u32 {
     decided_acceleration(acceleration, record).map_or(Accelerator::Tcg.time_scale(), Accelerator::time_scale)
 }
 
+/// How long a VM's console may stay quiet while it boots before the boot counts as
+/// hung (`boot_watch`): half a minute under KVM, scaled like every other wait. The
+/// longest quiet stretch of a normal boot is a few seconds.
+pub fn hung_boot_after(time_scale: u32) -> Duration {
+    Duration::from_secs(30) * time_scale
+}
+
 /// `acceleration` resolved: `tcg` as asked, `kvm` only when a KVM guest really runs
 /// here (refused with the probe's answer otherwise), and `auto` KVM exactly then.
 pub fn resolve_acceleration(acceleration: Acceleration, vm: &VmImage) -> Result<Accelerator, MachineError> {

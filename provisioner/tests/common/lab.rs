@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use provisioner::artifacts::Artifacts;
+use provisioner::machines::boot_watch::BootWatch;
 use provisioner::machines::hostnet::NetworkReport;
 use provisioner::machines::{self, LabSpec, MachineState, Machines, NodeImage, NodeSpec, StartOutcome, StopOutcome};
 use provisioner::pki;
@@ -120,9 +121,33 @@ impl TestLab {
             ("start after stop", "SSH again", "restart")
         };
         let started = Instant::now();
-        let outcome = self.backend.create_or_start(&self.node, &self.image, &self.key.public_line).expect(start);
-        assert_eq!(outcome, StartOutcome::Started { created });
-        let host = ssh::wait_until_reachable(&self.node.name, self.node.address, &self.key, timeout).expect(connect);
+        let deadline = started + timeout;
+        // As `lab up` does: a boot that hangs under emulation is reset (`BootWatch`),
+        // during the start (Vagrant waits for SSH in it) and while waiting for SSH.
+        let mut watch = BootWatch::new(&*self.backend, &self.node.name);
+        let look = |watch: &mut Option<BootWatch<'_>>| {
+            if let Some(line) = watch.as_mut().and_then(|watch| watch.check(Instant::now())) {
+                eprintln!("{line}");
+            }
+        };
+        let outcome = std::thread::scope(|scope| {
+            let starting = scope.spawn(|| self.backend.create_or_start(&self.node, &self.image, &self.key.public_line));
+            while !starting.is_finished() {
+                std::thread::sleep(Duration::from_millis(500));
+                look(&mut watch);
+            }
+            starting.join().expect("the start panicked")
+        });
+        assert_eq!(outcome.expect(start), StartOutcome::Started { created });
+        let host = loop {
+            look(&mut watch);
+            let attempt = Duration::from_secs(5).min(deadline.saturating_duration_since(Instant::now()));
+            match ssh::wait_until_reachable(&self.node.name, self.node.address, &self.key, attempt) {
+                Ok(host) => break host,
+                Err(error) if Instant::now() >= deadline => panic!("{connect}: {error}"),
+                Err(_) => continue,
+            }
+        };
         eprintln!("node answered SSH {} after the {after}", elapsed(started));
         host
     }
