@@ -305,54 +305,99 @@ fn cis_1_2_20_apiservers_serve_no_profiles() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// CIS 1.3.2: no controller manager serves profiles (`--profiling=false`). Its plain
-/// HTTP port on loopback needs no credentials, so the question is asked on each master.
+/// CIS 1.3.2: no controller manager serves profiles (`--profiling=false`). Its HTTPS
+/// port is on loopback, so the question is asked on each master, with the admin's
+/// certificate (which may read every path), so that only a server without the
+/// profiler answers 404.
 ///
 /// Turn it red: `cargo lab break controller-manager-profiling-on`.
 #[test]
 fn cis_1_3_2_controller_managers_serve_no_profiles() {
-    assert_no_profiles("kube-controller-manager", kube_controller_manager::INSECURE_PORT);
+    assert_no_profiles("kube-controller-manager", kube_controller_manager::SECURE_PORT);
 }
 
-/// CIS 1.4.1: no scheduler serves profiles (`enableProfiling: false` in its
-/// configuration file).
+/// CIS 1.4.1: no scheduler serves profiles (`--profiling=false`), asked as for the
+/// controller managers.
 ///
 /// Turn it red: `cargo lab break scheduler-profiling-on`.
 #[test]
 fn cis_1_4_1_schedulers_serve_no_profiles() {
-    assert_no_profiles("kube-scheduler", kube_scheduler::INSECURE_PORT);
+    assert_no_profiles("kube-scheduler", kube_scheduler::SECURE_PORT);
 }
 
-/// On every master, the component on `port` (plain HTTP, loopback) answers its health
-/// check, which shows that it is the one asked, and 404 for the profiler's path.
+/// On every master, the component on its HTTPS `port` on loopback answers its health
+/// check, which shows that it is the one asked, and 404 for the profiler's path to
+/// the admin. The admin's certificate and key come from the master's admin kubeconfig
+/// into a directory only root can read, removed after.
 fn assert_no_profiles(component: &str, port: u16) {
     let lab = lab();
-    let status = |node: &str, path: &str| {
-        lab.sh(
-            node,
-            &format!("curl --silent --output /dev/null --write-out '%{{http_code}}' --max-time 5 http://127.0.0.1:{port}{path}"),
-        )
-    };
+    let script = format!(
+        "set -e; dir=$(mktemp -d); trap 'rm -rf \"$dir\"' EXIT; umask 077; \
+         sed -n 's/^ *client-certificate-data: //p' {kubeconfig} | base64 -d > \"$dir/cert\"; \
+         sed -n 's/^ *client-key-data: //p' {kubeconfig} | base64 -d > \"$dir/key\"; \
+         for path in /healthz {PROFILING_PATH}; do \
+           curl --silent --insecure --cert \"$dir/cert\" --key \"$dir/key\" --output /dev/null \
+             --write-out '%{{http_code}} ' --max-time 5 \"https://127.0.0.1:{port}$path\"; \
+         done",
+        kubeconfig = paths::ADMIN_KUBECONFIG,
+    );
     let problems: Vec<String> = lab
         .nodes_with(Role::Master)
         .iter()
         .filter_map(|master| {
-            let health = status(&master.name, "/healthz");
-            if health != "200" {
-                return Some(format!(
-                    "{}: {component} answers /healthz on port {port} with {health}, not 200",
+            let answers = lab.sh(&master.name, &script);
+            match answers.split_whitespace().collect::<Vec<_>>()[..] {
+                ["200", "404"] => None,
+                ["200", profiles] => Some(format!(
+                    "{}: {component} answers {PROFILING_PATH} on port {port} with HTTP {profiles}, not 404",
+                    master.name
+                )),
+                _ => Some(format!(
+                    "{}: {component} on port {port} answers /healthz and {PROFILING_PATH} with `{}`, not 200 and 404",
+                    master.name,
+                    answers.trim()
+                )),
+            }
+        })
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// CIS 1.3.7 and 1.4.2: the controller managers and the schedulers serve no plain
+/// HTTP, where anything on the master could read their health and metrics without
+/// credentials: each listens on its HTTPS port on loopback and on no other port.
+/// `kubectl get componentstatuses` still reads their health (the componentstatuses
+/// test) through HAProxy, which passes only `GET /healthz` on to the HTTPS ports.
+///
+/// Turn it red: `cargo lab break controller-manager-plain-http-port` (`--port=10262`
+/// on one master), `cargo lab break scheduler-plain-http-port`.
+#[test]
+fn cis_1_3_7_and_1_4_2_controller_managers_and_schedulers_serve_no_plain_http() {
+    let lab = lab();
+    let components = [
+        ("kube-controller-manager", kube_controller_manager::SECURE_PORT),
+        ("kube-scheduler", kube_scheduler::SECURE_PORT),
+    ];
+    let mut problems = Vec::new();
+    for master in lab.nodes_with(Role::Master) {
+        // `ss -p` names each listening socket's process as users:(("NAME",pid=...)), by
+        // its command name, which Linux cuts to 15 characters ("kube-controller").
+        let listening = lab.sh(&master.name, "ss -ltnpH");
+        for (component, secure_port) in components {
+            let command_name = &component[..component.len().min(15)];
+            let sockets: Vec<&str> = listening
+                .lines()
+                .filter(|line| line.contains(&format!("((\"{command_name}\",")))
+                .filter_map(|line| line.split_whitespace().nth(3))
+                .collect();
+            if sockets != [format!("127.0.0.1:{secure_port}")] {
+                problems.push(format!(
+                    "{}: {component} listens on {sockets:?}, not on 127.0.0.1:{secure_port} alone",
                     master.name
                 ));
             }
-            let profiles = status(&master.name, PROFILING_PATH);
-            (profiles != "404").then(|| {
-                format!(
-                    "{}: {component} answers {PROFILING_PATH} on port {port} with HTTP {profiles}, not 404",
-                    master.name
-                )
-            })
-        })
-        .collect();
+        }
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

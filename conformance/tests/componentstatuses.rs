@@ -2,8 +2,9 @@
 //! the scheduler, the controller manager and every etcd member.
 //!
 //! In Kubernetes 1.20 the apiserver that serves the request asks the scheduler and the
-//! controller manager on its own node (loopback health ports) and every etcd server it
-//! was given (`etcd-0`, `etcd-1`, ... in `--etcd-servers` order).
+//! controller manager on its own node (plain HTTP on loopback ports 10251 and 10252,
+//! which HAProxy answers by asking the components' HTTPS ports, `load_balancer`) and
+//! every etcd server it was given (`etcd-0`, `etcd-1`, ... in `--etcd-servers` order).
 
 use conformance::lab;
 use k8s_openapi::api::core::v1::ComponentStatus;

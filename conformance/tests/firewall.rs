@@ -18,9 +18,10 @@ use provisioner::topology::Node;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A port no component uses, probed on every node.
 const UNUSED_PORT: u16 = 12345;
-/// Ports that listen on loopback only (controller manager, scheduler, kubelet and
-/// kube-proxy health and metrics): from the node subnet they must be filtered like any
-/// other, and on the node nothing may listen on them on another address.
+/// Ports that listen on loopback only (the controller manager's and scheduler's HTTPS
+/// ports and HAProxy's answers to componentstatuses' probes of them, the kubelet's and
+/// kube-proxy's health and metrics): from the node subnet they must be filtered like
+/// any other, and on the node nothing may listen on them on another address.
 const LOOPBACK_ONLY_PORTS: [u16; 6] = [10248, 10249, 10251, 10252, 10257, 10259];
 
 /// firewalld is running on every node, with the lab's zone as the default.

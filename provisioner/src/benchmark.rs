@@ -130,10 +130,10 @@ pub const RECOMMENDATIONS: &[Recommendation] = &[
     Recommendation {
         numbers: "1.3.7, 1.4.2 (insecure ports)",
         title: "kube-controller-manager and kube-scheduler serve no plain HTTP port (--port=0)",
-        checked_by: Check::NotFollowed(
-            "their plain HTTP ports stay on, bound to 127.0.0.1, because Kubernetes 1.20's componentstatuses, \
-             the handbook's check of the control plane, reads them there",
-        ),
+        checked_by: Check::Tests(&[
+            "cis::cis_1_3_7_and_1_4_2_controller_managers_and_schedulers_serve_no_plain_http",
+            "componentstatuses::scheduler_controller_manager_and_every_etcd_member_are_healthy",
+        ]),
     },
     Recommendation {
         numbers: "1.4.1",

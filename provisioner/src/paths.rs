@@ -103,14 +103,12 @@ pub const NODE_INTERFACE: &str = "host0";
 /// etcd and etcdctl come from Debian's etcd-server and etcd-client packages in the node image.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
 pub const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
-/// kube-scheduler's KubeSchedulerConfiguration file.
 /// How the apiservers encrypt Secrets in etcd; holds the key (CIS 1.2.32-1.2.33).
 pub const ENCRYPTION_CONFIG: &str = "/etc/kubernetes/encryption-config.yaml";
 /// Which requests the apiservers write to their audit log, and how much of each.
 pub const AUDIT_POLICY: &str = "/etc/kubernetes/audit-policy.yaml";
 /// Each apiserver's audit log (CIS 1.2.21), rotated by the apiserver itself.
 pub const AUDIT_LOG: &str = "/var/log/kubernetes/audit.log";
-pub const KUBE_SCHEDULER_CONFIG: &str = "/etc/kubernetes/kube-scheduler.yaml";
 /// HAProxy's configuration, read by Debian's haproxy.service.
 pub const HAPROXY_CONFIG: &str = "/etc/haproxy/haproxy.cfg";
 /// keepalived's configuration, read by Debian's keepalived.service.

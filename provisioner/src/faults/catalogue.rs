@@ -865,7 +865,7 @@ pub static CATALOGUE: &[Fault] = &[
             )
         },
         undo: nothing,
-        in_force: |_, nodes| on_each(nodes, &listening(kube_controller_manager::INSECURE_PORT)),
+        in_force: |_, nodes| on_each(nodes, &listening(kube_controller_manager::SECURE_PORT)),
         healed: nothing,
     },
     Fault {
@@ -880,15 +880,56 @@ pub static CATALOGUE: &[Fault] = &[
             on_each(
                 nodes,
                 &edit_and_restart(
-                    paths::KUBE_SCHEDULER_CONFIG,
-                    "enableProfiling: false",
-                    "enableProfiling: true",
+                    &paths::unit(kube_scheduler::UNIT),
+                    "--profiling=false",
+                    "--profiling=true",
                     kube_scheduler::UNIT,
                 ),
             )
         },
         undo: nothing,
-        in_force: |_, nodes| on_each(nodes, &listening(kube_scheduler::INSECURE_PORT)),
+        in_force: |_, nodes| on_each(nodes, &listening(kube_scheduler::SECURE_PORT)),
+        healed: nothing,
+    },
+    Fault {
+        name: "controller-manager-plain-http-port",
+        stage: Stage::KubeControllerManager,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-controller-manager on {nodes} serves plain HTTP on port 10262 (--port=10262)",
+        symptom: "anything that reaches port 10262 of that master (on every address: only the firewall keeps the others out) reads the controller manager's health and metrics without credentials",
+        breaks: &["cis::cis_1_3_7_and_1_4_2_controller_managers_and_schedulers_serve_no_plain_http"],
+        proof: Proof::AfterOthers,
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(
+                    &paths::unit(kube_controller_manager::UNIT),
+                    "--port=0",
+                    "--port=10262",
+                    kube_controller_manager::UNIT,
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(10262)),
+        healed: nothing,
+    },
+    Fault {
+        name: "scheduler-plain-http-port",
+        stage: Stage::KubeScheduler,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-scheduler on {nodes} serves plain HTTP on port 10261 (--port=10261)",
+        symptom: "anything that reaches port 10261 of that master (on every address: only the firewall keeps the others out) reads the scheduler's health and metrics without credentials",
+        breaks: &["cis::cis_1_3_7_and_1_4_2_controller_managers_and_schedulers_serve_no_plain_http"],
+        proof: Proof::AfterOthers,
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(&paths::unit(kube_scheduler::UNIT), "--port=0", "--port=10261", kube_scheduler::UNIT),
+            )
+        },
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &listening(10261)),
         healed: nothing,
     },
     // --- HAProxy and keepalived (handbook 000 section 8) ---

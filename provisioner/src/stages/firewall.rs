@@ -8,9 +8,10 @@
 //! the component behind it and why. The zone files are rendered from it, README shows
 //! it, and the conformance suite probes exactly these ports (and checks that others
 //! are filtered). Ports that only the node itself uses stay on loopback and need no
-//! rule: the controller manager's and scheduler's health ports (10251, 10252, 10257,
-//! 10259), the kubelet's /healthz (10248), kube-proxy's metrics (10249) and HAProxy's
-//! monitor. firewalld never filters loopback.
+//! rule: the controller manager's and scheduler's HTTPS ports (10257, 10259) and
+//! HAProxy's answers to componentstatuses' probes of them (10252, 10251), the
+//! kubelet's /healthz (10248), kube-proxy's metrics (10249) and HAProxy's monitor.
+//! firewalld never filters loopback.
 //!
 //! Three zones are involved:
 //!

@@ -18,10 +18,10 @@ use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
 use crate::plan::{Context, FileSpec, StagePlan};
 use crate::stages::{
-    install_kubernetes_unit, kubernetes_unit, loopback_health_checks, KubernetesUnit, LeaderElection,
-    TLS_CIPHER_SUITES, TLS_MIN_VERSION,
+    install_kubernetes_unit, kubernetes_unit, loopback_health_check, KubernetesUnit, LeaderElection, TLS_CIPHER_SUITES,
+    TLS_MIN_VERSION,
 };
-use crate::topology::{Role, Topology};
+use crate::topology::Role;
 
 /// The unit this stage writes and starts on every master.
 pub const UNIT: &str = "kube-controller-manager.service";
@@ -29,22 +29,14 @@ pub const UNIT: &str = "kube-controller-manager.service";
 const USER: &str = "system:kube-controller-manager";
 /// HTTPS port for health and metrics, with authentication (the 1.20 default).
 pub const SECURE_PORT: u16 = 10257;
-/// Plain HTTP health port, bound to loopback only: `kubectl get componentstatuses` in
-/// 1.20 asks `http://127.0.0.1:10252/healthz` on the apiserver's node.
-pub const INSECURE_PORT: u16 = 10252;
+/// The plain HTTP port `kubectl get componentstatuses` in 1.20 asks for the
+/// controller manager's health (`http://127.0.0.1:10252/healthz` on the apiserver's
+/// node). The controller manager serves no plain HTTP (CIS 1.3.7): HAProxy answers
+/// this port on loopback and passes /healthz to the HTTPS port (`load_balancer`).
+pub const COMPONENTSTATUS_PORT: u16 = 10252;
 
 /// How long the controller manager may take to start serving health checks.
 const READY_TIMEOUT_SECS: u64 = 60;
-
-/// The leader election flags (`LeaderElection` says why they are what they are).
-fn leader_election_flags(topology: &Topology) -> Vec<String> {
-    let timing = LeaderElection::for_topology(topology);
-    vec![
-        format!("--leader-elect-lease-duration={}s", timing.lease_duration),
-        format!("--leader-elect-renew-deadline={}s", timing.renew_deadline),
-        format!("--leader-elect-retry-period={}s", timing.retry_period),
-    ]
-}
 
 pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
@@ -69,8 +61,9 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         // defaults would also take TLS 1.0 and CBC ciphers with SHA-1.
         format!("--tls-min-version={TLS_MIN_VERSION}"),
         format!("--tls-cipher-suites={}", TLS_CIPHER_SUITES.join(",")),
-        "--address=127.0.0.1".to_string(),
-        format!("--port={INSECURE_PORT}"),
+        // No plain HTTP port (CIS 1.3.7): it would serve health and metrics to anything
+        // on the master without authentication.
+        "--port=0".to_string(),
         // The plan gives every worker a fixed /24 of the pod range, and the pod network
         // (routes and CNI configuration) is built from those. If the controller manager
         // allocated node CIDRs itself, it would hand them out in registration order and
@@ -86,12 +79,12 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         // credentials.
         format!("--authentication-kubeconfig={kubeconfig_path}"),
         format!("--authorization-kubeconfig={kubeconfig_path}"),
-        "--leader-elect=true".to_string(),
-        // CIS 1.3.2: no /debug/pprof, which the plain HTTP port would serve to anything
-        // on the master without authentication.
+        // CIS 1.3.2: no /debug/pprof, which would show the controller manager's inner
+        // workings to anyone allowed to read it.
         "--profiling=false".to_string(),
     ];
-    flags.extend(leader_election_flags(topology));
+    // `LeaderElection` says why the timing is what it is.
+    flags.extend(LeaderElection::for_topology(topology).flags());
     flags.extend([
         // Put into every service account's token secret so pods can verify the apiserver.
         format!("--root-ca-file={ca}"),
@@ -120,11 +113,10 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             unit,
             &[&kubeconfig_path, &ca, &ca_key, &service_account_private],
         );
-        actions.checks.extend(loopback_health_checks(
+        actions.checks.push(loopback_health_check(
             "kube-controller-manager",
             &master.name,
             SECURE_PORT,
-            INSECURE_PORT,
             READY_TIMEOUT_SECS,
         ));
     }
@@ -186,10 +178,12 @@ mod tests {
     }
 
     #[test]
-    fn serves_health_on_loopback_only() {
+    fn serves_health_on_loopback_only_and_over_https_only() {
         let stage = stage_for("lab.toml", Stage::KubeControllerManager);
         let unit = file(&stage, "master1", UNIT_PATH);
         assert_eq!(flag(unit, "bind-address"), "127.0.0.1");
-        assert_eq!(flag(unit, "address"), "127.0.0.1");
+        assert_eq!(flag(unit, "port"), "0", "no plain HTTP port");
+        let checks: Vec<&str> = stage.nodes[0].checks.iter().map(|check| check.script.as_str()).collect();
+        assert!(checks.iter().all(|script| script.contains("https://127.0.0.1:10257/")), "{checks:?}");
     }
 }

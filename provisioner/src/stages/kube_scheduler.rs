@@ -7,8 +7,13 @@
 //! Like the controller manager, it runs on every master and elects a leader through
 //! the API, so only one instance schedules at a time and another takes over if it stops
 //! (section 8.4). Each instance talks to its own master's apiserver over loopback.
-//! Since Kubernetes 1.19 the scheduler is configured with a KubeSchedulerConfiguration
-//! file (API version `kubescheduler.config.k8s.io/v1beta1` in 1.20) rather than flags.
+//!
+//! Kubernetes 1.19 introduced a KubeSchedulerConfiguration file (API version
+//! `kubescheduler.config.k8s.io/v1beta1` in 1.20) in place of most flags, but in 1.20
+//! that file cannot turn off the scheduler's plain HTTP port: its health and metrics
+//! addresses must have a port from 1 to 65535 (left out, they take 0.0.0.0:10251), and
+//! next to a file the `--port` flag is ignored. The lab wants no plain HTTP port (CIS
+//! 1.4.2), so the scheduler runs on flags, as kubeadm 1.20 runs it.
 
 use std::net::Ipv4Addr;
 
@@ -16,8 +21,8 @@ use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{Context, FileSpec, StagePlan};
 use crate::stages::{
-    install_kubernetes_unit, kubernetes_unit, loopback_health_checks, KubernetesUnit, LeaderElection,
-    TLS_CIPHER_SUITES, TLS_MIN_VERSION,
+    install_kubernetes_unit, kubernetes_unit, loopback_health_check, KubernetesUnit, LeaderElection, TLS_CIPHER_SUITES,
+    TLS_MIN_VERSION,
 };
 use crate::topology::Role;
 
@@ -27,9 +32,11 @@ pub const UNIT: &str = "kube-scheduler.service";
 const USER: &str = "system:kube-scheduler";
 /// HTTPS port for health and metrics, with authentication (the 1.20 default).
 pub const SECURE_PORT: u16 = 10259;
-/// Plain HTTP health port, bound to loopback only: `kubectl get componentstatuses` in
-/// 1.20 asks `http://127.0.0.1:10251/healthz` on the apiserver's node.
-pub const INSECURE_PORT: u16 = 10251;
+/// The plain HTTP port `kubectl get componentstatuses` in 1.20 asks for the
+/// scheduler's health (`http://127.0.0.1:10251/healthz` on the apiserver's node). The
+/// scheduler serves no plain HTTP (CIS 1.4.2): HAProxy answers this port on loopback
+/// and passes /healthz to the HTTPS port (`load_balancer`).
+pub const COMPONENTSTATUS_PORT: u16 = 10251;
 
 /// How long the scheduler may take to start serving health checks.
 const READY_TIMEOUT_SECS: u64 = 60;
@@ -45,43 +52,28 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         USER,
         context.pki.get(names::SCHEDULER),
     );
-    // With a configuration file, the plain HTTP health and metrics listeners are set
-    // here rather than with the deprecated `--address`/`--port` flags. Both default to
-    // every address; the lab keeps them on loopback. Profiling is off here too (CIS
-    // 1.4.1, as for the apiserver): the `--profiling` flag is ignored next to a
-    // configuration file.
-    let timing = LeaderElection::for_topology(topology);
-    let leader_election = format!(
-        "  leaseDuration: {}s\n  renewDeadline: {}s\n  retryPeriod: {}s\n",
-        timing.lease_duration, timing.renew_deadline, timing.retry_period
-    );
-    let config = format!(
-        "# Written by the k8s lab; `lab up` overwrites local changes.
-apiVersion: kubescheduler.config.k8s.io/v1beta1
-kind: KubeSchedulerConfiguration
-clientConnection:
-  kubeconfig: {kubeconfig_path}
-leaderElection:
-  leaderElect: true
-{leader_election}healthzBindAddress: 127.0.0.1:{INSECURE_PORT}
-metricsBindAddress: 127.0.0.1:{INSECURE_PORT}
-enableProfiling: false
-"
-    );
-    let flags = vec![
-        format!("--config={}", paths::KUBE_SCHEDULER_CONFIG),
+    let mut flags = vec![
+        format!("--kubeconfig={kubeconfig_path}"),
         // Health and metrics requests on the HTTPS port are checked against the apiserver
         // with the scheduler's own credentials.
         format!("--authentication-kubeconfig={kubeconfig_path}"),
         format!("--authorization-kubeconfig={kubeconfig_path}"),
         "--bind-address=127.0.0.1".to_string(),
         format!("--secure-port={SECURE_PORT}"),
+        // No plain HTTP port (CIS 1.4.2): it would serve health and metrics to anything
+        // on the master without authentication.
+        "--port=0".to_string(),
         // The same TLS as the apiserver's (CIS 1.2.34 asks it of the apiserver): Go's
         // defaults would also take TLS 1.0 and CBC ciphers with SHA-1.
         format!("--tls-min-version={TLS_MIN_VERSION}"),
         format!("--tls-cipher-suites={}", TLS_CIPHER_SUITES.join(",")),
-        "--v=2".to_string(),
+        // CIS 1.4.1: no /debug/pprof, which would show the scheduler's inner workings
+        // to anyone allowed to read it.
+        "--profiling=false".to_string(),
     ];
+    // `LeaderElection` says why the timing is what it is.
+    flags.extend(LeaderElection::for_topology(topology).flags());
+    flags.push("--v=2".to_string());
     for master in topology.nodes_with(Role::Master) {
         let unit = kubernetes_unit(&KubernetesUnit {
             component: "kube-scheduler",
@@ -93,21 +85,8 @@ enableProfiling: false
         let actions = stage.node(&master.name);
         // The kubeconfig embeds the scheduler's private key.
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
-        actions.files.push(FileSpec::text(paths::KUBE_SCHEDULER_CONFIG, 0o644, &config));
-        install_kubernetes_unit(
-            actions,
-            UNIT,
-            "kube-scheduler",
-            unit,
-            &[paths::KUBE_SCHEDULER_CONFIG, &kubeconfig_path],
-        );
-        actions.checks.extend(loopback_health_checks(
-            "kube-scheduler",
-            &master.name,
-            SECURE_PORT,
-            INSECURE_PORT,
-            READY_TIMEOUT_SECS,
-        ));
+        install_kubernetes_unit(actions, UNIT, "kube-scheduler", unit, &[&kubeconfig_path]);
+        actions.checks.push(loopback_health_check("kube-scheduler", &master.name, SECURE_PORT, READY_TIMEOUT_SECS));
     }
 }
 
@@ -118,16 +97,19 @@ mod tests {
     use crate::stages::test_support::{file, flag, stage_for};
 
     #[test]
-    fn configuration_elects_a_leader_with_the_scheduler_kubeconfig() {
+    fn elects_a_leader_with_its_kubeconfig_and_serves_https_only_on_loopback() {
         let stage = stage_for("lab.toml", Stage::KubeScheduler);
         assert_eq!(stage.nodes.len(), 3);
-        let config = file(&stage, "master3", "/etc/kubernetes/kube-scheduler.yaml");
-        assert!(config.contains("apiVersion: kubescheduler.config.k8s.io/v1beta1\n"));
-        assert!(config.contains("  kubeconfig: /etc/kubernetes/kube-scheduler.kubeconfig\n"));
-        assert!(config.contains("leaderElection:\n  leaderElect: true\n"));
         let unit = file(&stage, "master3", "/etc/systemd/system/kube-scheduler.service");
-        assert_eq!(flag(unit, "config"), "/etc/kubernetes/kube-scheduler.yaml");
+        assert_eq!(flag(unit, "kubeconfig"), "/etc/kubernetes/kube-scheduler.kubeconfig");
+        assert_eq!(flag(unit, "leader-elect"), "true");
+        assert_eq!(flag(unit, "leader-elect-lease-duration"), "15s");
         assert_eq!(flag(unit, "bind-address"), "127.0.0.1");
+        assert_eq!(flag(unit, "port"), "0", "no plain HTTP port");
+        assert_eq!(flag(unit, "profiling"), "false");
+        assert!(!unit.contains("--config"), "a configuration file would bring the plain HTTP port back");
+        let checks = &stage.nodes[0].checks;
+        assert!(checks.iter().all(|check| check.script.contains("https://127.0.0.1:10259/")), "{checks:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! that fails its health check. TLS stays end to end between the client and the
 //! apiserver, so client certificates keep working through the proxy.
 //!
-//! Every node with the `lb` role runs HAProxy, and keepalived (next stage) moves one
+//! Every node with the `lb` role balances the API so, and keepalived (next stage) moves one
 //! virtual IP between them. HAProxy listens on all addresses, so it serves the virtual
 //! IP on whichever node holds it at the moment, without a restart when it moves.
 //!
@@ -17,11 +17,21 @@
 //! apiserver UP or DOWN: the stage is done only when every HAProxy has every apiserver
 //! UP, so a client of the finished lab never meets a backend HAProxy has not yet
 //! checked.
+//!
+//! HAProxy on every master, `lb` or not, also answers `kubectl get componentstatuses`.
+//! In Kubernetes 1.20 the apiserver asks its own node's controller manager and
+//! scheduler for `/healthz` in plain HTTP on loopback (ports 10252 and 10251), but
+//! they serve only HTTPS, which checks who asks (CIS 1.3.7 and 1.4.2: no plain HTTP
+//! port, where anything on the master could read their metrics). HAProxy listens on
+//! those two ports on loopback and passes `GET /healthz`, and nothing else, to each
+//! component's HTTPS port, so the handbook's check of the control plane still sees
+//! the components themselves.
 
 use std::net::Ipv4Addr;
 
 use crate::paths::{self, pki_files};
 use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan, UnitSpec};
+use crate::stages::{kube_controller_manager, kube_scheduler};
 use crate::topology::Role;
 
 /// Debian's unit for HAProxy, which reads `paths::HAPROXY_CONFIG`.
@@ -41,6 +51,14 @@ pub const BACKEND: &str = "kube-apiserver";
 /// How long HAProxy may take to (re)start and find a healthy apiserver.
 const READY_TIMEOUT_SECS: u64 = 60;
 
+/// The plain HTTP probes of `kubectl get componentstatuses` that HAProxy answers on
+/// every master: the component, the port the apiserver asks, and the component's
+/// HTTPS port that HAProxy passes `/healthz` to.
+pub const COMPONENTSTATUS_PROBES: [(&str, u16, u16); 2] = [
+    ("kube-controller-manager", kube_controller_manager::COMPONENTSTATUS_PORT, kube_controller_manager::SECURE_PORT),
+    ("kube-scheduler", kube_scheduler::COMPONENTSTATUS_PORT, kube_scheduler::SECURE_PORT),
+];
+
 pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let topology = context.topology;
     let network = &topology.network;
@@ -49,9 +67,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         .nodes_with(Role::Master)
         .map(|master| format!("    server {} {}:{}\n", master.name, master.address, network.apiserver_port))
         .collect();
-    let config = format!(
-        "# Written by the k8s lab; `lab up` overwrites local changes.
-# HAProxy in front of every kube-apiserver (handbook 000 section 8.1.1).
+    let header = "# Written by the k8s lab; `lab up` overwrites local changes.
 
 global
     log /dev/log local0 notice
@@ -70,7 +86,10 @@ defaults
     # Watches and `kubectl exec`/`logs -f` keep a connection open for a long time.
     timeout client 1h
     timeout server 1h
-
+";
+    let api = format!(
+        "
+# HAProxy in front of every kube-apiserver (handbook 000 section 8.1.1).
 frontend kube-apiserver
     # All addresses, so it serves the virtual IP on whichever node holds it.
     bind *:{api_port}
@@ -98,15 +117,21 @@ listen monitor
 ",
         api_port = network.api_port,
     );
+    let probes: String = COMPONENTSTATUS_PROBES
+        .iter()
+        .map(|&(component, port, secure_port)| componentstatus_probe(component, port, secure_port))
+        .collect();
 
     let ca = paths::kubernetes_pki(pki_files::CA_CERT);
     let client_cert = paths::kubernetes_pki(pki_files::APISERVER_KUBELET_CLIENT_CERT);
     let client_key = paths::kubernetes_pki(pki_files::APISERVER_KUBELET_CLIENT_KEY);
     let through_haproxy = format!("https://{}:{}", Ipv4Addr::LOCALHOST, network.api_port);
 
-    for node in topology.nodes_with(Role::Lb) {
+    for node in topology.nodes_with(Role::Master) {
+        let balances = node.has(Role::Lb);
+        let config = format!("{header}{}{probes}", if balances { api.as_str() } else { "" });
         let actions = stage.node(&node.name);
-        actions.files.push(FileSpec::text(paths::HAPROXY_CONFIG, 0o644, &config));
+        actions.files.push(FileSpec::text(paths::HAPROXY_CONFIG, 0o644, config));
         // A configuration error should fail the stage with HAProxy's own message, before
         // the restart that would take the running proxy down.
         actions.commands.push(CommandSpec {
@@ -119,6 +144,18 @@ listen monitor
             restart_when_changed: vec![paths::HAPROXY_CONFIG.to_string()],
             ..UnitSpec::default()
         });
+        // The components start beside HAProxy (their stages run at once): the check
+        // waits for them.
+        for (component, port, _) in COMPONENTSTATUS_PROBES {
+            actions.checks.push(CheckSpec {
+                description: format!("HAProxy on {} answers componentstatuses' probe of {component}", node.name),
+                script: format!("curl --silent --show-error --fail --max-time 5 http://127.0.0.1:{port}/healthz"),
+                timeout_secs: READY_TIMEOUT_SECS,
+            });
+        }
+        if !balances {
+            continue;
+        }
         actions.checks.push(CheckSpec {
             description: format!("HAProxy on {} answers its monitor URL", node.name),
             script: format!("curl --silent --show-error --fail --max-time 5 {MONITOR_URL}"),
@@ -146,6 +183,28 @@ listen monitor
     }
 }
 
+/// The part of haproxy.cfg that answers componentstatuses' plain HTTP probe of
+/// `component` on loopback `port`, by its HTTPS port `secure_port` on loopback.
+fn componentstatus_probe(component: &str, port: u16, secure_port: u16) -> String {
+    format!(
+        "
+# `kubectl get componentstatuses` asks for {component}'s health here, in plain HTTP.
+# {component} serves HTTPS only: pass GET /healthz to it, refuse everything else.
+# Its serving certificate is made up at its start (self-signed), so it is not
+# verified: both ends are on loopback.
+frontend {component}-healthz
+    mode http
+    bind 127.0.0.1:{port}
+    http-request deny unless {{ method GET }} {{ path /healthz }}
+    default_backend {component}-healthz
+
+backend {component}-healthz
+    mode http
+    server {component} 127.0.0.1:{secure_port} ssl verify none
+"
+    )
+}
+
 /// A script that fails, naming the apiservers and their states, unless HAProxy's
 /// statistics show every one of `masters` UP in the apiserver backend (column 18 of
 /// the CSV is the server's `status`).
@@ -165,7 +224,7 @@ done
 mod tests {
     use super::*;
     use crate::plan::Stage;
-    use crate::stages::test_support::{file, planned_nodes, stage_for};
+    use crate::stages::test_support::{actions_on, file, planned_nodes, stage_for, stage_for_topology, topology};
 
     #[test]
     fn balances_over_all_three_masters() {
@@ -179,6 +238,39 @@ mod tests {
         assert!(config.contains("    bind *:8443\n"));
         assert!(config.contains("    mode tcp\n"));
         assert!(config.contains("default-server check "));
+    }
+
+    #[test]
+    fn every_master_answers_componentstatuses_probes_on_loopback_and_only_lb_masters_balance() {
+        let mut topology = topology("lab.toml");
+        let master3 = topology.nodes.iter_mut().find(|node| node.name == "master3").unwrap();
+        master3.roles.retain(|role| *role != Role::Lb);
+        let stage = stage_for_topology(&topology, Stage::LoadBalancer);
+        assert_eq!(planned_nodes(&stage), ["master1", "master2", "master3"]);
+        for master in ["master1", "master3"] {
+            let config = file(&stage, master, "/etc/haproxy/haproxy.cfg");
+            for (component, port, secure_port) in
+                [("kube-controller-manager", 10252, 10257), ("kube-scheduler", 10251, 10259)]
+            {
+                let expected = format!(
+                    "frontend {component}-healthz\n    mode http\n    bind 127.0.0.1:{port}\n    \
+                     http-request deny unless {{ method GET }} {{ path /healthz }}\n"
+                );
+                assert!(config.contains(&expected), "{master}: {expected}\n{config}");
+                let server = format!("    server {component} 127.0.0.1:{secure_port} ssl verify none\n");
+                assert!(config.contains(&server), "{master}: {server}\n{config}");
+                let check = format!("http://127.0.0.1:{port}/healthz");
+                assert!(
+                    actions_on(&stage, master).checks.iter().any(|c| c.script.contains(&check)),
+                    "{master}: {check}"
+                );
+            }
+        }
+        let balancer = file(&stage, "master1", "/etc/haproxy/haproxy.cfg");
+        assert!(balancer.contains("frontend kube-apiserver\n"));
+        let probes_only = file(&stage, "master3", "/etc/haproxy/haproxy.cfg");
+        assert!(!probes_only.contains("kube-apiserver") && !probes_only.contains("monitor"), "{probes_only}");
+        assert!(actions_on(&stage, "master3").checks.iter().all(|check| !check.script.contains(MONITOR_URL)));
     }
 
     #[test]
@@ -241,7 +333,8 @@ mod tests {
     fn separate_etcd_tier_is_not_a_backend() {
         let stage = stage_for("examples/separate-etcd.toml", Stage::LoadBalancer);
         let config = file(&stage, "master1", "/etc/haproxy/haproxy.cfg");
-        assert_eq!(config.matches("    server ").count(), 3);
+        let apiservers = config.lines().filter(|line| line.starts_with("    server ") && line.ends_with(":6443"));
+        assert_eq!(apiservers.count(), 3, "{config}");
         assert!(!config.contains("etcd"));
     }
 }

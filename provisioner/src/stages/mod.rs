@@ -249,6 +249,16 @@ impl LeaderElection {
             LeaderElection { lease_duration: 15, renew_deadline: 10, retry_period: 1 }
         }
     }
+
+    /// The command-line flags that elect a leader with this timing.
+    pub fn flags(self) -> Vec<String> {
+        vec![
+            "--leader-elect=true".to_string(),
+            format!("--leader-elect-lease-duration={}s", self.lease_duration),
+            format!("--leader-elect-renew-deadline={}s", self.renew_deadline),
+            format!("--leader-elect-retry-period={}s", self.retry_period),
+        ]
+    }
 }
 
 /// The TLS cipher suites the lab's servers accept (CIS 1.2.34 and 4.2.13): ECDHE key
@@ -418,33 +428,19 @@ pub fn install_unit(actions: &mut NodeActions, name: &str, content: String, inpu
     actions.units.push(UnitSpec { name: name.to_string(), restart_when_changed, ..UnitSpec::default() });
 }
 
-/// The readiness checks of a control plane component that elects a leader (the
+/// The readiness check of a control plane component that elects a leader (the
 /// controller manager and the scheduler) on one master: its HTTPS port answers
-/// /healthz, and so does the plain HTTP port that `kubectl get componentstatuses`
-/// probes. /healthz is exempt from authorization by default and anonymous requests are
-/// authenticated as system:anonymous, so no credentials are needed. The serving
+/// /healthz. /healthz is exempt from authorization by default and anonymous requests
+/// are authenticated as system:anonymous, so no credentials are needed. The serving
 /// certificate is self-signed at startup, hence `--insecure` on loopback.
-pub fn loopback_health_checks(
-    component: &str,
-    node: &str,
-    secure_port: u16,
-    insecure_port: u16,
-    timeout_secs: u64,
-) -> [CheckSpec; 2] {
-    [
-        CheckSpec {
-            description: format!("{component} on {node} answers /healthz"),
-            script: format!(
-                "curl --silent --show-error --fail --max-time 5 --insecure https://127.0.0.1:{secure_port}/healthz"
-            ),
-            timeout_secs,
-        },
-        CheckSpec {
-            description: format!("{component} on {node} answers componentstatuses' probe"),
-            script: format!("curl --silent --show-error --fail --max-time 5 http://127.0.0.1:{insecure_port}/healthz"),
-            timeout_secs,
-        },
-    ]
+pub fn loopback_health_check(component: &str, node: &str, secure_port: u16, timeout_secs: u64) -> CheckSpec {
+    CheckSpec {
+        description: format!("{component} on {node} answers /healthz"),
+        script: format!(
+            "curl --silent --show-error --fail --max-time 5 --insecure https://127.0.0.1:{secure_port}/healthz"
+        ),
+        timeout_secs,
+    }
 }
 
 #[cfg(test)]
