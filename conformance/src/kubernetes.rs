@@ -115,6 +115,28 @@ impl TestNamespace {
         &self.name
     }
 
+    /// Creates a bare pod in the namespace. The ServiceAccount admission of 1.20 looks
+    /// for the `default` ServiceAccount's token Secret in the cache of the apiserver
+    /// that takes the request, which may lag behind the ServiceAccount that `create`
+    /// waited for: it then refuses the pod with a ServerTimeout to be retried ("No API
+    /// token found ... retry after the token is automatically created"), as it did once
+    /// in the suite right after a fresh `lab up`. Controllers retry such a refusal; so
+    /// does this. Any other error fails the test at once.
+    pub async fn create_pod(&self, pod: &Pod) -> Pod {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.name);
+        let what = format!("pod {} is created in {}", pod.metadata.name.as_deref().unwrap_or("?"), self.name);
+        eventually(&what, NAMESPACE_READY_TIMEOUT, || async {
+            match pods.create(&PostParams::default(), pod).await {
+                Ok(created) => Ok(created),
+                Err(kube::Error::Api(refusal)) if refusal.code == 500 && refusal.reason == "ServerTimeout" => {
+                    Err(refusal.message)
+                }
+                Err(error) => panic!("{what}: {error}"),
+            }
+        })
+        .await
+    }
+
     /// Deletes the namespace and everything in it, without waiting for it to be gone.
     pub async fn delete(mut self) {
         Api::<Namespace>::all(self.client.clone())

@@ -245,10 +245,7 @@ fn pods_resolve_service_names() {
     let client = lab.kube();
     lab.block_on(async {
         let namespace = TestNamespace::create(&client, "dns-pod").await;
-        Api::<Pod>::namespaced(client.clone(), namespace.name())
-            .create(&PostParams::default(), &dnsutils_pod())
-            .await
-            .unwrap_or_else(|error| panic!("cannot create the dnsutils pod: {error}"));
+        namespace.create_pod(&dnsutils_pod()).await;
         ready_pods(&client, namespace.name(), DNSUTILS_LABEL, 1, POD_READY_TIMEOUT).await;
         let domain = &lab.status.cluster_domain;
         let in_pod = |command: &[&str]| {
