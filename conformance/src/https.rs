@@ -149,6 +149,10 @@ impl<'a> HttpsClient<'a> {
         self.send("POST", url.as_ref(), JSON, Bytes::copy_from_slice(body.as_bytes())).await
     }
 
+    pub async fn delete(&self, url: impl AsRef<str>) -> Result<Reply, HttpsError> {
+        self.send("DELETE", url.as_ref(), JSON, Bytes::new()).await
+    }
+
     /// PATCHes an object of the Kubernetes API with a JSON merge patch.
     pub async fn merge_patch(&self, url: impl AsRef<str>, patch: &str) -> Result<Reply, HttpsError> {
         self.send("PATCH", url.as_ref(), MERGE_PATCH, Bytes::copy_from_slice(patch.as_bytes())).await

@@ -2,14 +2,17 @@
 //! them), each checked by what the component does, not only by its flag. Each test's
 //! name starts with the CIS numbers it covers.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::prelude::{Engine, BASE64_STANDARD};
 use conformance::{flag, lab, HttpsError, Identity, TestNamespace, TlsPolicy};
 use provisioner::paths;
 use provisioner::pki::names;
-use provisioner::stages::{etcd, kube_apiserver, kube_controller_manager, kube_scheduler, kubelet};
-use provisioner::topology::Role;
+use provisioner::stages::{
+    etcd, kube_apiserver, kube_controller_manager, kube_scheduler, kubelet, kubelet_certificates,
+};
+use provisioner::topology::{Node, Role};
 use serde_json::{json, Value};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -606,28 +609,16 @@ fn cis_2_7_etcd_trusts_only_its_own_ca() {
 #[test]
 fn cis_4_2_6_kubelets_protect_kernel_defaults() {
     let lab = lab();
-    let admin = lab.https(Identity::Certificate(names::ADMIN), PROXY_TIMEOUT);
-    let master = lab.nodes_with(Role::Master)[0];
-    let port = lab.topology.network.apiserver_port;
     let mut problems = Vec::new();
     for worker in lab.nodes_with(Role::Worker) {
-        let url = format!("https://{}:{port}/api/v1/nodes/{}/proxy/configz", master.address, worker.name);
-        let configz = match lab.block_on(admin.get(&url)) {
-            Ok(reply) if reply.status == 200 => reply.body,
-            Ok(reply) => {
-                problems.push(format!("GET {url}: HTTP {}: {}", reply.status, reply.body.trim()));
-                continue;
+        match running_kubelet_config(worker) {
+            Ok(config) => {
+                let protect = config["protectKernelDefaults"].as_bool();
+                if protect != Some(true) {
+                    problems.push(format!("{}: the kubelet runs with protectKernelDefaults {protect:?}", worker.name));
+                }
             }
-            Err(error) => {
-                problems.push(error.to_string());
-                continue;
-            }
-        };
-        let protect: Option<bool> = serde_json::from_str::<Value>(&configz)
-            .ok()
-            .and_then(|configz| configz["kubeletconfig"]["protectKernelDefaults"].as_bool());
-        if protect != Some(true) {
-            problems.push(format!("{}: the kubelet runs with protectKernelDefaults {protect:?}", worker.name));
+            Err(problem) => problems.push(problem),
         }
         let differing = lab.sh(
             &worker.name,
@@ -661,6 +652,225 @@ fn cis_4_2_13_kubelets_refuse_old_tls_and_weak_ciphers() {
         })
         .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The configuration `worker`'s kubelet runs with, as it reports it through the first
+/// master's apiserver (`configz`): what it does, not what its file says. A setting that
+/// is false is left out.
+fn running_kubelet_config(worker: &Node) -> Result<Value, String> {
+    let lab = lab();
+    let admin = lab.https(Identity::Certificate(names::ADMIN), PROXY_TIMEOUT);
+    let master = lab.nodes_with(Role::Master)[0];
+    let port = lab.topology.network.apiserver_port;
+    let url = format!("https://{}:{port}/api/v1/nodes/{}/proxy/configz", master.address, worker.name);
+    match lab.block_on(admin.get(&url)) {
+        Ok(reply) if reply.status == 200 => serde_json::from_str::<Value>(&reply.body)
+            .map(|configz| configz["kubeletconfig"].clone())
+            .map_err(|error| format!("GET {url}: not JSON: {error}")),
+        Ok(reply) => Err(format!("GET {url}: HTTP {}: {}", reply.status, reply.body.trim())),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// CIS 4.2.11 and 4.2.12: every kubelet renews its client certificate
+/// (`rotateCertificates`) and gets and renews its serving certificate
+/// (`serverTLSBootstrap`, with the RotateKubeletServerCertificate feature on, as 1.20
+/// has it by default) through the API, read from the running kubelet's configuration.
+/// `cis_1_3_6_kubelet_renewals_are_signed_for_the_nodes_own_names_only` checks that
+/// such requests are answered.
+///
+/// Turn it red: `cargo lab break kubelet-client-certificate-rotation-off` or
+/// `cargo lab break kubelet-serving-certificate-rotation-off`.
+#[test]
+fn cis_4_2_11_and_4_2_12_kubelets_renew_their_certificates_through_the_api() {
+    let lab = lab();
+    let mut problems = Vec::new();
+    for worker in lab.nodes_with(Role::Worker) {
+        let config = match running_kubelet_config(worker) {
+            Ok(config) => config,
+            Err(problem) => {
+                problems.push(problem);
+                continue;
+            }
+        };
+        for setting in ["rotateCertificates", "serverTLSBootstrap"] {
+            if config[setting].as_bool() != Some(true) {
+                problems.push(format!("{}: the kubelet runs without {setting}", worker.name));
+            }
+        }
+        if config["featureGates"]["RotateKubeletServerCertificate"].as_bool() == Some(false) {
+            problems.push(format!("{}: the kubelet runs with RotateKubeletServerCertificate off", worker.name));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// How long the cluster may take to approve and sign a renewal request.
+const RENEWAL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// CIS 1.3.6: a kubelet's renewal requests are signed by the lab CA, and a serving
+/// certificate only for the node's own names. With the first worker's own credentials
+/// the test asks for
+/// - a client certificate in its name, which kube-controller-manager approves by
+///   itself (the nodes' ClusterRoleBinding) and signs within 10 s;
+/// - a serving certificate for the node's name and address, which the lab's approver
+///   approves (every master runs it from a timer; the test starts it on each master at
+///   once instead of waiting) and kube-controller-manager signs within 10 s;
+/// - a serving certificate that also names `kubernetes.default.svc`, which no approver
+///   approves: with it, the node could pose as the apiserver to every pod.
+///
+/// The timer must be running on every master. The requests are deleted afterwards.
+///
+/// Turn it red: `cargo lab break node-client-renewals-not-approved`,
+/// `kubelet-serving-approver-approves-any-name` or `kubelet-serving-approver-stopped`.
+#[test]
+fn cis_1_3_6_kubelet_renewals_are_signed_for_the_nodes_own_names_only() {
+    let lab = lab();
+    let worker = lab.nodes_with(Role::Worker)[0];
+    let masters = lab.nodes_with(Role::Master);
+    let base = format!(
+        "https://{}:{}/apis/certificates.k8s.io/v1/certificatesigningrequests",
+        masters[0].address, lab.topology.network.apiserver_port
+    );
+    let node = lab.https(Identity::Certificate(&names::kubelet(&worker.name)), TIMEOUT);
+    let admin = lab.https(Identity::Certificate(names::ADMIN), TIMEOUT);
+    let user = format!("system:node:{}", worker.name);
+    let own_names = [worker.name.as_str()];
+    let extra_names = [worker.name.as_str(), "kubernetes.default.svc"];
+    let own_address = [IpAddr::V4(worker.address)];
+    // Name, signer, DNS names, addresses, usage; the first two must be signed.
+    let requests = [
+        (
+            unique("conformance-client-renewal"),
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &[][..],
+            &[][..],
+            "client auth",
+        ),
+        (
+            unique("conformance-serving-renewal"),
+            "kubernetes.io/kubelet-serving",
+            &own_names[..],
+            &own_address[..],
+            "server auth",
+        ),
+        (
+            unique("conformance-serving-foreign-name"),
+            "kubernetes.io/kubelet-serving",
+            &extra_names[..],
+            &own_address[..],
+            "server auth",
+        ),
+    ];
+
+    let mut problems = Vec::new();
+    for (name, signer, dns_names, ip_addresses, usage) in &requests {
+        let body = json!({
+            "apiVersion": "certificates.k8s.io/v1",
+            "kind": "CertificateSigningRequest",
+            "metadata": { "name": name },
+            "spec": {
+                "request": BASE64_STANDARD.encode(certificate_request(&user, dns_names, ip_addresses)),
+                "signerName": signer,
+                "usages": ["digital signature", "key encipherment", usage],
+            },
+        });
+        match lab.block_on(node.post_json(&base, &body.to_string())) {
+            Ok(reply) if reply.status == 201 => {}
+            Ok(reply) => problems.push(format!(
+                "{user} may not ask for {name}: HTTP {}: {}",
+                reply.status,
+                status_message(&reply.body)
+            )),
+            Err(error) => problems.push(error.to_string()),
+        }
+    }
+    for master in &masters {
+        let timer = kubelet_certificates::APPROVER_TIMER;
+        if let Err(error) = lab.try_stdout(&master.name, &format!("systemctl is-active --quiet {timer}")) {
+            problems.push(format!("{}: {timer} is not running: {error}", master.name));
+        }
+        if let Err(error) =
+            lab.try_stdout(&master.name, &format!("systemctl start {}", kubelet_certificates::APPROVER_SERVICE))
+        {
+            problems.push(format!("{}: the approver failed: {error}", master.name));
+        }
+    }
+
+    let ca = lab.pki().cert_path(provisioner::pki::CA_STEM);
+    let ca_pem = std::fs::read_to_string(&ca).unwrap_or_else(|error| panic!("cannot read {}: {error}", ca.display()));
+    let (_, ca_pem) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes()).expect("the lab CA is PEM");
+    let ca_cert = ca_pem.parse_x509().expect("the lab CA is X.509");
+    let give_up = Instant::now() + lab.patience(RENEWAL_DEADLINE);
+    for (index, (name, _, _, _, _)) in requests.iter().enumerate() {
+        let must_be_signed = index < 2;
+        let status = loop {
+            let status = match lab.block_on(admin.get(format!("{base}/{name}"))) {
+                Ok(reply) if reply.status == 200 => {
+                    serde_json::from_str::<Value>(&reply.body).unwrap_or_default()["status"].clone()
+                }
+                _ => Value::Null,
+            };
+            let signed = status["certificate"].as_str().is_some_and(|certificate| !certificate.is_empty());
+            if !must_be_signed || signed || Instant::now() >= give_up {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let approved = status["conditions"]
+            .as_array()
+            .is_some_and(|conditions| conditions.iter().any(|condition| condition["type"] == "Approved"));
+        if !must_be_signed {
+            if approved {
+                problems.push(format!("{name}, a serving certificate for {extra_names:?}, was approved"));
+            }
+            continue;
+        }
+        let Some(certificate) = status["certificate"].as_str().filter(|certificate| !certificate.is_empty()) else {
+            problems
+                .push(format!("{name} was not signed within {RENEWAL_DEADLINE:?} (approved: {approved}): {status}"));
+            continue;
+        };
+        let pem = BASE64_STANDARD.decode(certificate).unwrap_or_default();
+        match x509_parser::pem::parse_x509_pem(&pem) {
+            Ok((_, pem)) => match pem.parse_x509() {
+                Ok(issued) => {
+                    if issued.verify_signature(Some(ca_cert.public_key())).is_err() {
+                        problems.push(format!("{name} is not signed by the lab CA"));
+                    }
+                    let subject = issued.subject().to_string();
+                    if !subject.contains(&format!("CN={user}")) {
+                        problems.push(format!("{name} was issued for {subject}, not {user}"));
+                    }
+                }
+                Err(error) => problems.push(format!("{name}: the issued certificate is not X.509: {error}")),
+            },
+            Err(error) => problems.push(format!("{name}: the issued certificate is not PEM: {error}")),
+        }
+    }
+
+    for (name, _, _, _, _) in &requests {
+        if let Err(error) = lab.block_on(admin.delete(format!("{base}/{name}"))) {
+            eprintln!("cannot delete {name}: {error}");
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A PEM certificate request in a node's name (`user`, group `system:nodes`) for these
+/// names, with a fresh key that nothing keeps: the test needs the answer, not the key.
+fn certificate_request(user: &str, dns_names: &[&str], ip_addresses: &[IpAddr]) -> String {
+    let key = rcgen::KeyPair::generate().expect("an ECDSA key");
+    let mut params = rcgen::CertificateParams::default();
+    let mut subject = rcgen::DistinguishedName::new();
+    subject.push(rcgen::DnType::OrganizationName, "system:nodes");
+    subject.push(rcgen::DnType::CommonName, user);
+    params.distinguished_name = subject;
+    for name in dns_names {
+        params.subject_alt_names.push(rcgen::SanType::DnsName((*name).try_into().expect("a DNS name")));
+    }
+    params.subject_alt_names.extend(ip_addresses.iter().copied().map(rcgen::SanType::IpAddress));
+    params.serialize_request(&key).and_then(|request| request.pem()).expect("a certificate request")
 }
 
 /// `prefix` and the time in nanoseconds: a name no other request or test uses.

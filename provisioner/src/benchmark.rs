@@ -28,8 +28,6 @@ pub enum Check {
     /// Met by the components themselves, with nothing the lab could set otherwise: said,
     /// not tested (a test of it could not fail).
     ByTheComponents(&'static str),
-    /// Not followed, for the reason given.
-    NotFollowed(&'static str),
 }
 
 /// The recommendations, in the benchmark's order.
@@ -61,7 +59,7 @@ pub const RECOMMENDATIONS: &[Recommendation] = &[
     },
     Recommendation {
         numbers: "1.2.5, 4.2.10",
-        title: "kube-apiserver --kubelet-certificate-authority; kubelet serves the certificate the lab CA issued",
+        title: "kube-apiserver --kubelet-certificate-authority; kubelet serves a certificate the lab CA signed",
         checked_by: Check::Tests(&[
             "cis::cis_1_2_5_and_4_2_10_apiservers_reach_kubelets_by_their_lab_certificates_only",
         ]),
@@ -116,11 +114,10 @@ pub const RECOMMENDATIONS: &[Recommendation] = &[
     Recommendation {
         numbers: "1.3.6, 4.2.11-4.2.12",
         title: "kubelet certificate rotation (RotateKubeletServerCertificate, --rotate-certificates)",
-        checked_by: Check::NotFollowed(
-            "the lab issues each kubelet's client and serving certificates from its CA for a year and `lab up` \
-             renews any within 30 days of expiry; rotation through the API would need the CA's key on the \
-             masters, and Kubernetes 1.20 approves no serving certificate by itself",
-        ),
+        checked_by: Check::Tests(&[
+            "cis::cis_4_2_11_and_4_2_12_kubelets_renew_their_certificates_through_the_api",
+            "cis::cis_1_3_6_kubelet_renewals_are_signed_for_the_nodes_own_names_only",
+        ]),
     },
     Recommendation {
         numbers: "1.3.7, 1.4.2",
@@ -209,7 +206,6 @@ pub enum TestOutcome {
 pub enum Status {
     Pass,
     Fail,
-    Warn,
     Info,
 }
 
@@ -218,7 +214,6 @@ impl Status {
         match self {
             Status::Pass => "PASS",
             Status::Fail => "FAIL",
-            Status::Warn => "WARN",
             Status::Info => "INFO",
         }
     }
@@ -241,7 +236,6 @@ pub struct Assessment {
 pub fn assess(recommendation: &'static Recommendation, outcomes: &BTreeMap<String, TestOutcome>) -> Assessment {
     let (status, reason, tests) = match recommendation.checked_by {
         Check::ByTheComponents(reason) => (Status::Info, reason.to_string(), Vec::new()),
-        Check::NotFollowed(reason) => (Status::Warn, format!("not followed: {reason}"), Vec::new()),
         Check::Tests(names) => {
             let tests: Vec<(&'static str, Option<TestOutcome>)> =
                 names.iter().map(|name| (*name, outcomes.get(*name).cloned())).collect();
@@ -307,9 +301,7 @@ mod tests {
             assert!(!recommendation.title.is_empty(), "{recommendation:?}");
             match recommendation.checked_by {
                 Check::Tests(names) => assert!(!names.is_empty(), "{recommendation:?}"),
-                Check::ByTheComponents(reason) | Check::NotFollowed(reason) => {
-                    assert!(!reason.is_empty(), "{recommendation:?}")
-                }
+                Check::ByTheComponents(reason) => assert!(!reason.is_empty(), "{recommendation:?}"),
             }
         }
     }
@@ -350,11 +342,10 @@ mod tests {
     }
 
     #[test]
-    fn recommendations_the_lab_does_not_follow_warn_with_the_reason() {
-        let assessed = assess(row("1.3.6, 4.2.11-4.2.12"), &BTreeMap::new());
-        assert_eq!(assessed.status, Status::Warn);
-        assert!(assessed.reason.starts_with("not followed: ") && assessed.reason.contains("1.20"), "{assessed:?}");
-        assert_eq!(assess(row("1.2.18-1.2.19"), &BTreeMap::new()).status, Status::Info);
+    fn recommendations_met_by_the_components_are_information_with_the_reason() {
+        let assessed = assess(row("1.2.18-1.2.19"), &BTreeMap::new());
+        assert_eq!(assessed.status, Status::Info);
+        assert!(assessed.reason.contains("1.20"), "{assessed:?}");
     }
 
     #[test]

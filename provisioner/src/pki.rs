@@ -205,17 +205,11 @@ pub fn specs(topology: &Topology) -> Vec<CertificateSpec> {
     specs.push(client(names::KUBE_PROXY, "system:kube-proxy", None));
 
     // The Node authorizer recognises a kubelet by CN system:node:NAME in group
-    // system:nodes; the same certificate also serves the kubelet's own port 10250.
+    // system:nodes. The kubelet's serving certificate is not the lab's to issue: the
+    // kubelet asks the API for it (see the kubelet_certificates stage module).
     for worker in topology.nodes_with(Role::Worker) {
-        specs.push(CertificateSpec {
-            name: names::kubelet(&worker.name),
-            authority: Authority::Cluster,
-            common_name: format!("system:node:{}", worker.name),
-            organization: Some("system:nodes".to_string()),
-            dns_names: vec![worker.name.clone()],
-            ip_addresses: vec![IpAddr::V4(worker.address)],
-            usages: vec![Usage::ServerAuth, Usage::ClientAuth],
-        });
+        let common_name = format!("system:node:{}", worker.name);
+        specs.push(client(&names::kubelet(&worker.name), &common_name, Some("system:nodes")));
     }
     specs
 }
@@ -725,10 +719,38 @@ pub fn issue_in_memory(specs: &[CertificateSpec]) -> Result<Bundle, PkiError> {
 }
 
 /// A kubeconfig with embedded credentials for one user against `server`.
+pub fn kubeconfig(cluster: &str, server: &str, ca_pem: &str, user: &str, credentials: &Issued) -> String {
+    let user_fields = format!(
+        "client-certificate-data: {}\n    client-key-data: {}",
+        BASE64_STANDARD.encode(&credentials.cert_pem),
+        BASE64_STANDARD.encode(&credentials.key_pem)
+    );
+    kubeconfig_with(cluster, server, ca_pem, user, &user_fields)
+}
+
+/// A kubeconfig whose user's certificate and key are files on the node, so that the
+/// program using it sees a renewed certificate that replaced them. The kubelet needs
+/// this: given embedded credentials, it treats them as bootstrap credentials and asks
+/// for new ones at once.
+pub fn kubeconfig_with_files(
+    cluster: &str,
+    server: &str,
+    ca_pem: &str,
+    user: &str,
+    cert_path: &str,
+    key_path: &str,
+) -> String {
+    let quote = |text: &str| serde_json::Value::from(text).to_string();
+    let user_fields = format!("client-certificate: {}\n    client-key: {}", quote(cert_path), quote(key_path));
+    kubeconfig_with(cluster, server, ca_pem, user, &user_fields)
+}
+
+/// A kubeconfig for one user against `server`, with `user_fields` as the user's
+/// credentials.
 ///
 /// Strings are written as double-quoted YAML scalars (JSON string syntax, which YAML
 /// accepts) because user names such as `system:node:worker1` contain colons.
-pub fn kubeconfig(cluster: &str, server: &str, ca_pem: &str, user: &str, credentials: &Issued) -> String {
+fn kubeconfig_with(cluster: &str, server: &str, ca_pem: &str, user: &str, user_fields: &str) -> String {
     let quote = |text: &str| serde_json::Value::from(text).to_string();
     let context = format!("{user}@{cluster}");
     format!(
@@ -742,8 +764,7 @@ clusters:
 users:
 - name: {user}
   user:
-    client-certificate-data: {cert}
-    client-key-data: {key}
+    {user_fields}
 contexts:
 - name: {context}
   context:
@@ -757,7 +778,5 @@ preferences: {{}}
         user = quote(user),
         context = quote(&context),
         ca = BASE64_STANDARD.encode(ca_pem),
-        cert = BASE64_STANDARD.encode(&credentials.cert_pem),
-        key = BASE64_STANDARD.encode(&credentials.key_pem),
     )
 }

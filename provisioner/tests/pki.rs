@@ -153,10 +153,11 @@ fn expected_default_lab() -> Vec<(String, Identity)> {
     ));
     list.push((names::SCHEDULER.to_string(), expected("system:kube-scheduler", None, &[], &[], false, true)));
     list.push((names::KUBE_PROXY.to_string(), expected("system:kube-proxy", None, &[], &[], false, true)));
-    for (node, address) in [("worker1", "10.240.0.21"), ("worker2", "10.240.0.22")] {
+    // Client certificates only: each kubelet asks the API for its serving certificate.
+    for node in ["worker1", "worker2"] {
         list.push((
             names::kubelet(node),
-            expected(&format!("system:node:{node}"), Some("system:nodes"), &[node], &[address], true, true),
+            expected(&format!("system:node:{node}"), Some("system:nodes"), &[], &[], false, true),
         ));
     }
     list
@@ -255,6 +256,23 @@ fn the_service_account_key_pair_belongs_together() {
     let key = rcgen::KeyPair::from_pem(&bundle.service_account.key_pem).expect("private key parses");
     assert!(bundle.service_account.cert_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
     assert_eq!(key.public_key_pem(), bundle.service_account.cert_pem);
+}
+
+#[test]
+fn a_kubeconfig_with_files_names_the_certificate_and_key_and_embeds_no_key() {
+    let bundle = pki::issue_in_memory(&pki::specs(&default_topology())).expect("pki issues");
+    let text = pki::kubeconfig_with_files(
+        "k8s",
+        "https://10.240.0.100:8443",
+        &bundle.ca.cert_pem,
+        "system:node:worker1",
+        "/etc/kubernetes/pki/kubelet.pem",
+        "/etc/kubernetes/pki/kubelet-key.pem",
+    );
+    assert!(text.contains("    client-certificate: \"/etc/kubernetes/pki/kubelet.pem\"\n"), "{text}");
+    assert!(text.contains("    client-key: \"/etc/kubernetes/pki/kubelet-key.pem\"\n"), "{text}");
+    assert!(!text.contains("client-key-data") && !text.contains("PRIVATE KEY"), "{text}");
+    assert!(text.contains("current-context: \"system:node:worker1@k8s\"\n"), "{text}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ use super::{DefaultNode, Fault, FaultContext, Proof, Scope, Step};
 use crate::plan::Stage;
 use crate::stages::{
     container_runtime, dns_addon, etcd, firewall, keepalived, kube_apiserver, kube_controller_manager, kube_proxy,
-    kube_scheduler, kubelet, load_balancer, pod_network,
+    kube_scheduler, kubelet, kubelet_certificates, load_balancer, pod_network,
 };
 use crate::topology::{Node, Role};
 use crate::{paths, pki};
@@ -95,9 +95,11 @@ const TMPFS_ETCD_DATA: &str = "/run/etcd-data-by-fault";
 /// Where the `etcd-data-dir-moved` fault points etcd: a directory nothing is in.
 const EMPTY_ETCD_DATA_DIR: &str = "/var/lib/etcd-moved-by-fault";
 
-/// Where the `kubelet-serving-cert-self-signed` fault puts the certificate it makes (the
-/// kubelet's default `--cert-dir`).
-const SELF_SIGNED_KUBELET_DIR: &str = "/var/lib/kubelet/pki";
+/// The link to the kubelet's current serving certificate in its certificate directory,
+/// which the `kubelet-serving-cert-self-signed` fault points at the certificate it makes.
+const KUBELET_SERVING_CURRENT: &str = "kubelet-server-current.pem";
+/// Where that fault keeps the kubelet's own link while the fake one is in force.
+const KUBELET_SERVING_KEPT: &str = "kubelet-server-current.pem.before-fault";
 
 /// `text` as a literal sed pattern (basic regular expression, `|` as the delimiter).
 fn sed_pattern(text: &str) -> String {
@@ -108,6 +110,26 @@ fn sed_pattern(text: &str) -> String {
         .replace('[', "\\[")
         .replace('^', "\\^")
         .replace('$', "\\$")
+}
+
+/// The running kubelet on each node (its configuration as the first master's apiserver
+/// shows it, as the tests read it) lacks `setting`; a false setting is left out of the
+/// JSON.
+fn kubelet_configz_lacks(context: &FaultContext, nodes: &[&Node], setting: &str) -> Vec<Step> {
+    nodes
+        .iter()
+        .map(|node| {
+            Step::on(
+                context.first(Role::Master),
+                format!(
+                    "configz=$({kubectl} get --raw /api/v1/nodes/{name}/proxy/configz) && \
+                     ! echo \"$configz\" | grep -qF '{setting}'",
+                    kubectl = paths::admin_kubectl(),
+                    name = node.name
+                ),
+            )
+        })
+        .collect()
 }
 
 /// The kubelet's unit and API are back after a restart: the fault is its setting, not
@@ -1153,8 +1175,11 @@ pub static CATALOGUE: &[Fault] = &[
             "security::kubelets_refuse_anonymous_requests_and_authorize_through_the_apiserver",
         ],
         proof: Proof::AfterOthers,
-        // Everything but the issuer is right (the node's name and address, a server
-        // key usage), so that only checking the CA can tell it from the lab's own.
+        // Everything but the issuer is right (the node's name and address, its group, a
+        // server key usage), so that only checking the CA can tell it from the lab's
+        // own, and the kubelet, finding all it would ask for, asks for no other. It
+        // takes the place of the kubelet's current serving certificate, which is kept
+        // aside (once: a second break must not keep the fake one) and put back by undo.
         inject: |_, nodes| {
             nodes
                 .iter()
@@ -1162,30 +1187,37 @@ pub static CATALOGUE: &[Fault] = &[
                     Step::on(
                         node,
                         format!(
-                            "mkdir -p {dir} && openssl req -x509 -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
-                             -keyout {dir}/kubelet.key -out {dir}/kubelet.crt -days 1 -subj '/CN=system:node:{name}' \
+                            "cd {dir} && [ -e {current} ] && {{ [ -L {kept} ] || cp -P {current} {kept}; }} && \
+                             openssl req -x509 -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+                             -keyout self-signed.key -out self-signed.crt -days 1 \
+                             -subj '/O=system:nodes/CN=system:node:{name}' \
                              -addext 'subjectAltName=DNS:{name},IP:{address}' -addext 'extendedKeyUsage=serverAuth' \
-                             2>/dev/null && {cert} && {key} && systemctl restart {unit}",
-                            dir = SELF_SIGNED_KUBELET_DIR,
+                             2>/dev/null && cat self-signed.crt self-signed.key > self-signed.pem && \
+                             ln -sfn {dir}/self-signed.pem {current} && systemctl restart {unit}",
+                            dir = kubelet::CERTIFICATE_DIR,
+                            current = KUBELET_SERVING_CURRENT,
+                            kept = KUBELET_SERVING_KEPT,
                             name = node.name,
                             address = node.address,
-                            cert = edit(
-                                kubelet::CONFIG,
-                                &format!("tlsCertFile: {}", paths::kubernetes_pki(paths::pki_files::KUBELET_CERT)),
-                                &format!("tlsCertFile: {SELF_SIGNED_KUBELET_DIR}/kubelet.crt"),
-                            ),
-                            key = edit(
-                                kubelet::CONFIG,
-                                &format!("tlsPrivateKeyFile: {}", paths::kubernetes_pki(paths::pki_files::KUBELET_KEY)),
-                                &format!("tlsPrivateKeyFile: {SELF_SIGNED_KUBELET_DIR}/kubelet.key"),
-                            ),
                             unit = kubelet::UNIT
                         ),
                     )
                 })
                 .collect()
         },
-        undo: |_, nodes| on_each(nodes, &format!("rm -f {dir}/kubelet.crt {dir}/kubelet.key", dir = SELF_SIGNED_KUBELET_DIR)),
+        undo: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "cd {dir} && {{ [ ! -L {kept} ] || mv -f {kept} {current}; }} && \
+                     rm -f self-signed.crt self-signed.key self-signed.pem && systemctl restart {unit}",
+                    dir = kubelet::CERTIFICATE_DIR,
+                    current = KUBELET_SERVING_CURRENT,
+                    kept = KUBELET_SERVING_KEPT,
+                    unit = kubelet::UNIT
+                ),
+            )
+        },
         // The certificate on the kubelet's port (on the node's address) is one the lab
         // CA did not issue.
         in_force: |_, nodes| {
@@ -1228,24 +1260,122 @@ pub static CATALOGUE: &[Fault] = &[
             )
         },
         undo: nothing,
-        // The running kubelet reports the setting, as the test reads it (a false one is
-        // left out of its configuration's JSON).
-        in_force: |context, nodes| {
-            nodes
-                .iter()
-                .map(|node| {
-                    Step::on(
-                        context.first(Role::Master),
-                        format!(
-                            "configz=$({kubectl} get --raw /api/v1/nodes/{name}/proxy/configz) && \
-                             ! echo \"$configz\" | grep -qF '\"protectKernelDefaults\":true'",
-                            kubectl = paths::admin_kubectl(),
-                            name = node.name
-                        ),
-                    )
-                })
-                .collect()
+        in_force: |context, nodes| kubelet_configz_lacks(context, nodes, "\"protectKernelDefaults\":true"),
+        healed: nothing,
+    },
+    Fault {
+        name: "kubelet-client-certificate-rotation-off",
+        stage: Stage::Kubelet,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "the kubelet on {nodes} runs with rotateCertificates: false",
+        symptom: "nothing until its client certificate expires; then that node drops out of the cluster",
+        breaks: &["cis::cis_4_2_11_and_4_2_12_kubelets_renew_their_certificates_through_the_api"],
+        proof: Proof::AfterOthers,
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit_and_restart(kubelet::CONFIG, "rotateCertificates: true", "rotateCertificates: false", kubelet::UNIT),
+            )
         },
+        undo: nothing,
+        in_force: |context, nodes| kubelet_configz_lacks(context, nodes, "\"rotateCertificates\":true"),
+        healed: nothing,
+    },
+    Fault {
+        name: "kubelet-serving-certificate-rotation-off",
+        stage: Stage::Kubelet,
+        scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
+        summary: "the kubelet on {nodes} runs with serverTLSBootstrap: false",
+        symptom: "nothing until its serving certificate expires; then `kubectl logs` and `kubectl exec` fail for \
+                  that node's pods",
+        breaks: &["cis::cis_4_2_11_and_4_2_12_kubelets_renew_their_certificates_through_the_api"],
+        proof: Proof::AfterOthers,
+        // Without serverTLSBootstrap and without a certificate file, the kubelet would
+        // make itself a self-signed certificate, which no apiserver would accept; given
+        // its current certificate as a file, it serves the same certificate as before,
+        // and only the setting differs.
+        inject: |_, nodes| {
+            let current = format!("{}/{KUBELET_SERVING_CURRENT}", kubelet::CERTIFICATE_DIR);
+            on_each(
+                nodes,
+                &format!(
+                    "{} && printf 'tlsCertFile: %s\\ntlsPrivateKeyFile: %s\\n' {current} {current} >> {config} && \
+                     systemctl restart {unit}",
+                    edit(kubelet::CONFIG, "serverTLSBootstrap: true", "serverTLSBootstrap: false"),
+                    config = kubelet::CONFIG,
+                    unit = kubelet::UNIT
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: |context, nodes| kubelet_configz_lacks(context, nodes, "\"serverTLSBootstrap\":true"),
+        healed: nothing,
+    },
+    Fault {
+        name: "node-client-renewals-not-approved",
+        stage: Stage::Kubelet,
+        scope: Scope::Cluster { via: Role::Master, needs: 1 },
+        summary: "the nodes may no longer ask for their own client certificates (the ClusterRoleBinding \
+                  k8s-lab:nodes-renew-their-client-certificates is deleted through {nodes})",
+        symptom: "nothing until a kubelet's client certificate is due for renewal; its request then stays \
+                  pending and the node drops out when the certificate expires",
+        breaks: &["cis::cis_1_3_6_kubelet_renewals_are_signed_for_the_nodes_own_names_only"],
+        proof: Proof::Alone,
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "{} delete clusterrolebinding {}",
+                    paths::admin_kubectl(),
+                    kubelet_certificates::CLIENT_RENEWAL_BINDING
+                ),
+            )
+        },
+        undo: |_, nodes| {
+            on_each(
+                nodes,
+                &format!("{} apply -f {}", paths::admin_kubectl(), kubelet_certificates::client_renewal_manifest_path()),
+            )
+        },
+        in_force: nothing,
+        healed: nothing,
+    },
+    Fault {
+        name: "kubelet-serving-approver-approves-any-name",
+        stage: Stage::Kubelet,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "the approver on {nodes} approves a kubelet's serving certificate request whatever names it asks \
+                  for",
+        symptom: "nothing visible: a node broken into could get a certificate for kubernetes.default.svc and pose \
+                  as the apiserver to every pod",
+        breaks: &["cis::cis_1_3_6_kubelet_renewals_are_signed_for_the_nodes_own_names_only"],
+        proof: Proof::AfterOthers,
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &edit(
+                    kubelet_certificates::APPROVER_SCRIPT,
+                    kubelet_certificates::APPROVER_NAME_CHECK,
+                    ": any names will do",
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: nothing,
+        healed: nothing,
+    },
+    Fault {
+        name: "kubelet-serving-approver-stopped",
+        stage: Stage::Kubelet,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "the timer that approves the kubelets' serving certificate renewals is stopped on {nodes}",
+        symptom: "nothing until a kubelet's serving certificate is due for renewal; its request then stays \
+                  pending and `kubectl logs` and `kubectl exec` fail for that node's pods once it expires",
+        breaks: &["cis::cis_1_3_6_kubelet_renewals_are_signed_for_the_nodes_own_names_only"],
+        proof: Proof::AfterOthers,
+        inject: |_, nodes| on_each(nodes, &stop(kubelet_certificates::APPROVER_TIMER)),
+        undo: nothing,
+        in_force: |_, nodes| on_each(nodes, &inactive(kubelet_certificates::APPROVER_TIMER)),
         healed: nothing,
     },
     Fault {

@@ -9,10 +9,13 @@
 //!   (`system:node:NAME` in group `system:nodes`), so the apiserver's Node authorizer
 //!   lets it see and change only its own node and the pods bound to it.
 //! - Its own API (port 10250, used by `kubectl logs/exec` through the apiserver)
-//!   serves with the same certificate, refuses anonymous requests, accepts client
+//!   serves a certificate the lab CA signed for its name and address, which the
+//!   kubelet asks for through the API, refuses anonymous requests, accepts client
 //!   certificates signed by the lab CA, and asks the apiserver whether each caller may
 //!   do what it asks (`authorization: Webhook`). The unauthenticated read-only port
 //!   10255 is off.
+//! - It renews both certificates through the API before they expire (CIS 4.2.11,
+//!   4.2.12); `kubelet_certificates` sets up the signing and approval on the masters.
 //! - Pods get the cluster DNS Service as their resolver, with the cluster domain as
 //!   search suffix.
 //!
@@ -47,11 +50,11 @@
 //! it also applies the flannel manifest, now that the API is up.
 
 use crate::paths::{self, pki_files};
-use crate::pki::{self, names};
+use crate::pki;
 use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
 use crate::stages::{
-    container_runtime, install_kubernetes_unit, install_unit, keepalived, pod_network, TLS_CIPHER_SUITES,
-    TLS_MIN_VERSION,
+    container_runtime, install_kubernetes_unit, install_unit, keepalived, kubelet_certificates, pod_network,
+    TLS_CIPHER_SUITES, TLS_MIN_VERSION,
 };
 use crate::topology::{Node, PodNetwork, Role};
 
@@ -61,6 +64,9 @@ pub const UNIT: &str = "kubelet.service";
 pub const PREP_UNIT: &str = "lab-kubelet-prep.service";
 /// The kubelet's KubeletConfiguration file.
 pub const CONFIG: &str = "/var/lib/kubelet/config.yaml";
+/// Where the kubelet keeps the certificates it got through the API (its default
+/// `--cert-dir`).
+pub const CERTIFICATE_DIR: &str = "/var/lib/kubelet/pki";
 /// The script `lab-kubelet-prep.service` runs.
 const PREP_SCRIPT: &str = "/usr/local/libexec/k8s-lab/kubelet-prep";
 /// The kernel settings the kubelet checks at start, applied by the prep script.
@@ -96,19 +102,23 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
 
     for worker in topology.nodes_with(Role::Worker) {
         let cgroup_root = format!("lab-{}-{}", topology.name, worker.name);
-        let kubeconfig = pki::kubeconfig(
+        // The certificate and key are the files the pki stage installed: with them
+        // embedded, the kubelet would take them for bootstrap credentials and ask for
+        // new ones at its first start (see `kubelet_certificates`).
+        let kubeconfig = pki::kubeconfig_with_files(
             &topology.name,
             &context.api_server_url,
             &context.pki.ca.cert_pem,
             &format!("system:node:{}", worker.name),
-            context.pki.get(&names::kubelet(&worker.name)),
+            &cert,
+            &key,
         );
         let actions = stage.node(&worker.name);
         actions.files.push(FileSpec::text(PREP_SCRIPT, 0o755, prep_script(&cgroup_root)));
         actions.files.push(FileSpec::text(KERNEL_SETTINGS_FILE, 0o644, kernel_settings()));
         install_unit(actions, PREP_UNIT, prep_unit(), &[PREP_SCRIPT, KERNEL_SETTINGS_FILE]);
         actions.files.push(FileSpec::text(CONFIG, 0o644, config(context, worker, &cgroup_root)));
-        actions.files.push(FileSpec::secret(&kubeconfig_path, kubeconfig));
+        actions.files.push(FileSpec::text(&kubeconfig_path, 0o600, kubeconfig));
         install_kubernetes_unit(
             actions,
             UNIT,
@@ -154,6 +164,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         }
         stage.node(&first_master.name).commands.extend(commands);
     }
+    kubelet_certificates::plan(context, stage);
 }
 
 /// The KubeletConfiguration (kubelet.config.k8s.io/v1beta1, as read by 1.20).
@@ -163,11 +174,16 @@ fn config(context: &Context<'_>, worker: &Node, cgroup_root: &str) -> String {
         r#"# Written by the k8s lab; `lab up` overwrites local changes.
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-# The kubelet API (port {API_PORT}) on the node's address only, with its own certificate.
+# The kubelet API (port {API_PORT}) on the node's address only.
 address: {address}
 port: {API_PORT}
-tlsCertFile: {cert}
-tlsPrivateKeyFile: {key}
+# CIS 4.2.10-4.2.12: the kubelet asks the API for its serving certificate, signed by the
+# lab CA for its name and address, at its first start (the lab approves the request) and
+# again before it expires; it keeps it in {certificate_dir}. It renews its client
+# certificate (its kubeconfig's) the same way. No tlsCertFile: with one, the kubelet
+# would go on serving that file's certificate to every client that connects by address.
+rotateCertificates: true
+serverTLSBootstrap: true
 # CIS 4.2.13: TLS 1.2 or newer and strong ciphers only.
 tlsMinVersion: {tls_min_version}
 tlsCipherSuites: [{tls_cipher_suites}]
@@ -222,8 +238,7 @@ nodeStatusUpdateFrequency: 4s
 nodeStatusReportFrequency: 5m
 "#,
         address = worker.address,
-        cert = paths::kubernetes_pki(pki_files::KUBELET_CERT),
-        key = paths::kubernetes_pki(pki_files::KUBELET_KEY),
+        certificate_dir = CERTIFICATE_DIR,
         ca = paths::kubernetes_pki(pki_files::CA_CERT),
         domain = network.cluster_domain,
         cluster_dns = network.cluster_dns,
@@ -393,8 +408,9 @@ mod tests {
         assert!(config.contains("    clientCAFile: /etc/kubernetes/pki/ca.pem\n"));
         assert!(config.contains("authorization:\n  mode: Webhook\n"));
         assert!(config.contains("readOnlyPort: 0\n"));
-        assert!(config.contains("tlsCertFile: /etc/kubernetes/pki/kubelet.pem\n"));
-        assert!(config.contains("tlsPrivateKeyFile: /etc/kubernetes/pki/kubelet-key.pem\n"));
+        assert!(!config.contains("\ntlsCertFile:"), "a serving certificate file would hide the renewed one");
+        assert!(config.contains("rotateCertificates: true\n"));
+        assert!(config.contains("serverTLSBootstrap: true\n"));
         assert!(config.contains("tlsMinVersion: VersionTLS12\n"));
         assert!(config.contains(&format!("tlsCipherSuites: [{}]\n", crate::stages::TLS_CIPHER_SUITES.join(", "))));
     }
@@ -439,10 +455,16 @@ mod tests {
     fn first_master_records_every_workers_pod_range() {
         let stage = stage_for("lab.toml", Stage::Kubelet);
         let master = actions_on(&stage, "master1");
-        assert_eq!(master.commands.len(), 2);
-        assert!(master.commands[1].script.contains(
+        let pod_ranges: Vec<&str> = master
+            .commands
+            .iter()
+            .filter(|command| command.description.contains("as the pod range of node"))
+            .map(|command| command.script.as_str())
+            .collect();
+        assert_eq!(pod_ranges.len(), 2);
+        assert!(pod_ranges[1].contains(
             "patch node worker2 --type merge -p '{\"spec\":{\"podCIDR\":\"10.200.1.0/24\",\"podCIDRs\":[\"10.200.1.0/24\"]}}'"
         ));
-        assert!(stage.nodes.iter().all(|actions| actions.node != "master2"));
+        assert!(actions_on(&stage, "master2").commands.is_empty());
     }
 }

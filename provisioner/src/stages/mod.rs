@@ -21,6 +21,7 @@ pub mod kube_controller_manager;
 pub mod kube_proxy;
 pub mod kube_scheduler;
 pub mod kubelet;
+pub mod kubelet_certificates;
 pub mod load_balancer;
 pub mod pki;
 pub mod pod_network;
