@@ -366,6 +366,41 @@ fn assert_no_profiles(component: &str, port: u16) {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// CIS 1.2.18 and 1.2.19: no apiserver serves the unauthenticated insecure port. Each
+/// listens on its secure port alone, and its command line has `--insecure-port=0` and
+/// no `--insecure-bind-address`, as kube-bench reads them (Kubernetes 1.20 accepts no
+/// other port and serves none, so only the command line can be wrong).
+///
+/// Turn it red: `cargo lab break apiserver-insecure-port-unset`.
+#[test]
+fn cis_1_2_18_and_1_2_19_apiservers_serve_no_insecure_port() {
+    let lab = lab();
+    let secure_port = lab.topology.network.apiserver_port;
+    let mut problems = Vec::new();
+    for master in lab.nodes_with(Role::Master) {
+        let listening = lab.sh(&master.name, "ss -ltnpH");
+        let sockets: Vec<&str> = listening
+            .lines()
+            .filter(|line| line.contains("((\"kube-apiserver\","))
+            .filter_map(|line| line.split_whitespace().nth(3))
+            .collect();
+        if sockets.is_empty() || sockets.iter().any(|socket| !socket.ends_with(&format!(":{secure_port}"))) {
+            problems.push(format!(
+                "{}: kube-apiserver listens on {sockets:?}, not on port {secure_port} alone",
+                master.name
+            ));
+        }
+        let command_line = lab.command_line(&master.name, kube_apiserver::UNIT);
+        if flag(&command_line, "insecure-port").as_deref() != Some("0") {
+            problems.push(format!("{}: kube-apiserver runs without --insecure-port=0", master.name));
+        }
+        if let Some(address) = flag(&command_line, "insecure-bind-address") {
+            problems.push(format!("{}: kube-apiserver runs with --insecure-bind-address={address}", master.name));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 /// CIS 1.3.7 and 1.4.2: the controller managers and the schedulers serve no plain
 /// HTTP, where anything on the master could read their health and metrics without
 /// credentials: each listens on its HTTPS port on loopback and on no other port.

@@ -16,18 +16,9 @@ pub struct Recommendation {
     pub numbers: &'static str,
     /// What it asks for, in the benchmark's terms.
     pub title: &'static str,
-    pub checked_by: Check,
-}
-
-/// How the lab answers a recommendation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// Conformance tests (`BINARY::TEST`) that must all pass; each is proven able to fail
-    /// by a fault of the catalogue.
-    Tests(&'static [&'static str]),
-    /// Met by the components themselves, with nothing the lab could set otherwise: said,
-    /// not tested (a test of it could not fail).
-    ByTheComponents(&'static str),
+    /// The conformance tests (`BINARY::TEST`) that must all pass; each is proven able to
+    /// fail by a fault of the catalogue.
+    pub checked_by: &'static [&'static str],
 }
 
 /// The recommendations, in the benchmark's order.
@@ -36,139 +27,135 @@ pub const RECOMMENDATIONS: &[Recommendation] = &[
         numbers: "1.1.9-1.1.10, 1.1.13-1.1.21, 4.1.1-4.1.10",
         title: "configuration files, certificates and keys are owned by root, 644 or stricter, keys and \
                 kubeconfigs 600",
-        checked_by: Check::Tests(&[
+        checked_by: &[
             "cis::cis_1_1_and_4_1_configuration_files_are_owned_by_root_and_mode_644_or_stricter",
             "cis::cis_1_1_and_4_1_every_planned_file_has_its_planned_mode_and_owner",
             "security::private_keys_and_kubeconfigs_are_readable_by_root_only",
-        ]),
+        ],
     },
     Recommendation {
         numbers: "1.1.11",
         title: "the etcd data directory is 700 or stricter",
-        checked_by: Check::Tests(&["cis::cis_1_1_11_etcd_data_directories_are_private"]),
+        checked_by: &["cis::cis_1_1_11_etcd_data_directories_are_private"],
     },
     Recommendation {
         numbers: "1.1.12",
         title: "the etcd data directory is owned by etcd:etcd (etcd runs as etcd)",
-        checked_by: Check::Tests(&["cis::cis_1_1_12_etcd_runs_as_its_own_user_and_owns_its_data"]),
+        checked_by: &["cis::cis_1_1_12_etcd_runs_as_its_own_user_and_owns_its_data"],
     },
     Recommendation {
         numbers: "1.2.1",
         title: "kube-apiserver --anonymous-auth=false",
-        checked_by: Check::Tests(&["security::apiservers_refuse_anonymous_requests"]),
+        checked_by: &["security::apiservers_refuse_anonymous_requests"],
     },
     Recommendation {
         numbers: "1.2.5, 4.2.10",
         title: "kube-apiserver --kubelet-certificate-authority; kubelet serves a certificate the lab CA signed",
-        checked_by: Check::Tests(&[
-            "cis::cis_1_2_5_and_4_2_10_apiservers_reach_kubelets_by_their_lab_certificates_only",
-        ]),
+        checked_by: &["cis::cis_1_2_5_and_4_2_10_apiservers_reach_kubelets_by_their_lab_certificates_only"],
     },
     Recommendation {
         numbers: "1.2.7-1.2.9",
         title: "kube-apiserver --authorization-mode includes Node and RBAC, not AlwaysAllow",
-        checked_by: Check::Tests(&["security::apiservers_authorize_with_node_and_rbac"]),
+        checked_by: &["security::apiservers_authorize_with_node_and_rbac"],
     },
     Recommendation {
         numbers: "1.2.16",
         title: "the NodeRestriction admission plugin is on",
-        checked_by: Check::Tests(&["cis::cis_1_2_16_apiservers_let_a_kubelet_modify_only_its_own_node"]),
+        checked_by: &["cis::cis_1_2_16_apiservers_let_a_kubelet_modify_only_its_own_node"],
     },
     Recommendation {
         numbers: "1.2.18-1.2.19",
         title: "kube-apiserver has no insecure port (--insecure-bind-address unset, --insecure-port=0)",
-        checked_by: Check::ByTheComponents(
-            "Kubernetes 1.20's kube-apiserver accepts no --insecure-port but 0 and serves no insecure port",
-        ),
+        checked_by: &["cis::cis_1_2_18_and_1_2_19_apiservers_serve_no_insecure_port"],
     },
     Recommendation {
         numbers: "1.2.20",
         title: "kube-apiserver --profiling=false",
-        checked_by: Check::Tests(&["cis::cis_1_2_20_apiservers_serve_no_profiles"]),
+        checked_by: &["cis::cis_1_2_20_apiservers_serve_no_profiles"],
     },
     Recommendation {
         numbers: "1.2.21-1.2.24",
         title: "kube-apiserver writes an audit log, kept 30 days, 10 files of at most 100 MB",
-        checked_by: Check::Tests(&["cis::cis_1_2_21_to_24_apiservers_write_an_audit_log"]),
+        checked_by: &["cis::cis_1_2_21_to_24_apiservers_write_an_audit_log"],
     },
     Recommendation {
         numbers: "1.2.32-1.2.33",
         title: "Secrets are encrypted at rest (--encryption-provider-config with aescbc)",
-        checked_by: Check::Tests(&["cis::cis_1_2_32_and_33_apiservers_encrypt_secrets_in_etcd"]),
+        checked_by: &["cis::cis_1_2_32_and_33_apiservers_encrypt_secrets_in_etcd"],
     },
     Recommendation {
         numbers: "1.2.34",
         title: "strong TLS cipher suites only, on kube-apiserver (and on etcd, the controller managers and \
                 the schedulers)",
-        checked_by: Check::Tests(&[
+        checked_by: &[
             "cis::cis_1_2_34_apiservers_refuse_old_tls_and_weak_ciphers",
             "etcd::every_member_refuses_weak_ciphers",
             "security::controller_managers_and_schedulers_refuse_old_tls_and_weak_ciphers",
-        ]),
+        ],
     },
     Recommendation {
         numbers: "1.3.2",
         title: "kube-controller-manager --profiling=false",
-        checked_by: Check::Tests(&["cis::cis_1_3_2_controller_managers_serve_no_profiles"]),
+        checked_by: &["cis::cis_1_3_2_controller_managers_serve_no_profiles"],
     },
     Recommendation {
         numbers: "1.3.6, 4.2.11-4.2.12",
         title: "kubelet certificate rotation (RotateKubeletServerCertificate, --rotate-certificates)",
-        checked_by: Check::Tests(&[
+        checked_by: &[
             "cis::cis_4_2_11_and_4_2_12_kubelets_renew_their_certificates_through_the_api",
             "cis::cis_1_3_6_kubelet_renewals_are_signed_for_the_nodes_own_names_only",
-        ]),
+        ],
     },
     Recommendation {
         numbers: "1.3.7, 1.4.2",
         title: "kube-controller-manager and kube-scheduler --bind-address=127.0.0.1",
-        checked_by: Check::Tests(&["firewall::health_and_metrics_ports_listen_on_loopback_only"]),
+        checked_by: &["firewall::health_and_metrics_ports_listen_on_loopback_only"],
     },
     Recommendation {
         numbers: "1.3.7, 1.4.2 (insecure ports)",
         title: "kube-controller-manager and kube-scheduler serve no plain HTTP port (--port=0)",
-        checked_by: Check::Tests(&[
+        checked_by: &[
             "cis::cis_1_3_7_and_1_4_2_controller_managers_and_schedulers_serve_no_plain_http",
             "componentstatuses::scheduler_controller_manager_and_every_etcd_member_are_healthy",
-        ]),
+        ],
     },
     Recommendation {
         numbers: "1.4.1",
         title: "kube-scheduler --profiling=false",
-        checked_by: Check::Tests(&["cis::cis_1_4_1_schedulers_serve_no_profiles"]),
+        checked_by: &["cis::cis_1_4_1_schedulers_serve_no_profiles"],
     },
     Recommendation {
         numbers: "2.1-2.2, 2.4-2.5",
         title: "etcd serves clients and peers over TLS and requires their certificates",
-        checked_by: Check::Tests(&[
+        checked_by: &[
             "etcd::clients_without_a_certificate_are_refused",
             "security::etcd_requires_client_and_peer_certificates",
-        ]),
+        ],
     },
     Recommendation {
         numbers: "2.7",
         title: "etcd has a CA of its own",
-        checked_by: Check::Tests(&["cis::cis_2_7_etcd_trusts_only_its_own_ca"]),
+        checked_by: &["cis::cis_2_7_etcd_trusts_only_its_own_ca"],
     },
     Recommendation {
         numbers: "4.2.1-4.2.2",
         title: "kubelet --anonymous-auth=false, --authorization-mode=Webhook",
-        checked_by: Check::Tests(&["security::kubelets_refuse_anonymous_requests_and_authorize_through_the_apiserver"]),
+        checked_by: &["security::kubelets_refuse_anonymous_requests_and_authorize_through_the_apiserver"],
     },
     Recommendation {
         numbers: "4.2.4",
         title: "kubelet --read-only-port=0",
-        checked_by: Check::Tests(&["security::kubelets_serve_no_read_only_port"]),
+        checked_by: &["security::kubelets_serve_no_read_only_port"],
     },
     Recommendation {
         numbers: "4.2.6",
         title: "kubelet --protect-kernel-defaults=true",
-        checked_by: Check::Tests(&["cis::cis_4_2_6_kubelets_protect_kernel_defaults"]),
+        checked_by: &["cis::cis_4_2_6_kubelets_protect_kernel_defaults"],
     },
     Recommendation {
         numbers: "4.2.13",
         title: "kubelet strong TLS cipher suites only",
-        checked_by: Check::Tests(&["cis::cis_4_2_13_kubelets_refuse_old_tls_and_weak_ciphers"]),
+        checked_by: &["cis::cis_4_2_13_kubelets_refuse_old_tls_and_weak_ciphers"],
     },
 ];
 
@@ -180,11 +167,9 @@ pub const BENCHMARK_BINARIES: &[&str] = &["cis"];
 pub fn tests() -> Vec<&'static str> {
     let mut tests: Vec<&'static str> = Vec::new();
     for recommendation in RECOMMENDATIONS {
-        if let Check::Tests(names) = recommendation.checked_by {
-            for name in names {
-                if !tests.contains(name) {
-                    tests.push(name);
-                }
+        for name in recommendation.checked_by {
+            if !tests.contains(name) {
+                tests.push(name);
             }
         }
     }
@@ -234,36 +219,31 @@ pub struct Assessment {
 /// A named test that did not run fails it: nothing checked it. A recommendation all of
 /// whose tests did not apply to the topology is `Info`.
 pub fn assess(recommendation: &'static Recommendation, outcomes: &BTreeMap<String, TestOutcome>) -> Assessment {
-    let (status, reason, tests) = match recommendation.checked_by {
-        Check::ByTheComponents(reason) => (Status::Info, reason.to_string(), Vec::new()),
-        Check::Tests(names) => {
-            let tests: Vec<(&'static str, Option<TestOutcome>)> =
-                names.iter().map(|name| (*name, outcomes.get(*name).cloned())).collect();
-            let failures: Vec<String> = tests
-                .iter()
-                .filter_map(|(name, outcome)| match outcome {
-                    None => Some(format!("{name} did not run")),
-                    Some(TestOutcome::Failed(reason)) => Some(format!("{name}: {reason}")),
-                    Some(_) => None,
-                })
-                .collect();
-            let not_applicable: Vec<&str> = tests
-                .iter()
-                .filter_map(|(_, outcome)| match outcome {
-                    Some(TestOutcome::NotApplicable(reason)) => Some(reason.as_str()),
-                    _ => None,
-                })
-                .collect();
-            if let Some(first) = failures.first() {
-                (Status::Fail, first.clone(), tests)
-            } else if not_applicable.len() == tests.len() {
-                (Status::Info, format!("not applicable: {}", not_applicable[0]), tests)
-            } else {
-                let names: Vec<&str> =
-                    names.iter().map(|name| name.split_once("::").map_or(*name, |(_, name)| name)).collect();
-                (Status::Pass, format!("checked by {}", names.join(", ")), tests)
-            }
-        }
+    let names = recommendation.checked_by;
+    let tests: Vec<(&'static str, Option<TestOutcome>)> =
+        names.iter().map(|name| (*name, outcomes.get(*name).cloned())).collect();
+    let failures: Vec<String> = tests
+        .iter()
+        .filter_map(|(name, outcome)| match outcome {
+            None => Some(format!("{name} did not run")),
+            Some(TestOutcome::Failed(reason)) => Some(format!("{name}: {reason}")),
+            Some(_) => None,
+        })
+        .collect();
+    let not_applicable: Vec<&str> = tests
+        .iter()
+        .filter_map(|(_, outcome)| match outcome {
+            Some(TestOutcome::NotApplicable(reason)) => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    let (status, reason) = if let Some(first) = failures.first() {
+        (Status::Fail, first.clone())
+    } else if not_applicable.len() == tests.len() {
+        (Status::Info, format!("not applicable: {}", not_applicable[0]))
+    } else {
+        let names: Vec<&str> = names.iter().map(|name| name.split_once("::").map_or(*name, |(_, name)| name)).collect();
+        (Status::Pass, format!("checked by {}", names.join(", ")))
     };
     Assessment { recommendation, status, reason, tests }
 }
@@ -299,10 +279,7 @@ mod tests {
         for recommendation in RECOMMENDATIONS {
             assert!(recommendation.numbers.starts_with(|c: char| c.is_ascii_digit()), "{recommendation:?}");
             assert!(!recommendation.title.is_empty(), "{recommendation:?}");
-            match recommendation.checked_by {
-                Check::Tests(names) => assert!(!names.is_empty(), "{recommendation:?}"),
-                Check::ByTheComponents(reason) => assert!(!reason.is_empty(), "{recommendation:?}"),
-            }
+            assert!(!recommendation.checked_by.is_empty(), "{recommendation:?}");
         }
     }
     fn row(numbers: &str) -> &'static Recommendation {
@@ -339,13 +316,6 @@ mod tests {
         let not_run = assess(row("4.2.6"), &outcomes);
         assert_eq!(not_run.status, Status::Fail);
         assert!(not_run.reason.ends_with("did not run"), "{not_run:?}");
-    }
-
-    #[test]
-    fn recommendations_met_by_the_components_are_information_with_the_reason() {
-        let assessed = assess(row("1.2.18-1.2.19"), &BTreeMap::new());
-        assert_eq!(assessed.status, Status::Info);
-        assert!(assessed.reason.contains("1.20"), "{assessed:?}");
     }
 
     #[test]

@@ -607,6 +607,29 @@ pub static CATALOGUE: &[Fault] = &[
         healed: nothing,
     },
     Fault {
+        name: "apiserver-insecure-port-unset",
+        stage: Stage::KubeApiserver,
+        scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },
+        summary: "kube-apiserver on {nodes} runs without --insecure-port=0",
+        symptom: "nothing on Kubernetes 1.20, which serves no insecure port anyway; kube-bench reports 1.2.19 \
+                  failed for that master",
+        breaks: &["cis::cis_1_2_18_and_1_2_19_apiservers_serve_no_insecure_port"],
+        proof: Proof::AfterOthers,
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                &format!(
+                    "{} && systemctl daemon-reload && systemctl restart {}",
+                    delete_line(&paths::unit(kube_apiserver::UNIT), "--insecure-port=0"),
+                    kube_apiserver::UNIT
+                ),
+            )
+        },
+        undo: nothing,
+        in_force: apiserver_serves,
+        healed: nothing,
+    },
+    Fault {
         name: "apiserver-node-restriction-off",
         stage: Stage::KubeApiserver,
         scope: Scope::One { role: Role::Master, default: DefaultNode::Last, needs: 1 },

@@ -174,8 +174,11 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             // and loopback (the controller-manager and scheduler on this master) work.
             "--bind-address=0.0.0.0".to_string(),
             format!("--secure-port={}", network.apiserver_port),
-            // Kubernetes 1.20 no longer serves the unauthenticated insecure port at all,
-            // so there is no `--insecure-port` to turn off.
+            // CIS 1.2.19: no unauthenticated plain HTTP port. Kubernetes 1.20 serves none
+            // whatever this says (it accepts only 0 and calls the flag deprecated); it is
+            // set so that whoever reads the command line, kube-bench among them, sees
+            // the port off.
+            "--insecure-port=0".to_string(),
             "--allow-privileged=true".to_string(),
             "--anonymous-auth=false".to_string(),
             "--authorization-mode=Node,RBAC".to_string(),
