@@ -9,7 +9,8 @@
 //! `serverTLSBootstrap` on, it does the same for its serving certificate (its port
 //! 10250), and asks for the first one at its first start: the lab does not issue it.
 //!
-//! Two parties must play along, and this module sets both up:
+//! Three things must be in place; the controller manager's stage does the first, this
+//! module the other two:
 //!
 //! - **Signing.** kube-controller-manager signs approved requests with the cluster CA
 //!   (`--cluster-signing-cert-file`, see its stage), the CA the apiservers trust for
@@ -25,7 +26,7 @@
 //!   a systemd timer runs a small approver every 30 s: it approves a pending request
 //!   only when the requesting node asks in its own name (`system:node:NAME`, group
 //!   `system:nodes`) for exactly the names the plan gives that node (its name and
-//!   address, as in the lab's own certificate), and leaves every other request alone
+//!   address), and leaves every other request alone
 //!   for a person to look at (`kubectl get csr`). Three masters run it so that
 //!   approval does not depend on one; approving twice is harmless. A new kubelet does
 //!   not wait for the timer: this stage's check on the first master runs the approver
