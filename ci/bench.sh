@@ -4,12 +4,13 @@
 # figures go to target/bench/bench.json. README's "Measured" table is filled from it.
 #
 # Each run: `lab destroy`, a fresh `lab up` (caches as they are), at once the
-# conformance suite while a DNS probe asks the cluster DNS from the host 10 times a
-# second for 60 s (every lost query is counted), then a no-op `lab up`. After the runs:
-# `lab down`, `lab up` after it, and `lab destroy`, once each.
+# conformance suite's checks while a DNS probe asks the cluster DNS from the host 10
+# times a second for 60 s (every lost query is counted), once the probe is over the
+# failover drills (the `drills` profile), then a no-op `lab up`. After the runs: `lab
+# down`, `lab up` after it, and `lab destroy`, once each.
 #
-# With FRESH_ONLY=1 each run stops after the conformance suite, and only `lab destroy`
-# follows the runs: for emulated VMs, where each no-op re-run and the `down`/`up` pair
+# With FRESH_ONLY=1 each run stops after the checks, and only `lab destroy` follows the
+# runs: for emulated VMs, where the drills, each no-op re-run and the `down`/`up` pair
 # take minutes.
 #
 # Run from the repository root as root; it destroys the lab of the current state
@@ -75,7 +76,9 @@ for run in $(seq "$runs"); do
   time_step "conformance" "$run" cargo nextest run --package conformance
   wait "$probe"
   dns_lost+=("$(cat "$out/dns-lost-$run")")
-  [ "$fresh_only" = 1 ] || time_step "up (no-op re-run)" "$run" cargo "$lab" "$@" up
+  [ "$fresh_only" = 1 ] && continue
+  time_step "drills" "$run" cargo nextest run --package conformance --profile drills
+  time_step "up (no-op re-run)" "$run" cargo "$lab" "$@" up
 done
 if [ "$fresh_only" != 1 ]; then
   time_step "down" 1 cargo "$lab" "$@" down
@@ -92,7 +95,7 @@ printf '| %-22s | %4s | %8s | %8s | %8s | %8s |\n' step runs min median max fail
 printf '|%s|\n' "------------------------|------|----------|----------|----------|----------"
 json="{\"date\":\"$date\",\"cores\":$(nproc),\"arguments\":\"$*\",\"steps\":["
 first=1
-for name in "up (fresh lab)" "up (no-op re-run)" "conformance" "down" "up (after down)" "destroy"; do
+for name in "up (fresh lab)" "up (no-op re-run)" "conformance" "drills" "down" "up (after down)" "destroy"; do
   read -r count min median max <<<"$(stats "${seconds[$name]:-}")"
   printf '| %-22s | %4d | %6.1f s | %6.1f s | %6.1f s | %8d |\n' "$name" "$count" "$min" "$median" "$max" "${failures[$name]:-0}"
   [ $first = 1 ] || json+=","

@@ -514,8 +514,53 @@ fn lab_alias() -> &'static str {
     }
 }
 
-/// Runs `cargo lab status --json` in the workspace root and parses it.
+/// The lab's status, asked once per nextest run. Each test is a process of its own, and
+/// `cargo lab status --json` cost each of them about 0.3 s (cargo's freshness check,
+/// then the status's probes of the running lab): a third of the checks' time on a
+/// two-core host. The first test of a run asks and records the answer, with the run's
+/// id, in the state directory; the other tests of that run read it. A status that
+/// names a stopped node is not recorded, and outside nextest every test asks.
 fn read_status() -> Result<LabStatus, String> {
+    use std::io::{Read as _, Seek as _, Write as _};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Shared {
+        run: String,
+        status: LabStatus,
+    }
+
+    let Ok(run) = std::env::var("NEXTEST_RUN_ID") else { return ask_status() };
+    let state = StateDir::new(state_dir());
+    // No lab there, or a state directory this user cannot write: `lab status` says why,
+    // and nothing is left in the directory.
+    if !state.topology_record().is_file() {
+        return ask_status();
+    }
+    let path = state.suite_status();
+    let Ok(mut file) = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)
+    else {
+        return ask_status();
+    };
+    file.lock().map_err(|error| format!("cannot lock {}: {error}", path.display()))?;
+    let mut recorded = String::new();
+    if file.read_to_string(&mut recorded).is_ok() {
+        if let Ok(shared) = serde_json::from_str::<Shared>(&recorded) {
+            if shared.run == run {
+                return Ok(shared.status);
+            }
+        }
+    }
+    let status = ask_status()?;
+    if status.nodes.iter().all(|node| node.state == MachineState::Running) {
+        let shared = serde_json::to_vec(&Shared { run, status: status.clone() }).map_err(|error| error.to_string())?;
+        let written = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| file.write_all(&shared));
+        written.map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    }
+    Ok(status)
+}
+
+/// Runs `cargo lab status --json` in the workspace root and parses it.
+fn ask_status() -> Result<LabStatus, String> {
     let output = cargo_lab(&["status", "--json"])
         .output()
         .map_err(|error| format!("cannot run `cargo lab status --json`: {error}"))?;

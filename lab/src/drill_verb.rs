@@ -53,8 +53,9 @@ pub fn drill(paths: &Paths, name: Option<&str>, json: bool) -> Result<(), Failur
     let status = provisioner::system::inner_cargo()
         .current_dir(&checkout)
         .env("LAB_DIR", &paths.state_dir)
-        // The drills that restart the whole lab are left out of the suite's default run.
-        .args(["nextest", "run", "--no-fail-fast", "--run-ignored", "all", "-p", "conformance", "--test", "failover"])
+        // The profile of the drills (`.config/nextest.toml`), and the drills that restart
+        // a machine or the whole lab, which even that profile leaves out.
+        .args(["nextest", "run", "--no-fail-fast", "--profile", "drills", "--run-ignored", "all", "-p", "conformance"])
         .args(["-E", &filter])
         .stdout(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned().context("duplicate stderr")?))
         .status()

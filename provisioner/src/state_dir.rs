@@ -88,6 +88,12 @@ impl StateDir {
         self.root.join("drills.log")
     }
 
+    /// The `lab status` the conformance tests of one nextest run share, with the run's
+    /// id.
+    pub fn suite_status(&self) -> PathBuf {
+        self.root.join("suite-status.json")
+    }
+
     /// What each drill measured the last time it ran: `NAME.json`, one
     /// `provisioner::drills::DrillRecord` each.
     pub fn drill_records(&self) -> PathBuf {

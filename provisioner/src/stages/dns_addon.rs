@@ -57,12 +57,11 @@ pub fn manifest_path() -> String {
 pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     let Some(first_master) = context.topology.nodes_with(Role::Master).next() else { return };
     let network = &context.topology.network;
-    let workers = context.topology.nodes_with(Role::Worker).count();
     let kubectl = paths::admin_kubectl();
 
     let manifest = match context.topology.addons.dns {
-        DnsAddon::LabDns => lab_dns_manifest(network, workers),
-        DnsAddon::Coredns => coredns_manifest(network, workers),
+        DnsAddon::LabDns => lab_dns_manifest(network),
+        DnsAddon::Coredns => coredns_manifest(network),
     };
     let actions = stage.node(&first_master.name);
     actions.files.push(FileSpec::text(manifest_path(), 0o644, manifest));
@@ -145,10 +144,19 @@ spec:
     )
 }
 
-/// The Deployment's pod-level settings both servers share, for a lab with `workers`
-/// workers.
-fn pod_spec_common(workers: usize) -> String {
-    let affinity = anti_affinity(workers);
+/// The Deployment's pod-level settings both servers share.
+///
+/// The replicas' spread is a rule rather than a preference: at most one more on a
+/// worker than on any other. With a preferred anti-affinity, a deleted DNS pod's
+/// successor could go beside the other replica, because the deleted pod, still
+/// terminating on its worker, counted as much as a running one; after a few
+/// replacements both replicas ran on one worker, and losing that worker took the
+/// cluster DNS down (seen 2026-12-07). A required anti-affinity fixed that but made the
+/// successor wait until the deleted pod was gone (its lame duck, then the kubelet's
+/// next status sync: 16 s), so a deletion left one replica for 27 s. The scheduler's
+/// spread rule does not count terminating pods: the successor starts at once on the
+/// worker it replaces, and a one-worker lab still runs both replicas.
+fn pod_spec_common() -> String {
     format!(
         "      serviceAccountName: {NAME}
       priorityClassName: system-cluster-critical
@@ -157,46 +165,16 @@ fn pod_spec_common(workers: usize) -> String {
       tolerations:
       - key: CriticalAddonsOnly
         operator: Exists
-{affinity}"
-    )
-}
-
-/// The pod spec's anti-affinity: never two replicas on one worker, when the lab has a
-/// worker for each (a smaller lab gets none, so that it still runs every replica). A
-/// rule, not a preference: with a preference, a deleted DNS pod's successor could go
-/// beside the other replica, because the deleted pod, still terminating on its worker,
-/// counted as much as a running one; after a few replacements both replicas ran on one
-/// worker, and losing that worker took the cluster DNS down (seen 2026-12-07). With the
-/// rule, the successor waits until the deleted pod is gone and takes its place.
-fn anti_affinity(workers: usize) -> String {
-    if workers < REPLICAS as usize {
-        return String::new();
-    }
-    format!(
-        "      # Never two replicas on one worker, so that losing a worker keeps DNS up.
-      affinity:
-        podAntiAffinity:
-          requiredDuringSchedulingIgnoredDuringExecution:
-          - labelSelector:
-              matchLabels:
-                k8s-app: {NAME}
-            topologyKey: kubernetes.io/hostname
+      # One replica per worker while there are workers enough.
+      topologySpreadConstraints:
+      - maxSkew: 1
+        topologyKey: kubernetes.io/hostname
+        whenUnsatisfiable: DoNotSchedule
+        labelSelector:
+          matchLabels:
+            k8s-app: {NAME}
 "
     )
-}
-
-/// The Deployment's rollout, with the anti-affinity rule: one replica replaced at a
-/// time, the old one first, since a surge pod would find no worker without a replica.
-fn rollout_strategy(workers: usize) -> &'static str {
-    if workers < REPLICAS as usize {
-        return "";
-    }
-    "  strategy:
-    type: RollingUpdate
-    rollingUpdate:
-      maxSurge: 0
-      maxUnavailable: 1
-"
 }
 
 /// The container ports both servers serve DNS on; the list stays open for more ports.
@@ -226,9 +204,10 @@ const CONTAINER_LIMITS: &str = "        resources:
             drop: [\"ALL\"]
 ";
 
-/// The Deployment's header up to the pod spec, for a lab with `workers` workers.
-fn deployment_header(workers: usize) -> String {
-    let strategy = rollout_strategy(workers);
+/// The Deployment's header up to the pod spec. Its rollout replaces one replica at a
+/// time, the old one first: the pods of a lab made before the spread rule carry a
+/// required anti-affinity, which keeps a surge pod off every worker that runs one.
+fn deployment_header() -> String {
     format!(
         "apiVersion: apps/v1
 kind: Deployment
@@ -239,7 +218,12 @@ metadata:
     k8s-app: {NAME}
 spec:
   replicas: {REPLICAS}
-{strategy}  selector:
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 0
+      maxUnavailable: 1
+  selector:
     matchLabels:
       k8s-app: {NAME}
   template:
@@ -252,7 +236,7 @@ spec:
 }
 
 /// The workspace's own DNS server.
-fn lab_dns_manifest(network: &Network, workers: usize) -> String {
+fn lab_dns_manifest(network: &Network) -> String {
     // Kubernetes 1.20 serves no discovery.k8s.io/v1 EndpointSlices, so the server
     // watches core/v1 Endpoints (as kube-dns did) and needs nothing else.
     let rules = r#"- apiGroups: [""]
@@ -262,8 +246,8 @@ fn lab_dns_manifest(network: &Network, workers: usize) -> String {
     let mut manifest = header("lab-dns, the workspace's own DNS server");
     manifest.push_str(&common(network, rules, "LabDNS"));
     manifest.push_str("---\n");
-    manifest.push_str(&deployment_header(workers));
-    manifest.push_str(&pod_spec_common(workers));
+    manifest.push_str(&deployment_header());
+    manifest.push_str(&pod_spec_common());
     write!(
         manifest,
         r#"      containers:
@@ -322,7 +306,7 @@ fn lab_dns_manifest(network: &Network, workers: usize) -> String {
 }
 
 /// CoreDNS as the Kubernetes 1.20 addon runs it.
-fn coredns_manifest(network: &Network, workers: usize) -> String {
+fn coredns_manifest(network: &Network) -> String {
     // CoreDNS 1.7 also watches namespaces, to answer NXDOMAIN for names in namespaces
     // that do not exist.
     let rules = r#"- apiGroups: [""]
@@ -366,8 +350,8 @@ data:
         reverse_zone = reverse_zone(network.service_cidr),
     )
     .expect("writing to a String");
-    manifest.push_str(&deployment_header(workers));
-    manifest.push_str(&pod_spec_common(workers));
+    manifest.push_str(&deployment_header());
+    manifest.push_str(&pod_spec_common());
     write!(
         manifest,
         r#"      containers:
@@ -460,7 +444,26 @@ mod tests {
         assert!(manifest.contains("          readOnlyRootFilesystem: true\n"));
         assert!(manifest.contains("            add: [\"NET_BIND_SERVICE\"]\n            drop: [\"ALL\"]\n"));
         assert!(manifest.contains("priorityClassName: system-cluster-critical"));
-        assert!(manifest.contains("topologyKey: kubernetes.io/hostname"));
+    }
+
+    #[test]
+    fn replicas_spread_by_a_rule_that_leaves_terminating_pods_out() {
+        // The scheduler's spread rule does not count a terminating pod, so a deleted
+        // pod's successor starts at once; a required anti-affinity would count it.
+        for path in ["lab.toml", "examples/minimal.toml"] {
+            let stage = stage_for(path, Stage::DnsAddon);
+            let manifest = file(&stage, "master1", MANIFEST);
+            assert!(
+                manifest.contains(
+                    "      topologySpreadConstraints:\n      - maxSkew: 1\n        topologyKey: kubernetes.io/hostname\n        \
+                     whenUnsatisfiable: DoNotSchedule\n        labelSelector:\n          matchLabels:\n            \
+                     k8s-app: kube-dns\n"
+                ),
+                "{path}: {manifest}"
+            );
+            assert!(!manifest.contains("podAntiAffinity"), "{path}");
+            assert!(manifest.contains("      maxSurge: 0\n      maxUnavailable: 1\n"), "{path}");
+        }
     }
 
     #[test]
