@@ -514,12 +514,17 @@ fn lab_alias() -> &'static str {
     }
 }
 
-/// The lab's status, asked once per nextest run. Each test is a process of its own, and
-/// `cargo lab status --json` cost each of them about 0.3 s (cargo's freshness check,
-/// then the status's probes of the running lab): a third of the checks' time on a
-/// two-core host. The first test of a run asks and records the answer, with the run's
+/// The variable that names one run of the suite's tests for [`read_status`], for a
+/// runner that starts the test processes itself (the fault proof); under nextest, its
+/// run id (`NEXTEST_RUN_ID`) does.
+pub const SUITE_RUN_VARIABLE: &str = "LAB_SUITE_RUN";
+
+/// The lab's status, asked once per run of the suite. Each test is a process of its
+/// own, and `cargo lab status --json` cost each of them about 0.3 s (cargo's freshness
+/// check, then the status's probes of the running lab): a third of the checks' time on
+/// a two-core host. The first test of a run asks and records the answer, with the run's
 /// id, in the state directory; the other tests of that run read it. A status that
-/// names a stopped node is not recorded, and outside nextest every test asks.
+/// names a stopped node is not recorded, and a test outside a named run asks.
 fn read_status() -> Result<LabStatus, String> {
     use std::io::{Read as _, Seek as _, Write as _};
 
@@ -529,7 +534,9 @@ fn read_status() -> Result<LabStatus, String> {
         status: LabStatus,
     }
 
-    let Ok(run) = std::env::var("NEXTEST_RUN_ID") else { return ask_status() };
+    let Ok(run) = std::env::var(SUITE_RUN_VARIABLE).or_else(|_| std::env::var("NEXTEST_RUN_ID")) else {
+        return ask_status();
+    };
     let state = StateDir::new(state_dir());
     // No lab there, or a state directory this user cannot write: `lab status` says why,
     // and nothing is left in the directory.
