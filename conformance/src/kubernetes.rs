@@ -223,6 +223,13 @@ pub async fn ready_pods(
 }
 
 /// Whether the pod's Ready condition is True.
+/// Whether `pod` runs or may run again: not Failed or Succeeded. A worker's kubelet marks
+/// its pods Failed (reason `Shutdown`) when its machine powers off, and they stay listed.
+pub fn pod_may_run(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|status| status.phase.as_deref());
+    !matches!(phase, Some("Failed" | "Succeeded"))
+}
+
 pub fn pod_is_ready(pod: &Pod) -> bool {
     pod.status.as_ref().and_then(|status| status.conditions.as_ref()).is_some_and(|conditions| {
         conditions.iter().any(|condition| condition.type_ == "Ready" && condition.status == "True")

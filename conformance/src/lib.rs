@@ -55,8 +55,8 @@ use provisioner::topology::{Node, Role, Topology};
 
 pub use https::{HttpsClient, HttpsError, Identity, Reply};
 pub use kubernetes::{
-    eventually, kubectl, pod_is_ready, ready_pods, web_deployment, web_service_endpoints, ServiceKind, TestNamespace,
-    WebService, WEB_LABEL,
+    eventually, kubectl, pod_is_ready, pod_may_run, ready_pods, web_deployment, web_service_endpoints, ServiceKind,
+    TestNamespace, WebService, WEB_LABEL,
 };
 pub use net::{Listener, PortState, Targets, UnsafeTarget};
 pub use resolver::{ClusterResolver, Lookup, RecordType, Transport};

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conformance::{
-    eventually, flag, lab, pod_is_ready, ready_pods, web_deployment, web_service_endpoints, Drill, HttpsClient,
-    Identity, Lookup, RecordType, ServiceKind, TestNamespace, Transport, WebService, WEB_LABEL,
+    eventually, flag, lab, pod_is_ready, pod_may_run, ready_pods, web_deployment, web_service_endpoints, Drill,
+    HttpsClient, Identity, Lookup, RecordType, ServiceKind, TestNamespace, Transport, WebService, WEB_LABEL,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -1056,13 +1056,14 @@ fn cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted() {
     let client = lab.kube();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let selector = format!("k8s-app={}", dns_addon::NAME);
-    // Pods of an earlier drill may still be terminating: they are not counted.
+    // Pods of an earlier drill may still be terminating, or have stopped with their
+    // worker's machine: they are not counted.
     let before: Vec<Pod> = lab
         .block_on(pods.list(&ListParams::default().labels(&selector)))
         .unwrap_or_else(|error| panic!("cannot list the cluster DNS pods: {error}"))
         .items
         .into_iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none() && pod_may_run(pod))
         .collect();
     // One pod alone makes the cluster DNS depend on it; the drill does not delete it.
     assert!(
@@ -1584,24 +1585,23 @@ fn node_of(pod: &Pod) -> Option<&str> {
     pod.spec.as_ref()?.node_name.as_deref()
 }
 
-/// Stops the machine of a worker that runs a cluster DNS pod and a pod of a NodePort
-/// Service (as a power cut would: `lab down --node`) while the host asks the cluster DNS
-/// and sends GETs to the Service's node port on every other node running kube-proxy, each
-/// 10 times a second whether or not the last one was answered. The control plane marks
-/// the worker NotReady after its grace period (40 s), and from then on its pods leave the
-/// Services: every query and request must be answered again, for good, within 60 s of the
-/// stop, while the worker is still down. The Service's pods (which tolerate an
-/// unreachable node for 0 s) must run on the other workers within 60 s of the NotReady,
-/// and the worker must be Ready again within 60 s of its start (`lab up --until
-/// machines`). Prints each delay, the failures per 10 s and the share answered.
+/// Powers off the machine of a worker that runs a cluster DNS pod and a pod of a
+/// NodePort Service, as its power button would (`lab down --node`), while the host asks
+/// the cluster DNS and sends GETs to the Service's node port on every other node running
+/// kube-proxy, each 10 times a second whether or not the last one was answered. At least
+/// 99% of each must be answered from the stop until the worker is Ready again after its
+/// start (`lab up --until machines`). The worker's kubelet holds the power-off back and
+/// takes its pods out of their Services before they stop (graceful node shutdown,
+/// `stages::kubelet`), then reports the node NotReady; the Service's pods must run on the
+/// other workers within 60 s of the NotReady, and the worker must be Ready again within
+/// 60 s of its start. Prints each delay, the failures per 10 s and the shares answered.
 ///
-/// Until the worker is NotReady, kube-proxy still sends part of the traffic to its pods,
-/// and that part fails: Kubernetes 1.20 has no faster signal of a machine that stopped.
-/// The drill measures how long that lasts; the share answered is reported, not bounded
-/// (about half of the node port's requests fail meanwhile).
+/// A power cut is another matter, which this drill does not measure: nothing then takes
+/// the pods out of the Services until the controller manager marks the silent node
+/// NotReady, 40 s later, and about half of the requests fail meanwhile.
 ///
 /// Turn it red: `cargo lab break dns-one-replica` (the cluster DNS then runs on the
-/// stopped worker alone, and its pod keeps the default 300 s toleration).
+/// stopped worker alone, and nothing answers until its replacement is ready elsewhere).
 #[test]
 #[ignore = "stops a worker's machine: `cargo lab drill worker-machine-stopped` runs it"]
 fn services_move_off_a_worker_whose_machine_stops() {
@@ -1610,7 +1610,8 @@ fn services_move_off_a_worker_whose_machine_stops() {
     }
     let _one_at_a_time = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let lab = lab();
-    let (drill, bound) = lab.drill_of("services_move_off_a_worker_whose_machine_stops");
+    let drill = provisioner::drills::by_test("services_move_off_a_worker_whose_machine_stops")
+        .expect("the worker drill is in provisioner::drills");
     let client = lab.kube();
     let workers = lab.nodes_with(Role::Worker);
     let namespace = lab.block_on(TestNamespace::create(&client, "worker-stopped"));
@@ -1625,6 +1626,13 @@ fn services_move_off_a_worker_whose_machine_stops() {
             "topologyKey": "kubernetes.io/hostname",
         }}]
     }});
+    // A server that stops at once on SIGTERM (busybox httpd does) fails the requests
+    // that kube-proxy on the other nodes sends it until they learn that its pod left the
+    // Service, about a second. Services wait that out with a preStop pause, as the
+    // cluster DNS does with its lame duck; so does this one.
+    app["spec"]["template"]["spec"]["containers"][0]["lifecycle"] =
+        json!({ "preStop": { "exec": { "command": ["/bin/busybox", "sleep", "2"] } } });
+    app["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = json!(5);
     app["spec"]["template"]["spec"]["tolerations"] = json!([
         { "key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 0 },
         { "key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 0 },
@@ -1650,7 +1658,7 @@ fn services_move_off_a_worker_whose_machine_stops() {
     let dns_pods = lab.block_on(eventually("no cluster DNS pod being deleted", DNS_REPLACEMENT_READY, || async {
         let list = dns.list(&ListParams::default().labels(&selector)).await.map_err(|error| error.to_string())?;
         match list.items.iter().filter(|pod| pod.metadata.deletion_timestamp.is_some()).count() {
-            0 => Ok(list.items),
+            0 => Ok(list.items.into_iter().filter(pod_may_run).collect::<Vec<_>>()),
             deleted => Err(format!("{deleted} being deleted")),
         }
     }));
@@ -1721,15 +1729,6 @@ fn services_move_off_a_worker_whose_machine_stops() {
             }
         },
     ));
-    // Both streams must be answered steadily again by the bound, however the pods move.
-    let steady_by = bound + REQUEST_INTERVAL * STEADY_ANSWERS as u32;
-    let recovered_while_down: Vec<(&str, bool)> = [("the cluster DNS", &queries), ("the node port", &requests)]
-        .into_iter()
-        .map(|(what, stream)| {
-            let left = steady_by.saturating_sub(stopped_at.elapsed());
-            (what, stream.wait_for_answers(stream.elapsed(), STEADY_ANSWERS, left))
-        })
-        .collect();
     let up_took = machine.start();
     let up_returned = Instant::now();
     lab.block_on(eventually(&format!("{} Ready again", victim.name), NODE_BACK, || async {
@@ -1747,15 +1746,14 @@ fn services_move_off_a_worker_whose_machine_stops() {
     let request_samples = requests.finish_with_samples();
     lab.block_on(namespace.delete());
 
-    // From the stop to the last failure on either stream: the end of the stream when it
-    // was failing at its end.
+    // From the stop to the end of the drill, the worker Ready again.
+    let answered_share = |samples: &[Sample], since: Duration| {
+        let window: Vec<&Sample> = samples.iter().filter(|sample| sample.at >= since).collect();
+        100.0 * window.iter().filter(|sample| sample.ok).count() as f64 / window.len().max(1) as f64
+    };
     let failing_until = |samples: &[Sample], since: Duration| {
         let failed = samples.iter().filter(|sample| sample.at >= since && !sample.ok);
         failed.map(|sample| sample.at - since).max().unwrap_or_default()
-    };
-    let failing_for = failing_until(&query_samples, queries_since).max(failing_until(&request_samples, requests_since));
-    let answered_share = |samples: &[Sample]| {
-        100.0 * samples.iter().filter(|sample| sample.ok).count() as f64 / samples.len().max(1) as f64
     };
     // Failures in each 10 s after the stop: when the cluster stopped sending to the
     // stopped worker, and whether anything failed after its NotReady.
@@ -1775,23 +1773,20 @@ fn services_move_off_a_worker_whose_machine_stops() {
         per_ten_seconds(&request_samples, requests_since),
         failing_until(&request_samples, requests_since),
     );
+    let (dns_share, node_port_share) =
+        (answered_share(&query_samples, queries_since), answered_share(&request_samples, requests_since));
     let detail = format!(
-        "stopped {}'s machine; NotReady {not_ready_after:.1?} later, the test app's pods ready on the other workers \
-         after {replaced_after:.1?}; queries and requests failed until {failing_for:.1?} after the stop; cluster DNS \
-         answered {:.1}% of {} queries, the node port on the other nodes {:.1}% of {} requests; `lab up --until \
-         machines` started it again in {up_took:.1?}, and it was Ready {ready_after_up:.1?} after that",
+        "powered {}'s machine off; NotReady {not_ready_after:.1?} later, the test app's pods ready on the other \
+         workers after {replaced_after:.1?}; `lab up --until machines` started it again in {up_took:.1?}, and it was \
+         Ready {ready_after_up:.1?} after that; from the stop to then the cluster DNS answered {dns_share:.1}% of {} \
+         queries, the node port on the other nodes {node_port_share:.1}% of {} requests",
         victim.name,
-        answered_share(&query_samples),
-        query_samples.len(),
-        answered_share(&request_samples),
-        request_samples.len()
+        query_samples.iter().filter(|sample| sample.at >= queries_since).count(),
+        request_samples.iter().filter(|sample| sample.at >= requests_since).count(),
     );
     println!("{detail}");
-    let within = lab.record_drill(drill, failing_for, &detail);
-    assert!(within, "queries and requests through the other nodes failed for too long (bound {bound:?}): {detail}");
-    for (what, recovered) in recovered_while_down {
-        assert!(recovered, "{what} still failed {steady_by:?} after the stop, {} still down: {detail}", victim.name);
-    }
+    let within = lab.record_drill_value(drill, dns_share.min(node_port_share), &detail);
+    assert!(within, "too few queries or requests through the other nodes were answered: {detail}");
     for (what, samples) in [("the cluster DNS", &query_samples), ("the node port", &request_samples)] {
         assert!(
             samples.last().is_some_and(|sample| sample.ok),

@@ -132,6 +132,10 @@ fn kubelet_configz_lacks(context: &FaultContext, nodes: &[&Node], setting: &str)
         .collect()
 }
 
+/// The kubelet holds logind's delay lock on the node's shutdown (graceful node shutdown).
+const SHUTDOWN_DELAYED_BY_KUBELET: &str =
+    "systemd-inhibit --list --no-legend --no-pager | grep -Eq '^kubelet .* shutdown .* delay$'";
+
 /// The kubelet's unit and API are back after a restart: the fault is its setting, not
 /// the restart.
 fn kubelet_serves(_: &FaultContext, nodes: &[&Node]) -> Vec<Step> {
@@ -1287,6 +1291,45 @@ pub static CATALOGUE: &[Fault] = &[
         healed: nothing,
     },
     Fault {
+        name: "kubelet-graceful-shutdown-off",
+        stage: Stage::Kubelet,
+        scope: Scope::Every { role: Role::Worker },
+        summary: "the kubelets on {nodes} run with shutdownGracePeriod 0s (graceful node shutdown off): a worker \
+                  powering off does not stop its pods first",
+        symptom: "while a worker is powered off for maintenance, part of the cluster DNS queries and of the \
+                  requests to its Services fail, for about 40 s",
+        breaks: &["failover::services_move_off_a_worker_whose_machine_stops"],
+        proof: Proof::Alone,
+        inject: |_, nodes| {
+            on_each(
+                nodes,
+                // The critical pods' share must fit in the period, so it goes to 0 too.
+                &format!(
+                    "{} && {}",
+                    edit(
+                        kubelet::CONFIG,
+                        &format!("shutdownGracePeriodCriticalPods: {}s", kubelet::SHUTDOWN_GRACE_CRITICAL_SECS),
+                        "shutdownGracePeriodCriticalPods: 0s"
+                    ),
+                    edit_and_restart(
+                        kubelet::CONFIG,
+                        &format!("shutdownGracePeriod: {}s", kubelet::SHUTDOWN_GRACE_SECS),
+                        "shutdownGracePeriod: 0s",
+                        kubelet::UNIT,
+                    )
+                ),
+            )
+        },
+        undo: nothing,
+        // With no grace period the kubelet takes no delay lock on the node's shutdown.
+        in_force: |context, nodes| {
+            let mut steps = kubelet_serves(context, nodes);
+            steps.extend(on_each(nodes, &format!("! {}", SHUTDOWN_DELAYED_BY_KUBELET)));
+            steps
+        },
+        healed: |_, nodes| on_each(nodes, SHUTDOWN_DELAYED_BY_KUBELET),
+    },
+    Fault {
         name: "kubelet-client-certificate-rotation-off",
         stage: Stage::Kubelet,
         scope: Scope::One { role: Role::Worker, default: DefaultNode::Last, needs: 1 },
@@ -1551,10 +1594,7 @@ pub static CATALOGUE: &[Fault] = &[
         scope: Scope::Cluster { via: Role::Master, needs: 1 },
         summary: "the cluster DNS Deployment runs one replica instead of two (through {nodes})",
         symptom: "nothing seems wrong until that pod or its node fails; then no name resolves",
-        breaks: &[
-            "failover::cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted",
-            "failover::services_move_off_a_worker_whose_machine_stops",
-        ],
+        breaks: &["failover::cluster_dns_keeps_answering_when_one_of_its_pods_is_deleted"],
         proof: Proof::Alone,
         inject: |_, nodes| {
             on_each(

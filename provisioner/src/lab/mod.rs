@@ -26,6 +26,7 @@ use crate::ssh::{self, KeyPair, SshError};
 use crate::state_dir::StateDir;
 use crate::topology::{Backend, Topology, TopologyError};
 
+mod cordon;
 pub mod exercise;
 mod faults;
 mod inspect;
@@ -337,15 +338,20 @@ impl Lab {
     }
 
     /// `lab down`: stops every machine, keeping disks, state, bridge and routes (so
-    /// lab addresses still lead only to the lab bridge), all at once. With `only`, it
-    /// stops those machines alone, as a power cut would take one machine out of the
-    /// lab, and `lab up` starts them again; a name the lab does not have stops nothing.
+    /// lab addresses still lead only to the lab bridge), all at once. Each machine
+    /// powers off as its power button would have it, so a worker's kubelet first stops
+    /// its pods (graceful node shutdown). With `only`, it stops those machines alone,
+    /// cordoning the workers among them first (`cordon`), and `lab up` starts them
+    /// again; a name the lab does not have stops nothing.
     pub fn down(&self, only: &[String], reporter: &dyn Reporter) -> Result<(), LabError> {
         for name in only {
             self.require_node(name)?;
         }
         let machines = self.machines()?;
         let nodes = if only.is_empty() { machines.known_nodes() } else { only.to_vec() };
+        if !only.is_empty() {
+            self.cordon_for_power_off(only, reporter);
+        }
         let outcomes = machines.stop_all(&nodes, &|node, outcome, took| {
             if let Ok(outcome) = outcome {
                 let what = match outcome {

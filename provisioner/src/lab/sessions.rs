@@ -14,7 +14,7 @@ use crate::plan;
 use crate::ssh::KeyPair;
 
 /// One connection attempt to a node, on machines at the host's speed.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What opening sessions does about a node of the topology that has no machine.
 #[derive(Clone, Copy, PartialEq, Eq)]

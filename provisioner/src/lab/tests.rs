@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
-use crate::host::{Host, HostError, Output, RecordingHost};
+use crate::host::{Call, Host, HostError, Output, RecordingHost};
 use crate::machines::{hostnet, NodeImage, NodeSpec, StartOutcome, StopOutcome};
 use crate::plan::{HostRoute, NetworkPlan, Stage};
 use crate::preflight::{Finding, HostSetup, PreflightError, Report, Status};
 use crate::readiness::{ReadinessError, Steady};
 use crate::ssh::KeyPair;
+use crate::stages::kubelet;
 
 /// Everything the fakes were asked, in order.
 #[derive(Default)]
@@ -131,7 +132,8 @@ impl Host for SharedHost {
 /// until it is set up when `installable`).
 struct FakeSurroundings {
     journal: Arc<Journal>,
-    hosts: Mutex<BTreeMap<String, Arc<RecordingHost>>>,
+    /// The latest session to each node.
+    hosts: Arc<Mutex<BTreeMap<String, Arc<RecordingHost>>>>,
     failing: Mutex<Vec<Finding>>,
     installable: bool,
     /// Canned replies: (node, script prefix, what the script returns).
@@ -214,6 +216,7 @@ impl Reporter for Recorder {
 struct Fixture {
     lab: Lab,
     journal: Arc<Journal>,
+    hosts: Arc<Mutex<BTreeMap<String, Arc<RecordingHost>>>>,
     _dirs: tempfile::TempDir,
 }
 
@@ -274,16 +277,32 @@ fn fixture_of(
             _ => None,
         },
     };
+    let hosts = Arc::new(Mutex::new(BTreeMap::new()));
     let surroundings = FakeSurroundings {
         journal: Arc::clone(&journal),
-        hosts: Mutex::new(BTreeMap::new()),
+        hosts: Arc::clone(&hosts),
         failing: Mutex::new(failing),
         installable,
         replies,
         artifacts_fail: broken == Broken::Artifacts,
     };
     let lab = Lab::with_parts(topology, paths, Box::new(machines), Box::new(surroundings));
-    Fixture { lab, journal, _dirs: dirs }
+    Fixture { lab, journal, hosts, _dirs: dirs }
+}
+
+impl Fixture {
+    /// The scripts run in the latest session to `node`.
+    fn scripts_on(&self, node: &str) -> Vec<String> {
+        let hosts = self.hosts.lock().unwrap();
+        let calls = hosts.get(node).map(|host| host.calls()).unwrap_or_default();
+        calls
+            .into_iter()
+            .filter_map(|call| match call {
+                Call::Run(script) => Some(script),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 #[test]
@@ -454,6 +473,32 @@ fn down_with_nodes_stops_only_those_and_an_unknown_name_stops_none() {
         states,
         [("master1".to_string(), MachineState::Running), ("worker1".to_string(), MachineState::Stopped)]
     );
+}
+
+#[test]
+fn a_worker_taken_down_alone_is_cordoned_first_and_uncordoned_when_it_runs_again() {
+    let fixture = fixture(Vec::new());
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
+    fixture.lab.down(&["worker1".to_string()], &Silent).expect("down worker1");
+    let cordon = kubelet::cordon_for_power_off(&["worker1"]);
+    assert!(cordon.contains(" cordon worker1"), "{cordon}");
+    assert!(cordon.contains(&format!(" label node worker1 {}=true", kubelet::CORDONED_FOR_POWER_OFF)), "{cordon}");
+    assert_eq!(fixture.scripts_on("master1"), [cordon], "through the master that stays up");
+    let calls = fixture.journal.calls();
+    let position = |call: &str| calls.iter().position(|noted| noted == call).unwrap_or_else(|| panic!("{calls:?}"));
+    assert!(position("connect master1") < position("machines: stop worker1"), "cordoned before the power-off");
+
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("worker1 runs again");
+    let uncordon = kubelet::uncordon_after_power_on();
+    assert!(uncordon.contains(" uncordon $nodes && "), "{uncordon}");
+    assert!(fixture.scripts_on("master1").contains(&uncordon), "{:?}", fixture.scripts_on("master1"));
+
+    // With every machine running, `up` has no worker to uncordon; taking the whole lab
+    // down cordons nothing (no pod has anywhere else to go).
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("nothing to start");
+    assert!(!fixture.scripts_on("master1").contains(&uncordon));
+    fixture.lab.down(&[], &Silent).expect("down");
+    assert!(!fixture.scripts_on("master1").iter().any(|script| script.contains(" cordon ")));
 }
 
 #[test]

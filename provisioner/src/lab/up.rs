@@ -206,7 +206,16 @@ impl Lab {
             };
             return Err(LabError::Artifacts { bundle, source });
         }
+        // `lab down --node` cordoned the workers it powered off; powering them on
+        // uncordons them. A worker with no machine yet has never been cordoned.
+        let powering_on_a_worker = self
+            .topology
+            .nodes_with(Role::Worker)
+            .any(|worker| matches!(machines.status(&worker.name), Ok(MachineState::Stopped)));
         let hosts = self.up_machines(plan, &image?, artifacts_ready, &key, reporter, timeline)?;
+        if powering_on_a_worker {
+            self.uncordon_powered_on(&hosts, until == Until::Machines, reporter);
+        }
         if until == Until::Machines {
             return Ok((Vec::new(), until));
         }

@@ -43,6 +43,9 @@ pub const REPLICAS: u32 = 2;
 pub const LAB_DNS_PROBE_PORT: u16 = 8080;
 /// TTL of the answers, short so that a new or deleted Service shows within seconds.
 const TTL_SECS: u32 = 5;
+/// How long a stopping DNS server goes on answering after SIGTERM, while kube-proxy on
+/// every node takes its pod out of the Service.
+pub const LAME_DUCK_SECS: u64 = 5;
 /// The CoreDNS image of the Kubernetes 1.20 release.
 const COREDNS_IMAGE: &str = "k8s.gcr.io/coredns:1.7.0";
 
@@ -264,8 +267,8 @@ fn lab_dns_manifest(network: &Network) -> String {
         - --reverse-cidr={service_cidr}
         - --ttl={TTL_SECS}
         # Answers for 5 s after SIGTERM, while kube-proxy on every node takes a deleted
-        # pod out of the Service (CoreDNS's `lameduck 5s`).
-        - --lame-duck=5
+        # pod out of the Service (CoreDNS's `lameduck`).
+        - --lame-duck={LAME_DUCK_SECS}
         livenessProbe:
           httpGet:
             path: /healthz
@@ -331,7 +334,7 @@ data:
     .:53 {{
         errors
         health {{
-            lameduck 5s
+            lameduck {LAME_DUCK_SECS}s
         }}
         ready
         kubernetes {domain} {reverse_zone} {{

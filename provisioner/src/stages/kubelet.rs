@@ -53,7 +53,7 @@ use crate::paths::{self, pki_files};
 use crate::pki;
 use crate::plan::{CheckSpec, CommandSpec, Context, FileSpec, RunWhen, StagePlan};
 use crate::stages::{
-    container_runtime, install_kubernetes_unit, install_unit, keepalived, kubelet_certificates, pod_network,
+    container_runtime, dns_addon, install_kubernetes_unit, install_unit, keepalived, kubelet_certificates, pod_network,
     TLS_CIPHER_SUITES, TLS_MIN_VERSION,
 };
 use crate::topology::{Node, PodNetwork, Role};
@@ -82,10 +82,64 @@ const KERNEL_SETTINGS: &[(&str, &str)] = &[
     ("kernel.keys.root_maxkeys", "1000000"),
     ("kernel.keys.root_maxbytes", "25000000"),
 ];
+/// How long the kubelet may hold a shutdown of its node back to stop its pods: the
+/// pods of no critical priority class get the first 5 s, the critical ones the last
+/// `SHUTDOWN_GRACE_CRITICAL_SECS`.
+pub const SHUTDOWN_GRACE_SECS: u64 = 10;
+
+/// The critical pods' share of `SHUTDOWN_GRACE_SECS`: the cluster DNS's lame duck, in
+/// which a stopping server still answers while the Service's clients move to the
+/// others.
+pub const SHUTDOWN_GRACE_CRITICAL_SECS: u64 = dns_addon::LAME_DUCK_SECS;
+
 /// The kubelet's plain-HTTP health endpoint, on loopback.
 pub const HEALTHZ_PORT: u16 = 10248;
 /// The kubelet's HTTPS API, reached by the apiservers.
 pub const API_PORT: u16 = 10250;
+
+/// The label `lab down --node` puts on a worker that it cordons before powering the
+/// machine off, so that powering it on again uncordons that node and no other: a node
+/// cordoned by hand stays cordoned.
+pub const CORDONED_FOR_POWER_OFF: &str = "k8s-lab/cordoned-for-power-off";
+
+/// How long each request of a cordon or uncordon may wait for the API.
+const CORDON_REQUEST_TIMEOUT_SECS: u64 = 5;
+/// How long the check that no worker is left cordoned polls.
+const CORDON_CHECK_TIMEOUT_SECS: u64 = 20;
+
+/// The admin's kubectl, each request bounded.
+fn kubectl_bounded() -> String {
+    format!("{} --request-timeout={CORDON_REQUEST_TIMEOUT_SECS}s", paths::admin_kubectl())
+}
+
+/// Cordons each of `workers` that is schedulable, and labels it as cordoned for a
+/// power-off. A 1.20 kubelet that shuts its node down marks its pods Failed at once but
+/// reports the node NotReady only at its next status update, and meanwhile their
+/// replacements may be scheduled onto the node that is going away (1.21's kubelet
+/// refuses them itself). Run on a master.
+pub fn cordon_for_power_off(workers: &[&str]) -> String {
+    let kubectl = kubectl_bounded();
+    let each: Vec<String> = workers
+        .iter()
+        .map(|name| {
+            format!(
+                "if [ \"$({kubectl} get node {name} -o jsonpath='{{.spec.unschedulable}}')\" != true ]; then \
+                 {kubectl} label node {name} {CORDONED_FOR_POWER_OFF}=true --overwrite && {kubectl} cordon {name}; fi"
+            )
+        })
+        .collect();
+    each.join(" && ")
+}
+
+/// Uncordons the workers that `lab down --node` cordoned, and takes their label off.
+/// Run on a master once their machines run again.
+pub fn uncordon_after_power_on() -> String {
+    let kubectl = kubectl_bounded();
+    format!(
+        "nodes=$({kubectl} get nodes -l {CORDONED_FOR_POWER_OFF} -o jsonpath='{{.items[*].metadata.name}}') && \
+         if [ -n \"$nodes\" ]; then {kubectl} uncordon $nodes && {kubectl} label node $nodes {CORDONED_FOR_POWER_OFF}-; fi"
+    )
+}
 
 /// How long a kubelet may take to start and answer /healthz.
 const READY_TIMEOUT_SECS: u64 = 120;
@@ -143,6 +197,21 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
                 when: RunWhen::Always,
             });
         }
+        // Powering a worker on uncordons it (`lab up`, `Lab::uncordon_powered_on`); a
+        // worker still cordoned for its power-off means that did not happen.
+        commands.push(CommandSpec {
+            description: "uncordon the workers that `lab down --node` cordoned".to_string(),
+            script: uncordon_after_power_on(),
+            when: RunWhen::Always,
+        });
+        stage.node(&first_master.name).checks.push(CheckSpec {
+            description: "no worker is left cordoned by `lab down --node`".to_string(),
+            script: format!(
+                "nodes=$({} get nodes -l {CORDONED_FOR_POWER_OFF} -o name) && [ -z \"$nodes\" ]",
+                kubectl_bounded()
+            ),
+            timeout_secs: CORDON_CHECK_TIMEOUT_SECS,
+        });
         for worker in topology.nodes_with(Role::Worker) {
             let pod_cidr = context.pod_cidrs[&worker.name];
             // The kubelets register in parallel with this command, so it waits for the
@@ -236,6 +305,19 @@ runtimeRequestTimeout: 15m
 # 5 min passed (the lease is its heartbeat), as with the defaults.
 nodeStatusUpdateFrequency: 4s
 nodeStatusReportFrequency: 5m
+# Graceful node shutdown (alpha in 1.20, on by default from 1.21). When the node powers
+# off through logind (its power button, `systemctl poweroff`, `lab down --node`), the
+# kubelet holds the shutdown back for up to {SHUTDOWN_GRACE_SECS} s and stops its pods first. It marks
+# each pod Failed before stopping it, so the Services take the pod out of their
+# endpoints while it still answers; it reports the node NotReady at its next status
+# update, so nothing new is scheduled there. Pods of the critical priority classes (the
+# cluster DNS, the pod network) stop in the last {SHUTDOWN_GRACE_CRITICAL_SECS} s. Without this a stopped
+# worker's pods stay in the Services until the controller manager marks the silent
+# node NotReady, 40 s later, and the requests sent to them fail meanwhile.
+featureGates:
+  GracefulNodeShutdown: true
+shutdownGracePeriod: {SHUTDOWN_GRACE_SECS}s
+shutdownGracePeriodCriticalPods: {SHUTDOWN_GRACE_CRITICAL_SECS}s
 "#,
         address = worker.address,
         certificate_dir = CERTIFICATE_DIR,
@@ -424,6 +506,18 @@ mod tests {
             assert!(settings.contains(&format!("\n{key} = {value}\n")), "{key} missing from:\n{settings}");
         }
         assert!(file(&stage, "worker1", PREP_SCRIPT).contains(&format!("sysctl -q -p {KERNEL_SETTINGS_FILE}\n")));
+    }
+
+    #[test]
+    fn a_worker_powering_off_stops_its_pods_first_and_its_dns_pod_last() {
+        let config = file(&stage_for("lab.toml", Stage::Kubelet), "worker1", CONFIG).to_string();
+        assert!(config.contains("featureGates:\n  GracefulNodeShutdown: true\n"), "{config}");
+        assert!(config.contains("\nshutdownGracePeriod: 10s\n"), "{config}");
+        assert!(config.contains("\nshutdownGracePeriodCriticalPods: 5s\n"), "{config}");
+        // The cluster DNS is critical: it stops in the last 5 s, its lame duck.
+        let dns = file(&stage_for("lab.toml", Stage::DnsAddon), "master1", &dns_addon::manifest_path()).to_string();
+        assert!(dns.contains("priorityClassName: system-cluster-critical"));
+        assert!(dns.contains("- --lame-duck=5\n"), "{dns}");
     }
 
     #[test]

@@ -14,8 +14,9 @@ use crate::machines::{MachineError, NodeSpec, StopOutcome};
 use crate::system;
 use crate::text;
 
-/// How long a node may take to power off after SIGTERM before it is killed. A
-/// clean shutdown takes about two seconds; kubelet and containerd add a few more.
+/// How long a node may take to power off before it is killed. A clean shutdown takes
+/// about two seconds; a worker's kubelet holds it back for up to its
+/// `shutdownGracePeriod` (10 s) while it stops its pods.
 const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long a launched nspawn may take to record its PID and be running.
@@ -197,7 +198,10 @@ impl Nspawn {
             return Ok(StopOutcome::NotRunning);
         };
         if halt == Halt::PowerOff {
-            // nspawn answers SIGTERM by asking the node's systemd to power off.
+            if self.powered_off_by_its_own_os(node, pid) {
+                return Ok(StopOutcome::Stopped);
+            }
+            // nspawn answers SIGTERM by having the node's systemd power off at once.
             system::send_signal(pid, "TERM").map_err(|failure| self.node_error(node, failure.to_string()))?;
             if system::wait_for_exit(pid, STOP_TIMEOUT) {
                 return Ok(StopOutcome::Stopped);
@@ -222,9 +226,47 @@ impl Nspawn {
         if halt == Halt::Kill {
             let _ = system::run_program("systemctl", ["kill", "--signal=KILL", &self.unit_name(node)]);
         }
+        if halt == Halt::PowerOff {
+            if let Some(pid) = self.unit_main_pid(node) {
+                // Once the node is off, stopping its unit only collects it.
+                self.powered_off_by_its_own_os(node, pid);
+            }
+        }
         system::run_program("systemctl", ["stop", &self.unit_name(node)])
             .map_err(|failure| self.node_error(node, failure.to_string()))?;
         Ok(StopOutcome::Stopped)
+    }
+
+    /// Powers the node whose nspawn is `nspawn_pid` off the way `poweroff` typed on the
+    /// node would, and waits for it to be off; false when it could not be asked or did
+    /// not go off in time.
+    ///
+    /// The node's systemd is asked through its logind, which first tells the programs
+    /// holding a delay inhibitor and waits for them, as it does for a machine's power
+    /// button. The kubelet holds one (graceful node shutdown, `stages::kubelet`): it
+    /// takes the node's pods out of their Services before they stop, so that the
+    /// cluster stops sending them work. SIGTERM to nspawn would have the node's systemd
+    /// power off at once, without logind, and the Services would go on sending half
+    /// their traffic to the stopped node until the controller manager marks it
+    /// NotReady, 40 s later.
+    fn powered_off_by_its_own_os(&self, node: &str, nspawn_pid: u32) -> bool {
+        let Some(init) = child_process(nspawn_pid) else {
+            return false;
+        };
+        let target = init.to_string();
+        let asked = system::run_program(
+            "nsenter",
+            ["--target", &target, "--mount", "--uts", "--ipc", "--net", "--pid", "--", "systemctl", "poweroff"],
+        );
+        if let Err(failure) = asked {
+            tracing::warn!(node, %failure, "the node's systemd could not be asked to power off; stopping it from outside");
+            return false;
+        }
+        if system::wait_for_exit(nspawn_pid, STOP_TIMEOUT) {
+            return true;
+        }
+        tracing::warn!(node, "the node did not power off in time");
+        false
     }
 
     /// Processes of this lab's machines that are still alive (by command line, so a
@@ -250,6 +292,12 @@ fn console_tail(path: &Path, lines: usize) -> String {
         empty if empty.is_empty() => format!("(nothing in {})", path.display()),
         joined => format!("{joined} (console: {})", path.display()),
     }
+}
+
+/// The first child of `pid`: nspawn's is the node's init.
+fn child_process(pid: u32) -> Option<u32> {
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
 }
 
 /// Every process ID on the host.
