@@ -87,6 +87,15 @@ struct StepDisplay {
     started: Instant,
 }
 
+/// Writes one progress line to stderr. Progress is for whoever watches: a reader that
+/// went away (`lab up 2>&1 | head`) ends nothing, and the verb goes on, as
+/// `JsonLines::emit` does for stdout. `eprintln!` would panic there, with a display
+/// lock held, and take every stage's thread with it.
+fn to_stderr(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 impl Terminal {
     pub fn new() -> Terminal {
         Terminal {
@@ -101,7 +110,7 @@ impl Terminal {
     /// Prints one finished line above the spinners (or on its own without them).
     fn print(&self, text: &str) {
         if !self.spinners || self.bars.println(text).is_err() {
-            eprintln!("{text}");
+            to_stderr(text);
         }
     }
 
@@ -121,7 +130,7 @@ impl Terminal {
             bar
         });
         if bar.is_none() {
-            eprintln!("{label} started");
+            to_stderr(&format!("{label} started"));
         }
         self.running.lock().expect("display lock").push((key, StepDisplay { label, bar, started: Instant::now() }));
     }
@@ -167,7 +176,8 @@ impl Reporter for Terminal {
                 match display {
                     Some(StepDisplay { bar: Some(bar), .. }) => bar.set_message(format!("{node}: {step}")),
                     Some(display) => {
-                        eprintln!("{} {:>6.1}s {node}: {step}", display.label, display.started.elapsed().as_secs_f64())
+                        let elapsed = display.started.elapsed().as_secs_f64();
+                        to_stderr(&format!("{} {elapsed:>6.1}s {node}: {step}", display.label))
                     }
                     None => {
                         drop(running);

@@ -1,7 +1,7 @@
 //! `lab up`: builds the lab through `provisioner::lab::Lab::up` and prints the
 //! closing summary.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use provisioner::lab::{Until, UpOptions, UpReport};
 use provisioner::plan::Stage;
@@ -43,11 +43,18 @@ pub fn up(paths: &Paths, options: UpOptions, json: bool) -> Result<(), Failure> 
         }
         lab.up(UpOptions { step: false, ..options }, &Terminal::new())?
     };
+    // The lab is up whether or not anyone still reads (`lab up | head`): a closed
+    // stdout changes neither the outcome nor the exit code.
+    let mut stdout = std::io::stdout().lock();
     if options.until == Until::Machines {
-        println!("machines are up ({:.1} s); `lab up` continues with the stages", report.elapsed.as_secs_f64());
+        let _ = writeln!(
+            stdout,
+            "machines are up ({:.1} s); `lab up` continues with the stages",
+            report.elapsed.as_secs_f64()
+        );
         return Ok(());
     }
-    print!("{}", summary(&report, &lab.state().admin_kubeconfig(), &paths.lab_options));
+    let _ = write!(stdout, "{}", summary(&report, &lab.state().admin_kubeconfig(), &paths.lab_options));
     Ok(())
 }
 

@@ -1641,15 +1641,21 @@ pub static CATALOGUE: &[Fault] = &[
             on_each(nodes, &format!("{} --namespace kube-system scale deployment {} --replicas=0", paths::admin_kubectl(), dns_addon::NAME))
         },
         undo: |_, nodes| on_each(nodes, &format!("{} apply -f {}", paths::admin_kubectl(), dns_addon::manifest_path())),
-        // In force once the Service has no endpoints: the pods may still be in their
-        // lame-duck seconds, but nothing sends them queries any more.
+        // In force once the Service has no endpoints and no DNS pod is left running.
+        // Empty endpoints alone are not enough: a node's kube-proxy may not have
+        // dropped its rules yet, and a pod in its lame-duck seconds still answers what
+        // those rules send it (one CI run saw four of these tests stay green so).
+        // Pods that stopped with their worker (phase Failed) never go away by
+        // themselves, so they are left out.
         in_force: |_, nodes| {
             on_each(
                 nodes,
                 &format!(
-                    "[ -z \"$({} --namespace kube-system get endpoints {} -o jsonpath='{{.subsets}}')\" ]",
-                    paths::admin_kubectl(),
-                    dns_addon::NAME
+                    "[ -z \"$({kubectl} --namespace kube-system get endpoints {name} -o jsonpath='{{.subsets}}')\" ] && \
+                     [ -z \"$({kubectl} --namespace kube-system get pods --selector k8s-app={name} \
+                     --field-selector=status.phase!=Failed,status.phase!=Succeeded -o name)\" ]",
+                    kubectl = paths::admin_kubectl(),
+                    name = dns_addon::NAME
                 ),
             )
         },

@@ -755,7 +755,12 @@ fn run_by_needs(
                     let finished = finished.clone();
                     scope.spawn(move || {
                         let began = Instant::now();
-                        let outcome = executor.run_stage_surveyed(stage, survey, progress);
+                        // A panic comes back as the outcome, to be raised again below:
+                        // a thread that died without sending would leave this loop
+                        // waiting for it for ever.
+                        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            executor.run_stage_surveyed(stage, survey, progress)
+                        }));
                         // The receiver outlives every stage's thread.
                         let _ = finished.send((stage.stage, began.elapsed(), outcome));
                     });
@@ -766,7 +771,8 @@ fn run_by_needs(
             }
             let (stage, took, outcome) = finishes.recv().expect("a running stage reports its outcome");
             running -= 1;
-            match outcome {
+            // The scope joins the other stages' threads before the panic goes on.
+            match outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic)) {
                 Ok(report) => {
                     reporter.report(Event::StageDone { report: &report });
                     timeline.record_stage(stage, report.elapsed, Some(&report));

@@ -18,8 +18,8 @@ use crate::paths::{self, pki_files};
 use crate::pki::{self, names};
 use crate::plan::{Context, FileSpec, StagePlan};
 use crate::stages::{
-    install_kubernetes_unit, kubernetes_unit, loopback_health_check, KubernetesUnit, LeaderElection, TLS_CIPHER_SUITES,
-    TLS_MIN_VERSION,
+    install_kubernetes_unit, kubernetes_unit, leader_check, loopback_health_check, KubernetesUnit, LeaderElection,
+    TLS_CIPHER_SUITES, TLS_MIN_VERSION,
 };
 use crate::topology::Role;
 
@@ -84,7 +84,8 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         "--profiling=false".to_string(),
     ];
     // `LeaderElection` says why the timing is what it is.
-    flags.extend(LeaderElection::for_topology(topology).flags());
+    let election = LeaderElection::for_topology(topology);
+    flags.extend(election.flags());
     flags.extend([
         // Put into every service account's token secret so pods can verify the apiserver.
         format!("--root-ca-file={ca}"),
@@ -119,6 +120,11 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
             SECURE_PORT,
             READY_TIMEOUT_SECS,
         ));
+    }
+    // One of them must lead, asked once, through the first master.
+    if let Some(first) = topology.nodes_with(Role::Master).next() {
+        let check = leader_check("kube-controller-manager", &first.name, election, READY_TIMEOUT_SECS);
+        stage.node(&first.name).checks.push(check);
     }
 }
 
@@ -183,7 +189,21 @@ mod tests {
         let unit = file(&stage, "master1", UNIT_PATH);
         assert_eq!(flag(unit, "bind-address"), "127.0.0.1");
         assert_eq!(flag(unit, "port"), "0", "no plain HTTP port");
-        let checks: Vec<&str> = stage.nodes[0].checks.iter().map(|check| check.script.as_str()).collect();
-        assert!(checks.iter().all(|script| script.contains("https://127.0.0.1:10257/")), "{checks:?}");
+        let health: Vec<&str> = stage.nodes.iter().map(|actions| actions.checks[0].script.as_str()).collect();
+        assert!(health.iter().all(|script| script.contains("https://127.0.0.1:10257/")), "{health:?}");
+    }
+
+    #[test]
+    fn the_first_master_waits_until_one_of_them_leads() {
+        let stage = stage_for("lab.toml", Stage::KubeControllerManager);
+        let asking: Vec<&str> = stage
+            .nodes
+            .iter()
+            .filter(|actions| {
+                actions.checks.iter().any(|check| check.script.contains("get lease kube-controller-manager "))
+            })
+            .map(|actions| actions.node.as_str())
+            .collect();
+        assert_eq!(asking, ["master1"]);
     }
 }

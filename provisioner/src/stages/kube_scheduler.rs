@@ -21,8 +21,8 @@ use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{Context, FileSpec, StagePlan};
 use crate::stages::{
-    install_kubernetes_unit, kubernetes_unit, loopback_health_check, KubernetesUnit, LeaderElection, TLS_CIPHER_SUITES,
-    TLS_MIN_VERSION,
+    install_kubernetes_unit, kubernetes_unit, leader_check, loopback_health_check, KubernetesUnit, LeaderElection,
+    TLS_CIPHER_SUITES, TLS_MIN_VERSION,
 };
 use crate::topology::Role;
 
@@ -72,7 +72,8 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         "--profiling=false".to_string(),
     ];
     // `LeaderElection` says why the timing is what it is.
-    flags.extend(LeaderElection::for_topology(topology).flags());
+    let election = LeaderElection::for_topology(topology);
+    flags.extend(election.flags());
     flags.push("--v=2".to_string());
     for master in topology.nodes_with(Role::Master) {
         let unit = kubernetes_unit(&KubernetesUnit {
@@ -87,6 +88,11 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
         actions.files.push(FileSpec::secret(&kubeconfig_path, &kubeconfig));
         install_kubernetes_unit(actions, UNIT, "kube-scheduler", unit, &[&kubeconfig_path]);
         actions.checks.push(loopback_health_check("kube-scheduler", &master.name, SECURE_PORT, READY_TIMEOUT_SECS));
+    }
+    // One of them must lead, asked once, through the first master.
+    if let Some(first) = topology.nodes_with(Role::Master).next() {
+        let check = leader_check("kube-scheduler", &first.name, election, READY_TIMEOUT_SECS);
+        stage.node(&first.name).checks.push(check);
     }
 }
 
@@ -108,8 +114,8 @@ mod tests {
         assert_eq!(flag(unit, "port"), "0", "no plain HTTP port");
         assert_eq!(flag(unit, "profiling"), "false");
         assert!(!unit.contains("--config"), "a configuration file would bring the plain HTTP port back");
-        let checks = &stage.nodes[0].checks;
-        assert!(checks.iter().all(|check| check.script.contains("https://127.0.0.1:10259/")), "{checks:?}");
+        let health: Vec<_> = stage.nodes.iter().map(|actions| &actions.checks[0]).collect();
+        assert!(health.iter().all(|check| check.script.contains("https://127.0.0.1:10259/")), "{health:?}");
     }
 
     #[test]
@@ -123,5 +129,17 @@ mod tests {
         assert_eq!(kubeconfig.mode, 0o600);
         let Content::Secret(text) = &kubeconfig.content else { panic!("kubeconfig must be secret") };
         assert!(text.contains("https://127.0.0.1:6443"), "{text}");
+    }
+
+    #[test]
+    fn the_first_master_waits_until_one_of_them_leads() {
+        let stage = stage_for("lab.toml", Stage::KubeScheduler);
+        let asking: Vec<&str> = stage
+            .nodes
+            .iter()
+            .filter(|actions| actions.checks.iter().any(|check| check.script.contains("get lease kube-scheduler ")))
+            .map(|actions| actions.node.as_str())
+            .collect();
+        assert_eq!(asking, ["master1"]);
     }
 }

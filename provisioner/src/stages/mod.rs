@@ -444,6 +444,30 @@ pub fn loopback_health_check(component: &str, node: &str, secure_port: u16, time
     }
 }
 
+/// The readiness check that a component electing a leader has one: its lease
+/// (`kube-system/COMPONENT`) names a holder and was renewed within the lease duration,
+/// asked through `node`. A component answering /healthz on every master is not enough:
+/// after a full restart the lease still names a holder from before, and the new
+/// processes wait a whole lease duration before one of them takes it over; until then
+/// no controller runs (a new Service gets no endpoints) and nothing is scheduled.
+pub fn leader_check(component: &str, node: &str, election: LeaderElection, timeout_secs: u64) -> CheckSpec {
+    let duration = election.lease_duration;
+    CheckSpec {
+        description: format!("a {component} holds its leader lease (asked on {node})"),
+        script: format!(
+            "lease=$({kubectl} --request-timeout=5s --namespace kube-system get lease {component} \
+             --output jsonpath='{{.spec.holderIdentity}} {{.spec.renewTime}}') || exit 1; \
+             set -- $lease; \
+             if [ $# -eq 2 ] && [ $(( $(date +%s) - $(date --date \"$2\" +%s) )) -le {duration} ]; then exit 0; fi; \
+             echo \"the {component} lease names ${{1:-no holder}}, renewed ${{2:-never}}: \
+             none renewed it within its {duration} s\"; exit 1",
+            kubectl = paths::admin_kubectl(),
+        ),
+        // Enough for a lease left from before a restart to run out and be taken.
+        timeout_secs: timeout_secs + 2 * u64::from(duration),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::fmt;
@@ -749,5 +773,32 @@ mod tests {
             let plan = test_support::stage_for("lab.toml", stage);
             assert_eq!((plan.stage, plan.chapter), (stage, stage.handbook_section()));
         }
+    }
+
+    /// The leader check, run by `sh` with kubectl answering `lease` (holder and renew
+    /// time) for a lease of 15 s.
+    fn leader_check_passes_with(lease: &str) -> bool {
+        let election = LeaderElection { lease_duration: 15, renew_deadline: 10, retry_period: 1 };
+        let check = leader_check("kube-scheduler", "master1", election, 60);
+        assert_eq!(check.timeout_secs, 90, "time for a lease left from before a restart to run out");
+        let script = check.script.replace(&paths::admin_kubectl(), &format!("printf '{lease}'; true"));
+        std::process::Command::new("sh").args(["-c", &script]).status().expect("sh runs").success()
+    }
+
+    #[test]
+    fn a_leader_is_one_that_renewed_its_lease_within_the_lease_duration() {
+        let ago = |seconds: i64| {
+            let when = std::time::SystemTime::now() - std::time::Duration::from_secs(seconds as u64);
+            let since_epoch = when.duration_since(std::time::UNIX_EPOCH).expect("after the epoch").as_secs();
+            let output = std::process::Command::new("date")
+                .args(["--utc", &format!("--date=@{since_epoch}"), "+%Y-%m-%dT%H:%M:%S.123456Z"])
+                .output()
+                .expect("date runs");
+            String::from_utf8(output.stdout).expect("date prints text").trim().to_string()
+        };
+        assert!(leader_check_passes_with(&format!("master2_1b2c {}", ago(3))));
+        assert!(!leader_check_passes_with(&format!("master2_1b2c {}", ago(40))), "a holder from before a restart");
+        assert!(!leader_check_passes_with(&format!(" {}", ago(3))), "no holder");
+        assert!(!leader_check_passes_with("master2_1b2c "), "never renewed");
     }
 }
