@@ -32,6 +32,7 @@ mod faults;
 mod inspect;
 mod list;
 mod probes;
+mod rejoin;
 mod reporter;
 mod sessions;
 mod status;
@@ -351,6 +352,7 @@ impl Lab {
         let nodes = if only.is_empty() { machines.known_nodes() } else { only.to_vec() };
         if !only.is_empty() {
             self.cordon_for_power_off(only, reporter);
+            self.leave_service_route(only, reporter);
         }
         let outcomes = machines.stop_all(&nodes, &|node, outcome, took| {
             if let Ok(outcome) = outcome {

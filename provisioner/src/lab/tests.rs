@@ -61,7 +61,14 @@ impl Machines for FakeMachines {
     }
 
     fn ensure_network(&self, routes: &[HostRoute]) -> Result<hostnet::NetworkReport, MachineError> {
-        self.journal.note(format!("machines: network with {} routes", routes.len()));
+        let routes: Vec<String> = routes
+            .iter()
+            .map(|route| {
+                let via: Vec<String> = route.via.iter().map(ToString::to_string).collect();
+                format!("{} via [{}]", route.destination, via.join(" "))
+            })
+            .collect();
+        self.journal.note(format!("machines: network {}", routes.join(", ")));
         Ok(hostnet::NetworkReport { bridge_created: true, routes: Vec::new() })
     }
 
@@ -499,6 +506,56 @@ fn a_worker_taken_down_alone_is_cordoned_first_and_uncordoned_when_it_runs_again
     assert!(!fixture.scripts_on("master1").contains(&uncordon));
     fixture.lab.down(&[], &Silent).expect("down");
     assert!(!fixture.scripts_on("master1").iter().any(|script| script.contains(" cordon ")));
+}
+
+#[test]
+fn a_node_leaves_the_service_route_before_its_power_off_and_rejoins_once_it_serves() {
+    let fixture = fixture(Vec::new());
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
+    let network = &fixture.lab.plan().expect("a plan").network;
+    let address = |name: &str| fixture.lab.topology().node(name).expect("in the topology").address.to_string();
+    let every_node = format!("{} via [{} {}]", network.service_cidr, address("master1"), address("worker1"));
+    let without_worker1 = format!("{} via [{}]", network.service_cidr, address("master1"));
+    let routes_at = |call: &str| call.strip_prefix("machines: network ").map(str::to_string);
+    assert!(fixture
+        .journal
+        .calls()
+        .iter()
+        .filter_map(|call| routes_at(call))
+        .all(|routes| routes.contains(&every_node)));
+
+    let before = fixture.journal.calls().len();
+    fixture.lab.down(&["worker1".to_string()], &Silent).expect("down worker1");
+    let calls = fixture.journal.calls().split_off(before);
+    let narrowed =
+        calls.iter().position(|call| routes_at(call).is_some_and(|routes| routes.contains(&without_worker1)));
+    let stopped = calls.iter().position(|call| call == "machines: stop worker1");
+    assert!(narrowed.is_some() && narrowed < stopped, "out of the route before its power-off: {calls:?}");
+
+    let before = fixture.journal.calls().len();
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("worker1 runs again");
+    let calls = fixture.journal.calls().split_off(before);
+    let networks: Vec<(usize, String)> =
+        calls.iter().enumerate().filter_map(|(at, call)| routes_at(call).map(|routes| (at, routes))).collect();
+    let started = calls.iter().position(|call| call == "machines: start worker1").expect("worker1 started");
+    assert_eq!(networks.len(), 2, "{calls:?}");
+    assert!(networks[0].0 < started && networks[0].1.contains(&without_worker1), "{networks:?}");
+    assert!(networks[1].0 > started && networks[1].1.contains(&every_node), "{networks:?}");
+    assert!(
+        fixture
+            .scripts_on("worker1")
+            .contains(&crate::stages::kube_proxy::serves_services(&fixture.lab.topology().network)),
+        "worker1 was asked whether it serves Services"
+    );
+
+    // A whole lab starting at once has no node that serves yet: the route keeps them all.
+    fixture.lab.down(&[], &Silent).expect("down");
+    let before = fixture.journal.calls().len();
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("up again");
+    let calls = fixture.journal.calls().split_off(before);
+    let networks: Vec<String> = calls.iter().filter_map(|call| routes_at(call)).collect();
+    assert_eq!(networks.len(), 1, "{calls:?}");
+    assert!(networks[0].contains(&every_node), "{networks:?}");
 }
 
 #[test]

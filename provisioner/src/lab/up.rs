@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::rejoin;
 use super::reporter::Steps;
 use super::{Event, Lab, LabError, Reporter, Resume};
 use crate::executor::{ExecError, Executor, Progress, StageReport, Survey};
@@ -20,7 +21,7 @@ use crate::preflight::{PreflightError, Report, Status};
 use crate::readiness;
 use crate::ssh::KeyPair;
 use crate::text;
-use crate::topology::{self, Role};
+use crate::topology::{self, Node, Role};
 use crate::{paths, pki};
 
 /// How long every node together may take from start to answering SSH. A node
@@ -212,9 +213,13 @@ impl Lab {
             .topology
             .nodes_with(Role::Worker)
             .any(|worker| matches!(machines.status(&worker.name), Ok(MachineState::Stopped)));
-        let hosts = self.up_machines(plan, &image?, artifacts_ready, &key, reporter, timeline)?;
+        let MachinesUp { hosts, rejoining } =
+            self.up_machines(plan, &image?, artifacts_ready, &key, reporter, timeline)?;
         if powering_on_a_worker {
             self.uncordon_powered_on(&hosts, until == Until::Machines, reporter);
+        }
+        if !rejoining.is_empty() {
+            self.rejoin_service_route(&plan.network, machines, &hosts, &rejoining, reporter)?;
         }
         if until == Until::Machines {
             return Ok((Vec::new(), until));
@@ -373,7 +378,8 @@ impl Lab {
     }
 
     /// Lab network, every node created or started at once from `image`, and every node
-    /// answering SSH: one session per node, kept for the stages.
+    /// answering SSH: one session per node, kept for the stages. The service range is
+    /// routed around the nodes powered on again beside running ones (`rejoin`).
     fn up_machines(
         &self,
         plan: &Plan,
@@ -382,11 +388,15 @@ impl Lab {
         key: &KeyPair,
         reporter: &dyn Reporter,
         timeline: &Timeline,
-    ) -> Result<Vec<Box<dyn Host>>, LabError> {
+    ) -> Result<MachinesUp<'_>, LabError> {
         let say = |text: &str| reporter.report(Event::Progress(text));
         let machines = self.machines()?;
         let step = Instant::now();
-        let network = timeline.step("network", || machines.ensure_network(&plan.network.host_routes))?;
+        // A node powered on again beside nodes that serve Services takes the host's
+        // Service traffic only once it serves it too (`rejoin`).
+        let rejoining = self.rejoining(machines);
+        let routes = rejoin::routes_without(&plan.network, &rejoining);
+        let network = timeline.step("network", || machines.ensure_network(&routes))?;
         say(&format!(
             "network: bridge {} {} with {} ({})",
             plan.network.bridge,
@@ -420,7 +430,7 @@ impl Lab {
             .step("boot", || self.wait_for_ssh(&nodes, key, reporter))
             .map_err(|errors| LabError::NoSsh { total: nodes.len(), bundle: bundle(&errors.join("\n")), errors })?;
         say(&format!("machines: {} nodes answer SSH as root with {}", nodes.len(), key.private.display()));
-        Ok(hosts)
+        Ok(MachinesUp { hosts, rejoining })
     }
 
     /// The workers this run removes: those the recorded topology has and the edited one
@@ -792,6 +802,13 @@ fn run_by_needs(
     }
     reports.sort_by_key(|report| report.stage);
     Ok(reports)
+}
+
+/// What `up_machines` leaves: a session on every node, and the nodes powered on again
+/// that join the host's route for the service range once they serve (`rejoin`).
+struct MachinesUp<'lab> {
+    hosts: Vec<Box<dyn Host>>,
+    rejoining: Vec<&'lab Node>,
 }
 
 /// Opens once every node of every stage in a run has made its changes (its

@@ -368,21 +368,10 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
                 restart_when_changed: firewall_files,
                 restart_after_starting: vec![UNIT.to_string()],
             });
-            // Proof that the rules are back and stay back: kube-proxy's canary chain,
-            // which a flush removes, exists, and the cluster DNS answers through its
-            // Service address from this node three times in a row.
-            let query = format!(
-                "dig +short +time=1 +tries=1 @{dns} kubernetes.default.svc.{domain} | grep -qx {kubernetes}",
-                dns = network.cluster_dns,
-                domain = network.cluster_domain,
-                kubernetes = crate::topology::first_service_ip(network.service_cidr),
-            );
+            // Proof that the rules are back and stay back (`kube_proxy::serves_services`).
             actions.checks.push(CheckSpec {
                 description: format!("Services work on {} with the firewall on", node.name),
-                script: format!(
-                    "for attempt in 1 2 3; do iptables -w 5 -t nat -nL KUBE-PROXY-CANARY >/dev/null 2>&1 && {query} \
-                     || exit 1; sleep 0.2; done"
-                ),
+                script: kube_proxy::serves_services(network),
                 timeout_secs: 90,
             });
         }

@@ -24,7 +24,7 @@ use crate::paths;
 use crate::pki::{self, names};
 use crate::plan::{CheckSpec, Context, FileSpec, StagePlan};
 use crate::stages::{install_kubernetes_unit, install_unit, keepalived, kubernetes_unit, KubernetesUnit};
-use crate::topology::{Node, Role};
+use crate::topology::{Network, Node, Role};
 
 /// The unit this stage writes and starts on every worker.
 pub const UNIT: &str = "kube-proxy.service";
@@ -66,6 +66,24 @@ WantedBy=multi-user.target
 /// Whether `node` runs kube-proxy: every master and every worker.
 pub fn runs_on(node: &Node) -> bool {
     node.has(Role::Master) || node.has(Role::Worker)
+}
+
+/// The script that passes once kube-proxy on the node it runs on serves Services:
+/// its canary chain, which a flush of the tables removes, exists, and the cluster DNS
+/// answers for the `kubernetes` Service through its Service address from the node,
+/// three times in a row. Used after firewalld starts (the firewall stage) and when a
+/// machine powered on again is to take Service traffic from the host (`lab up`).
+pub fn serves_services(network: &Network) -> String {
+    let query = format!(
+        "dig +short +time=1 +tries=1 @{dns} kubernetes.default.svc.{domain} | grep -qx {kubernetes}",
+        dns = network.cluster_dns,
+        domain = network.cluster_domain,
+        kubernetes = crate::topology::first_service_ip(network.service_cidr),
+    );
+    format!(
+        "for attempt in 1 2 3; do iptables -w 5 -t nat -nL KUBE-PROXY-CANARY >/dev/null 2>&1 && {query} \
+         || exit 1; sleep 0.2; done"
+    )
 }
 
 pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
