@@ -123,7 +123,8 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     }
     // One of them must lead, asked once, through the first master.
     if let Some(first) = topology.nodes_with(Role::Master).next() {
-        let check = leader_check("kube-controller-manager", &first.name, election, READY_TIMEOUT_SECS);
+        let check =
+            leader_check("kube-controller-manager", &first.name, &kubeconfig_path, election, READY_TIMEOUT_SECS);
         stage.node(&first.name).checks.push(check);
     }
 }

@@ -91,7 +91,7 @@ pub fn plan(context: &Context<'_>, stage: &mut StagePlan) {
     }
     // One of them must lead, asked once, through the first master.
     if let Some(first) = topology.nodes_with(Role::Master).next() {
-        let check = leader_check("kube-scheduler", &first.name, election, READY_TIMEOUT_SECS);
+        let check = leader_check("kube-scheduler", &first.name, &kubeconfig_path, election, READY_TIMEOUT_SECS);
         stage.node(&first.name).checks.push(check);
     }
 }

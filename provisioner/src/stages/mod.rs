@@ -446,22 +446,31 @@ pub fn loopback_health_check(component: &str, node: &str, secure_port: u16, time
 
 /// The readiness check that a component electing a leader has one: its lease
 /// (`kube-system/COMPONENT`) names a holder and was renewed within the lease duration,
-/// asked through `node`. A component answering /healthz on every master is not enough:
+/// asked on `node` with the component's own kubeconfig (`kubeconfig`: its RBAC role may
+/// read its lease, and it reaches the local apiserver; the admin's goes through the
+/// load balancer, which `--step` has not built yet). A component answering /healthz on
+/// every master is not enough:
 /// after a full restart the lease still names a holder from before, and the new
 /// processes wait a whole lease duration before one of them takes it over; until then
 /// no controller runs (a new Service gets no endpoints) and nothing is scheduled.
-pub fn leader_check(component: &str, node: &str, election: LeaderElection, timeout_secs: u64) -> CheckSpec {
+pub fn leader_check(
+    component: &str,
+    node: &str,
+    kubeconfig: &str,
+    election: LeaderElection,
+    timeout_secs: u64,
+) -> CheckSpec {
     let duration = election.lease_duration;
     CheckSpec {
         description: format!("a {component} holds its leader lease (asked on {node})"),
         script: format!(
-            "lease=$({kubectl} --request-timeout=5s --namespace kube-system get lease {component} \
+            "lease=$({bin}/kubectl --kubeconfig {kubeconfig} --request-timeout=5s --namespace kube-system get lease {component} \
              --output jsonpath='{{.spec.holderIdentity}} {{.spec.renewTime}}') || exit 1; \
              set -- $lease; \
              if [ $# -eq 2 ] && [ $(( $(date +%s) - $(date --date \"$2\" +%s) )) -le {duration} ]; then exit 0; fi; \
              echo \"the {component} lease names ${{1:-no holder}}, renewed ${{2:-never}}: \
              none renewed it within its {duration} s\"; exit 1",
-            kubectl = paths::admin_kubectl(),
+            bin = paths::BIN_DIR,
         ),
         // Enough for a lease left from before a restart to run out and be taken.
         timeout_secs: timeout_secs + 2 * u64::from(duration),
@@ -779,9 +788,12 @@ mod tests {
     /// time) for a lease of 15 s.
     fn leader_check_passes_with(lease: &str) -> bool {
         let election = LeaderElection { lease_duration: 15, renew_deadline: 10, retry_period: 1 };
-        let check = leader_check("kube-scheduler", "master1", election, 60);
+        let kubeconfig = paths::kubeconfig("kube-scheduler");
+        let check = leader_check("kube-scheduler", "master1", &kubeconfig, election, 60);
         assert_eq!(check.timeout_secs, 90, "time for a lease left from before a restart to run out");
-        let script = check.script.replace(&paths::admin_kubectl(), &format!("printf '{lease}'; true"));
+        let kubectl = format!("{}/kubectl --kubeconfig {kubeconfig}", paths::BIN_DIR);
+        assert!(check.script.contains(&kubectl), "{}", check.script);
+        let script = check.script.replace(&kubectl, &format!("printf '{lease}'; true"));
         std::process::Command::new("sh").args(["-c", &script]).status().expect("sh runs").success()
     }
 
