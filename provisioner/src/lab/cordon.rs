@@ -18,7 +18,6 @@ use super::reporter::{Event, Reporter};
 use super::Lab;
 use crate::host::Host;
 use crate::machines::MachineState;
-use crate::plan;
 use crate::stages::kubelet;
 use crate::text;
 use crate::topology::Role;
@@ -38,7 +37,7 @@ impl Lab {
         let started = Instant::now();
         let cordoned = self
             .staying_master(leaving)
-            .and_then(|master| run(master.as_ref(), &kubelet::cordon_for_power_off(&workers)));
+            .and_then(|master| run(master.as_ref(), &kubelet::cordon_for_power_off(&workers)).map(drop));
         match cordoned {
             Ok(()) => reporter.report(Event::Progress(&format!(
                 "{} cordoned, so that no pod is scheduled there while it powers off ({:.1} s)",
@@ -80,21 +79,15 @@ impl Lab {
             .filter(|master| !leaving.contains(&master.name))
             .find(|master| matches!(machines.status(&master.name), Ok(MachineState::Running)))
             .ok_or_else(|| "no master runs to ask the API".to_string())?;
-        // Nothing is sent to a lab address unless the kernel sends it to the lab bridge.
-        self.surroundings.verify_routes(&plan::bridge_name(&self.topology.name), &[master.address])?;
-        let key = super::probes::existing_key_pair(&self.state.ssh_private_key())
-            .map_err(|_| format!("no SSH key at {}", self.state.ssh_private_key().display()))?;
-        self.surroundings
-            .connect(&master.name, master.address, &key, super::sessions::CONNECT_TIMEOUT)
-            .map_err(|error| error.to_string())
+        self.session_on(master)
     }
 }
 
-/// Runs `script` on `host`; its output when it fails.
-fn run(host: &dyn Host, script: &str) -> Result<(), String> {
+/// Runs `script` on `host`: what it printed, or its output when it fails.
+pub(super) fn run(host: &dyn Host, script: &str) -> Result<String, String> {
     let output = host.run(script).map_err(|error| error.to_string())?;
     if output.success() {
-        Ok(())
+        Ok(output.stdout)
     } else {
         let said = if output.stderr.trim().is_empty() { &output.stdout } else { &output.stderr };
         Err(format!("on {}: exit {}: {}", host.name(), output.status, text::one_line_tail(said.lines(), 3)))

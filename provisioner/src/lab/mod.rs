@@ -29,6 +29,7 @@ use crate::topology::{Backend, Topology, TopologyError};
 mod cordon;
 pub mod exercise;
 mod faults;
+mod handover;
 mod inspect;
 mod list;
 mod probes;
@@ -354,6 +355,7 @@ impl Lab {
             self.cordon_for_power_off(only, reporter);
             self.leave_service_route(only, reporter);
         }
+        self.hand_over_leases(&nodes, reporter);
         let outcomes = machines.stop_all(&nodes, &|node, outcome, took| {
             if let Ok(outcome) = outcome {
                 let what = match outcome {

@@ -12,6 +12,7 @@ use crate::host::Host;
 use crate::machines::MachineState;
 use crate::plan;
 use crate::ssh::KeyPair;
+use crate::topology::Node;
 
 /// One connection attempt to a node, on machines at the host's speed.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,5 +79,17 @@ impl Sessions {
             handles.into_iter().map(|handle| handle.join().expect("connect worker panicked")).collect::<Result<_, _>>()
         })?;
         Ok(Sessions { hosts, time_scale })
+    }
+}
+
+impl Lab {
+    /// One session on `node`, for a verb that asks a node or two while others power off
+    /// or on (`lab down --node`, `lab up`'s start of stopped machines).
+    pub(super) fn session_on(&self, node: &Node) -> Result<Box<dyn Host>, String> {
+        // Nothing is sent to a lab address unless the kernel sends it to the lab bridge.
+        self.surroundings.verify_routes(&plan::bridge_name(&self.topology.name), &[node.address])?;
+        let key = existing_key_pair(&self.state.ssh_private_key())
+            .map_err(|_| format!("no SSH key at {}", self.state.ssh_private_key().display()))?;
+        self.surroundings.connect(&node.name, node.address, &key, CONNECT_TIMEOUT).map_err(|error| error.to_string())
     }
 }

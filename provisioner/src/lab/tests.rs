@@ -509,6 +509,25 @@ fn a_worker_taken_down_alone_is_cordoned_first_and_uncordoned_when_it_runs_again
 }
 
 #[test]
+fn a_master_powered_off_stops_its_leader_elected_components_and_releases_their_leases_first() {
+    let fixture = fixture(Vec::new());
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");
+    let (stop, release) = (crate::stages::stop_leader_elected(), crate::stages::release_leases(&["master1"]));
+    fixture.lab.down(&["worker1".to_string()], &Silent).expect("down worker1");
+    assert!(!fixture.scripts_on("master1").iter().any(|script| *script == stop || *script == release));
+
+    fixture.lab.up(Until::Machines.into(), &Silent).expect("worker1 runs again");
+    let before = fixture.journal.calls().len();
+    fixture.lab.down(&[], &Silent).expect("down");
+    let scripts = fixture.scripts_on("master1");
+    let at = |wanted: &str| scripts.iter().position(|script| script == wanted);
+    assert!(at(&stop).is_some() && at(&stop) < at(&release), "stopped, then released: {scripts:?}");
+    let calls = fixture.journal.calls().split_off(before);
+    let position = |call: &str| calls.iter().position(|noted| noted == call).unwrap_or_else(|| panic!("{calls:?}"));
+    assert!(position("connect master1") < position("machines: stop master1"), "before the power-off: {calls:?}");
+}
+
+#[test]
 fn a_node_leaves_the_service_route_before_its_power_off_and_rejoins_once_it_serves() {
     let fixture = fixture(Vec::new());
     fixture.lab.up(Until::Machines.into(), &Silent).expect("machines come up");

@@ -477,6 +477,54 @@ pub fn leader_check(
     }
 }
 
+/// The components that elect a leader through a lease of their own name in
+/// kube-system, with their units.
+pub const LEADER_ELECTED: [(&str, &str); 2] =
+    [("kube-controller-manager", kube_controller_manager::UNIT), ("kube-scheduler", kube_scheduler::UNIT)];
+
+/// Stops the leader-elected components on the node it runs on, before its machine
+/// powers off: once they are stopped, none of them renews a lease again, and the leases
+/// they held can be cleared (`release_leases`).
+/// A lab stopped before the control plane's stages has no such units to stop.
+pub fn stop_leader_elected() -> String {
+    let units: Vec<&str> = LEADER_ELECTED.iter().map(|(_, unit)| *unit).collect();
+    format!(
+        "set -e; for unit in {}; do if systemctl cat \"$unit\" >/dev/null 2>&1; then systemctl stop \"$unit\"; fi; done",
+        units.join(" ")
+    )
+}
+
+/// Clears the holder of each leader lease that one of `masters` holds (their
+/// components stopped first, `stop_leader_elected`), through the admin kubeconfig;
+/// prints the leases it cleared. A 1.20 component does not release its lease when it
+/// stops, and a standby (or the same master's component after a boot) takes a lease
+/// that names a holder only after watching it unrenewed for a whole lease duration; one
+/// with no holder it takes at its next try. A holder is `NODE_` and a random suffix;
+/// the patch removes it only if it is still the one read. A lab whose control plane
+/// was never built has no admin kubeconfig and no lease: nothing to clear.
+pub fn release_leases(masters: &[&str]) -> String {
+    let holders: Vec<String> = masters.iter().map(|master| format!("{master}_*")).collect();
+    let mut script = format!(
+        "set -e; [ -f {admin} ] || exit 0; \
+         kubectl='{kubectl} --request-timeout=5s --namespace kube-system'; released=; ",
+        admin = paths::ADMIN_KUBECONFIG,
+        kubectl = paths::admin_kubectl()
+    );
+    for (lease, _) in LEADER_ELECTED {
+        script.push_str(&format!(
+            "holder=$($kubectl get lease {lease} --ignore-not-found --output jsonpath='{{.spec.holderIdentity}}'); \
+             case \"$holder\" in {holders}) \
+             $kubectl patch lease {lease} --type json --patch \
+             '[{{\"op\":\"test\",\"path\":\"/spec/holderIdentity\",\"value\":\"'\"$holder\"'\"}},\
+             {{\"op\":\"remove\",\"path\":\"/spec/holderIdentity\"}}]' >/dev/null; \
+             released=\"$released {lease}\";; esac; ",
+            holders = holders.join("|")
+        ));
+    }
+    script.push_str("echo $released");
+    script
+}
+
 #[cfg(test)]
 mod tests {
     use std::fmt;
@@ -795,6 +843,39 @@ mod tests {
         assert!(check.script.contains(&kubectl), "{}", check.script);
         let script = check.script.replace(&kubectl, &format!("printf '{lease}'; true"));
         std::process::Command::new("sh").args(["-c", &script]).status().expect("sh runs").success()
+    }
+
+    #[test]
+    fn a_lease_is_released_only_while_it_names_a_master_that_powers_off() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let patches = dir.path().join("patches");
+        // A kubectl that answers `get lease NAME` from the holders below and notes each
+        // patch it is asked for.
+        let kubectl = dir.path().join("kubectl");
+        std::fs::write(
+            &kubectl,
+            format!(
+                "#!/bin/sh\ncase \"$*\" in\n*'get lease kube-controller-manager'*) printf master1_0f3a ;;\n\
+                 *'get lease kube-scheduler'*) printf master2_9c1e ;;\n*patch*) echo \"$*\" >> {} ;;\nesac\n",
+                patches.display()
+            ),
+        )
+        .expect("the fake kubectl is written");
+        std::fs::set_permissions(&kubectl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("executable");
+        let script = release_leases(&["master1", "master3"])
+            .replace(&paths::admin_kubectl(), &kubectl.display().to_string())
+            .replace(&format!("[ -f {} ]", paths::ADMIN_KUBECONFIG), "true");
+        let output = std::process::Command::new("sh").args(["-c", &script]).output().expect("sh runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "kube-controller-manager");
+        let patched = std::fs::read_to_string(&patches).expect("one patch");
+        assert_eq!(patched.lines().count(), 1, "the scheduler's lease names master2, which stays: {patched}");
+        assert!(patched.contains("patch lease kube-controller-manager --type json"), "{patched}");
+        assert!(
+            patched.contains(r#"{"op":"test","path":"/spec/holderIdentity","value":"master1_0f3a"},{"op":"remove""#),
+            "removed only if still the holder read: {patched}"
+        );
+        assert!(stop_leader_elected().contains("kube-controller-manager.service kube-scheduler.service"));
     }
 
     #[test]
