@@ -162,22 +162,64 @@ fn every_example_loads_without_errors_or_warnings() {
     assert!(loaded >= 3, "expected at least the three documented examples, found {loaded}");
 }
 
-/// `examples/second-lab.toml` runs beside the default lab: its name (hence bridge and
-/// machine names) and every range differ, as `lab up` requires of two labs at once.
+/// Every shipped topology can run beside every other on one host (the fault proof runs
+/// the default lab and its twin at once): no two share a name (hence bridge and machine
+/// names) or overlap in a range, as `lab up` requires of two labs at once.
 #[test]
-fn the_second_lab_shares_no_name_or_range_with_the_default_lab() {
-    let default = load_clean(&repo_root().join("lab.toml"));
-    let second = load_clean(&repo_root().join("examples/second-lab.toml"));
-    assert_ne!(default.name, second.name);
+fn no_two_shipped_topologies_share_a_name_or_a_range() {
+    let mut shipped = vec![(PathBuf::from("lab.toml"), load_clean(&repo_root().join("lab.toml")))];
+    for entry in std::fs::read_dir(repo_root().join("examples")).expect("examples/ exists") {
+        let path = entry.expect("readable examples/").path();
+        if path.extension().is_some_and(|extension| extension == "toml") {
+            let topology = load_clean(&path);
+            shipped.push((path, topology));
+        }
+    }
     let ranges = |lab: &Topology| {
         let network = &lab.network;
         [network.node_subnet, network.pod_cidr, network.service_cidr]
     };
-    for mine in ranges(&second) {
-        for theirs in ranges(&default) {
-            assert!(!mine.contains(&theirs.network()) && !theirs.contains(&mine.network()), "{mine} overlaps {theirs}");
+    for (index, (path, lab)) in shipped.iter().enumerate() {
+        for (other_path, other) in &shipped[index + 1..] {
+            let pair = format!("{} and {}", path.display(), other_path.display());
+            assert_ne!(lab.name, other.name, "{pair}");
+            for mine in ranges(lab) {
+                for theirs in ranges(other) {
+                    let apart = !mine.contains(&theirs.network()) && !theirs.contains(&mine.network());
+                    assert!(apart, "{pair}: {mine} overlaps {theirs}");
+                }
+            }
         }
     }
+}
+
+/// `examples/twin-lab.toml` is the default lab under another name and other ranges:
+/// moved back onto lab.toml's name and ranges it is lab.toml, node for node, so every
+/// fault and check that applies to one applies to the other.
+#[test]
+fn the_twin_lab_is_the_default_lab_under_another_name_and_ranges() {
+    let default = load_clean(&repo_root().join("lab.toml"));
+    let twin = load_clean(&repo_root().join("examples/twin-lab.toml"));
+    let moved = |address: std::net::Ipv4Addr, from: ipnet::Ipv4Net, to: ipnet::Ipv4Net| {
+        assert!(from.contains(&address), "{address} is outside {from}");
+        std::net::Ipv4Addr::from(u32::from(to.network()) + (u32::from(address) - u32::from(from.network())))
+    };
+    let (from, to) = (twin.network.clone(), default.network.clone());
+    let mut back = twin.clone();
+    back.name = default.name.clone();
+    back.network.node_subnet = to.node_subnet;
+    back.network.gateway = moved(from.gateway, from.node_subnet, to.node_subnet);
+    back.network.vip = moved(from.vip, from.node_subnet, to.node_subnet);
+    back.network.pod_cidr = to.pod_cidr;
+    back.network.service_cidr = to.service_cidr;
+    back.network.cluster_dns = moved(from.cluster_dns, from.service_cidr, to.service_cidr);
+    for node in &mut back.nodes {
+        node.address = moved(node.address, from.node_subnet, to.node_subnet);
+    }
+    assert_eq!(from.pod_cidr.prefix_len(), to.pod_cidr.prefix_len());
+    assert_eq!(from.service_cidr.prefix_len(), to.service_cidr.prefix_len());
+    assert_eq!(from.node_subnet.prefix_len(), to.node_subnet.prefix_len());
+    assert_eq!(back, default);
 }
 
 #[test]

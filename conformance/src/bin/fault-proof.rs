@@ -17,8 +17,15 @@
 //!
 //! ```sh
 //! cargo lab up
-//! cargo run -p conformance --bin fault-proof [-- FAULT...] [--json FILE]
+//! cargo run -p conformance --bin fault-proof [-- FAULT...] [--json FILE] [--lab DIR...]
 //! ```
+//!
+//! With `--lab` given more than once, the proof runs on several labs of the same
+//! topology at once (`examples/twin-lab.toml` is the default lab's twin): each lab
+//! takes the next piece of work (the series, or one fault proven alone) as it is
+//! free, so each fault still has its own red and green runs, on one lab, while the
+//! labs share the catalogue's time. The faults whose tests are drills come after all
+//! the others on every lab, as on one.
 //!
 //! A failover drill that fails its first run after a restore runs once more, and the
 //! second outcome counts; the table names every drill that needed it ("green on a
@@ -27,11 +34,13 @@
 //!
 //! It prints a table (fault, tests red, restored in N s, tests green again) and exits
 //! non-zero when a named test stayed green, a fault could not be broken or restored,
-//! or a test is named by no fault. `LAB_DIR` selects the lab, as for the suite.
+//! or a test is named by no fault. `LAB_DIR` selects the lab, as for the suite, unless
+//! `--lab` names the labs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -54,10 +63,50 @@ enum ProofKind {
     AfterOthers,
 }
 
+/// One lab the proof breaks faults in.
+struct ProofLab {
+    /// The `lab` binary.
+    binary: PathBuf,
+    /// Its state directory, given to `lab` and to the suite's tests as `LAB_DIR`; none
+    /// leaves them the proof's own `LAB_DIR`.
+    dir: Option<PathBuf>,
+    /// What starts its lines in the log: its directory when there are several labs.
+    prefix: String,
+}
+
+impl ProofLab {
+    /// `lab ARGS` for this lab.
+    fn lab(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.args(args);
+        if let Some(dir) = &self.dir {
+            command.env("LAB_DIR", dir);
+        }
+        command
+    }
+
+    /// A row for `fault`, proven on this lab.
+    fn row(&self, fault: &Fault) -> Row {
+        let lab = if self.prefix.is_empty() { None } else { self.dir.as_ref().map(|dir| dir.display().to_string()) };
+        Row { fault: fault.name.clone(), lab, ..Row::default() }
+    }
+}
+
+/// A piece of the proof that one lab does from start to end.
+enum Work<'a> {
+    /// The faults proven in series (`prove_in_series`).
+    Series(Vec<&'a Fault>),
+    /// One fault proven with nothing else in force (`prove`).
+    Alone(&'a Fault),
+}
+
 /// What the proof found for one fault.
 #[derive(Debug, Default, serde::Serialize)]
 struct Row {
     fault: String,
+    /// The lab it was proven on, when the proof used several (its state directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lab: Option<String>,
     /// The named tests that failed while the fault was in force.
     red: Vec<String>,
     /// The named tests that passed while the fault was in force: the finding.
@@ -100,18 +149,29 @@ impl Row {
 fn main() -> ExitCode {
     let mut only = Vec::new();
     let mut json_file: Option<PathBuf> = None;
+    let mut lab_dirs = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--json" => json_file = args.next().map(PathBuf::from),
+            "--json" | "--lab" => {
+                let Some(value) = args.next() else {
+                    eprintln!("fault-proof: {arg} needs a value");
+                    return ExitCode::from(2);
+                };
+                if arg == "--json" {
+                    json_file = Some(PathBuf::from(value));
+                } else {
+                    lab_dirs.push(PathBuf::from(value));
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: fault-proof [FAULT...] [--json FILE]");
+                println!("usage: fault-proof [FAULT...] [--json FILE] [--lab DIR...]");
                 return ExitCode::SUCCESS;
             }
             _ => only.push(arg),
         }
     }
-    match run(&only, json_file) {
+    match run(&only, json_file, &lab_dirs) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -121,11 +181,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(only: &[String], json_file: Option<PathBuf>) -> Result<bool, String> {
+fn run(only: &[String], json_file: Option<PathBuf>, lab_dirs: &[PathBuf]) -> Result<bool, String> {
     let started = Instant::now();
-    let lab = lab_binary()?;
-    let catalogue: Vec<Fault> = serde_json::from_str(&capture(Command::new(&lab).args(["faults", "--json"]))?)
-        .map_err(|error| format!("`lab faults --json` is not the catalogue: {error}"))?;
+    let labs = proof_labs(lab_binary()?, lab_dirs)?;
+    let catalogue = same_catalogue(&labs)?;
     if let Some(unknown) = only.iter().find(|name| !catalogue.iter().any(|fault| &fault.name == *name)) {
         return Err(format!("no fault {unknown:?} in the catalogue"));
     }
@@ -157,14 +216,17 @@ fn run(only: &[String], json_file: Option<PathBuf>) -> Result<bool, String> {
     let (in_series, mut alone): (Vec<&Fault>, Vec<&Fault>) =
         chosen.into_iter().partition(|fault| fault.proof == ProofKind::AfterOthers);
     // Faults whose tests are drills come last: a drill leaves a window that the etcd
-    // election check leaves out, and `etcd-leader-moved` must not fall in it.
+    // election check leaves out, and `etcd-leader-moved` must not fall in it. Each lab
+    // takes work in this order, so on each lab too no other fault follows a drill.
     alone.sort_by_key(|fault| fault.breaks.iter().any(|test| test.starts_with("failover::")));
-    let mut rows = prove_in_series(&lab, in_series, &tests);
-    for fault in alone {
-        let row = prove(&lab, fault, &tests);
-        report(&row, fault.breaks.len());
-        rows.push(row);
+    let mut work = VecDeque::new();
+    if !in_series.is_empty() {
+        work.push_back(Work::Series(in_series));
     }
+    work.extend(alone.into_iter().map(Work::Alone));
+    let mut rows = prove_on(&labs, work, &tests);
+    let order = |row: &Row| catalogue.iter().position(|fault| fault.name == row.fault);
+    rows.sort_by_key(order);
 
     println!("\n{}", table(&rows));
     let proven = rows.iter().filter(|row| row.proven()).count();
@@ -189,14 +251,104 @@ fn run(only: &[String], json_file: Option<PathBuf>) -> Result<bool, String> {
     Ok(proven == rows.len() && uncovered.is_empty() && unknown.is_empty())
 }
 
-fn report(row: &Row, named: usize) {
+/// The labs named by `--lab` (each must hold a lab), or the one `LAB_DIR` names.
+fn proof_labs(binary: PathBuf, dirs: &[PathBuf]) -> Result<Vec<ProofLab>, String> {
+    if dirs.is_empty() {
+        return Ok(vec![ProofLab { binary, dir: None, prefix: String::new() }]);
+    }
+    let mut labs: Vec<ProofLab> = Vec::new();
+    for dir in dirs {
+        // Absolute, because `lab` reads `LAB_DIR` from the current directory and the
+        // suite's tests from the workspace root; canonical, so that one lab named two
+        // ways is seen named twice (two workers on one lab break each other's faults).
+        let no_lab = || {
+            format!("--lab {}: no lab there; start one with `cargo lab up --lab-dir {}`", dir.display(), dir.display())
+        };
+        let dir = std::fs::canonicalize(dir).map_err(|_| no_lab())?;
+        if !provisioner::state_dir::StateDir::new(&dir).topology_record().is_file() {
+            return Err(no_lab());
+        }
+        if labs.iter().any(|lab| lab.dir.as_ref() == Some(&dir)) {
+            return Err(format!("--lab {}: named twice", dir.display()));
+        }
+        let prefix = if dirs.len() > 1 { format!("[{}] ", short_name(&dir)) } else { String::new() };
+        labs.push(ProofLab { binary: binary.clone(), dir: Some(dir), prefix });
+    }
+    Ok(labs)
+}
+
+/// The last part of a lab's directory, for the log.
+fn short_name(dir: &std::path::Path) -> String {
+    dir.file_name().map_or_else(|| dir.display().to_string(), |name| name.to_string_lossy().into_owned())
+}
+
+/// The catalogue as the labs see it (`lab faults --json`), which must be the same on
+/// each: a fault that applies to one lab and not to another would be proven, or
+/// skipped, depending on which lab took it.
+fn same_catalogue(labs: &[ProofLab]) -> Result<Vec<Fault>, String> {
+    let mut catalogues = Vec::new();
+    for lab in labs {
+        let catalogue: Vec<Fault> = serde_json::from_str(&capture(&mut lab.lab(&["faults", "--json"]))?)
+            .map_err(|error| format!("`lab faults --json` is not the catalogue: {error}"))?;
+        catalogues.push(catalogue);
+    }
+    let first = catalogues.remove(0);
+    for (lab, other) in labs.iter().skip(1).zip(&catalogues) {
+        for fault in &first {
+            let there = other.iter().find(|theirs| theirs.name == fault.name);
+            if there.map(|theirs| theirs.not_applicable.is_some()) != Some(fault.not_applicable.is_some()) {
+                return Err(format!(
+                    "the labs differ: fault {} applies to {} and not to {} (or the other way); \
+                     prove on labs of one topology, such as lab.toml and examples/twin-lab.toml",
+                    fault.name,
+                    labs[0].dir.as_ref().map_or_else(String::new, |dir| dir.display().to_string()),
+                    lab.dir.as_ref().map_or_else(String::new, |dir| dir.display().to_string()),
+                ));
+            }
+        }
+    }
+    Ok(first)
+}
+
+/// Does `work` on the labs, each lab taking the next piece as soon as it is free, and
+/// returns every row.
+fn prove_on(labs: &[ProofLab], work: VecDeque<Work>, suite: &BTreeMap<String, SuiteTest>) -> Vec<Row> {
+    let work = Mutex::new(work);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = labs
+            .iter()
+            .map(|lab| {
+                let work = &work;
+                scope.spawn(move || {
+                    let mut rows = Vec::new();
+                    loop {
+                        let next = work.lock().expect("no worker panics holding the queue").pop_front();
+                        match next {
+                            None => return rows,
+                            Some(Work::Series(faults)) => rows.extend(prove_in_series(lab, faults, suite)),
+                            Some(Work::Alone(fault)) => {
+                                let row = prove(lab, fault, suite);
+                                report(lab, &row, fault.breaks.len());
+                                rows.push(row);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|worker| worker.join().expect("a lab's worker panicked")).collect()
+    })
+}
+
+fn report(lab: &ProofLab, row: &Row, named: usize) {
     let with = if row.restored_with.is_empty() {
         String::new()
     } else {
         format!(" with {} other fault(s)", row.restored_with.len())
     };
     println!(
-        "{}: {} (red {}/{named}, restored in {:.1} s{with})",
+        "{}{}: {} (red {}/{named}, restored in {:.1} s{with})",
+        lab.prefix,
         row.fault,
         if row.proven() { "proven" } else { "NOT PROVEN" },
         row.red.len(),
@@ -206,7 +358,7 @@ fn report(row: &Row, named: usize) {
 
 /// Proves `faults` in series (see the module's documentation): each is broken while
 /// the series before it is in force, once its tests passed with that series in force.
-fn prove_in_series(lab: &PathBuf, faults: Vec<&Fault>, suite: &BTreeMap<String, SuiteTest>) -> Vec<Row> {
+fn prove_in_series(lab: &ProofLab, faults: Vec<&Fault>, suite: &BTreeMap<String, SuiteTest>) -> Vec<Row> {
     let mut pending = faults;
     let mut rows = Vec::new();
     let mut series: Vec<(&Fault, Row)> = Vec::new();
@@ -235,13 +387,10 @@ fn prove_in_series(lab: &PathBuf, faults: Vec<&Fault>, suite: &BTreeMap<String, 
             }
         }
         pending.remove(next);
-        let mut row = Row {
-            fault: fault.name.clone(),
-            broken_after: series.iter().map(|(fault, _)| fault.name.clone()).collect(),
-            ..Row::default()
-        };
+        let mut row =
+            Row { broken_after: series.iter().map(|(fault, _)| fault.name.clone()).collect(), ..lab.row(fault) };
         let broke = Instant::now();
-        let broken = capture(Command::new(lab).args(["break", &fault.name, "--json"]));
+        let broken = capture(&mut lab.lab(&["break", &fault.name, "--json"]));
         row.break_seconds = broke.elapsed().as_secs_f64();
         if let Err(error) = broken {
             row.error = Some(format!("break: {error}"));
@@ -257,7 +406,7 @@ fn prove_in_series(lab: &PathBuf, faults: Vec<&Fault>, suite: &BTreeMap<String, 
         let mut tests = fault.breaks.clone();
         tests.extend(after.iter().flat_map(|other| other.breaks.iter().cloned()));
         let testing = Instant::now();
-        let results = run_tests(&tests, suite);
+        let results = run_tests(lab, &tests, suite);
         row.red_seconds = testing.elapsed().as_secs_f64();
         match results {
             Ok(results) => {
@@ -281,13 +430,13 @@ fn disjoint(fault: &Fault, tests: &BTreeSet<&str>) -> bool {
 
 /// Restores every fault of the series with one `lab restore --all` and runs all their
 /// tests, which must pass again; returns the series' rows and leaves it empty.
-fn restore_series(lab: &PathBuf, series: &mut Vec<(&Fault, Row)>, suite: &BTreeMap<String, SuiteTest>) -> Vec<Row> {
+fn restore_series(lab: &ProofLab, series: &mut Vec<(&Fault, Row)>, suite: &BTreeMap<String, SuiteTest>) -> Vec<Row> {
     if series.is_empty() {
         return Vec::new();
     }
     let names: Vec<String> = series.iter().map(|(fault, _)| fault.name.clone()).collect();
     let restoring = Instant::now();
-    let restored = capture(Command::new(lab).args(["restore", "--all", "--json"]));
+    let restored = capture(&mut lab.lab(&["restore", "--all", "--json"]));
     let restore_seconds = restoring.elapsed().as_secs_f64();
     let tests: Vec<String> = series
         .iter()
@@ -298,7 +447,7 @@ fn restore_series(lab: &PathBuf, series: &mut Vec<(&Fault, Row)>, suite: &BTreeM
     let testing = Instant::now();
     let mut retried = Vec::new();
     let results = restored.map_err(|error| format!("restore: {error}")).and_then(|_| {
-        run_green(&tests, suite, &mut retried).map_err(|error| format!("tests after the restore: {error}"))
+        run_green(lab, &tests, suite, &mut retried).map_err(|error| format!("tests after the restore: {error}"))
     });
     let green_seconds = testing.elapsed().as_secs_f64();
     let mut rows = Vec::new();
@@ -315,23 +464,23 @@ fn restore_series(lab: &PathBuf, series: &mut Vec<(&Fault, Row)>, suite: &BTreeM
                 row.error.get_or_insert(error.clone());
             }
         }
-        report(&row, fault.breaks.len());
+        report(lab, &row, fault.breaks.len());
         rows.push(row);
     }
     rows
 }
 
 /// Breaks, tests red, restores, tests green.
-fn prove(lab: &PathBuf, fault: &Fault, suite: &BTreeMap<String, SuiteTest>) -> Row {
-    let mut row = Row { fault: fault.name.clone(), ..Row::default() };
+fn prove(lab: &ProofLab, fault: &Fault, suite: &BTreeMap<String, SuiteTest>) -> Row {
+    let mut row = lab.row(fault);
     let broke = Instant::now();
-    let broken = capture(Command::new(lab).args(["break", &fault.name, "--json"]));
+    let broken = capture(&mut lab.lab(&["break", &fault.name, "--json"]));
     row.break_seconds = broke.elapsed().as_secs_f64();
     if let Err(error) = broken {
         row.error = Some(format!("break: {error}"));
     } else {
         let testing = Instant::now();
-        let results = run_tests(&fault.breaks, suite);
+        let results = run_tests(lab, &fault.breaks, suite);
         row.red_seconds = testing.elapsed().as_secs_f64();
         match results {
             Ok(results) => row.sort_red(fault, &results),
@@ -339,15 +488,15 @@ fn prove(lab: &PathBuf, fault: &Fault, suite: &BTreeMap<String, SuiteTest>) -> R
         }
     }
     let restoring = Instant::now();
-    let restored = capture(Command::new(lab).args(["restore", &fault.name, "--json"]))
-        .or_else(|_| capture(Command::new(lab).args(["restore", "--all", "--json"])));
+    let restored = capture(&mut lab.lab(&["restore", &fault.name, "--json"]))
+        .or_else(|_| capture(&mut lab.lab(&["restore", "--all", "--json"])));
     row.restore_seconds = restoring.elapsed().as_secs_f64();
     if let Err(error) = restored {
         row.error.get_or_insert(format!("restore: {error}"));
         return row;
     }
     let testing = Instant::now();
-    let results = run_green(&fault.breaks, suite, &mut row.green_on_retry);
+    let results = run_green(lab, &fault.breaks, suite, &mut row.green_on_retry);
     row.green_seconds = testing.elapsed().as_secs_f64();
     match results {
         Ok(results) => {
@@ -392,18 +541,19 @@ impl SuiteTest {
 /// pod just in its Service's endpoints); a fault that was not undone fails both runs.
 /// Checks that are not drills get no second run.
 fn run_green(
+    lab: &ProofLab,
     tests: &[String],
     suite: &BTreeMap<String, SuiteTest>,
     retried: &mut Vec<String>,
 ) -> Result<BTreeMap<String, bool>, String> {
-    let mut results = run_tests(tests, suite)?;
+    let mut results = run_tests(lab, tests, suite)?;
     let failed_drills: Vec<String> = results
         .iter()
         .filter(|(test, passed)| !**passed && test.starts_with("failover::"))
         .map(|(test, _)| test.clone())
         .collect();
     if !failed_drills.is_empty() {
-        for (test, passed) in run_tests(&failed_drills, suite)? {
+        for (test, passed) in run_tests(lab, &failed_drills, suite)? {
             if passed {
                 retried.push(test.clone());
             }
@@ -418,19 +568,23 @@ fn run_green(
 /// `cargo nextest run` per fault would spend seconds on cargo and on listing the suite
 /// each time. The named tests run side by side, except when one is a failover drill:
 /// those stop parts of the lab and run one at a time, as in the suite.
-fn run_tests(tests: &[String], suite: &BTreeMap<String, SuiteTest>) -> Result<BTreeMap<String, bool>, String> {
+fn run_tests(
+    lab: &ProofLab,
+    tests: &[String],
+    suite: &BTreeMap<String, SuiteTest>,
+) -> Result<BTreeMap<String, bool>, String> {
     let chosen: Vec<&SuiteTest> = tests
         .iter()
         .map(|test| suite.get(test).ok_or_else(|| format!("{test} is not a test of the suite")))
         .collect::<Result<_, _>>()?;
     let one_at_a_time = chosen.iter().any(|test| test.binary == "failover");
     let results: Vec<(String, Result<bool, String>)> = if one_at_a_time {
-        chosen.iter().map(|test| (format!("{}::{}", test.binary, test.name), run_test(test))).collect()
+        chosen.iter().map(|test| (format!("{}::{}", test.binary, test.name), run_test(lab, test))).collect()
     } else {
         std::thread::scope(|scope| {
             let running: Vec<_> = chosen
                 .iter()
-                .map(|test| (format!("{}::{}", test.binary, test.name), scope.spawn(|| run_test(test))))
+                .map(|test| (format!("{}::{}", test.binary, test.name), scope.spawn(|| run_test(lab, test))))
                 .collect();
             running
                 .into_iter()
@@ -444,15 +598,18 @@ fn run_tests(tests: &[String], suite: &BTreeMap<String, SuiteTest>) -> Result<BT
 /// Runs one test in its own process (and process group); a test that outlives its
 /// timeout is killed with what it started, and failed. An error means the test could
 /// not be run at all.
-fn run_test(test: &SuiteTest) -> Result<bool, String> {
+fn run_test(lab: &ProofLab, test: &SuiteTest) -> Result<bool, String> {
     let mut command = Command::new(&test.binary_path);
+    if let Some(dir) = &lab.dir {
+        command.env("LAB_DIR", dir);
+    }
     command.args(["--exact", &test.name, "--test-threads", "1", "--include-ignored"]).current_dir(&test.cwd);
     // The tests of the whole proof share one `lab status`: no fault changes what they
     // read from it (the machines, addresses and files), and asking cargo for it cost
     // each test about 0.3 s.
     command.env(conformance::SUITE_RUN_VARIABLE, proof_run());
     let Some(completed) = conformance::run_within(&mut command, test.timeout())? else {
-        println!("  {}::{} failed: did not finish within {:?}", test.binary, test.name, test.timeout());
+        println!("  {}{}::{} failed: did not finish within {:?}", lab.prefix, test.binary, test.name, test.timeout());
         return Ok(false);
     };
     // A filter that matched nothing passes too: that is no result.
@@ -464,7 +621,7 @@ fn run_test(test: &SuiteTest) -> Result<bool, String> {
         // Why it failed, in the log: a red run shows the property that broke, and a
         // drill that needs a second run after a restore shows what it ran into.
         let output = format!("{}\n{}", completed.stdout, completed.stderr);
-        println!("  {}::{} failed: {}", test.binary, test.name, panic_message(&output));
+        println!("  {}{}::{} failed: {}", lab.prefix, test.binary, test.name, panic_message(&output));
     }
     Ok(passed)
 }
@@ -530,7 +687,15 @@ fn suite_tests() -> Result<BTreeMap<String, SuiteTest>, String> {
 
 fn table(rows: &[Row]) -> String {
     use std::fmt::Write as _;
-    let mut text = format!("{:<36} {:<9} {:>10} {:>12}  {}\n", "fault", "red", "restored", "green again", "finding");
+    // The lab column only when the proof used several labs.
+    let labs = rows.iter().any(|row| row.lab.is_some());
+    let lab_of = |row: &Row| match &row.lab {
+        Some(dir) if labs => format!("{:<12} ", short_name(std::path::Path::new(dir))),
+        _ => String::new(),
+    };
+    let header = if labs { format!("{:<12} ", "lab") } else { String::new() };
+    let mut text =
+        format!("{header}{:<36} {:<9} {:>10} {:>12}  {}\n", "fault", "red", "restored", "green again", "finding");
     for row in rows {
         let finding = match (&row.error, row.stayed_green.is_empty(), row.still_red.is_empty()) {
             (Some(error), _, _) => error.clone(),
@@ -545,7 +710,8 @@ fn table(rows: &[Row]) -> String {
         let green_again = named - row.still_red.len().min(named);
         let _ = writeln!(
             text,
-            "{:<36} {:<9} {:>8.1} s {:>12}  {finding}",
+            "{}{:<36} {:<9} {:>8.1} s {:>12}  {finding}",
+            lab_of(row),
             row.fault,
             format!("{}/{named}", row.red.len()),
             row.restore_seconds,

@@ -30,10 +30,12 @@
 //! `lab-LAB/NODE`, and the image's `lab-api-rw` unit makes them writable at boot.
 //!
 //! The parts: `process` starts, finds and stops a node's nspawn (as a unit or a
-//! supervised process), and `cgroups` makes and removes the node's cgroups where the
-//! lab supervises it.
+//! supervised process), `cgroups` makes and removes the node's cgroups where the
+//! lab supervises it, and `host_limits` raises the host's inotify limit, which all
+//! nodes share, before a node starts.
 
 mod cgroups;
+mod host_limits;
 mod process;
 
 use std::ffi::OsString;
@@ -497,6 +499,18 @@ impl Machines for Nspawn {
         authorized_key: &str,
     ) -> Result<StartOutcome, MachineError> {
         let name = &node.name;
+        // Before the running check too: a running lab's kubelets keep restarting
+        // until the limit is raised, and `lab up` must converge them.
+        match host_limits::make_room_for_inotify(&system::LocalSystem) {
+            Ok(Some(old)) => tracing::info!(
+                old,
+                new = host_limits::INOTIFY_INSTANCES_WANTED,
+                "raised {} so that the nodes of more than one lab can start",
+                host_limits::INOTIFY_INSTANCES
+            ),
+            Ok(None) => {}
+            Err(message) => return Err(self.node_error(name, message)),
+        }
         if self.is_running(name) {
             return Ok(StartOutcome::AlreadyRunning);
         }

@@ -626,15 +626,20 @@ mod tests {
 
     /// The topologies the repository ships, each with the plans of all its stages.
     fn shipped_plans() -> Vec<(&'static str, crate::topology::Topology, Vec<StagePlan>)> {
-        ["lab.toml", "examples/minimal.toml", "examples/separate-etcd.toml", "examples/second-lab.toml"]
-            .into_iter()
-            .map(|lab| {
-                let topology = test_support::topology(lab);
-                let plans =
-                    Stage::ALL.iter().map(|stage| test_support::stage_for_topology(&topology, *stage)).collect();
-                (lab, topology, plans)
-            })
-            .collect()
+        [
+            "lab.toml",
+            "examples/minimal.toml",
+            "examples/separate-etcd.toml",
+            "examples/second-lab.toml",
+            "examples/twin-lab.toml",
+        ]
+        .into_iter()
+        .map(|lab| {
+            let topology = test_support::topology(lab);
+            let plans = Stage::ALL.iter().map(|stage| test_support::stage_for_topology(&topology, *stage)).collect();
+            (lab, topology, plans)
+        })
+        .collect()
     }
 
     /// The executor restarts a unit after the start of another only if that one is
