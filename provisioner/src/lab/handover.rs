@@ -59,9 +59,10 @@ impl Lab {
                 started.elapsed().as_secs_f64()
             ))),
             Err(reason) => reporter.report(Event::Warning(&format!(
-                "leader leases not released before {} powers off ({reason}): the next leader takes over once they \
+                "leader leases not released before {} power{} off ({reason}): the next leader takes over once they \
                  run out",
-                masters.join(", ")
+                masters.join(", "),
+                if masters.len() == 1 { "s" } else { "" }
             ))),
         }
     }
@@ -69,14 +70,15 @@ impl Lab {
     /// Stops the components on each of `masters`, then clears their leases; the
     /// leases cleared.
     fn stop_and_release(&self, masters: &[&str]) -> Result<Vec<String>, String> {
-        let mut sessions: Vec<Box<dyn Host>> = Vec::new();
+        let mut first: Option<Box<dyn Host>> = None;
         for name in masters {
             let node = self.topology.node(name).ok_or_else(|| format!("no node {name}"))?;
             let session = self.session_on(node)?;
             run(session.as_ref(), &stages::stop_leader_elected())?;
-            sessions.push(session);
+            first.get_or_insert(session);
         }
-        let released = run(sessions[0].as_ref(), &stages::release_leases(masters))?;
+        let first = first.ok_or_else(|| "no master to release the leases through".to_string())?;
+        let released = run(first.as_ref(), &stages::release_leases(masters))?;
         Ok(released.split_whitespace().map(str::to_string).collect())
     }
 }

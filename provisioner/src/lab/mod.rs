@@ -344,7 +344,9 @@ impl Lab {
     /// powers off as its power button would have it, so a worker's kubelet first stops
     /// its pods (graceful node shutdown). With `only`, it stops those machines alone,
     /// cordoning the workers among them first (`cordon`), and `lab up` starts them
-    /// again; a name the lab does not have stops nothing.
+    /// again; a name the lab does not have stops nothing. A running master stops its
+    /// kube-controller-manager and kube-scheduler first, and the leader leases they
+    /// held are released (`handover`), so that the next leader need not wait 15 s.
     pub fn down(&self, only: &[String], reporter: &dyn Reporter) -> Result<(), LabError> {
         for name in only {
             self.require_node(name)?;
