@@ -547,6 +547,21 @@ pub(crate) fn surroundings() -> Box<Real> {
     Box::new(Real { workspace_dir })
 }
 
+/// `path` made absolute, with its `.` and `..` resolved by name. The lab recognises
+/// its machines' processes by the state directory's path in their command lines, so
+/// one directory must have one spelling: `--lab-dir examples/../.lab` found every
+/// machine of `.lab` stopped.
 fn absolute(path: PathBuf) -> PathBuf {
-    std::path::absolute(&path).unwrap_or(path)
+    let path = std::path::absolute(&path).unwrap_or(path);
+    let mut resolved = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                resolved.pop();
+            }
+            other => resolved.push(other),
+        }
+    }
+    resolved
 }

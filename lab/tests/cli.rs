@@ -599,6 +599,10 @@ fn the_state_and_cache_directories_come_from_the_flags_else_the_environment() {
         "error: no lab in {}: ",
         setup.dir.path().join("relative").display()
     )));
+    // One directory has one spelling: the lab finds its machines by it.
+    setup.lab().env("LAB_DIR", "./other/../relative").arg("status").assert().code(1).stderr(
+        predicate::str::starts_with(format!("error: no lab in {}: ", setup.dir.path().join("relative").display())),
+    );
 
     // The plan names the cache's files: XDG_CACHE_HOME/k8s-lab, an empty one counting
     // as unset (HOME/.cache), and --cache-home over both.
